@@ -1,0 +1,347 @@
+"""The ``napari-unet`` command line: train, predict, evaluate, list models, write sample data.
+
+A thin front end over :mod:`napari_unet.core`: it parses flags, reads and writes files,
+shows progress, and turns the core's errors into one line and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+from . import __version__
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class _Progress:
+    """A one-line progress bar on stderr (redrawn at most ten times a second)."""
+
+    def __init__(self, label: str, stream=sys.stderr):
+        self.label = label
+        self.stream = stream
+        self.start = time.monotonic()
+        self.last_draw = 0.0
+        self.active = stream.isatty()
+
+    def update(self, done: int, total: int, note: str = "") -> None:
+        now = time.monotonic()
+        if not self.active or (now - self.last_draw < 0.1 and done < total):
+            return
+        self.last_draw = now
+        width = 24
+        filled = int(width * done / max(total, 1))
+        bar = "#" * filled + "-" * (width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} {now - self.start:6.1f}s {note}\033[K")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.active:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-unet",
+        description="Train U-Nets on annotated microscopy images and segment TIFF images and stacks.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the core's log messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train or fine-tune a model on annotated images",
+        description="Train or fine-tune a U-Net. Images and labels pair by file name "
+        "(a single image file pairs with a single labels file); multi-page TIFFs pair page by page.",
+    )
+    train.add_argument("--images", required=True, help="TIFF file, folder of TIFFs, or glob pattern of the images")
+    train.add_argument("--labels", required=True, help="instance labels (0 = background, 1..N = objects), "
+                       "or binary masks whose connected components are the objects; same names as the images")
+    train.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    train.add_argument("--init", default="scratch",
+                       help="start from 'scratch', an embedded model's name or a model file (default: scratch)")
+    train.add_argument("--epochs", type=_positive_int, default=50, help="passes over the data (default: 50)")
+    train.add_argument("--max-minutes", type=_positive_float, help="time budget; training keeps the best model so far")
+    train.add_argument("--steps-per-epoch", type=_positive_int,
+                       help="optimizer steps between validations (default: one pass over the annotated pixels)")
+    train.add_argument("--patch-size", type=_positive_int, default=256, help="training patch edge in pixels (default: 256)")
+    train.add_argument("--batch-size", type=_positive_int, default=4, help="patches per step (default: 4)")
+    train.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="optimizer step size (default: 0.001)")
+    train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                       help="adam (default) or sgd with momentum 0.99 as in the U-Net paper")
+    train.add_argument("--w0", type=float, default=10.0, help="height of the border weight between touching objects (default: 10)")
+    train.add_argument("--sigma", type=_positive_float, default=5.0, help="width of the border weight in pixels (default: 5)")
+    train.add_argument("--dice-weight", type=float, default=0.0, help="add a Dice loss with this weight (default: 0, off)")
+    train.add_argument("--val-fraction", type=_fraction, default=0.1,
+                       help="share of images kept for validation (default: 0.1)")
+    train.add_argument("--patience", type=_positive_int, help="stop after this many validations without improvement")
+    train.add_argument("--augment", type=float, default=1.0, help="augmentation strength, 0 = off (default: 1)")
+    train.add_argument("--depth", type=_positive_int, default=4, help="poolings of a new network (default: 4)")
+    train.add_argument("--base-width", type=_positive_int, default=32, help="channels of a new network's first level (default: 32)")
+    train.add_argument("--classes", type=int, choices=(2, 3), default=2,
+                       help="2: background/foreground with gaps between touching objects (paper); "
+                       "3: background/interior/boundary (default: 2)")
+    train.add_argument("--padding", choices=("same", "valid"), default="same",
+                       help="convolution padding of a new network (default: same)")
+    train.add_argument("--pixel-size", type=_positive_float, nargs=2, metavar=("Y", "X"),
+                       help="pixel size of the images (default: read from the TIFFs)")
+    train.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.set_defaults(handler=_train)
+
+    predict = commands.add_parser(
+        "predict", help="segment TIFF images and stacks",
+        description="Segment TIFF images or stacks (plane by plane); writes one label TIFF per input, same name.",
+    )
+    predict.add_argument("--model", required=True, help="embedded model name or model file")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="TIFF files, folders or glob patterns")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument("--tile-size", type=_positive_int, default=512, help="tile edge in pixels (default: 512)")
+    predict.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per forward pass (default: 4)")
+    predict.add_argument("--threshold", type=_fraction, default=0.5, help="foreground probability threshold (default: 0.5)")
+    predict.add_argument("--min-size", type=int, default=10, help="smallest object kept, in pixels (default: 10)")
+    predict.add_argument("--probability", action="store_true", help="also write the foreground probability (NAME_probability.tif)")
+    predict.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
+    predict.set_defaults(handler=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="compare predicted labels with ground truth",
+        description="Pixel IoU/F1 and instance average precision (TP/(TP+FP+FN), one-to-one matching) "
+        "at IoU 0.5 to 0.95; files pair by name.",
+    )
+    evaluate.add_argument("--pred", required=True, help="folder, glob or file of predicted label TIFFs")
+    evaluate.add_argument("--gt", required=True, help="folder, glob or file of ground-truth label TIFFs")
+    evaluate.add_argument("--json", help="also write the results to this JSON file")
+    evaluate.set_defaults(handler=_evaluate)
+
+    models = commands.add_parser("models", help="list the embedded models", description="List the embedded models.")
+    models.set_defaults(handler=_models)
+
+    sample = commands.add_parser(
+        "sample", help="write generated nuclei images and labels to try things out",
+        description="Write generated fluorescence-like nuclei (images/ and labels/) for a first try.",
+    )
+    sample.add_argument("--out", required=True, help="folder to write images/ and labels/ into")
+    sample.add_argument("--count", type=_positive_int, default=8, help="number of images (default: 8)")
+    sample.add_argument("--size", type=_positive_int, default=256, help="image edge in pixels (default: 256)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sample.set_defaults(handler=_sample)
+    return parser
+
+
+def _train(args) -> int:
+    from .core.augment import AugmentConfig
+    from .core.io import collect_tiffs, pair_by_name, read_tiff
+    from .core.model import NetworkConfig
+    from .core.registry import load_model
+    from .core.train import TrainingConfig, TrainingSample, train_iter
+
+    pairs = pair_by_name(collect_tiffs(args.images), collect_tiffs(args.labels))
+    samples, pixel_size, unit = [], args.pixel_size, "um" if args.pixel_size else ""
+    for image_path, labels_path in pairs:
+        image, info = read_tiff(image_path)
+        labels, _ = read_tiff(labels_path)
+        samples.append(TrainingSample(image, labels, name=image_path.name))
+        if pixel_size is None and info.pixel_size is not None:
+            pixel_size, unit = info.pixel_size, info.unit
+    model = None if args.init == "scratch" else load_model(args.init)
+    config = TrainingConfig(
+        epochs=args.epochs, max_minutes=args.max_minutes, steps_per_epoch=args.steps_per_epoch,
+        patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        optimizer=args.optimizer, w0=args.w0, sigma=args.sigma, dice_weight=args.dice_weight,
+        val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, device=args.device,
+        augment=AugmentConfig(strength=args.augment),
+    )
+    network = NetworkConfig(depth=args.depth, base_width=args.base_width, num_classes=args.classes, padding=args.padding)
+    print(f"training on {len(samples)} image(s), {'from scratch' if model is None else 'starting from ' + args.init}",
+          file=sys.stderr)
+    stop = threading.Event()
+    # Ctrl-C ends training after the current step and still saves the best model so far.
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    progress = _Progress("train")
+    try:
+        generator = train_iter(samples, model=model, config=config, network_config=network, stop=stop,
+                               pixel_size=pixel_size, pixel_unit=unit)
+        while True:
+            try:
+                update = next(generator)
+            except StopIteration as finished:
+                result = finished.value
+                break
+            note = f"loss {update.loss:.4f}"
+            if update.best_score is not None:
+                note += f" best {update.best_score:.3f}"
+            progress.update(update.step, update.total_steps, note)
+            if update.validation is not None and not progress.active:
+                print(f"step {update.step}/{update.total_steps} {note} val {json.dumps(_rounded(update.validation))}",
+                      file=sys.stderr)
+    finally:
+        progress.close()
+        signal.signal(signal.SIGINT, previous)
+    path = result.model.save(args.out)
+    last = result.history[-1] if result.history else {}
+    print(json.dumps({"model": str(path), "stop_reason": result.stop_reason, "steps": result.model.training["steps"],
+                      "last_validation": _rounded(last)}))
+    return 0
+
+
+def _rounded(values: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}
+
+
+def _predict(args) -> int:
+    from .core.errors import InputError, NapariUnetError
+    from .core.io import collect_tiffs, read_tiff, write_tiff
+    from .core.predict import predict_iter
+    from .core.registry import load_model
+
+    model = load_model(args.model)
+    files = [path for spec in args.inputs for path in collect_tiffs(spec)]
+    out = Path(args.out)
+    inputs = {path.resolve() for path in files}
+    failures = []
+    for path in files:
+        target = out / f"{path.stem}.tif"
+        if target.resolve() in inputs:
+            raise InputError(f"the output {target} would overwrite an input; choose another --out folder")
+        progress = _Progress(path.name)
+        try:
+            image, info = read_tiff(path)
+            generator = predict_iter(model, image, tile_size=args.tile_size, batch_size=args.batch_size,
+                                     threshold=args.threshold, min_size=args.min_size, device=args.device)
+            while True:
+                try:
+                    update = next(generator)
+                except StopIteration as finished:
+                    result = finished.value
+                    break
+                progress.update(update.plane * update.total + update.done, update.planes * update.total)
+        except NapariUnetError as error:
+            failures.append(path)
+            progress.close()
+            print(f"napari-unet: error: {path}: {error}", file=sys.stderr)
+            continue
+        progress.close()
+        labels = result.labels
+        labels = labels.astype("uint16") if labels.max(initial=0) < 2**16 else labels.astype("uint32")
+        write_tiff(target, labels, info.pixel_size, info.unit or "um")
+        if args.probability:
+            write_tiff(out / f"{path.stem}_probability.tif", result.probability, info.pixel_size, info.unit or "um")
+        print(f"{path.name}: {int(result.labels.max(initial=0)) if result.labels.ndim == 2 else 'stack'} -> {target}",
+              file=sys.stderr)
+    if failures:
+        print(f"napari-unet: {len(failures)} of {len(files)} input(s) failed", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _evaluate(args) -> int:
+    import numpy as np
+
+    from .core.errors import InputError
+    from .core.io import collect_tiffs, pair_by_name, read_tiff
+    from .core.metrics import average_precision, pixel_scores
+
+    pairs = pair_by_name(collect_tiffs(args.gt), collect_tiffs(args.pred))
+    truths, predictions = [], []
+    for truth_path, prediction_path in pairs:
+        truth, _ = read_tiff(truth_path)
+        prediction, _ = read_tiff(prediction_path)
+        if truth.shape != prediction.shape:
+            raise InputError(f"{prediction_path.name}: shape {prediction.shape} differs from ground truth {truth.shape}")
+        truths.extend(truth.reshape(-1, *truth.shape[-2:]))
+        predictions.extend(prediction.reshape(-1, *prediction.shape[-2:]))
+    pixels = pixel_scores(np.concatenate([p.ravel() for p in predictions]), np.concatenate([t.ravel() for t in truths]))
+    instances = average_precision(truths, predictions)
+    result = {
+        "images": len(pairs),
+        "planes": len(truths),
+        "pixel_iou": pixels["iou"],
+        "pixel_f1": pixels["f1"],
+        **instances,
+        "mean_ap_0.5_0.95": float(np.mean(instances["ap_mean"])),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def _models(args) -> int:
+    from .core.registry import embedded_models
+
+    models = embedded_models()
+    if not models:
+        print("no embedded models in this version; train one with 'napari-unet train'")
+    for name, metadata in models.items():
+        print(f"{name}: {metadata.get('description', '')}")
+    return 0
+
+
+def _sample(args) -> int:
+    from .core.io import write_tiff
+    from .core.synthetic import synthetic_nuclei
+
+    out = Path(args.out)
+    for index in range(args.count):
+        image, labels = synthetic_nuclei((args.size, args.size), count=max(4, args.size**2 // 2200), seed=args.seed + index)
+        write_tiff(out / "images" / f"nuclei_{index:03d}.tif", image)
+        write_tiff(out / "labels" / f"nuclei_{index:03d}.tif", labels.astype("uint16"))
+    print(f"wrote {args.count} images to {out / 'images'} and their labels to {out / 'labels'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    warnings.showwarning = lambda message, category, *rest, **kw: print(f"napari-unet: warning: {message}", file=sys.stderr)
+    from .core.errors import NapariUnetError
+
+    try:
+        return args.handler(args)
+    except (NapariUnetError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
+        print(f"napari-unet: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except FloatingPointError as error:
+        print(f"napari-unet: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("napari-unet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""A model as users handle it: network, normalization and what is known about its training.
+
+A :class:`Model` is everything needed to reproduce a prediction, and is what a model file
+holds (see :mod:`napari_unet.core.modelfile`): the GUI, the command line and scripts that
+load the same file get the same result.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from .model import NetworkConfig, UNet
+from .normalize import Normalization
+
+__all__ = ["Model"]
+
+
+@dataclass
+class Model:
+    """A U-Net together with its preprocessing and training record.
+
+    Args:
+        network: The torch module (a :class:`~napari_unet.core.model.UNet`).
+        normalization: Intensity normalization applied before the network.
+        gap: Gap radius between touching objects in the training targets (two classes).
+        name: Short name (for embedded models, the name they are addressed by).
+        description: One line for humans.
+        pixel_size: Physical size of a pixel of the training data ``(y, x)``, if known.
+        pixel_unit: Unit of ``pixel_size`` (for example "um").
+        object_diameter: Median object diameter of the training data, in pixels.
+        history: Training record: one dict per validation (step, loss, metrics, time).
+        training: Settings of the last training run.
+    """
+
+    network: UNet
+    normalization: Normalization = field(default_factory=Normalization)
+    gap: int = 1
+    name: str = ""
+    description: str = ""
+    pixel_size: tuple[float, float] | None = None
+    pixel_unit: str = ""
+    object_diameter: float | None = None
+    history: list[dict] = field(default_factory=list)
+    training: dict = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, config: NetworkConfig | None = None, **kwargs) -> Model:
+        """A freshly initialized (untrained) model."""
+        return cls(network=UNet(config or NetworkConfig()), **kwargs)
+
+    @property
+    def config(self) -> NetworkConfig:
+        return self.network.config
+
+    def copy(self) -> Model:
+        """A deep copy whose weights can be trained without touching this model."""
+        return copy.deepcopy(self)
+
+    def predict(self, image, **kwargs):
+        """Predict labels and foreground probability; see :func:`napari_unet.core.predict.predict`."""
+        from .predict import predict
+
+        return predict(self, image, **kwargs)
+
+    def save(self, path):
+        """Save atomically to ``path`` and return the path written; see :func:`~napari_unet.core.modelfile.save_model`."""
+        from .modelfile import save_model
+
+        return save_model(self, path)

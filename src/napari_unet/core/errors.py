@@ -1,0 +1,24 @@
+"""Exceptions and warnings that the core raises for the user to read.
+
+Every message is written for a biologist, not a developer: it says what is wrong with
+the input and, where possible, what to do about it. The command line prints these as one
+line; the napari widgets show them as notifications.
+"""
+
+__all__ = ["NapariUnetError", "InputError", "ModelFileError", "InputWarning"]
+
+
+class NapariUnetError(ValueError):
+    """Base class of the errors caused by user input, not by a bug."""
+
+
+class InputError(NapariUnetError):
+    """An image, label image or setting that cannot be used as given."""
+
+
+class ModelFileError(NapariUnetError):
+    """A model file that is missing, corrupt, truncated or not a napari-unet model."""
+
+
+class InputWarning(UserWarning):
+    """Input that was usable after an automatic fix the user should know about."""

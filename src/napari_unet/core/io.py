@@ -1,0 +1,166 @@
+"""Reading and writing TIFF files with tifffile, and finding the files a user means.
+
+Label images are written atomically (a temporary file renamed when complete), so an
+interrupted run never leaves a truncated file that looks finished.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .errors import InputError
+
+__all__ = ["TIFF_SUFFIXES", "ImageInfo", "collect_tiffs", "pair_by_name", "read_tiff", "write_tiff"]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a TIFF file says about its pixels.
+
+    Attributes:
+        axes: tifffile's axes string of the array (for example "ZYX" or "YXS").
+        pixel_size: Physical size of a pixel ``(y, x)`` if the file records it.
+        unit: Unit of ``pixel_size`` (for example "um").
+    """
+
+    axes: str = ""
+    pixel_size: tuple[float, float] | None = None
+    unit: str = ""
+
+
+def collect_tiffs(spec: str | os.PathLike) -> list[Path]:
+    """The TIFF files a user means by a folder, a glob pattern or a file.
+
+    Raises:
+        InputError: If nothing matches.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and p.is_file())
+    elif path.is_file():
+        files = [path]
+    elif glob.has_magic(text):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text)) if Path(p).is_file())
+    else:
+        raise InputError(f"no such file or folder: {text}")
+    if not files:
+        raise InputError(f"no TIFF files found in {text}")
+    return files
+
+
+def pair_by_name(images: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
+    """Pair image and label files with the same name (single files pair with each other).
+
+    Raises:
+        InputError: If an image has no label file.
+    """
+    if len(images) == 1 and len(labels) == 1:
+        return [(images[0], labels[0])]
+    by_stem = {p.stem: p for p in labels}
+    missing = [p.name for p in images if p.stem not in by_stem]
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise InputError(f"{len(missing)} image(s) have no label file of the same name: {shown}")
+    return [(p, by_stem[p.stem]) for p in images]
+
+
+def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
+    """Read the first image series of a TIFF file and its pixel size.
+
+    Raises:
+        InputError: If the file is missing or not a readable TIFF.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"file not found: {path}")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data = series.asarray()
+            info = ImageInfo(series.axes, *_pixel_size(tif))
+    except (tifffile.TiffFileError, ValueError, IndexError, OSError, EOFError) as error:
+        raise InputError(f"{path} is not a readable TIFF file ({error})") from error
+    return data, info
+
+
+def _pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None, str]:
+    if tif.is_ome and tif.ome_metadata:
+        sizes = {
+            axis: float(value)
+            for axis, value in re.findall(r'PhysicalSize([XY])="([0-9.eE+-]+)"', tif.ome_metadata)
+        }
+        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+        if "X" in sizes:
+            return (sizes.get("Y", sizes["X"]), sizes["X"]), (unit.group(1) if unit else "um")
+    page = tif.pages.first
+    x_tag, y_tag = page.tags.get("XResolution"), page.tags.get("YResolution")
+    if x_tag is None or y_tag is None:
+        return None, ""
+    try:
+        x_res = x_tag.value[0] / x_tag.value[1]
+        y_res = y_tag.value[0] / y_tag.value[1]
+    except (TypeError, ZeroDivisionError, IndexError):
+        return None, ""
+    if x_res <= 0 or y_res <= 0 or (x_res == 1 and y_res == 1):
+        return None, ""  # 1 pixel per unit is the writers' default, not a measurement
+    unit = (tif.imagej_metadata or {}).get("unit", "") if tif.is_imagej else ""
+    if not unit:
+        resolution_unit = page.tags.get("ResolutionUnit")
+        code = int(resolution_unit.value) if resolution_unit is not None else 1
+        if code == 3:  # centimeter
+            return (1e4 / y_res, 1e4 / x_res), "um"
+        if code == 2:  # inch: a scanner or screen setting, not a microscope's
+            return None, ""
+    unit = {"micron": "um", "\\u00B5m": "um", "µm": "um"}.get(unit, unit)
+    return (1.0 / y_res, 1.0 / x_res), unit
+
+
+def write_tiff(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    pixel_size: tuple[float, float] | None = None,
+    unit: str = "um",
+) -> Path:
+    """Write an array to a compressed TIFF atomically, with its pixel size when known.
+
+    ImageJ-compatible files are written where ImageJ can read the dtype (uint8, uint16,
+    float32); BigTIFF is used when the data need it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(data)
+    imagej = data.dtype in (np.uint8, np.uint16, np.float32) and data.ndim <= 6
+    options: dict = {"compression": "zlib", "bigtiff": data.nbytes > 2**31}
+    if imagej and not options["bigtiff"]:
+        options["imagej"] = True
+        options["metadata"] = {"axes": "ZYX"[-data.ndim :] if data.ndim <= 3 else None}
+        if options["metadata"]["axes"] is None:
+            options["metadata"] = {}
+    if pixel_size is not None:
+        options["resolution"] = (1.0 / pixel_size[1], 1.0 / pixel_size[0])
+        if options.get("imagej"):
+            options["metadata"]["unit"] = unit
+        else:
+            options["resolutionunit"] = "CENTIMETER" if unit == "um" else "NONE"
+            if unit == "um":
+                options["resolution"] = (1e4 / pixel_size[1], 1e4 / pixel_size[0])
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        tifffile.imwrite(temporary, data, **options)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

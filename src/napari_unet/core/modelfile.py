@@ -1,0 +1,147 @@
+"""Model files: one safetensors file with the weights and JSON metadata in its header.
+
+safetensors holds only named tensors and a string-to-string header, so loading a model
+file never unpickles anything: a file from a colleague or a forum cannot run code. The
+header's ``napari_unet`` entry is JSON with the architecture, normalization, pixel size,
+object diameter, training settings and history, and the package version that wrote it.
+
+Saving writes a temporary file beside the target and renames it over the target only when
+it is complete, so an interrupted save never destroys the previous model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .bundle import Model
+from .errors import ModelFileError
+from .model import NetworkConfig, UNet
+from .normalize import Normalization
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MODEL_SUFFIX", "save_model", "load_model_file", "read_metadata"]
+
+FORMAT_NAME = "napari-unet model"
+FORMAT_VERSION = 1
+MODEL_SUFFIX = ".safetensors"
+_HEADER_KEY = "napari_unet"
+
+
+def _package_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _metadata(model: Model) -> dict:
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "package_version": _package_version(),
+        "name": model.name,
+        "description": model.description,
+        "network": model.config.to_dict(),
+        "normalization": model.normalization.to_dict(),
+        "gap": model.gap,
+        "pixel_size": list(model.pixel_size) if model.pixel_size else None,
+        "pixel_unit": model.pixel_unit,
+        "object_diameter": model.object_diameter,
+        "training": model.training,
+        "history": model.history,
+    }
+
+
+def save_model(model: Model, path: str | os.PathLike) -> Path:
+    """Write ``model`` to ``path`` atomically.
+
+    Args:
+        model: The model to save.
+        path: Target file; ``.safetensors`` is appended when it has no suffix.
+
+    Returns:
+        The path written.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(MODEL_SUFFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in model.network.state_dict().items()}
+    header = {_HEADER_KEY: json.dumps(_metadata(model))}
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=header)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The JSON metadata of a model file, without reading its weights.
+
+    Raises:
+        ModelFileError: If the file is missing, unreadable or not a napari-unet model.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except Exception as error:  # safetensors reports corruption with several types
+        raise ModelFileError(f"{path} is not a readable model file (corrupt, truncated or another format)") from error
+    try:
+        metadata = json.loads(header[_HEADER_KEY])
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{path} is a safetensors file but not a napari-unet model") from error
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{path} is a safetensors file but not a napari-unet model")
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} was written by a newer napari-unet ({metadata.get('package_version')}); please upgrade"
+        )
+    return metadata
+
+
+def load_model_file(path: str | os.PathLike) -> Model:
+    """Load a model file written by :func:`save_model`.
+
+    Raises:
+        ModelFileError: If the file is missing, corrupt, truncated, not a napari-unet
+            model, or its weights do not fit its architecture.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        config = NetworkConfig.from_dict(metadata["network"])
+        normalization = Normalization.from_dict(metadata["normalization"])
+        network = UNet(config)
+        tensors = load_file(str(path), device="cpu")
+        network.load_state_dict(tensors, strict=True)
+    except Exception as error:
+        raise ModelFileError(f"{path} is damaged: its weights do not match its architecture ({error})") from error
+    pixel_size = metadata.get("pixel_size")
+    return Model(
+        network=network,
+        normalization=normalization,
+        gap=int(metadata.get("gap", 1)),
+        name=metadata.get("name", ""),
+        description=metadata.get("description", ""),
+        pixel_size=tuple(pixel_size) if pixel_size else None,
+        pixel_unit=metadata.get("pixel_unit", ""),
+        object_diameter=metadata.get("object_diameter"),
+        history=list(metadata.get("history", [])),
+        training=dict(metadata.get("training", {})),
+    )

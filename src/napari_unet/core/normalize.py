@@ -1,0 +1,153 @@
+"""Intensity normalization and channel handling, shared by training and prediction.
+
+The normalization is part of the model file, so an image is scaled the same way when a
+model is trained and when it predicts, whatever the input's dtype (uint8, uint16, float).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import InputError, InputWarning
+
+__all__ = ["Normalization", "as_planes"]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Robust percentile normalization of each image plane and channel to about [0, 1].
+
+    Args:
+        low_percentile: Percentile mapped to 0.
+        high_percentile: Percentile mapped to 1.
+    """
+
+    low_percentile: float = 1.0
+    high_percentile: float = 99.8
+
+    def __post_init__(self):
+        if not 0 <= self.low_percentile < self.high_percentile <= 100:
+            raise ValueError("need 0 <= low_percentile < high_percentile <= 100")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Normalization:
+        return cls(**values)
+
+    def __call__(self, planes: np.ndarray) -> np.ndarray:
+        """Normalize ``(..., channels, height, width)`` planes to float32, one plane at a time.
+
+        Non-finite pixels (NaN, inf) are ignored for the percentiles and set to 0, with a
+        warning.
+        """
+        planes = np.asarray(planes)
+        out = np.empty(planes.shape, np.float32)
+        flat_in = planes.reshape(-1, *planes.shape[-2:])
+        flat_out = out.reshape(flat_in.shape)
+        warned = False
+        for index, plane in enumerate(flat_in):
+            plane = plane.astype(np.float32, copy=False)
+            finite = np.isfinite(plane)
+            if not finite.all():
+                if not finite.any():
+                    raise InputError("the image has no finite pixel values (all NaN or inf)")
+                if not warned:
+                    warnings.warn(
+                        "the image has NaN or infinite pixels; they are treated as background",
+                        InputWarning,
+                        stacklevel=2,
+                    )
+                    warned = True
+                values = plane[finite]
+            else:
+                values = plane
+            low, high = np.percentile(values, [self.low_percentile, self.high_percentile])
+            if high <= low:  # a flat plane: keep it flat instead of dividing by zero
+                high = low + 1.0
+            result = flat_out[index]
+            np.subtract(plane, low, out=result)
+            result *= 1.0 / (high - low)
+            if not finite.all():
+                result[~finite] = 0.0
+        return out
+
+
+def as_planes(
+    image: np.ndarray, in_channels: int, channel_axis: int | None = None
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Bring an image into the ``(planes, channels, height, width)`` layout of the network.
+
+    The last two axes are always height and width. Without ``channel_axis``, a
+    one-channel model reads every leading axis as a stack axis (Z, T, ...), except that a
+    trailing axis of 3 or 4 on an image whose other axes are large is read as RGB(A) and
+    converted to gray with a warning; a multi-channel model takes the first axis of the
+    right length as channels.
+
+    Args:
+        image: Array with at least two dimensions.
+        in_channels: Channels the model takes.
+        channel_axis: Axis holding the channels, if the caller knows it.
+
+    Returns:
+        The planes and the stack shape (the leading axes other than channels), so that
+        results can be reshaped to ``stack_shape + (height, width)``.
+
+    Raises:
+        InputError: If the image has too few dimensions or its channels don't fit the model.
+    """
+    image = np.asarray(image)
+    if image.ndim < 2 or min(image.shape[-2:]) < 1:
+        raise InputError(f"an image needs at least two axes (height, width), got shape {image.shape}")
+    if image.dtype == bool:
+        image = image.astype(np.uint8)
+    if not (np.issubdtype(image.dtype, np.number)) or np.iscomplexobj(image):
+        raise InputError(f"cannot read pixel values of type {image.dtype}")
+    if channel_axis is None and _looks_rgb(image):
+        channel_axis = image.ndim - 1
+    if channel_axis is not None:
+        if image.ndim < 3:
+            raise InputError("a channel axis needs an image of at least three axes")
+        # The spatial axes are the last two axes other than the channel axis.
+        channels = image.shape[channel_axis]
+        image = np.moveaxis(image, channel_axis, -3)
+        if channels != in_channels:
+            if in_channels == 1 and channels in (3, 4):
+                warnings.warn(
+                    f"the image has {channels} colour channels and the model takes one; "
+                    "it was converted to gray",
+                    InputWarning,
+                    stacklevel=2,
+                )
+                image = _to_gray(image)
+            else:
+                raise InputError(
+                    f"the image has {channels} channels but the model takes {in_channels}"
+                )
+    elif in_channels == 1:
+        image = image[..., np.newaxis, :, :]
+    else:
+        axes = [axis for axis in range(image.ndim - 2) if image.shape[axis] == in_channels]
+        if not axes:
+            raise InputError(
+                f"the model takes {in_channels} channels but no axis of the image "
+                f"(shape {image.shape}) has that length"
+            )
+        image = np.moveaxis(image, axes[0], -3)
+    stack_shape = image.shape[:-3]
+    return image.reshape(-1, *image.shape[-3:]), stack_shape
+
+
+def _looks_rgb(image: np.ndarray) -> bool:
+    return image.ndim >= 3 and image.shape[-1] in (3, 4) and min(image.shape[-3:-1]) > 4
+
+
+def _to_gray(image: np.ndarray) -> np.ndarray:
+    """Luminance (ITU-R BT.601) of ``(..., 3 or 4, H, W)``; alpha is dropped."""
+    rgb = image[..., :3, :, :].astype(np.float32)
+    gray = 0.299 * rgb[..., 0, :, :] + 0.587 * rgb[..., 1, :, :] + 0.114 * rgb[..., 2, :, :]
+    return gray[..., np.newaxis, :, :]

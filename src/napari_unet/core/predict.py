@@ -1,0 +1,198 @@
+"""Overlap-tile prediction of images of any size and of stacks of any depth.
+
+The image is mirror-padded at its borders, cut into tiles that overlap by the network's
+context on each side, and the tiles are predicted in batches; only the center of each
+tile, where the network sees all the context it needs, is kept. Tiles start on the
+network's pooling grid, so the stitched result equals a whole-image prediction up to
+float rounding and shows no seams.
+
+Long work is a generator that yields :class:`PredictProgress` and returns the result;
+:func:`predict` is the plain synchronous wrapper.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .bundle import Model
+from .device import autocast, resolve_device
+from .errors import InputError
+from .model import UNet
+from .normalize import as_planes
+from .postprocess import foreground_probability, probabilities_to_labels
+
+__all__ = ["PredictProgress", "Prediction", "predict_probabilities", "predict_iter", "predict", "run_to_end"]
+
+
+@dataclass(frozen=True)
+class PredictProgress:
+    """Where a prediction is: ``done`` of ``total`` tile batches over all planes."""
+
+    plane: int
+    planes: int
+    done: int
+    total: int
+
+
+@dataclass
+class Prediction:
+    """Result of a prediction, shaped like the input without its channel axis.
+
+    Attributes:
+        labels: int32 instance labels (0 = background).
+        probability: float32 foreground probability in [0, 1].
+    """
+
+    labels: np.ndarray
+    probability: np.ndarray
+
+
+@dataclass(frozen=True)
+class _AxisTiling:
+    tile: int  # input tile length
+    step: int  # output pixels kept per tile, and distance between tile starts
+    count: int
+    pad_before: int
+    pad_after: int
+    keep_from: int  # first kept pixel within a tile's network output
+
+
+def _axis_tiling(network: UNet, length: int, tile_size: int) -> _AxisTiling:
+    multiple = network.size_multiple
+    context = network.context
+    wanted = max(min(tile_size, length + 2 * context), 2 * context + multiple)
+    tile = network.valid_input_size(wanted)
+    out = network.output_size(tile)
+    # A "same" network's output covers the whole tile; a "valid" one's starts after the context.
+    keep_from = context if out == tile else 0
+    # Steps on the pooling grid keep every tile aligned with a whole-image pass.
+    step = max((tile - 2 * context) // multiple * multiple, multiple)
+    step = min(step, out - keep_from)
+    count = math.ceil(length / step)
+    padded = (count - 1) * step + tile
+    return _AxisTiling(tile, step, count, context, padded - length - context, keep_from)
+
+
+def _mirror_pad(image: np.ndarray, pad: tuple[tuple[int, int], ...]) -> np.ndarray:
+    # numpy reflects repeatedly when the padding exceeds the image; a single pixel has
+    # nothing to reflect, so it is repeated instead.
+    mode = "reflect" if min(image.shape[-2:]) > 1 else "edge"
+    return np.pad(image, pad, mode=mode)
+
+
+
+def predict_probabilities(
+    network: UNet,
+    plane: np.ndarray,
+    tile_size: int = 512,
+    batch_size: int = 4,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+) -> Iterator[tuple[int, int] | np.ndarray]:
+    """Class probabilities of one normalized plane, by overlapping tiles.
+
+    A generator: yields ``(done, total)`` tile batches, then returns the
+    ``(classes, H, W)`` float32 probabilities (use :func:`run_to_end` to get them).
+
+    Args:
+        network: The U-Net (moved to ``device`` and put in eval mode).
+        plane: ``(channels, H, W)`` float32, already normalized.
+        tile_size: Largest tile edge in pixels, context included.
+        batch_size: Tiles per forward pass.
+        device: Torch device or "auto".
+        amp: Mixed precision on CUDA.
+    """
+    device = resolve_device(device)
+    network.to(device).eval()
+    _, height, width = plane.shape
+    rows = _axis_tiling(network, height, tile_size)
+    cols = _axis_tiling(network, width, tile_size)
+    padded = _mirror_pad(plane, ((0, 0), (rows.pad_before, rows.pad_after), (cols.pad_before, cols.pad_after)))
+    padded = np.ascontiguousarray(padded, dtype=np.float32)
+    starts = [(r * rows.step, c * cols.step) for r in range(rows.count) for c in range(cols.count)]
+    result = np.zeros((network.config.num_classes, height, width), np.float32)
+    total = math.ceil(len(starts) / batch_size)
+    for batch_index in range(total):
+        batch_starts = starts[batch_index * batch_size : (batch_index + 1) * batch_size]
+        tiles = np.stack([padded[:, y : y + rows.tile, x : x + cols.tile] for y, x in batch_starts])
+        with torch.inference_mode(), autocast(device, amp):
+            logits = network(torch.from_numpy(tiles).to(device))
+        probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        for (y, x), tile_probabilities in zip(batch_starts, probabilities):
+            keep_h = min(rows.step, height - y)
+            keep_w = min(cols.step, width - x)
+            result[:, y : y + keep_h, x : x + keep_w] = tile_probabilities[
+                :, rows.keep_from : rows.keep_from + keep_h, cols.keep_from : cols.keep_from + keep_w
+            ]
+        yield batch_index + 1, total
+    return result
+
+
+def predict_iter(
+    model: Model,
+    image: np.ndarray,
+    tile_size: int = 512,
+    batch_size: int = 4,
+    threshold: float = 0.5,
+    min_size: int = 10,
+    channel_axis: int | None = None,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+) -> Iterator[PredictProgress]:
+    """Predict an image or a stack plane by plane; yields progress, returns a :class:`Prediction`.
+
+    The last two axes are height and width; any leading axes (Z, T, ...) are predicted
+    plane by plane. Stop early by closing the generator (or simply no longer iterating).
+
+    Args:
+        model: The model.
+        image: 2D image, RGB image or stack, any numeric dtype.
+        tile_size: Largest tile edge in pixels, context included.
+        batch_size: Tiles per forward pass.
+        threshold: Foreground probability threshold.
+        min_size: Smallest object kept, in pixels.
+        channel_axis: Channel axis of a multi-channel image, if not guessed right.
+        device: Torch device or "auto".
+        amp: Mixed precision on CUDA.
+    """
+    if tile_size < 1 or batch_size < 1:
+        raise InputError("tile size and batch size must be positive")
+    planes, stack_shape = as_planes(image, model.config.in_channels, channel_axis)
+    height, width = planes.shape[-2:]
+    labels = np.zeros((len(planes), height, width), np.int32)
+    probability = np.zeros((len(planes), height, width), np.float32)
+    for index, plane in enumerate(planes):
+        normalized = model.normalization(plane)
+        tiles = predict_probabilities(model.network, normalized, tile_size, batch_size, device, amp)
+        while True:
+            try:
+                done, total = next(tiles)
+            except StopIteration as finished:
+                probabilities = finished.value
+                break
+            yield PredictProgress(index, len(planes), done, total)
+        probability[index] = foreground_probability(probabilities)
+        labels[index] = probabilities_to_labels(probabilities, threshold, min_size, model.gap)
+    shape = stack_shape + (height, width)
+    return Prediction(labels.reshape(shape), probability.reshape(shape))
+
+
+def run_to_end(generator, on_progress: Callable | None = None):
+    """Exhaust a progress generator of the core and return its return value."""
+    while True:
+        try:
+            progress = next(generator)
+        except StopIteration as finished:
+            return finished.value
+        if on_progress is not None:
+            on_progress(progress)
+
+
+def predict(model: Model, image: np.ndarray, on_progress: Callable | None = None, **kwargs) -> Prediction:
+    """Synchronous :func:`predict_iter`; ``on_progress`` is called with each progress."""
+    return run_to_end(predict_iter(model, image, **kwargs), on_progress)

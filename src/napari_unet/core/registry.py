@@ -1,0 +1,43 @@
+"""Models addressed by name: those shipped inside the package.
+
+A name resolves to ``napari_unet/models/<name>.safetensors``; anything else is read as a
+path to a model file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .bundle import Model
+from .errors import ModelFileError
+from .modelfile import MODEL_SUFFIX, load_model_file, read_metadata
+
+__all__ = ["embedded_models", "load_model"]
+
+_EMBEDDED = Path(__file__).resolve().parent.parent / "models"
+
+
+def embedded_models() -> dict[str, dict]:
+    """Metadata of every model shipped with the package, by name."""
+    if not _EMBEDDED.is_dir():
+        return {}
+    return {path.name[: -len(MODEL_SUFFIX)]: read_metadata(path) for path in sorted(_EMBEDDED.glob(f"*{MODEL_SUFFIX}"))}
+
+
+def load_model(name_or_path: str | os.PathLike) -> Model:
+    """Load an embedded model by name, or a model file by path.
+
+    Raises:
+        ModelFileError: If there is no such embedded model or file, or the file is not a
+            usable model.
+    """
+    text = str(name_or_path)
+    embedded = _EMBEDDED / f"{text}{MODEL_SUFFIX}"
+    if os.sep not in text and "/" not in text and embedded.is_file():
+        return load_model_file(embedded)
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return load_model_file(path)
+    names = ", ".join(embedded_models()) or "none yet"
+    raise ModelFileError(f"no model file {text!r} and no embedded model of that name (embedded: {names})")

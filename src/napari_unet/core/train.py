@@ -1,0 +1,469 @@
+"""Training and fine-tuning, as a generator that yields progress and can be stopped.
+
+:func:`train_iter` prepares targets and weight maps once, then repeats: draw random
+windows around annotated pixels (CPU, cheap slicing), move them to the training device,
+augment them there in one batched operation, and take an optimizer step on the weighted
+cross-entropy (plus Dice if asked). After every epoch the model is validated; the best
+validated weights are what training returns, also when the user stops it or the time
+budget runs out. :func:`train` is the plain synchronous wrapper.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import AugmentConfig, augment_batch
+from .bundle import Model
+from .device import autocast, resolve_device
+from .errors import InputError
+from .metrics import average_precision, pixel_scores
+from .model import NetworkConfig
+from .normalize import as_planes
+from .postprocess import probabilities_to_labels
+from .predict import predict_probabilities, run_to_end
+from .targets import as_instance_labels, border_weights, class_targets
+
+__all__ = ["TrainingSample", "TrainingConfig", "TrainingProgress", "TrainingResult", "train_iter", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSample:
+    """One annotated image or stack.
+
+    Args:
+        image: 2D image, RGB image or stack (leading axes are planes).
+        labels: Instance labels (0 = background) with the image's shape less channels.
+        mask: Annotated pixels (same shape as labels); None means all pixels.
+        name: Shown in messages.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray | None = None
+    name: str = "image"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Settings of a training run; saved with the model.
+
+    Args:
+        epochs: Passes over the training data (see ``steps_per_epoch``).
+        max_minutes: Time budget; training ends at whichever of the two comes first.
+        steps_per_epoch: Optimizer steps between validations; by default enough patches
+            to cover the training pixels once (at least 8 steps).
+        patch_size: Edge of the square training patches, in pixels.
+        batch_size: Patches per step.
+        learning_rate: Step size of the optimizer.
+        optimizer: "adam" or "sgd" (the paper's SGD with high momentum).
+        momentum: Momentum of SGD (the paper uses 0.99).
+        weight_decay: L2 penalty.
+        w0: Height of the border weight term.
+        sigma: Width of the border weight term, in pixels.
+        dice_weight: Weight of a soft Dice loss added to the cross-entropy (0 = off).
+        val_fraction: Share of the images kept for validation; with too few images, a
+            stripe of that share of every image is kept instead.
+        patience: Stop after this many validations without improvement (None = never).
+        seed: Random seed of patch sampling, augmentation and initialization.
+        device: "auto", "cpu", "cuda" or "mps".
+        amp: Mixed precision on CUDA.
+        augment: Augmentation strengths.
+    """
+
+    epochs: int = 50
+    max_minutes: float | None = None
+    steps_per_epoch: int | None = None
+    patch_size: int = 256
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.99
+    weight_decay: float = 0.0
+    w0: float = 10.0
+    sigma: float = 5.0
+    dice_weight: float = 0.0
+    val_fraction: float = 0.1
+    patience: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        if self.optimizer not in ("adam", "sgd"):
+            raise InputError(f"optimizer must be 'adam' or 'sgd', not {self.optimizer!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.patch_size < 8:
+            raise InputError("epochs and batch size must be at least 1 and the patch size at least 8")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise InputError("the time budget must be positive")
+        if not 0 <= self.val_fraction < 1:
+            raise InputError("the validation fraction must be in [0, 1)")
+        if self.learning_rate <= 0:
+            raise InputError("the learning rate must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainingConfig:
+        values = dict(values)
+        if "augment" in values:
+            values["augment"] = AugmentConfig.from_dict(values["augment"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """One step of training.
+
+    Attributes:
+        step: Optimizer steps done.
+        total_steps: Steps planned from the epochs (the time budget may end sooner).
+        epoch: Epochs done.
+        loss: Training loss of this step.
+        elapsed: Seconds since training started.
+        validation: Validation metrics, on the steps that validated (else None).
+        best_score: Best validation score so far (None before the first validation).
+    """
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    elapsed: float
+    validation: dict | None = None
+    best_score: float | None = None
+
+
+@dataclass
+class TrainingResult:
+    """What training returns.
+
+    Attributes:
+        model: The trained model, holding the best validated weights.
+        history: One dict per validation.
+        stop_reason: "epochs", "time budget", "early stopping" or "stopped".
+    """
+
+    model: Model
+    history: list[dict]
+    stop_reason: str
+
+
+@dataclass
+class _Plane:
+    image: np.ndarray  # (C, H, W) float32, normalized and padded
+    target: np.ndarray  # (H, W) uint8
+    weights: np.ndarray  # (H, W) float32
+    mask: np.ndarray  # (H, W) bool
+    centers: np.ndarray  # flat indices of annotated pixels to center patches on
+    labels: np.ndarray  # (H, W) original instance labels, unpadded
+    region: tuple[slice, slice]  # the unpadded plane inside the padded arrays
+
+
+def _split_planes(samples: Sequence[TrainingSample], in_channels: int):
+    """Yield (name, image plane (C,H,W), labels plane, mask plane) of every annotated plane."""
+    for sample in samples:
+        planes, stack_shape = as_planes(sample.image, in_channels)
+        labels = np.asarray(sample.labels)
+        if labels.shape != stack_shape + planes.shape[-2:]:
+            raise InputError(
+                f"{sample.name}: labels of shape {labels.shape} do not match the image "
+                f"(shape {np.shape(sample.image)}); they must cover the same pixels"
+            )
+        labels = labels.reshape(-1, *planes.shape[-2:])
+        if sample.mask is None:
+            masks = np.ones(labels.shape, bool)
+        else:
+            masks = np.asarray(sample.mask, bool)
+            if masks.size != labels.size:
+                raise InputError(f"{sample.name}: the annotation mask does not match the labels' shape")
+            masks = masks.reshape(labels.shape)
+        for plane, plane_labels, plane_mask in zip(planes, labels, masks):
+            if plane_mask.any():
+                yield sample.name, plane, as_instance_labels(plane_labels), plane_mask
+
+
+def _prepare_plane(model: Model, config: TrainingConfig, image, labels, mask, window: int) -> _Plane:
+    normalized = model.normalization(image)
+    target = class_targets(labels, model.config.num_classes, model.gap)
+    weights = border_weights(labels, config.w0, config.sigma, model.config.num_classes, model.gap, mask)
+    height, width = labels.shape
+    pad_h, pad_w = max(window - height, 0), max(window - width, 0)
+    if pad_h or pad_w:
+        # Small images are mirrored up to the window size; the mirrored part is unannotated.
+        spatial = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
+        mode = "reflect" if min(height, width) > 1 else "edge"
+        normalized = np.pad(normalized, ((0, 0),) + spatial, mode=mode)
+        target = np.pad(target, spatial, mode=mode)
+        weights = np.pad(weights, spatial, mode=mode)
+        mask = np.pad(mask, spatial, mode="constant")
+    region = (slice(pad_h // 2, pad_h // 2 + height), slice(pad_w // 2, pad_w // 2 + width))
+    centers = np.flatnonzero(mask)
+    return _Plane(normalized, target, weights, mask, centers, labels, region)
+
+
+def _validation_split(planes: list, fraction: float, rng: np.random.Generator):
+    """Split (name, image, labels, mask) planes into training and validation.
+
+    Whole planes are held out when there are enough; otherwise the last ``fraction`` of
+    every plane's columns is held out (and removed from its training mask).
+    """
+    if fraction <= 0:
+        return planes, []
+    count = int(round(len(planes) * fraction))
+    if count >= 1 and len(planes) - count >= 1:
+        order = rng.permutation(len(planes))
+        held = set(order[:count].tolist())
+        return [p for i, p in enumerate(planes) if i not in held], [p for i, p in enumerate(planes) if i in held]
+    train, validation = [], []
+    for name, image, labels, mask in planes:
+        width = labels.shape[-1]
+        cut = width - max(int(round(width * fraction)), 1)
+        if cut < 16:
+            train.append((name, image, labels, mask))  # too narrow to split
+            continue
+        train_mask = mask.copy()
+        train_mask[:, cut:] = False
+        train.append((name, image, labels, train_mask))
+        validation.append((name, image[..., cut:], labels[:, cut:], mask[:, cut:]))
+    return train, validation
+
+
+def _object_diameter(planes) -> float | None:
+    diameters = []
+    for _, _, labels, mask in planes:
+        areas = np.bincount(labels[mask].ravel())[1:]
+        diameters.extend(np.sqrt(4 * areas[areas > 0] / math.pi).tolist())
+    return float(np.median(diameters)) if diameters else None
+
+
+class _PatchSampler:
+    """Draws random training windows centered on annotated pixels."""
+
+    def __init__(self, planes: list[_Plane], window: int, rng: np.random.Generator):
+        self.planes = planes
+        self.window = window
+        self.rng = rng
+        sizes = np.array([len(p.centers) for p in planes], float)
+        self.plane_probability = sizes / sizes.sum()
+
+    def __call__(self, batch: int):
+        w = self.window
+        channels = self.planes[0].image.shape[0]
+        images = np.empty((batch, channels, w, w), np.float32)
+        targets = np.empty((batch, w, w), np.uint8)
+        weights = np.empty((batch, w, w), np.float32)
+        masks = np.empty((batch, w, w), bool)
+        for index in range(batch):
+            plane = self.planes[self.rng.choice(len(self.planes), p=self.plane_probability)]
+            height, width = plane.target.shape
+            cy, cx = divmod(int(plane.centers[self.rng.integers(len(plane.centers))]), width)
+            top = min(max(cy - w // 2, 0), height - w)
+            left = min(max(cx - w // 2, 0), width - w)
+            window = (slice(top, top + w), slice(left, left + w))
+            images[index] = plane.image[(slice(None),) + window]
+            targets[index] = plane.target[window]
+            weights[index] = plane.weights[window]
+            masks[index] = plane.mask[window]
+        return images, targets, weights, masks
+
+
+def _loss(logits, target, weights, mask, dice_weight: float) -> torch.Tensor:
+    """Weighted cross-entropy over annotated pixels (plus soft Dice of the foreground)."""
+    mask = mask.float()
+    annotated = mask.sum().clamp(min=1.0)
+    pixel_loss = F.cross_entropy(logits.float(), target, reduction="none")
+    # Multiplying by the mask (not indexing) keeps unannotated pixels at exactly zero
+    # loss and zero gradient while the tensor shapes stay fixed.
+    loss = (pixel_loss * weights * mask).sum() / annotated
+    if dice_weight > 0:
+        foreground = 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
+        truth = (target > 0).float()
+        intersection = (foreground * truth * mask).sum()
+        total = ((foreground + truth) * mask).sum()
+        loss = loss + dice_weight * (1.0 - (2 * intersection + 1.0) / (total + 1.0))
+    return loss
+
+
+def _center_crop(tensor: torch.Tensor, size: int) -> torch.Tensor:
+    offset = (tensor.shape[-1] - size) // 2
+    if offset == 0:
+        return tensor
+    return tensor[..., offset : offset + size, offset : offset + size]
+
+
+def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_size: int = 512) -> dict:
+    """Pixel IoU/F1 over the annotated pixels and AP at IoU 0.5 on fully annotated planes.
+
+    ``score`` is the AP when some validation plane is fully annotated, else the IoU.
+    """
+    truths, predictions, pixels_pred, pixels_true = [], [], [], []
+    for _, image, labels, mask in planes:
+        normalized = model.normalization(image)
+        probabilities = run_to_end(
+            predict_probabilities(model.network, normalized, tile_size, 4, device, amp)
+        )
+        predicted = probabilities_to_labels(probabilities, gap=model.gap)
+        pixels_pred.append(predicted[mask])
+        pixels_true.append(labels[mask])
+        if mask.all():
+            truths.append(labels)
+            predictions.append(predicted)
+    scores = pixel_scores(np.concatenate(pixels_pred), np.concatenate(pixels_true))
+    result = {"iou": scores["iou"], "f1": scores["f1"]}
+    if truths:
+        result["ap50"] = average_precision(truths, predictions, thresholds=(0.5,))["ap_mean"][0]
+    result["score"] = result.get("ap50", result["iou"])
+    return result
+
+
+
+def train_iter(
+    samples: Sequence[TrainingSample],
+    model: Model | None = None,
+    config: TrainingConfig | None = None,
+    network_config: NetworkConfig | None = None,
+    stop: threading.Event | None = None,
+    pixel_size: tuple[float, float] | None = None,
+    pixel_unit: str = "",
+) -> Iterator[TrainingProgress]:
+    """Train (or fine-tune) a model; yields :class:`TrainingProgress`, returns :class:`TrainingResult`.
+
+    The given model is never changed: training works on a copy.
+
+    Args:
+        samples: Annotated images.
+        model: Model to fine-tune; None trains a new one from scratch.
+        config: Training settings.
+        network_config: Architecture when training from scratch.
+        stop: Set this event to end training after the current step; the best model so
+            far is returned.
+        pixel_size: Physical pixel size ``(y, x)`` of the training images, if known.
+        pixel_unit: Unit of ``pixel_size``.
+
+    Raises:
+        InputError: If there is nothing annotated to train on, or the data do not fit.
+    """
+    config = config or TrainingConfig()
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    model = model.copy() if model is not None else Model.new(network_config or NetworkConfig())
+    device = resolve_device(config.device)
+    network = model.network.to(device)
+
+    planes = list(_split_planes(samples, model.config.in_channels))
+    if not planes:
+        raise InputError("nothing is annotated: draw labels in at least one plane (or region) first")
+    if not any(labels[mask].any() for _, _, labels, mask in planes):
+        logger.warning("the annotations contain no object; the model can only learn background")
+    train_planes, validation_planes = _validation_split(planes, config.val_fraction, rng)
+
+    input_size = network.valid_input_size(config.patch_size)
+    output_size = network.output_size(input_size)
+    # Room around the patch for rotation, zoom, shift and deformation to pull in real context.
+    window = input_size + 2 * (input_size // 4 + int(3 * config.augment.elastic_sigma))
+    prepared = [_prepare_plane(model, config, image, labels, mask, window) for _, image, labels, mask in train_planes]
+    sampler = _PatchSampler(prepared, window, rng)
+    annotated = sum(len(p.centers) for p in prepared)
+    steps_per_epoch = config.steps_per_epoch or max(8, math.ceil(annotated / (output_size**2 * config.batch_size)))
+    total_steps = config.epochs * steps_per_epoch
+
+    parameters = [p for p in network.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            parameters, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
+
+    history: list[dict] = []
+    best_score, best_state = None, None
+    validations_without_gain = 0
+    start = time.monotonic()
+    stop_reason = "epochs"
+    step = 0
+    while step < total_steps:
+        if stop is not None and stop.is_set():
+            stop_reason = "stopped"
+            break
+        if config.max_minutes is not None and time.monotonic() - start >= 60 * config.max_minutes:
+            stop_reason = "time budget"
+            break
+        network.train()
+        images, targets, weights, masks = (torch.from_numpy(a).to(device, non_blocking=True) for a in sampler(config.batch_size))
+        images, targets, weights, masks = augment_batch(
+            images, targets, weights, masks, (input_size, input_size), config.augment, generator
+        )
+        targets, weights, masks = (_center_crop(t, output_size) for t in (targets, weights, masks))
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, config.amp):
+            logits = network(images)
+        loss = _loss(logits, targets, weights, masks, config.dice_weight)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                "training diverged (the loss is not a number); try a lower learning rate"
+            )
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+
+        validation = None
+        if step % steps_per_epoch == 0 or step == total_steps:
+            elapsed = time.monotonic() - start
+            record = {"step": step, "epoch": step // steps_per_epoch, "loss": float(loss), "seconds": round(elapsed, 2)}
+            if validation_planes:
+                validation = validate(model, validation_planes, device, config.amp)
+                record.update(validation)
+                if best_score is None or validation["score"] > best_score:
+                    best_score = validation["score"]
+                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in network.state_dict().items()})
+                    validations_without_gain = 0
+                else:
+                    validations_without_gain += 1
+            history.append(record)
+            logger.info("step %d: %s", step, record)
+        yield TrainingProgress(
+            step=step,
+            total_steps=total_steps,
+            epoch=step // steps_per_epoch,
+            loss=float(loss),
+            elapsed=time.monotonic() - start,
+            validation=validation,
+            best_score=best_score,
+        )
+        if config.patience is not None and validations_without_gain >= config.patience:
+            stop_reason = "early stopping"
+            break
+
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    network.to("cpu").eval()
+    offset = model.history[-1]["step"] if model.history else 0
+    model.history = model.history + [dict(r, step=r["step"] + offset) for r in history]
+    model.training = dict(config.to_dict(), stop_reason=stop_reason, steps=step)
+    model.object_diameter = _object_diameter(train_planes) or model.object_diameter
+    if pixel_size is not None:
+        model.pixel_size, model.pixel_unit = tuple(float(v) for v in pixel_size), pixel_unit
+    return TrainingResult(model=model, history=history, stop_reason=stop_reason)
+
+
+def train(samples, on_progress: Callable | None = None, **kwargs) -> TrainingResult:
+    """Synchronous :func:`train_iter`; ``on_progress`` is called with every step's progress."""
+    return run_to_end(train_iter(samples, **kwargs), on_progress)

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny networks, generated nuclei and the real data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+#: Real microscopy data beside the project root (see its README); tests skip without it.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    import torch
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
+
+
+@pytest.fixture
+def tiny_config():
+    """A U-Net small enough to train in seconds on a CPU."""
+    from napari_unet.core.model import NetworkConfig
+
+    return NetworkConfig(depth=2, base_width=8, batch_norm=True)
+
+
+@pytest.fixture
+def nuclei():
+    """One generated 128x128 image of touching nuclei and its labels."""
+    from napari_unet.core.synthetic import synthetic_nuclei
+
+    return synthetic_nuclei((128, 128), count=14, seed=1)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("the real data folder ../shared/data is absent")
+    return SHARED_DATA
