@@ -59,10 +59,12 @@ def regions_mask(shape: Sequence[int], regions: Iterable[Sequence[Sequence[float
         if bottom <= top or right <= left:
             continue
         plane = tuple(int(round(v)) for v in corners[0, : corners.shape[1] - 2])
-        leading = plane[-(mask.ndim - 2) :] if mask.ndim > 2 else ()
-        if mask.ndim > 2 and len(leading) < mask.ndim - 2:
-            # A 2D rectangle drawn over a stack annotates that region in every plane.
-            mask[..., top:bottom, left:right] = True
-        else:
-            mask[leading + (slice(top, bottom), slice(left, right))] = True
+        # Leading coordinates align with the last leading axes (as napari aligns layers);
+        # axes without a coordinate are all annotated: a 2D rectangle over a stack marks
+        # that region in every plane.
+        leading = plane[len(plane) - min(len(plane), mask.ndim - 2) :]
+        axes = mask.shape[mask.ndim - 2 - len(leading) : mask.ndim - 2]
+        if any(not 0 <= index < size for index, size in zip(leading, axes)):
+            continue  # drawn on a plane outside the image
+        mask[(Ellipsis, *leading, slice(top, bottom), slice(left, right))] = True
     return mask

@@ -64,7 +64,8 @@ def touching_borders(labels: np.ndarray, gap: int = 1) -> np.ndarray:
     size = 2 * gap + 1
     highest = ndimage.maximum_filter(labels, size=size, mode="nearest")
     # Background must not count as "another object" for the minimum: lift it above all labels.
-    lifted = np.where(labels == 0, np.iinfo(np.int64).max, labels.astype(np.int64))
+    # (Not to the int64 maximum: scipy's rank filters lose it to a float round trip.)
+    lifted = np.where(labels == 0, int(labels.max(initial=0)) + 1, labels.astype(np.int64))
     lowest = ndimage.minimum_filter(lifted, size=size, mode="nearest")
     return (labels > 0) & ((highest != labels) | (lowest != labels))
 

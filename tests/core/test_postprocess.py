@@ -1,0 +1,160 @@
+"""Tests of the conversion from class probabilities to instance labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.core.metrics import match_counts
+from napari_unet.core.postprocess import foreground_probability, probabilities_to_labels
+from napari_unet.core.targets import class_targets
+
+
+def probabilities_from_target(target: np.ndarray, num_classes: int, high: float = 0.9) -> np.ndarray:
+    """A confident ``(classes, H, W)`` softmax-like map that predicts ``target``."""
+    low = (1.0 - high) / (num_classes - 1)
+    probabilities = np.full((num_classes, *target.shape), low, np.float32)
+    for k in range(num_classes):
+        probabilities[k][target == k] = high
+    return probabilities
+
+
+def touching_squares() -> np.ndarray:
+    labels = np.zeros((20, 24), np.int32)
+    labels[4:12, 4:10] = 1
+    labels[4:12, 10:16] = 2
+    return labels
+
+
+def assert_same_objects(result: np.ndarray, expected: np.ndarray) -> None:
+    """Equal up to a renumbering of the objects."""
+    assert result.shape == expected.shape
+    np.testing.assert_array_equal(result > 0, expected > 0)
+    pairs = set(zip(result[expected > 0].tolist(), expected[expected > 0].tolist()))
+    assert len(pairs) == len(np.unique(expected[expected > 0])) == len(np.unique(result[result > 0]))
+
+
+def test_touching_objects_are_split_and_grown_back_over_the_gap():
+    labels = touching_squares()
+    target = class_targets(labels)
+    assert np.all(target[4:12, 9:11] == 0)  # the 2-px gap in the class-1 probability
+    result = probabilities_to_labels(probabilities_from_target(target, 2), min_size=1)
+    assert result.dtype == np.int32
+    assert set(np.unique(result)) == {0, 1, 2}
+    left, right = result[6, 5], result[6, 14]
+    assert left != right and left > 0 and right > 0
+    # Every pixel of each original object gets that object's label: the gap is covered.
+    assert np.all(result[labels == 1] == left)
+    assert np.all(result[labels == 2] == right)
+    # The only extra pixels are next to the ends of the gap, in its columns.
+    extra = np.argwhere((result > 0) & (labels == 0))
+    assert len(extra) <= 4
+    assert all(9 <= col <= 10 and row in (3, 12) for row, col in extra)
+
+
+def test_gap_is_covered_for_a_wider_gap():
+    labels = touching_squares()
+    target = class_targets(labels, gap=2)
+    result = probabilities_to_labels(probabilities_from_target(target, 2), min_size=1, gap=2)
+    assert np.all(result[labels == 1] == result[6, 5])
+    assert np.all(result[labels == 2] == result[6, 14])
+    assert result[6, 5] != result[6, 14]
+
+
+def test_isolated_objects_are_not_grown():
+    labels = np.zeros((40, 40), np.int32)
+    labels[3:13, 3:11] = 1
+    labels[5:9, 20:35] = 2  # 9 background columns from the first object
+    labels[25:35, 5:15] = 3
+    labels[20:34, 19:25] = 4  # 4 background columns from object 3
+    result = probabilities_to_labels(probabilities_from_target(class_targets(labels), 2))
+    assert_same_objects(result, labels)
+
+
+def test_isolated_object_beside_a_touching_pair_is_not_grown():
+    labels = np.zeros((30, 40), np.int32)
+    labels[4:12, 4:10] = 1
+    labels[4:12, 10:16] = 2
+    labels[18:26, 25:35] = 3
+    result = probabilities_to_labels(probabilities_from_target(class_targets(labels), 2))
+    isolated = result[22, 30]
+    np.testing.assert_array_equal(result == isolated, labels == 3)
+
+
+def test_min_size_removes_small_objects():
+    labels = np.zeros((30, 30), np.int32)
+    labels[2:10, 2:10] = 1  # 64 px
+    labels[15:18, 15:18] = 2  # 9 px
+    labels[22:24, 22:27] = 3  # 10 px
+    probabilities = probabilities_from_target((labels > 0).astype(np.uint8), 2)
+    kept_ten = probabilities_to_labels(probabilities, min_size=10)
+    assert_same_objects(kept_ten, np.where(labels == 2, 0, labels))
+    kept_eleven = probabilities_to_labels(probabilities, min_size=11)
+    assert_same_objects(kept_eleven, np.where(labels == 1, 1, 0))
+    kept_all = probabilities_to_labels(probabilities, min_size=0)
+    assert_same_objects(kept_all, labels)
+
+
+def test_labels_are_consecutive_after_removing_small_objects():
+    labels = np.zeros((20, 40), np.int32)
+    labels[2:10, 2:10] = 1
+    labels[2:4, 14:16] = 2  # too small, between the other two
+    labels[2:10, 20:30] = 3
+    result = probabilities_to_labels(probabilities_from_target((labels > 0).astype(np.uint8), 2))
+    assert result.dtype == np.int32
+    np.testing.assert_array_equal(np.unique(result), [0, 1, 2])
+
+
+def test_three_classes_give_full_size_objects():
+    labels = touching_squares()
+    labels[14:19, 18:23] = 3
+    target = class_targets(labels, num_classes=3)
+    result = probabilities_to_labels(probabilities_from_target(target, 3), min_size=1)
+    assert result.dtype == np.int32
+    assert_same_objects(result, labels)
+    np.testing.assert_array_equal(np.unique(result), [0, 1, 2, 3])
+
+
+def test_three_classes_do_not_grow_past_the_predicted_foreground():
+    labels = np.zeros((20, 20), np.int32)
+    labels[4:14, 4:14] = 1
+    target = class_targets(labels, num_classes=3)
+    probabilities = probabilities_from_target(target, 3)
+    probabilities[:, 4, 4:14] = [[0.9], [0.05], [0.05]]  # top boundary predicted as background
+    result = probabilities_to_labels(probabilities, min_size=1)
+    expected = labels.copy()
+    expected[4, 4:14] = 0
+    assert_same_objects(result, expected)
+
+
+def test_threshold_applies_to_the_object_class():
+    labels = np.zeros((16, 16), np.int32)
+    labels[3:12, 3:12] = 1
+    probabilities = probabilities_from_target((labels > 0).astype(np.uint8), 2, high=0.6)
+    assert probabilities_to_labels(probabilities, threshold=0.5).max() == 1
+    assert probabilities_to_labels(probabilities, threshold=0.6).max() == 0
+
+
+def test_empty_prediction_gives_empty_labels():
+    probabilities = np.zeros((2, 12, 14), np.float32)
+    probabilities[0] = 1.0
+    result = probabilities_to_labels(probabilities)
+    assert result.dtype == np.int32
+    assert result.shape == (12, 14)
+    assert not result.any()
+
+
+def test_foreground_probability():
+    probabilities = np.array([[[0.7, 0.1]], [[0.2, 0.3]], [[0.1, 0.6]]])
+    np.testing.assert_allclose(foreground_probability(probabilities), [[0.3, 0.9]])
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_generated_nuclei_are_recovered_from_their_targets(nuclei, num_classes):
+    _, labels = nuclei
+    target = class_targets(labels, num_classes)
+    result = probabilities_to_labels(probabilities_from_target(target, num_classes))
+    counts = match_counts(labels, result, thresholds=(0.5,))
+    assert counts.average_precision[0] >= 0.9
+    assert result.dtype == np.int32
+    np.testing.assert_array_equal(np.unique(result), np.arange(result.max() + 1))
