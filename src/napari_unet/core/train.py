@@ -323,9 +323,9 @@ def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_s
             truths.append(labels)
             predictions.append(predicted)
     scores = pixel_scores(np.concatenate(pixels_pred), np.concatenate(pixels_true))
-    result = {"iou": scores["iou"], "f1": scores["f1"]}
+    result = {"iou": float(scores["iou"]), "f1": float(scores["f1"])}
     if truths:
-        result["ap50"] = average_precision(truths, predictions, thresholds=(0.5,))["ap_mean"][0]
+        result["ap50"] = float(average_precision(truths, predictions, thresholds=(0.5,))["ap_mean"][0])
     result["score"] = result.get("ap50", result["iou"])
     return result
 
@@ -423,11 +423,12 @@ def train_iter(
         scaler.step(optimizer)
         scaler.update()
         step += 1
+        loss_value = loss.item()
 
         validation = None
         if step % steps_per_epoch == 0 or step == total_steps:
             elapsed = time.monotonic() - start
-            record = {"step": step, "epoch": step // steps_per_epoch, "loss": float(loss), "seconds": round(elapsed, 2)}
+            record = {"step": step, "epoch": step // steps_per_epoch, "loss": loss_value, "seconds": round(elapsed, 2)}
             if validation_planes:
                 validation = validate(model, validation_planes, device, config.amp)
                 record.update(validation)
@@ -443,7 +444,7 @@ def train_iter(
             step=step,
             total_steps=total_steps,
             epoch=step // steps_per_epoch,
-            loss=float(loss),
+            loss=loss_value,
             elapsed=time.monotonic() - start,
             validation=validation,
             best_score=best_score,

@@ -1,0 +1,222 @@
+"""Training: sparse annotation, stopping, budgets, fine-tuning and bad input."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.annotation import labelled_planes_mask, regions_mask
+from napari_unet.core.bundle import Model
+from napari_unet.core.errors import InputError, InputWarning
+from napari_unet.core.metrics import average_precision
+from napari_unet.core.model import NetworkConfig
+from napari_unet.core.predict import predict
+from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.train import TrainingConfig, TrainingSample, _loss, train, train_iter
+
+FAST = dict(epochs=1, steps_per_epoch=3, patch_size=32, batch_size=2, device="cpu", val_fraction=0.0)
+
+
+def _weights(model: Model) -> dict:
+    return {k: v.clone() for k, v in model.network.state_dict().items()}
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unannotated_pixels_give_zero_loss_and_zero_gradient():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn((2, 2, 16, 16), generator=generator, requires_grad=True)
+    target = torch.randint(0, 2, (2, 16, 16), generator=generator)
+    weights = torch.rand((2, 16, 16), generator=generator) * 5
+    mask = torch.zeros((2, 16, 16), dtype=torch.bool)
+    mask[:, :8] = True
+
+    for dice_weight in (0.0, 0.5):
+        logits.grad = None
+        _loss(logits, target, weights, mask, dice_weight).backward()
+        assert torch.all(logits.grad[:, :, 8:] == 0), "unannotated pixels must not receive gradient"
+        assert torch.any(logits.grad[:, :, :8] != 0)
+
+    # Whatever the targets and weights say outside the annotation, the loss is the same.
+    changed_target, changed_weights = target.clone(), weights.clone()
+    changed_target[:, 8:] = 1 - changed_target[:, 8:]
+    changed_weights[:, 8:] = 1000.0
+    before = _loss(logits, target, weights, mask, 0.5)
+    after = _loss(logits, changed_target, changed_weights, mask, 0.5)
+    assert torch.equal(before, after)
+
+
+def test_training_raises_ap_well_above_the_untrained_model():
+    train_data = [synthetic_nuclei((128, 128), count=14, seed=seed) for seed in range(6)]
+    test_data = [synthetic_nuclei((128, 128), count=14, seed=100 + seed) for seed in range(3)]
+    network = NetworkConfig(depth=2, base_width=8)
+
+    def ap50(model):
+        predictions = [predict(model, image, device="cpu").labels for image, _ in test_data]
+        return average_precision([labels for _, labels in test_data], predictions, thresholds=(0.5,))["ap_pooled"][0]
+
+    untrained = Model.new(network)
+    config = TrainingConfig(
+        epochs=6, steps_per_epoch=50, patch_size=64, batch_size=8,
+        learning_rate=3e-3, device="cpu", val_fraction=0.2, seed=0,
+    )
+    result = train([TrainingSample(i, lab) for i, lab in train_data], network_config=network, config=config)
+    before, after = ap50(untrained), ap50(result.model)
+    assert after >= before + 0.3, (before, after)
+    assert after >= 0.4
+    assert result.history and all("ap50" in record for record in result.history)
+    assert result.model.object_diameter is not None and 10 < result.model.object_diameter < 30
+
+
+def test_stop_event_ends_training_and_keeps_the_given_model_untouched(nuclei, tiny_config):
+    image, labels = nuclei
+    start = Model.new(tiny_config)
+    original = _weights(start)
+    stop = threading.Event()
+    config = TrainingConfig(**dict(FAST, epochs=1000, steps_per_epoch=2, val_fraction=0.2))
+    generator = train_iter([TrainingSample(image, labels)], model=start, config=config, stop=stop)
+    seen = []
+    while True:
+        try:
+            progress = next(generator)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        seen.append(progress)
+        if progress.step == 5:
+            stop.set()
+    assert result.stop_reason == "stopped"
+    assert seen[-1].step == 5
+    assert result.model.training["steps"] == 5
+    assert _same_weights(original, _weights(start)), "fine-tuning must work on a copy"
+    assert not _same_weights(original, _weights(result.model))
+    # The returned weights are those of the best validation, which is recorded.
+    assert max(r["score"] for r in result.history) == seen[-1].best_score
+
+
+def test_time_budget_and_early_stopping(nuclei, tiny_config):
+    image, labels = nuclei
+    samples = [TrainingSample(image, labels)]
+    budget = train(samples, network_config=tiny_config, config=TrainingConfig(**dict(FAST, epochs=10**6, max_minutes=0.02)))
+    assert budget.stop_reason == "time budget"
+    patient = train(
+        samples,
+        network_config=tiny_config,
+        config=TrainingConfig(**dict(FAST, epochs=10**6, steps_per_epoch=1, val_fraction=0.3, patience=2, learning_rate=1e-9)),
+    )
+    assert patient.stop_reason == "early stopping"
+
+
+def test_fine_tuning_continues_the_history(nuclei, tiny_config):
+    image, labels = nuclei
+    samples = [TrainingSample(image, labels)]
+    config = TrainingConfig(**dict(FAST, val_fraction=0.3))
+    first = train(samples, network_config=tiny_config, config=config).model
+    second = train(samples, model=first, config=config).model
+    assert [r["step"] for r in second.history] == [3, 6]
+    assert second.training["steps"] == 3
+
+
+def test_sparse_planes_and_regions(tiny_config):
+    image, labels = synthetic_nuclei((64, 64), count=6, seed=3)
+    stack = np.stack([image, image, image])
+    stack_labels = np.stack([labels, np.zeros_like(labels), labels])
+    mask = labelled_planes_mask(stack_labels)
+    assert mask[0].all() and not mask[1].any()
+    train([TrainingSample(stack, stack_labels, mask)], network_config=tiny_config, config=TrainingConfig(**FAST))
+    region = regions_mask(labels.shape, [[[0, 0], [40, 40]]])
+    train([TrainingSample(image, labels, region)], network_config=tiny_config, config=TrainingConfig(**FAST))
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(optimizer="sgd", learning_rate=0.01),
+        dict(dice_weight=1.0),
+        dict(augment_strength=0.0),
+    ],
+)
+def test_training_options(nuclei, tiny_config, variant):
+    from napari_unet.core.augment import AugmentConfig
+
+    image, labels = nuclei
+    options = dict(FAST)
+    if "augment_strength" in variant:
+        options["augment"] = AugmentConfig(strength=variant.pop("augment_strength"))
+    options.update(variant)
+    result = train([TrainingSample(image, labels)], network_config=tiny_config, config=TrainingConfig(**options))
+    assert result.model.training["steps"] == 3
+
+
+@pytest.mark.parametrize("padding, classes", [("valid", 2), ("same", 3)])
+def test_valid_padding_and_three_classes_train(nuclei, padding, classes):
+    image, labels = nuclei
+    network = NetworkConfig(depth=2, base_width=4, padding=padding, num_classes=classes)
+    result = train([TrainingSample(image, labels)], network_config=network, config=TrainingConfig(**dict(FAST, patch_size=48)))
+    assert result.model.config.padding == padding
+    assert predict(result.model, image, device="cpu").labels.shape == image.shape
+
+
+def test_validation_split_by_image_or_by_stripe(tiny_config):
+    pairs = [synthetic_nuclei((64, 64), count=6, seed=s) for s in range(10)]
+    many = train([TrainingSample(i, lab) for i, lab in pairs], network_config=tiny_config, config=TrainingConfig(**dict(FAST, val_fraction=0.2)))
+    single = train([TrainingSample(*pairs[0])], network_config=tiny_config, config=TrainingConfig(**dict(FAST, val_fraction=0.25)))
+    # With ten images, whole images are validated (AP is defined); with one, a stripe is.
+    assert "ap50" in many.history[-1]
+    assert "ap50" in single.history[-1]
+
+
+@pytest.mark.parametrize(
+    "labels_dtype", [bool, np.int64, np.float64, np.uint8]
+)
+def test_label_dtypes(labels_dtype, tiny_config):
+    image, labels = synthetic_nuclei((64, 64), count=6, seed=5)
+    labels = (labels > 0) if labels_dtype is bool else labels.astype(labels_dtype)
+    result = train([TrainingSample(image, labels)], network_config=tiny_config, config=TrainingConfig(**FAST))
+    assert result.model.training["steps"] == 3
+
+
+def test_all_zero_labels_and_a_single_object_still_train(tiny_config):
+    image, labels = synthetic_nuclei((64, 64), count=6, seed=5)
+    train([TrainingSample(image, np.zeros_like(labels))], network_config=tiny_config, config=TrainingConfig(**FAST))
+    single = np.zeros_like(labels)
+    single[20:30, 20:30] = 1
+    train([TrainingSample(image, single)], network_config=tiny_config, config=TrainingConfig(**FAST))
+
+
+def test_images_smaller_than_the_patch_are_padded(tiny_config):
+    image, labels = synthetic_nuclei((64, 64), count=6, seed=5)
+    result = train(
+        [TrainingSample(image[:20, :30], labels[:20, :30])],
+        network_config=tiny_config,
+        config=TrainingConfig(**dict(FAST, patch_size=64)),
+    )
+    assert result.model.training["steps"] == 3
+
+
+def test_rgb_images_train_a_one_channel_model_with_a_warning(tiny_config):
+    image, labels = synthetic_nuclei((64, 64), count=6, seed=5, dtype=np.uint8)
+    rgb = np.stack([image, image // 2, image], axis=-1)
+    with pytest.warns(InputWarning, match="gray"):
+        train([TrainingSample(rgb, labels)], network_config=tiny_config, config=TrainingConfig(**FAST))
+
+
+def test_bad_training_input_gives_clear_errors(tiny_config):
+    image, labels = synthetic_nuclei((64, 64), count=6, seed=5)
+    with pytest.raises(InputError, match="do not match"):
+        train([TrainingSample(image, labels[:32])], network_config=tiny_config, config=TrainingConfig(**FAST))
+    with pytest.raises(InputError, match="nothing is annotated"):
+        train([TrainingSample(image, labels, np.zeros(labels.shape, bool))], network_config=tiny_config,
+              config=TrainingConfig(**FAST))
+    with pytest.raises(InputError, match="channels"):
+        train([TrainingSample(np.stack([image] * 2), labels)], network_config=NetworkConfig(in_channels=3, depth=2, base_width=4),
+              config=TrainingConfig(**FAST))
+    with pytest.raises(InputError):
+        TrainingConfig(optimizer="rmsprop")
+    with pytest.raises(InputError):
+        TrainingConfig(max_minutes=0)

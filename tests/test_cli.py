@@ -1,0 +1,162 @@
+"""The command line end to end on generated data, and its handling of user mistakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+from napari_unet.core.bundle import Model
+from napari_unet.core.model import NetworkConfig
+from napari_unet.core.synthetic import synthetic_nuclei
+
+TINY = ["--depth", "2", "--base-width", "4", "--patch-size", "32", "--batch-size", "2", "--device", "cpu"]
+
+
+@pytest.fixture
+def sample_folder(tmp_path):
+    assert main(["sample", "--out", str(tmp_path / "data"), "--count", "3", "--size", "64"]) == 0
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def tiny_model_file(tmp_path):
+    return Model.new(NetworkConfig(depth=2, base_width=4)).save(tmp_path / "tiny.safetensors")
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "expected an error message"
+    assert not any("Traceback" in line for line in err)
+    return err[-1]
+
+
+def test_train_predict_evaluate(sample_folder, tmp_path, capsys):
+    model = tmp_path / "model.safetensors"
+    code = main(["train", "--images", str(sample_folder / "images"), "--labels", str(sample_folder / "labels"),
+                 "--out", str(model), "--epochs", "2", "--steps-per-epoch", "2", "--val-fraction", "0.34", *TINY])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and summary["stop_reason"] == "epochs"
+    assert model.is_file()
+
+    # Fine-tune the written model further: --init takes a path.
+    again = tmp_path / "again.safetensors"
+    assert main(["train", "--images", str(sample_folder / "images"), "--labels", str(sample_folder / "labels"),
+                 "--out", str(again), "--init", str(model), "--epochs", "1", "--steps-per-epoch", "2", *TINY]) == 0
+    capsys.readouterr()
+
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(again), str(sample_folder / "images"), "--out", str(out),
+                 "--tile-size", "64", "--probability", "--device", "cpu"]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted([f"nuclei_{i:03d}.tif" for i in range(3)] + [f"nuclei_{i:03d}_probability.tif" for i in range(3)])
+    labels = tifffile.imread(out / "nuclei_000.tif")
+    assert labels.shape == (64, 64) and labels.dtype == np.uint16
+    probability = tifffile.imread(out / "nuclei_000_probability.tif")
+    assert probability.dtype == np.float32 and 0 <= probability.min() <= probability.max() <= 1
+    capsys.readouterr()
+
+    report = tmp_path / "metrics.json"
+    assert main(["evaluate", "--pred", str(out / "nuclei_00?.tif"), "--gt", str(sample_folder / "labels"),
+                 "--json", str(report)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(report.read_text())
+    assert printed["images"] == 3 and len(printed["ap_pooled"]) == 10
+
+
+def test_evaluate_a_perfect_prediction_scores_one(sample_folder, capsys):
+    labels = str(sample_folder / "labels")
+    assert main(["evaluate", "--pred", labels, "--gt", labels]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pixel_iou"] == 1.0
+    assert result["ap_pooled"] == [1.0] * 10
+    assert result["mean_ap_0.5_0.95"] == 1.0
+
+
+def test_predict_stack_keeps_shape_and_pixel_size(tmp_path, tiny_model_file):
+    image, _ = synthetic_nuclei((48, 40), count=4, seed=0)
+    stack = np.stack([image, image[::-1]])
+    source = tmp_path / "stack.tif"
+    tifffile.imwrite(source, stack, imagej=True, resolution=(1 / 0.25, 1 / 0.25), metadata={"unit": "um", "axes": "ZYX"})
+    assert main(["predict", "--model", str(tiny_model_file), str(source), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    with tifffile.TiffFile(tmp_path / "out" / "stack.tif") as tif:
+        assert tif.series[0].shape == (2, 48, 40)
+        x_resolution = tif.pages.first.tags["XResolution"].value
+        assert x_resolution[0] / x_resolution[1] == pytest.approx(4.0)
+
+
+def test_predict_reports_a_corrupt_input_and_goes_on(tmp_path, tiny_model_file, capsys):
+    good, _ = synthetic_nuclei((32, 32), count=2, seed=0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a_good.tif", good)
+    (folder / "b_broken.tif").write_bytes(b"II*\x00garbage")
+    code = main(["predict", "--model", str(tiny_model_file), str(folder), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert code == 1
+    assert (tmp_path / "out" / "a_good.tif").is_file()
+    assert not (tmp_path / "out" / "b_broken.tif").exists()
+    assert "1 of 2 input(s) failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "--model", "no-such-model", "x.tif", "--out", "o"], "no model file"),
+        (["train", "--images", "missing/", "--labels", "missing/", "--out", "m"], "no such file or folder"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in _error_line(capsys)
+
+
+def test_a_file_that_is_not_a_model(tmp_path, capsys, sample_folder):
+    fake = tmp_path / "model.safetensors"
+    fake.write_bytes(b"not a model at all")
+    assert main(["predict", "--model", str(fake), str(sample_folder / "images"), "--out", str(tmp_path / "o")]) == 2
+    line = _error_line(capsys)
+    assert str(fake) in line and "not a readable model file" in line
+
+
+def test_mismatched_image_and_labels(tmp_path, capsys):
+    image, labels = synthetic_nuclei((64, 64), count=4, seed=0)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels[:32].astype(np.uint16))
+    assert main(["train", "--images", str(tmp_path / "image.tif"), "--labels", str(tmp_path / "labels.tif"),
+                 "--out", str(tmp_path / "m"), *TINY]) == 2
+    assert "do not match" in _error_line(capsys)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_never_overwrites_an_input(tmp_path, tiny_model_file, capsys):
+    image, _ = synthetic_nuclei((32, 32), count=2, seed=0)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    before = (tmp_path / "image.tif").read_bytes()
+    assert main(["predict", "--model", str(tiny_model_file), str(tmp_path / "image.tif"), "--out", str(tmp_path)]) == 2
+    assert "overwrite an input" in _error_line(capsys)
+    assert (tmp_path / "image.tif").read_bytes() == before
+
+
+def test_models_lists_embedded_models(capsys):
+    assert main(["models"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_help_explains_every_flag():
+    from napari_unet.cli import build_parser
+
+    subcommands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert set(subcommands) == {"train", "predict", "evaluate", "models", "sample"}
+    for name, parser in subcommands.items():
+        for action in parser._actions:
+            assert action.help and len(action.help) > 10, f"{name} {action.option_strings or action.dest} has no help"
+    text = subprocess.run([sys.executable, "-m", "napari_unet", "predict", "--help"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "usage: napari-unet predict" in text and "--tile-size" in text
