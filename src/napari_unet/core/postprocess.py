@@ -26,8 +26,11 @@ def _gap_pixels(seeds: np.ndarray, gap: int) -> np.ndarray:
     """Background pixels with two different objects within ``2 * gap`` pixels: the gaps."""
     size = 4 * gap + 1
     highest = ndimage.maximum_filter(seeds, size=size, mode="constant", cval=0)
-    lifted = np.where(seeds == 0, np.iinfo(seeds.dtype).max, seeds)
-    lowest = ndimage.minimum_filter(lifted, size=size, mode="constant", cval=np.iinfo(seeds.dtype).max)
+    # Background must not count as an object for the minimum: lift it above every label
+    # (a modest value: scipy's filters pass through float64, which large integers overflow).
+    above = int(seeds.max(initial=0)) + 1
+    lifted = np.where(seeds == 0, above, seeds)
+    lowest = ndimage.minimum_filter(lifted, size=size, mode="constant", cval=above)
     return (seeds == 0) & (highest > 0) & (lowest < highest)
 
 
