@@ -22,6 +22,9 @@ __all__ = ["TIFF_SUFFIXES", "ImageInfo", "collect_tiffs", "pair_by_name", "read_
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
+#: Spellings of the micrometer that files use, all read and written as "um".
+_UNIT_NAMES = {"micron": "um", "\\u00B5m": "um", "\u00b5m": "um", "\u03bcm": "um"}
+
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -89,7 +92,7 @@ def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
             series = tif.series[0]
             data = series.asarray()
             info = ImageInfo(series.axes, *_pixel_size(tif))
-    except (tifffile.TiffFileError, ValueError, IndexError, OSError, EOFError) as error:
+    except Exception as error:  # tifffile and its codecs report damage with many types
         raise InputError(f"{path} is not a readable TIFF file ({error})") from error
     return data, info
 
@@ -102,7 +105,8 @@ def _pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None, str
         }
         unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
         if "X" in sizes:
-            return (sizes.get("Y", sizes["X"]), sizes["X"]), (unit.group(1) if unit else "um")
+            unit = unit.group(1) if unit else "um"
+            return (sizes.get("Y", sizes["X"]), sizes["X"]), _UNIT_NAMES.get(unit, unit)
     page = tif.pages.first
     x_tag, y_tag = page.tags.get("XResolution"), page.tags.get("YResolution")
     if x_tag is None or y_tag is None:
@@ -122,7 +126,7 @@ def _pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None, str
             return (1e4 / y_res, 1e4 / x_res), "um"
         if code == 2:  # inch: a scanner or screen setting, not a microscope's
             return None, ""
-    unit = {"micron": "um", "\\u00B5m": "um", "µm": "um"}.get(unit, unit)
+    unit = _UNIT_NAMES.get(unit, unit)
     return (1.0 / y_res, 1.0 / x_res), unit
 
 
@@ -141,13 +145,15 @@ def write_tiff(
     path.parent.mkdir(parents=True, exist_ok=True)
     data = np.asarray(data)
     imagej = data.dtype in (np.uint8, np.uint16, np.float32) and data.ndim <= 6
-    options: dict = {"compression": "zlib", "bigtiff": data.nbytes > 2**31}
+    # Planes are gray, never colour samples (tifffile would store 3 or 4 planes as RGB).
+    options: dict = {"compression": "zlib", "bigtiff": data.nbytes > 2**31, "photometric": "minisblack"}
     if imagej and not options["bigtiff"]:
         options["imagej"] = True
         options["metadata"] = {"axes": "ZYX"[-data.ndim :] if data.ndim <= 3 else None}
         if options["metadata"]["axes"] is None:
             options["metadata"] = {}
     if pixel_size is not None:
+        unit = _UNIT_NAMES.get(unit, unit)
         options["resolution"] = (1.0 / pixel_size[1], 1.0 / pixel_size[0])
         if options.get("imagej"):
             options["metadata"]["unit"] = unit

@@ -112,6 +112,8 @@ def as_planes(
     if channel_axis is not None:
         if image.ndim < 3:
             raise InputError("a channel axis needs an image of at least three axes")
+        if not -image.ndim <= channel_axis < image.ndim:
+            raise InputError(f"channel axis {channel_axis} does not exist in an image of shape {image.shape}")
         # The spatial axes are the last two axes other than the channel axis.
         channels = image.shape[channel_axis]
         image = np.moveaxis(image, channel_axis, -3)

@@ -31,7 +31,7 @@ __all__ = ["PredictProgress", "Prediction", "predict_probabilities", "predict_it
 
 @dataclass(frozen=True)
 class PredictProgress:
-    """Where a prediction is: ``done`` of ``total`` tile batches over all planes."""
+    """Where a prediction is: ``done`` of ``total`` tile batches of plane ``plane`` (0-based) of ``planes``."""
 
     plane: int
     planes: int

@@ -1,0 +1,98 @@
+"""Choosing the torch device and mixed precision."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import pytest
+import torch
+
+from napari_unet.core.device import autocast, available_devices, resolve_device
+from napari_unet.core.errors import InputError
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_MPS = torch.backends.mps.is_available()
+
+
+@pytest.mark.skipif(HAS_CUDA or HAS_MPS, reason="an accelerator is available here")
+@pytest.mark.parametrize("name", ["auto", "AUTO", "", None])
+def test_auto_is_the_cpu_without_an_accelerator(name):
+    assert resolve_device(name) == torch.device("cpu")
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU")
+def test_auto_prefers_cuda():
+    assert resolve_device("auto").type == "cuda"
+
+
+@pytest.mark.parametrize("name", ["cpu", "CPU", "cpu:0"])
+def test_cpu_always_works(name):
+    assert resolve_device(name).type == "cpu"
+
+
+def test_a_torch_device_is_passed_through():
+    device = torch.device("cpu")
+    assert resolve_device(device) is device
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="CUDA is available here")
+@pytest.mark.parametrize("name", ["cuda", "CUDA", "cuda:0", "cuda:1"])
+def test_cuda_without_a_gpu_is_an_input_error(name):
+    with pytest.raises(InputError, match="CUDA"):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(HAS_MPS, reason="MPS is available here")
+@pytest.mark.parametrize("name", ["mps", "MPS"])
+def test_mps_without_apple_silicon_is_an_input_error(name):
+    with pytest.raises(InputError, match="MPS"):
+        resolve_device(name)
+
+
+@pytest.mark.parametrize("name", ["gpu", "garbage", "cpu:x", "tpu", "0"])
+def test_unknown_names_are_an_input_error(name):
+    with pytest.raises(InputError) as raised:
+        resolve_device(name)
+    assert "auto, cpu, cuda or mps" in str(raised.value) or "unknown" in str(raised.value)
+
+
+def test_available_devices():
+    devices = available_devices()
+    assert devices[:2] == ["auto", "cpu"]
+    assert ("cuda" in devices) == HAS_CUDA
+    assert ("mps" in devices) == HAS_MPS
+    for name in devices:
+        resolve_device(name)  # every offered choice works
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_autocast_is_a_no_op_on_the_cpu(enabled):
+    device = torch.device("cpu")
+    context = autocast(device, enabled)
+    assert isinstance(context, contextlib.nullcontext)
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    with context:
+        assert not torch.is_autocast_enabled("cpu")
+        product = a @ b
+        conv = torch.nn.functional.conv2d(torch.randn(1, 1, 5, 5), torch.randn(1, 1, 3, 3))
+    assert product.dtype == torch.float32 and conv.dtype == torch.float32
+    torch.testing.assert_close(product, a @ b)
+
+
+def test_autocast_uses_float16_on_cuda_only_when_enabled():
+    cuda = torch.device("cuda")
+    assert isinstance(autocast(cuda, enabled=False), contextlib.nullcontext)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns when CUDA is absent
+        context = autocast(cuda, enabled=True)
+    assert isinstance(context, torch.autocast)
+    assert context.fast_dtype == torch.float16
+    assert isinstance(autocast(torch.device("mps"), enabled=True), contextlib.nullcontext)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU")
+def test_autocast_on_cuda_runs_in_half_precision():
+    a = torch.randn(8, 8, device="cuda")
+    with autocast(torch.device("cuda")):
+        assert (a @ a).dtype == torch.float16

@@ -1,0 +1,275 @@
+"""Percentile normalization and the (planes, channels, height, width) layout."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_unet.core.errors import InputError, InputWarning
+from napari_unet.core.normalize import Normalization, as_planes
+
+
+def _image(dtype, shape=(1, 64, 80), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        low, high = max(info.min, -3000), min(info.max, 60000)
+        return rng.integers(low, high, size=shape, endpoint=True).astype(dtype)
+    return (rng.normal(100.0, 30.0, size=shape)).astype(dtype)
+
+
+# --- Normalization -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize(("low", "high"), [(1.0, 99.8), (0.0, 100.0), (10.0, 60.0)])
+def test_percentiles_map_to_zero_and_one(dtype, low, high):
+    image = _image(dtype)
+    out = Normalization(low, high)(image)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    lo, hi = np.percentile(out, [low, high])
+    assert lo == pytest.approx(0.0, abs=1e-5)
+    assert hi == pytest.approx(1.0, abs=1e-5)
+    # An affine map: the order of the pixels is kept.
+    flat_in, flat_out = image.ravel().astype(np.float64), out.ravel()
+    order = np.argsort(flat_in, kind="stable")
+    assert np.all(np.diff(flat_out[order]) >= -1e-6)
+
+
+def test_min_max_normalization_is_exact():
+    image = np.array([[[10, 20], [30, 50]]], np.uint8)
+    out = Normalization(0, 100)(image)
+    np.testing.assert_allclose(out, [[[0.0, 0.25], [0.5, 1.0]]], atol=1e-7)
+
+
+def test_every_plane_and_channel_is_normalized_on_its_own():
+    rng = np.random.default_rng(1)
+    planes = np.stack([
+        np.stack([rng.random((20, 30)) * 10, rng.random((20, 30)) * 5000 + 100]),
+        np.stack([rng.random((20, 30)) + 7, rng.random((20, 30)) * 3]),
+    ]).astype(np.float32)  # (2 planes, 2 channels, 20, 30)
+    out = Normalization(0, 100)(planes)
+    assert out.shape == planes.shape
+    for plane in out:
+        for channel in plane:
+            assert channel.min() == pytest.approx(0.0, abs=1e-6)
+            assert channel.max() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_scaling_the_input_does_not_change_the_output():
+    image = _image(np.float32)
+    normalize = Normalization()
+    np.testing.assert_allclose(normalize(image), normalize(image * 13.0 + 250.0), atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("value", [0, 7, 255])
+def test_flat_images_do_not_divide_by_zero(dtype, value):
+    image = np.full((2, 1, 16, 16), value, dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division warnings either
+        out = Normalization()(image)
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out, 0.0)
+
+
+def test_mostly_flat_image_with_a_few_bright_pixels():
+    image = np.zeros((1, 100, 100), np.uint16)
+    image[0, :2, :2] = 1000  # fewer pixels than the high percentile sees
+    out = Normalization(1.0, 99.8)(image)
+    assert np.isfinite(out).all()
+    assert out[0, 50, 50] == 0.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_warn_are_ignored_and_set_to_zero(bad):
+    image = _image(np.float32, shape=(1, 40, 40))
+    clean = Normalization(0, 100)(image)
+    spoiled = image.copy()
+    spoiled[0, 5, 5] = bad
+    # Make the spoiled pixel one that was neither minimum nor maximum.
+    assert clean[0, 5, 5] not in (0.0, 1.0)
+    with pytest.warns(InputWarning, match="NaN or infinite"):
+        out = Normalization(0, 100)(spoiled)
+    assert np.isfinite(out).all()
+    assert out[0, 5, 5] == 0.0
+    keep = np.ones(out.shape, bool)
+    keep[0, 5, 5] = False
+    np.testing.assert_allclose(out[keep], clean[keep], atol=1e-6)
+
+
+def test_non_finite_pixels_warn_once_for_many_planes():
+    image = _image(np.float32, shape=(5, 1, 20, 20))
+    image[:, 0, 0, 0] = np.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Normalization()(image)
+    assert sum(issubclass(w.category, InputWarning) for w in caught) == 1
+
+
+def test_a_plane_without_finite_pixels_is_an_input_error():
+    image = _image(np.float32, shape=(2, 1, 10, 10))
+    image[1] = np.nan
+    with pytest.raises(InputError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Normalization()(image)
+
+
+def test_the_input_array_is_not_modified():
+    image = _image(np.float32)
+    image[0, 0, 0] = np.nan
+    before = image.copy()
+    with pytest.warns(InputWarning):
+        Normalization()(image)
+    np.testing.assert_array_equal(image, before)
+
+
+@pytest.mark.parametrize(("low", "high"), [(50, 50), (60, 40), (-1, 99), (1, 101)])
+def test_bad_percentiles_raise_value_error(low, high):
+    with pytest.raises(ValueError):
+        Normalization(low, high)
+
+
+def test_normalization_round_trip():
+    normalization = Normalization(2.5, 97.0)
+    assert Normalization.from_dict(normalization.to_dict()) == normalization
+    assert normalization.to_dict() == {"low_percentile": 2.5, "high_percentile": 97.0}
+
+
+# --- as_planes -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "planes", "stack_shape"),
+    [
+        ((30, 40), (1, 1, 30, 40), ()),
+        ((5, 30, 40), (5, 1, 30, 40), (5,)),
+        ((2, 3, 30, 40), (6, 1, 30, 40), (2, 3)),
+        ((1, 30, 40), (1, 1, 30, 40), (1,)),
+        ((4, 4, 3), (4, 1, 4, 3), (4,)),  # too small to be RGB: a stack of 4x3 planes
+        ((3, 30, 40), (3, 1, 30, 40), (3,)),  # three leading planes are a stack, not colour
+    ],
+)
+def test_one_channel_layouts(shape, planes, stack_shape):
+    image = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, stack = as_planes(image, 1)
+    assert out.shape == planes and stack == stack_shape
+    np.testing.assert_array_equal(out.reshape(shape), image)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_rgb_into_one_channel_warns_and_takes_the_luminance(channels):
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, size=(20, 30, channels)).astype(np.uint8)
+    with pytest.warns(InputWarning, match="gray"):
+        out, stack = as_planes(rgb, 1)
+    assert out.shape == (1, 1, 20, 30) and stack == ()
+    expected = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    np.testing.assert_allclose(out[0, 0], expected, rtol=1e-5)  # alpha is dropped
+
+
+def test_rgb_stack_into_one_channel():
+    stack = np.zeros((4, 20, 30, 3), np.uint8)
+    stack[2, ..., 1] = 100
+    with pytest.warns(InputWarning):
+        out, stack_shape = as_planes(stack, 1)
+    assert out.shape == (4, 1, 20, 30) and stack_shape == (4,)
+    assert out[2].max() == pytest.approx(58.7, rel=1e-4) and out[1].max() == 0
+
+
+@pytest.mark.parametrize(
+    ("shape", "channel_axis", "in_channels", "planes", "stack_shape"),
+    [
+        ((3, 20, 30), 0, 3, (1, 3, 20, 30), ()),
+        ((20, 30, 3), -1, 3, (1, 3, 20, 30), ()),
+        ((20, 30, 2), 2, 2, (1, 2, 20, 30), ()),
+        ((5, 2, 20, 30), 1, 2, (5, 2, 20, 30), (5,)),
+        ((2, 5, 20, 30), 0, 2, (5, 2, 20, 30), (5,)),
+        ((5, 20, 30, 2), -1, 2, (5, 2, 20, 30), (5,)),
+    ],
+)
+def test_channel_axis_given(shape, channel_axis, in_channels, planes, stack_shape):
+    image = np.random.default_rng(3).random(shape).astype(np.float32)
+    out, stack = as_planes(image, in_channels, channel_axis)
+    assert out.shape == planes and stack == stack_shape
+    expected = np.moveaxis(image, channel_axis, -3).reshape(planes)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    ("shape", "in_channels", "planes", "stack_shape", "source"),
+    [
+        ((2, 20, 30), 2, (1, 2, 20, 30), (), 0),
+        ((4, 2, 20, 30), 2, (4, 2, 20, 30), (4,), 1),
+        ((3, 5, 20, 30), 3, (5, 3, 20, 30), (5,), 0),  # the first axis of the right length
+        ((20, 30, 3), 3, (1, 3, 20, 30), (), 2),  # RGB into a three-channel model
+    ],
+)
+def test_multi_channel_model_finds_its_channel_axis(shape, in_channels, planes, stack_shape, source):
+    image = np.random.default_rng(4).random(shape).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, stack = as_planes(image, in_channels)
+    assert out.shape == planes and stack == stack_shape
+    np.testing.assert_array_equal(out, np.moveaxis(image, source, -3).reshape(planes))
+
+
+def test_channels_last_two_channel_image_needs_the_channel_axis():
+    # The last two axes are always height and width, so (H, W, 2) has no channel axis.
+    with pytest.raises(InputError, match="2 channels"):
+        as_planes(np.zeros((20, 30, 2), np.float32), 2)
+    out, _ = as_planes(np.zeros((20, 30, 2), np.float32), 2, channel_axis=-1)
+    assert out.shape == (1, 2, 20, 30)
+
+
+@pytest.mark.parametrize(
+    ("shape", "in_channels", "channel_axis"),
+    [
+        ((3, 20, 30), 2, None),
+        ((20, 30), 2, None),
+        ((20, 30, 3), 2, None),  # looks like RGB, but the model takes two channels
+        ((20, 30, 5), 1, -1),
+        ((5, 20, 30), 3, 0),
+        ((2, 20, 30), 1, 0),
+        ((20, 30), 1, 0),  # a channel axis needs three axes
+        ((20, 30, 3), 3, 5),  # no such axis
+        ((20, 30, 3), 3, -4),
+    ],
+)
+def test_channels_that_do_not_fit_are_an_input_error(shape, in_channels, channel_axis):
+    with pytest.raises(InputError):
+        as_planes(np.zeros(shape, np.float32), in_channels, channel_axis)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.array([["a", "b"], ["c", "d"]]),
+        np.array([[1, 2], [3, 4]], dtype=object),
+        np.zeros((4, 4), np.complex64),
+        np.zeros((4, 4), "datetime64[s]"),
+    ],
+    ids=["str", "object", "complex", "datetime"],
+)
+def test_non_numeric_pixels_are_an_input_error(image):
+    with pytest.raises(InputError, match="pixel values"):
+        as_planes(image, 1)
+
+
+@pytest.mark.parametrize("shape", [(5,), (), (0, 5), (5, 0), (3, 0, 4)])
+def test_too_few_axes_or_empty_images_are_an_input_error(shape):
+    with pytest.raises(InputError):
+        as_planes(np.zeros(shape, np.float32), 1)
+
+
+def test_boolean_images_become_numbers():
+    image = np.zeros((10, 12), bool)
+    image[3, 4] = True
+    out, _ = as_planes(image, 1)
+    assert np.issubdtype(out.dtype, np.number)
+    assert out[0, 0, 3, 4] == 1 and out.sum() == 1

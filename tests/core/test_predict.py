@@ -1,0 +1,351 @@
+"""Overlap-tile prediction: equal to a whole-image pass, any size, stacks, channels, progress."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.bundle import Model
+from napari_unet.core.errors import InputError, InputWarning
+from napari_unet.core.model import NetworkConfig, UNet
+from napari_unet.core.normalize import Normalization
+from napari_unet.core.predict import (
+    PredictProgress,
+    Prediction,
+    predict,
+    predict_iter,
+    predict_probabilities,
+    run_to_end,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small convolutions are much slower with several threads on a shared CPU.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _network(padding="same", depth=2, base_width=4, in_channels=1, num_classes=2, seed=0) -> UNet:
+    """A network with random He weights and some perturbed BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    net = UNet(NetworkConfig(in_channels=in_channels, num_classes=num_classes, depth=depth,
+                             base_width=base_width, padding=padding))
+    generator = torch.Generator().manual_seed(seed + 1)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms[::2]:
+            norm.running_mean.normal_(0.0, 0.5, generator=generator)
+            norm.running_var.uniform_(0.5, 2.0, generator=generator)
+            norm.weight.uniform_(0.5, 1.5, generator=generator)
+            norm.bias.normal_(0.0, 0.2, generator=generator)
+    return net.eval()
+
+
+def _model(**settings) -> Model:
+    return Model(network=_network(**settings))
+
+
+def _whole_image(net: UNet, plane: np.ndarray) -> np.ndarray:
+    """Reference: mirror-pad by the context, pad to a valid size, one forward pass, crop."""
+    context = net.context
+    _, height, width = plane.shape
+    padded_h = net.valid_input_size(height + 2 * context)
+    padded_w = net.valid_input_size(width + 2 * context)
+    mode = "reflect" if min(height, width) > 1 else "edge"
+    padded = np.pad(
+        plane,
+        ((0, 0), (context, padded_h - height - context), (context, padded_w - width - context)),
+        mode=mode,
+    )
+    with torch.no_grad():
+        logits = net.eval()(torch.from_numpy(np.ascontiguousarray(padded, np.float32))[None])
+    probabilities = torch.softmax(logits, dim=1)[0].numpy()
+    start = context if probabilities.shape[-1] == padded_w else 0  # "same" keeps the padding
+    return probabilities[:, start : start + height, start : start + width]
+
+
+def _random_plane(shape, channels=1, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0.5, 0.3, size=(channels, *shape)).astype(np.float32)
+
+
+# --- equivalence with a whole-image pass ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("padding", "depth", "tile", "batch_size"),
+    [
+        ("same", 2, 96, 1),
+        ("same", 2, 96, 7),
+        ("valid", 2, 96, 1),
+        ("valid", 2, 96, 7),
+        ("same", 3, 160, 4),
+        ("valid", 3, 128, 4),
+    ],
+)
+def test_stitched_tiles_equal_a_whole_image_pass(padding, depth, tile, batch_size):
+    net = _network(padding=padding, depth=depth)
+    plane = _random_plane((333, 517))
+    expected = _whole_image(net, plane)
+    steps = []
+    tiles = predict_probabilities(net, plane, tile_size=tile, batch_size=batch_size, device="cpu")
+    result = run_to_end(tiles, steps.append)
+    assert result.shape == (2, 333, 517) and result.dtype == np.float32
+    # The image really was cut into several tiles, so the test exercises the stitching.
+    assert len(steps) >= 4
+    np.testing.assert_allclose(result, expected, atol=2e-5, rtol=0)
+    # The probabilities are not trivially flat (the comparison would be vacuous).
+    assert expected[1].std() > 1e-3
+
+
+def test_results_do_not_depend_on_the_batch_size():
+    net = _network()
+    plane = _random_plane((90, 70), seed=3)
+    results = [
+        run_to_end(predict_probabilities(net, plane, tile_size=64, batch_size=b, device="cpu"))
+        for b in (1, 2, 5, 100)
+    ]
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], atol=1e-5, rtol=0)
+
+
+def test_predict_iter_probability_is_the_normalized_whole_image_pass():
+    model = _model()
+    image = (np.random.default_rng(4).random((70, 91)) * 4000).astype(np.uint16)
+    normalized = model.normalization(image[np.newaxis])
+    expected = 1.0 - _whole_image(model.network, normalized)[0]
+    result = predict(model, image, tile_size=64, batch_size=3, device="cpu")
+    np.testing.assert_allclose(result.probability, expected, atol=2e-5, rtol=0)
+
+
+def test_progress_counts_tile_batches():
+    net = _network()
+    plane = _random_plane((100, 130))
+    single = list(predict_probabilities(net, plane, tile_size=64, batch_size=1, device="cpu"))
+    tiles = len(single)
+    assert tiles > 4
+    assert single == [(done, tiles) for done in range(1, tiles + 1)]
+    batched = list(predict_probabilities(net, plane, tile_size=64, batch_size=3, device="cpu"))
+    total = math.ceil(tiles / 3)
+    assert batched == [(done, total) for done in range(1, total + 1)]
+
+
+# --- small images --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("shape", [(5, 7), (1, 1), (1, 9), (9, 1), (2, 3), (40, 3), (50, 70)])
+def test_images_smaller_than_a_tile_or_the_network_are_padded(padding, shape):
+    model = _model(padding=padding)
+    image = (np.random.default_rng(5).random(shape) * 255).astype(np.uint8)
+    progress = []
+    result = predict(model, image, on_progress=progress.append, tile_size=512, device="cpu")
+    assert result.labels.shape == shape and result.probability.shape == shape
+    assert np.isfinite(result.probability).all()
+    assert progress == [PredictProgress(0, 1, 1, 1)]  # one tile
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("shape", [(5, 7), (3, 30), (17, 2)])
+def test_tiny_images_equal_a_whole_image_pass(padding, shape):
+    net = _network(padding=padding)
+    plane = _random_plane(shape, seed=6)
+    result = run_to_end(predict_probabilities(net, plane, tile_size=96, device="cpu"))
+    np.testing.assert_allclose(result, _whole_image(net, plane), atol=2e-5, rtol=0)
+    np.testing.assert_allclose(result.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_tile_size_smaller_than_the_context_still_works():
+    net = _network()
+    plane = _random_plane((60, 45))
+    result = run_to_end(predict_probabilities(net, plane, tile_size=8, batch_size=16, device="cpu"))
+    np.testing.assert_allclose(result, _whole_image(net, plane), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("settings", [{"tile_size": 0}, {"batch_size": 0}, {"tile_size": -5}])
+def test_non_positive_tile_or_batch_size_is_an_input_error(settings):
+    with pytest.raises(InputError):
+        predict(_model(), np.zeros((20, 20), np.uint8), device="cpu", **settings)
+
+
+# --- stacks --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(3, 40, 50), (2, 3, 30, 41)])
+def test_stacks_go_plane_by_plane(shape):
+    model = _model()
+    stack = (np.random.default_rng(7).random(shape) * 1000).astype(np.uint16)
+    planes = math.prod(shape[:-2])
+    progress: list[PredictProgress] = []
+    result = predict(model, stack, on_progress=progress.append, tile_size=64, batch_size=2, device="cpu")
+    assert result.labels.shape == shape and result.probability.shape == shape
+    # One progress item per tile batch, plane by plane.
+    per_plane = len(list(predict_probabilities(
+        model.network, np.zeros((1, *shape[-2:]), np.float32), tile_size=64, batch_size=2, device="cpu")))
+    assert per_plane > 1
+    assert len(progress) == planes * per_plane
+    expected = [PredictProgress(plane, planes, done, per_plane)
+                for plane in range(planes) for done in range(1, per_plane + 1)]
+    assert progress == expected
+    # Each plane gives what it gives alone.
+    flat_image = stack.reshape(-1, *shape[-2:])
+    flat_probability = result.probability.reshape(-1, *shape[-2:])
+    flat_labels = result.labels.reshape(-1, *shape[-2:])
+    for index in (0, planes - 1):
+        alone = predict(model, flat_image[index], tile_size=64, batch_size=2, device="cpu")
+        np.testing.assert_allclose(flat_probability[index], alone.probability, atol=1e-6)
+        np.testing.assert_array_equal(flat_labels[index], alone.labels)
+
+
+def test_predict_iter_stops_when_the_generator_is_closed():
+    model = _model()
+    calls = []
+    model.network.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
+    stack = np.random.default_rng(8).random((4, 100, 100)).astype(np.float32)
+    generator = predict_iter(model, stack, tile_size=48, batch_size=1, device="cpu")
+    first = next(generator)
+    assert first == PredictProgress(0, 4, 1, first.total) and first.total > 1
+    assert len(calls) == 1
+    generator.close()
+    assert generator.gi_frame is None
+    with pytest.raises(StopIteration):
+        next(generator)
+    assert len(calls) == 1  # no further tile was predicted
+
+
+def test_predict_iter_returns_a_prediction():
+    model = _model()
+    generator = predict_iter(model, np.zeros((20, 30), np.float32), device="cpu")
+    result = run_to_end(generator)
+    assert isinstance(result, Prediction)
+
+
+# --- channels ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_rgb_into_a_one_channel_model_warns_and_uses_gray(alpha):
+    model = _model()
+    rng = np.random.default_rng(9)
+    rgb = (rng.random((40, 50, 4 if alpha else 3)) * 255).astype(np.uint8)
+    with pytest.warns(InputWarning, match="gray"):
+        result = predict(model, rgb, device="cpu")
+    assert result.labels.shape == (40, 50)
+    gray = 0.299 * rgb[..., 0].astype(np.float32) + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    expected = predict(model, gray.astype(np.float32), device="cpu")
+    np.testing.assert_allclose(result.probability, expected.probability, atol=1e-5)
+
+
+def test_two_channel_model_takes_channels_first():
+    model = _model(in_channels=2)
+    image = (np.random.default_rng(10).random((2, 36, 44)) * 100).astype(np.float32)
+    result = predict(model, image, device="cpu")
+    assert result.labels.shape == (36, 44) and result.probability.shape == (36, 44)
+    # Both channels matter.
+    swapped = predict(model, image[::-1].copy(), device="cpu")
+    assert not np.allclose(swapped.probability, result.probability)
+    # Channels last needs the channel axis: the last two axes are always height and width.
+    channels_last = np.moveaxis(image, 0, -1)
+    with pytest.raises(InputError):
+        predict(model, channels_last, device="cpu")
+    moved = predict(model, channels_last, channel_axis=-1, device="cpu")
+    np.testing.assert_allclose(moved.probability, result.probability, atol=1e-6)
+    np.testing.assert_array_equal(moved.labels, result.labels)
+
+
+def test_two_channel_model_predicts_a_stack():
+    model = _model(in_channels=2)
+    stack = np.random.default_rng(11).random((3, 2, 24, 28)).astype(np.float32)
+    result = predict(model, stack, device="cpu")
+    assert result.probability.shape == (3, 24, 28)
+    alone = predict(model, stack[1], device="cpu")
+    np.testing.assert_allclose(result.probability[1], alone.probability, atol=1e-6)
+
+
+def test_three_channel_model_takes_rgb_without_warning():
+    model = _model(in_channels=3)
+    rgb = (np.random.default_rng(12).random((30, 40, 3)) * 255).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = predict(model, rgb, device="cpu")
+    assert result.labels.shape == (30, 40)
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "shape"),
+    [(2, (3, 30, 30)), (2, (30, 30)), (3, (30, 30)), (2, (30, 40, 3)), (4, (5, 20, 20))],
+)
+def test_channels_that_do_not_fit_the_model_are_an_input_error(in_channels, shape):
+    model = _model(in_channels=in_channels)
+    with pytest.raises(InputError, match="channel"):
+        predict(model, np.ones(shape, np.float32), device="cpu")
+
+
+# --- outputs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_labels_are_int32_and_probability_float32_in_0_1(nuclei, num_classes):
+    image, _ = nuclei
+    model = _model(num_classes=num_classes)
+    result = predict(model, image, min_size=1, tile_size=64, device="cpu")
+    assert result.labels.dtype == np.int32
+    assert result.probability.dtype == np.float32
+    assert result.labels.shape == image.shape == result.probability.shape
+    assert result.probability.min() >= 0.0 and result.probability.max() <= 1.0
+    assert result.labels.min() >= 0
+    # Objects are numbered 1..N.
+    objects = np.unique(result.labels[result.labels > 0])
+    assert np.array_equal(objects, np.arange(1, len(objects) + 1))
+
+
+def test_threshold_one_gives_no_objects():
+    model = _model()
+    image = np.random.default_rng(13).random((40, 40)).astype(np.float32)
+    result = predict(model, image, threshold=1.0, device="cpu")
+    assert result.labels.max() == 0
+
+
+def test_nan_and_inf_pixels_warn_and_still_predict():
+    model = _model()
+    image = np.random.default_rng(14).random((40, 50)).astype(np.float32)
+    image[3, 4] = np.nan
+    image[10:12, 20] = np.inf
+    image[30, 30] = -np.inf
+    with pytest.warns(InputWarning, match="NaN"):
+        result = predict(model, image, device="cpu")
+    assert result.probability.shape == (40, 50)
+    assert np.isfinite(result.probability).all()
+    assert result.probability.min() >= 0 and result.probability.max() <= 1
+
+
+def test_an_all_nan_image_is_an_input_error():
+    with pytest.raises(InputError):
+        predict(_model(), np.full((20, 20), np.nan, np.float32), device="cpu")
+
+
+def test_the_input_is_not_modified():
+    model = _model()
+    image = np.random.default_rng(15).random((30, 30)).astype(np.float32)
+    image[0, 0] = np.nan
+    before = image.copy()
+    with pytest.warns(InputWarning):
+        predict(model, image, device="cpu")
+    np.testing.assert_array_equal(image, before)
+
+
+def test_normalization_of_the_model_is_applied():
+    net = _network()
+    image = (np.random.default_rng(16).random((40, 40)) * 1000).astype(np.float32)
+    a = predict(Model(network=net, normalization=Normalization(0, 100)), image, device="cpu")
+    b = predict(Model(network=net, normalization=Normalization(0, 100)), image * 7 + 3, device="cpu")
+    c = predict(Model(network=net, normalization=Normalization(20, 50)), image, device="cpu")
+    np.testing.assert_allclose(a.probability, b.probability, atol=1e-5)  # scale invariant
+    assert not np.allclose(a.probability, c.probability, atol=1e-4)
