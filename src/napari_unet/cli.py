@@ -88,10 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--images", required=True, help="TIFF file, folder of TIFFs, or glob pattern of the images")
     train.add_argument("--labels", required=True, help="instance labels (0 = background, 1..N = objects), "
                        "or binary masks whose connected components are the objects; same names as the images")
-    train.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    train.add_argument("--out", required=True,
+                       help="model file to write (.safetensors); rewritten whenever validation improves")
     train.add_argument("--init", default="scratch",
                        help="start from 'scratch', an embedded model's name or a model file (default: scratch)")
-    train.add_argument("--epochs", type=_positive_int, default=50, help="passes over the data (default: 50)")
+    train.add_argument("--epochs", type=_positive_int,
+                       help="passes over the data (default: 50, or until the time budget when --max-minutes is given)")
     train.add_argument("--max-minutes", type=_positive_float, help="time budget; training keeps the best model so far")
     train.add_argument("--steps-per-epoch", type=_positive_int,
                        help="optimizer steps between validations (default: one pass over the annotated pixels)")
@@ -177,7 +179,7 @@ def _train(args) -> int:
             pixel_size, unit = info.pixel_size, info.unit
     model = None if args.init == "scratch" else load_model(args.init)
     config = TrainingConfig(
-        epochs=args.epochs, max_minutes=args.max_minutes, steps_per_epoch=args.steps_per_epoch,
+        epochs=args.epochs or (10**9 if args.max_minutes else 50), max_minutes=args.max_minutes, steps_per_epoch=args.steps_per_epoch,
         patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
         optimizer=args.optimizer, w0=args.w0, sigma=args.sigma, dice_weight=args.dice_weight,
         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, device=args.device,
@@ -192,7 +194,7 @@ def _train(args) -> int:
     progress = _Progress("train")
     try:
         generator = train_iter(samples, model=model, config=config, network_config=network, stop=stop,
-                               pixel_size=pixel_size, pixel_unit=unit)
+                               pixel_size=pixel_size, pixel_unit=unit, checkpoint=args.out)
         while True:
             try:
                 update = next(generator)

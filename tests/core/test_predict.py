@@ -178,7 +178,7 @@ def test_non_positive_tile_or_batch_size_is_an_input_error(settings):
 # --- stacks --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(3, 40, 50), (2, 3, 30, 41)])
+@pytest.mark.parametrize("shape", [(3, 150, 170), (2, 3, 130, 141)])
 def test_stacks_go_plane_by_plane(shape):
     model = _model()
     stack = (np.random.default_rng(7).random(shape) * 1000).astype(np.uint16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from napari_unet.core.bundle import Model
 from napari_unet.core.errors import InputError, InputWarning
 from napari_unet.core.metrics import average_precision
 from napari_unet.core.model import NetworkConfig
-from napari_unet.core.predict import predict
+from napari_unet.core.predict import predict, run_to_end
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train import TrainingConfig, TrainingSample, _loss, train, train_iter
 
@@ -51,14 +52,19 @@ def test_unannotated_pixels_give_zero_loss_and_zero_gradient():
     assert torch.equal(before, after)
 
 
+def _dark_on_bright(pair):
+    image, labels = pair
+    return image.max() - image, labels
+
+
 def test_training_raises_ap_well_above_the_untrained_model():
     train_data = [synthetic_nuclei((128, 128), count=14, seed=seed) for seed in range(6)]
     test_data = [synthetic_nuclei((128, 128), count=14, seed=100 + seed) for seed in range(3)]
     network = NetworkConfig(depth=2, base_width=8)
 
-    def ap50(model):
-        predictions = [predict(model, image, device="cpu").labels for image, _ in test_data]
-        return average_precision([labels for _, labels in test_data], predictions, thresholds=(0.5,))["ap_pooled"][0]
+    def ap50(model, pairs=test_data):
+        predictions = [predict(model, image, device="cpu").labels for image, _ in pairs]
+        return average_precision([labels for _, labels in pairs], predictions, thresholds=(0.5,))["ap_pooled"][0]
 
     untrained = Model.new(network)
     config = TrainingConfig(
@@ -69,6 +75,13 @@ def test_training_raises_ap_well_above_the_untrained_model():
     before, after = ap50(untrained), ap50(result.model)
     assert after >= before + 0.3, (before, after)
     assert after >= 0.4
+
+    # Fine-tuning the bright-on-dark model on dark-on-bright images makes it work on those.
+    dark_train = [_dark_on_bright(pair) for pair in train_data]
+    dark_test = [_dark_on_bright(pair) for pair in test_data]
+    tuned = train([TrainingSample(i, lab) for i, lab in dark_train], model=result.model,
+                  config=replace(config, epochs=3)).model
+    assert ap50(tuned, dark_test) >= 0.4
     assert result.history and all("ap50" in record for record in result.history)
     assert result.model.object_diameter is not None and 10 < result.model.object_diameter < 30
 
@@ -220,3 +233,22 @@ def test_bad_training_input_gives_clear_errors(tiny_config):
         TrainingConfig(optimizer="rmsprop")
     with pytest.raises(InputError):
         TrainingConfig(max_minutes=0)
+
+
+def test_checkpoint_file_holds_the_best_model_during_training(nuclei, tiny_config, tmp_path):
+    from napari_unet.core.modelfile import load_model_file
+
+    image, labels = nuclei
+    checkpoint = tmp_path / "run.safetensors"
+    generator = train_iter([TrainingSample(image, labels)], network_config=tiny_config,
+                           config=TrainingConfig(**dict(FAST, epochs=3, steps_per_epoch=2, val_fraction=0.3)),
+                           checkpoint=checkpoint)
+    first = next(generator)
+    assert first.step == 1 and not checkpoint.exists()
+    next(generator)  # the first validation writes the checkpoint
+    saved = load_model_file(checkpoint)
+    assert [r["step"] for r in saved.history] == [2]
+    assert saved.training["steps"] == 2
+    result = run_to_end(generator)
+    best_steps = [r["step"] for r in result.history if r["score"] == max(h["score"] for h in result.history)]
+    assert load_model_file(checkpoint).training["steps"] == best_steps[0]

@@ -54,7 +54,7 @@ def collect_tiffs(spec: str | os.PathLike) -> list[Path]:
     elif path.is_file():
         files = [path]
     elif glob.has_magic(text):
-        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text)) if Path(p).is_file())
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if Path(p).is_file())
     else:
         raise InputError(f"no such file or folder: {text}")
     if not files:

@@ -125,10 +125,14 @@ class UNet(nn.Module):
     def reset_parameters(self) -> None:
         """He initialization, N(0, sqrt(2/N)) with N the fan-in, as the paper recommends."""
         for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.ConvTranspose2d):
+                # With kernel 2 and stride 2 every output pixel sees one kernel position, so
+                # its fan-in is the number of input channels (torch would count out * 4).
+                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / module.in_channels))
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.bias is not None:
+                nn.init.zeros_(module.bias)
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)

@@ -106,7 +106,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise ModelFileError(f"{path} is a safetensors file but not a napari-unet model") from error
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path} is a safetensors file but not a napari-unet model")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(metadata.get("format_version"), int):
+        raise ModelFileError(f"{path} has a damaged header (no format version)")
+    if metadata["format_version"] > FORMAT_VERSION:
         raise ModelFileError(
             f"{path} was written by a newer napari-unet ({metadata.get('package_version')}); please upgrade"
         )

@@ -9,6 +9,8 @@ objects regain their full extent.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import ndimage
 from skimage.morphology import remove_small_objects
@@ -54,7 +56,10 @@ def probabilities_to_labels(
     num_classes = probabilities.shape[0]
     seeds = ndimage.label(probabilities[1] > threshold)[0].astype(np.int32)
     if min_size > 1 and seeds.any():
-        seeds = remove_small_objects(seeds, max_size=min_size - 1)
+        with warnings.catch_warnings():
+            # skimage warns when there is a single object, which is a normal outcome here.
+            warnings.simplefilter("ignore", UserWarning)
+            seeds = remove_small_objects(seeds, max_size=min_size - 1)
     if num_classes == 3:
         grown = expand_labels(seeds, distance=max(2, 2 * gap))
         grown[foreground_probability(probabilities) <= threshold] = 0

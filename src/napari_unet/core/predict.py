@@ -65,7 +65,9 @@ class _AxisTiling:
 def _axis_tiling(network: UNet, length: int, tile_size: int) -> _AxisTiling:
     multiple = network.size_multiple
     context = network.context
-    wanted = max(min(tile_size, length + 2 * context), 2 * context + multiple)
+    # A tile keeps at least half of its length (2 * context), or it would spend most of
+    # its work on context; small requests are raised to that.
+    wanted = max(min(tile_size, length + 2 * context), 4 * context, 2 * context + multiple)
     tile = network.valid_input_size(wanted)
     out = network.output_size(tile)
     # A "same" network's output covers the whole tile; a "valid" one's starts after the context.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -339,6 +340,7 @@ def train_iter(
     stop: threading.Event | None = None,
     pixel_size: tuple[float, float] | None = None,
     pixel_unit: str = "",
+    checkpoint: str | os.PathLike | None = None,
 ) -> Iterator[TrainingProgress]:
     """Train (or fine-tune) a model; yields :class:`TrainingProgress`, returns :class:`TrainingResult`.
 
@@ -353,6 +355,8 @@ def train_iter(
             far is returned.
         pixel_size: Physical pixel size ``(y, x)`` of the training images, if known.
         pixel_unit: Unit of ``pixel_size``.
+        checkpoint: Model file rewritten (atomically) whenever validation improves, so a
+            run that is killed still leaves its best model behind.
 
     Raises:
         InputError: If there is nothing annotated to train on, or the data do not fit.
@@ -370,6 +374,7 @@ def train_iter(
     if not any(labels[mask].any() for _, _, labels, mask in planes):
         logger.warning("the annotations contain no object; the model can only learn background")
     train_planes, validation_planes = _validation_split(planes, config.val_fraction, rng)
+    diameter = _object_diameter(train_planes)
 
     input_size = network.valid_input_size(config.patch_size)
     output_size = network.output_size(input_size)
@@ -432,13 +437,17 @@ def train_iter(
             if validation_planes:
                 validation = validate(model, validation_planes, device, config.amp)
                 record.update(validation)
-                if best_score is None or validation["score"] > best_score:
+                improved = best_score is None or validation["score"] > best_score
+                if improved:
                     best_score = validation["score"]
                     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in network.state_dict().items()})
                     validations_without_gain = 0
                 else:
                     validations_without_gain += 1
             history.append(record)
+            if checkpoint is not None and (not validation_planes or improved):
+                training = dict(config.to_dict(), stop_reason="checkpoint", steps=step)
+                _save_checkpoint(model, checkpoint, history, training, diameter, pixel_size, pixel_unit)
             logger.info("step %d: %s", step, record)
         yield TrainingProgress(
             step=step,
@@ -456,13 +465,24 @@ def train_iter(
     if best_state is not None:
         network.load_state_dict(best_state)
     network.to("cpu").eval()
+    _record(model, history, dict(config.to_dict(), stop_reason=stop_reason, steps=step), diameter, pixel_size, pixel_unit)
+    return TrainingResult(model=model, history=history, stop_reason=stop_reason)
+
+
+def _record(model: Model, history: list[dict], training: dict, diameter, pixel_size, pixel_unit) -> None:
+    """Write what this training run learned about the data into the model's metadata."""
     offset = model.history[-1]["step"] if model.history else 0
     model.history = model.history + [dict(r, step=r["step"] + offset) for r in history]
-    model.training = dict(config.to_dict(), stop_reason=stop_reason, steps=step)
-    model.object_diameter = _object_diameter(train_planes) or model.object_diameter
+    model.training = training
+    model.object_diameter = diameter or model.object_diameter
     if pixel_size is not None:
         model.pixel_size, model.pixel_unit = tuple(float(v) for v in pixel_size), pixel_unit
-    return TrainingResult(model=model, history=history, stop_reason=stop_reason)
+
+
+def _save_checkpoint(model: Model, path, history, training, diameter, pixel_size, pixel_unit) -> None:
+    snapshot = Model(**{**model.__dict__, "network": copy.deepcopy(model.network).to("cpu").eval()})
+    _record(snapshot, history, training, diameter, pixel_size, pixel_unit)
+    snapshot.save(path)
 
 
 def train(samples, on_progress: Callable | None = None, **kwargs) -> TrainingResult:
