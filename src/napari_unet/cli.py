@@ -223,47 +223,35 @@ def _rounded(values: dict) -> dict:
 
 
 def _predict(args) -> int:
-    from .core.errors import InputError, NapariUnetError
-    from .core.io import collect_tiffs, read_tiff, write_tiff
-    from .core.predict import predict_iter
+    from .core.batch import predict_files_iter
+    from .core.io import collect_tiffs
     from .core.registry import load_model
 
     model = load_model(args.model)
     files = [path for spec in args.inputs for path in collect_tiffs(spec)]
-    out = Path(args.out)
-    inputs = {path.resolve() for path in files}
-    failures = []
-    for path in files:
-        target = out / f"{path.stem}.tif"
-        if target.resolve() in inputs:
-            raise InputError(f"the output {target} would overwrite an input; choose another --out folder")
-        progress = _Progress(path.name)
+    generator = predict_files_iter(
+        model, files, args.out, probability=args.probability, tile_size=args.tile_size,
+        batch_size=args.batch_size, threshold=args.threshold, min_size=args.min_size, device=args.device,
+    )
+    progress = _Progress("predict")
+    while True:
         try:
-            image, info = read_tiff(path)
-            generator = predict_iter(model, image, tile_size=args.tile_size, batch_size=args.batch_size,
-                                     threshold=args.threshold, min_size=args.min_size, device=args.device)
-            while True:
-                try:
-                    update = next(generator)
-                except StopIteration as finished:
-                    result = finished.value
-                    break
-                progress.update(update.plane * update.total + update.done, update.planes * update.total)
-        except NapariUnetError as error:
-            failures.append(path)
-            progress.close()
-            print(f"napari-unet: error: {path}: {error}", file=sys.stderr)
-            continue
-        progress.close()
-        labels = result.labels
-        labels = labels.astype("uint16") if labels.max(initial=0) < 2**16 else labels.astype("uint32")
-        write_tiff(target, labels, info.pixel_size, info.unit or "um")
-        if args.probability:
-            write_tiff(out / f"{path.stem}_probability.tif", result.probability, info.pixel_size, info.unit or "um")
-        print(f"{path.name}: {int(result.labels.max(initial=0)) if result.labels.ndim == 2 else 'stack'} -> {target}",
-              file=sys.stderr)
-    if failures:
-        print(f"napari-unet: {len(failures)} of {len(files)} input(s) failed", file=sys.stderr)
+            update = next(generator)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        plane = update.plane
+        done = (update.file * plane.planes + plane.plane) * plane.total + plane.done
+        progress.update(done, update.files * plane.planes * plane.total, update.path.name)
+    progress.close()
+    for item in result.files:
+        if item.error:
+            print(f"napari-unet: error: {item.path}: {item.error}", file=sys.stderr)
+        else:
+            print(f"{item.path.name}: {item.planes} plane(s), {item.objects} object(s), {item.seconds:.1f} s "
+                  f"-> {item.output}", file=sys.stderr)
+    if result.failed:
+        print(f"napari-unet: {len(result.failed)} of {len(files)} input(s) failed", file=sys.stderr)
         return EXIT_FAILED
     return 0
 

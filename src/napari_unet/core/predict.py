@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,6 +37,10 @@ class PredictProgress:
     planes: int
     done: int
     total: int
+    #: The finished plane's labels and foreground probability, on the last item of a
+    #: plane only, so that a viewer can show a stack filling in plane by plane.
+    labels: np.ndarray | None = field(default=None, compare=False, repr=False)
+    probability: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -177,9 +181,11 @@ def predict_iter(
             except StopIteration as finished:
                 probabilities = finished.value
                 break
-            yield PredictProgress(index, len(planes), done, total)
+            if done < total:
+                yield PredictProgress(index, len(planes), done, total)
         probability[index] = foreground_probability(probabilities)
         labels[index] = probabilities_to_labels(probabilities, threshold, min_size, model.gap)
+        yield PredictProgress(index, len(planes), total, total, labels[index], probability[index])
     shape = stack_shape + (height, width)
     return Prediction(labels.reshape(shape), probability.reshape(shape))
 
