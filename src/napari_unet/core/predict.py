@@ -70,16 +70,17 @@ def _axis_tiling(network: UNet, length: int, tile_size: int) -> _AxisTiling:
     multiple = network.size_multiple
     context = network.context
     # A tile keeps at least half of its length (2 * context), or it would spend most of
-    # its work on context; small requests are raised to that.
-    wanted = max(min(tile_size, length + 2 * context), 4 * context, 2 * context + multiple)
-    tile = network.valid_input_size(wanted)
+    # its work on context; smaller requests are raised to that.
+    largest_tile = max(tile_size, 4 * context, 2 * context + multiple)
+    largest_step = max((largest_tile - 2 * context) // multiple * multiple, multiple)
+    count = math.ceil(length / largest_step)
+    # Spread the length evenly over the tiles; steps on the pooling grid keep every tile
+    # aligned with a whole-image pass.
+    step = math.ceil(length / count / multiple) * multiple
+    tile = network.valid_input_size(step + 2 * context)
     out = network.output_size(tile)
     # A "same" network's output covers the whole tile; a "valid" one's starts after the context.
     keep_from = context if out == tile else 0
-    # Steps on the pooling grid keep every tile aligned with a whole-image pass.
-    step = max((tile - 2 * context) // multiple * multiple, multiple)
-    step = min(step, out - keep_from)
-    count = math.ceil(length / step)
     padded = (count - 1) * step + tile
     return _AxisTiling(tile, step, count, context, padded - length - context, keep_from)
 
