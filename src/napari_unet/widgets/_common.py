@@ -1,0 +1,191 @@
+"""What the napari widgets share: model choice, the session's model, layer geometry, messages.
+
+Everything here is glue between napari layers and :mod:`napari_unet.core`; nothing
+computes on pixels. torch is imported only when a widget first needs a model or a device.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit
+from napari.utils.notifications import show_error, show_info, show_warning
+from psygnal import Signal
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..core.bundle import Model
+
+SCRATCH = "new model (from scratch)"
+SESSION = "model trained in this session"
+FILE = "model file..."
+EMBEDDED_PREFIX = "embedded: "
+
+
+class SessionModels:
+    """The models trained in one napari viewer; widgets of the viewer share them."""
+
+    changed = Signal()
+
+    def __init__(self):
+        self.latest: Model | None = None
+
+    def set_latest(self, model: Model) -> None:
+        self.latest = model
+        self.changed.emit()
+
+
+_sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def session_models(viewer: napari.Viewer) -> SessionModels:
+    """The :class:`SessionModels` of ``viewer`` (created on first use)."""
+    if viewer not in _sessions:
+        _sessions[viewer] = SessionModels()
+    return _sessions[viewer]
+
+
+def embedded_model_names() -> list[str]:
+    from ..core.registry import embedded_models
+
+    return list(embedded_models())
+
+
+class ModelChooser(Container):
+    """A model source: an embedded model, the session's model, a file, or (for training) none.
+
+    Args:
+        viewer: The viewer whose session models are offered.
+        allow_scratch: Offer training from scratch.
+    """
+
+    def __init__(self, viewer: napari.Viewer, allow_scratch: bool, label: str = "model"):
+        super().__init__(labels=True, layout="vertical")
+        self._session = session_models(viewer)
+        self._allow_scratch = allow_scratch
+        self.source = ComboBox(label=label, choices=self._choices, tooltip=(
+            "Embedded models are shipped with napari-unet; the session's model is the last one "
+            "trained in this napari window; a model file is a .safetensors file saved earlier."))
+        self.path = FileEdit(label="model file", mode="r", filter="*.safetensors", visible=False)
+        self.extend([self.source, self.path])
+        self.margins = (0, 0, 0, 0)
+        self.source.changed.connect(self._update_visibility)
+        self._session.changed.connect(self.refresh)
+        self._update_visibility()
+
+    def _choices(self, _widget=None) -> list[str]:
+        # The first choice is the default: the freshest model, then the embedded ones.
+        choices = [SESSION] if self._session.latest is not None else []
+        choices += [EMBEDDED_PREFIX + name for name in embedded_model_names()]
+        if self._allow_scratch:
+            choices.append(SCRATCH)
+        return choices + [FILE]
+
+    def refresh(self) -> None:
+        """Offer the current choices, keeping the selection where it still exists."""
+        self.source.reset_choices()
+        if self._session.latest is not None and self.source.value != FILE:
+            self.source.value = SESSION
+
+    def _update_visibility(self, *_):
+        self.path.visible = self.source.value == FILE
+
+    def load(self) -> Model | None:
+        """The chosen model (None for "from scratch").
+
+        Raises:
+            NapariUnetError: If the model file cannot be used.
+        """
+        from ..core.errors import ModelFileError
+        from ..core.registry import load_model
+
+        choice = self.source.value
+        if choice == SCRATCH:
+            return None
+        if choice == SESSION:
+            if self._session.latest is None:
+                raise ModelFileError("no model has been trained in this session yet")
+            return self._session.latest
+        if choice == FILE:
+            path = Path(self.path.value)
+            if not path.is_file():
+                raise ModelFileError("choose a model file first")
+            return load_model(path)
+        return load_model(choice[len(EMBEDDED_PREFIX):])
+
+
+def device_choices() -> list[str]:
+    """"auto" first, then the devices found on this machine (imports torch)."""
+    from ..core.device import available_devices
+
+    return available_devices()
+
+
+def spatial_shape(layer) -> tuple[int, ...]:
+    """Shape of an image layer without its RGB axis."""
+    shape = tuple(layer.data.shape)
+    return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def spatial_scale(layer) -> tuple[float, ...]:
+    """The layer's scale for its spatial axes (one per axis of :func:`spatial_shape`)."""
+    return tuple(float(s) for s in layer.scale[: len(spatial_shape(layer))])
+
+
+def pixel_size(layer) -> tuple[tuple[float, float] | None, str]:
+    """The layer's physical pixel size ``(y, x)`` and unit, or None when it is 1 x 1 pixels."""
+    scale = spatial_scale(layer)[-2:]
+    if all(np.isclose(s, 1.0) for s in scale):
+        return None, ""
+    units = getattr(layer, "units", None)
+    unit = str(units[-1]) if units else ""
+    unit = {"micrometer": "um", "pixel": ""}.get(unit, unit)
+    return (scale[0], scale[1]), unit
+
+
+def as_numpy(data) -> np.ndarray:
+    """A numpy copy of layer data (dask or zarr arrays are read here)."""
+    return np.array(data)
+
+
+def report_error(error: BaseException, doing: str) -> None:
+    """Show an error as a napari notification in plain words, without a traceback dialog."""
+    from ..core.errors import NapariUnetError
+
+    if isinstance(error, NapariUnetError):
+        show_error(str(error))
+    elif "out of memory" in str(error).lower():
+        show_error(f"{doing} ran out of memory; lower the batch size, patch size or tile size and try again")
+    else:
+        show_error(f"{doing} failed: {error}")
+
+
+def connect_worker(worker, on_yield: Callable, on_return: Callable, doing: str, on_finish: Callable) -> None:
+    """Wire a napari worker to the widget: progress, result, errors and warnings as notifications."""
+    worker.yielded.connect(on_yield)
+    worker.returned.connect(on_return)
+    worker.errored.connect(lambda error: report_error(error, doing))
+    # ``warned`` carries warnings.showwarning's arguments; the first is the warning itself.
+    worker.warned.connect(lambda arguments: show_warning(str(arguments[0])))
+    worker.finished.connect(on_finish)
+
+
+__all__ = [
+    "ModelChooser",
+    "SessionModels",
+    "session_models",
+    "device_choices",
+    "spatial_shape",
+    "spatial_scale",
+    "pixel_size",
+    "as_numpy",
+    "report_error",
+    "connect_worker",
+    "show_error",
+    "show_info",
+]

@@ -1,0 +1,188 @@
+"""The Predict widget: segment an image layer into a Labels layer, in a worker thread.
+
+The core's :func:`~napari_unet.core.predict.predict_iter` runs in a napari worker; a
+stack's Labels layer is created at once and fills in plane by plane as planes finish.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+
+from ._common import (
+    ModelChooser,
+    as_numpy,
+    connect_worker,
+    device_choices,
+    report_error,
+    show_error,
+    spatial_scale,
+    spatial_shape,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+
+def _current_plane(viewer: napari.Viewer, layer) -> tuple[int, ...]:
+    """Index of the plane of ``layer`` that the viewer shows (leading axes only)."""
+    leading = len(spatial_shape(layer)) - 2
+    if leading == 0:
+        return ()
+    position = layer.world_to_data(viewer.dims.point)
+    shape = spatial_shape(layer)
+    return tuple(int(np.clip(round(position[axis]), 0, shape[axis] - 1)) for axis in range(leading))
+
+
+def start_prediction(
+    viewer: napari.Viewer,
+    image,
+    model,
+    tile_size: int = 512,
+    threshold: float = 0.5,
+    min_size: int = 10,
+    device: str = "auto",
+    probability: bool = False,
+    current_plane_only: bool = False,
+    output=None,
+    on_progress=None,
+    on_finish=None,
+):
+    """Predict ``image`` (a napari Image layer) with ``model`` into a Labels layer, in a worker.
+
+    Args:
+        viewer: The viewer to add layers to.
+        image: The Image layer.
+        model: A :class:`~napari_unet.core.bundle.Model`.
+        tile_size: Largest tile edge in pixels.
+        threshold: Foreground probability threshold.
+        min_size: Smallest object kept, in pixels.
+        device: "auto", "cpu", "cuda" or "mps".
+        probability: Also add the foreground probability as an Image layer.
+        current_plane_only: Predict only the plane the viewer shows, into ``output`` (or a
+            new Labels layer).
+        output: Labels layer to write into (for ``current_plane_only``).
+        on_progress: Called with each :class:`~napari_unet.core.predict.PredictProgress`.
+        on_finish: Called when the worker ends (finished, failed or cancelled).
+
+    Returns:
+        ``(worker, labels_layer)``.
+    """
+    from napari.qt.threading import create_worker
+
+    from ..core.predict import predict_iter
+
+    shape = spatial_shape(image)
+    plane_index = _current_plane(viewer, image) if current_plane_only else ()
+    data = as_numpy(image.data[plane_index]) if plane_index else as_numpy(image.data)
+    geometry = {"scale": spatial_scale(image), "translate": tuple(image.translate[: len(shape)])}
+    if output is None or output not in viewer.layers or tuple(output.data.shape) != shape:
+        output = viewer.add_labels(np.zeros(shape, np.int32), name=f"{image.name} prediction", **geometry)
+    probability_layer = (
+        viewer.add_image(np.zeros(shape, np.float32), name=f"{image.name} probability", colormap="magma",
+                         contrast_limits=(0, 1), visible=False, **geometry)
+        if probability else None
+    )
+    stack_shape = shape[len(plane_index):-2]
+
+    def show_plane(progress):
+        if on_progress is not None:
+            on_progress(progress)
+        if progress.labels is None:
+            return
+        where = plane_index + (np.unravel_index(progress.plane, stack_shape) if stack_shape else ())
+        output.data[where] = progress.labels
+        output.refresh()
+        if probability_layer is not None:
+            probability_layer.data[where] = progress.probability
+            probability_layer.refresh()
+
+    worker = create_worker(
+        predict_iter, model, data, tile_size=tile_size, threshold=threshold, min_size=min_size, device=device,
+        channel_axis=-1 if image.rgb else None, _start_thread=False, _ignore_errors=True,
+    )
+    connect_worker(worker, show_plane, lambda _: None, "prediction", on_finish or (lambda: None))
+    worker.start()
+    return worker, output
+
+
+class PredictWidget(Container):
+    """Dock widget that segments the chosen image with the chosen model.
+
+    Args:
+        viewer: The napari viewer.
+    """
+
+    def __init__(self, viewer: napari.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        self._worker = None
+        self.output = None  # the Labels layer of the last prediction
+        self.image = create_widget(annotation="napari.layers.Image", label="image")
+        self.model = ModelChooser(viewer, allow_scratch=False)
+        self.tile_size = SpinBox(label="tile size", value=512, min=64, max=8192, step=64,
+                                 tooltip="Largest tile edge in pixels; lower it if the GPU runs out of memory.")
+        self.threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.05,
+                                      tooltip="Foreground probability above which a pixel belongs to an object.")
+        self.min_size = SpinBox(label="min object size", value=10, min=0, max=100_000,
+                                tooltip="Objects smaller than this many pixels are removed.")
+        self.probability = CheckBox(text="also add the probability layer", value=False)
+        self.current_plane_only = CheckBox(text="predict current plane only", value=False,
+                                           tooltip="Fast feedback: only the plane on screen, into the last prediction layer.")
+        self.device = ComboBox(label="device", choices=device_choices())
+        self.run = PushButton(text="Predict")
+        self.cancel = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, max=1000)
+        self.extend([
+            self.image, self.model, self.tile_size, self.threshold, self.min_size, self.probability,
+            self.current_plane_only, self.device, self.run, self.cancel, self.progress,
+        ])
+        self.run.changed.connect(self.start)
+        self.cancel.changed.connect(self.stop)
+
+    def start(self, *_):
+        """Predict in a worker thread; errors become notifications."""
+        from ..core.errors import NapariUnetError
+
+        image = self.image.value
+        if image is None:
+            show_error("open or choose an image layer first")
+            return
+        try:
+            model = self.model.load()
+        except NapariUnetError as error:
+            report_error(error, "prediction")
+            return
+        self.run.enabled, self.cancel.enabled = False, True
+        self.progress.value = 0
+        self._worker, self.output = start_prediction(
+            self._viewer, image, model, tile_size=self.tile_size.value, threshold=self.threshold.value,
+            min_size=self.min_size.value, device=self.device.value, probability=self.probability.value,
+            current_plane_only=self.current_plane_only.value,
+            output=self.output if self.current_plane_only.value else None,
+            on_progress=self._on_progress, on_finish=self._on_finish,
+        )
+
+    def stop(self, *_):
+        """Cancel the prediction after the current batch of tiles."""
+        if self._worker is not None:
+            self._worker.quit()
+
+    def _on_progress(self, progress):
+        done = progress.plane * progress.total + progress.done
+        self.progress.value = int(1000 * done / max(progress.planes * progress.total, 1))
+
+    def _on_finish(self):
+        self.run.enabled, self.cancel.enabled = True, False
+        self._worker = None

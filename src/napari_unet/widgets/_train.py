@@ -1,0 +1,284 @@
+"""The Train widget: fine-tune a U-Net on labels painted in napari, in a worker thread.
+
+The widget collects (image, labels) pairs and settings, then runs the core's
+:func:`~napari_unet.core.train.train_iter` generator in a napari ``thread_worker``:
+napari stays responsive, every step updates the progress bar and the live plot, and
+Stop sets the generator's stop event so training ends after the current step and
+returns the best model so far.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+
+from ._common import (
+    ModelChooser,
+    as_numpy,
+    connect_worker,
+    device_choices,
+    pixel_size,
+    report_error,
+    session_models,
+    show_error,
+    show_info,
+    spatial_scale,
+    spatial_shape,
+)
+from ._plot import TrainingPlot
+
+if TYPE_CHECKING:
+    import napari
+
+CONVENTION = (
+    "In a stack, planes holding at least one label are annotated; unlabeled pixels in them are "
+    "background; planes without labels are ignored. With a regions layer, only its rectangles count."
+)
+
+
+class TrainWidget(Container):
+    """Dock widget that trains or fine-tunes a model on annotated layers.
+
+    Args:
+        viewer: The napari viewer.
+    """
+
+    def __init__(self, viewer: napari.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        self._worker = None
+        self._stop = threading.Event()
+        self._pairs: list[tuple] = []
+        self.model = None  # the last model trained here
+
+        self.image = create_widget(annotation="napari.layers.Image", label="image")
+        self.labels_layer = create_widget(annotation="napari.layers.Labels", label="labels")
+        self.regions = create_widget(
+            annotation="napari.layers.Shapes", label="regions", options={"nullable": True},
+        )
+        self.regions.tooltip = "Optional: rectangles that mark the annotated regions."
+        self.new_labels = PushButton(text="New labels layer for this image")
+        self.add_pair = PushButton(text="Add pair")
+        self.pairs_label = Label(value="training on: the image and labels above")
+        self.convention = Label(value=CONVENTION)
+        self.convention.native.setWordWrap(True)
+        self.start_from = ModelChooser(viewer, allow_scratch=True, label="start from")
+        self.max_minutes = FloatSpinBox(label="time budget (min)", value=3.0, min=0.05, max=10_000, step=0.5,
+                                        tooltip="Training stops after this time and keeps the best model.")
+        self.epochs = SpinBox(label="max epochs", value=200, min=1, max=1_000_000,
+                              tooltip="Training also stops after this many passes over the annotations.")
+        self.patch_size = SpinBox(label="patch size", value=256, min=32, max=2048, step=16,
+                                  tooltip="Edge of the training patches in pixels; larger sees more context, costs more memory.")
+        self.batch_size = SpinBox(label="batch size", value=4, min=1, max=256, tooltip="Patches per training step.")
+        self.learning_rate = FloatSpinBox(label="learning rate", value=0.0005, min=1e-6, max=1.0, step=0.0001,
+                                          tooltip="Adam step size; lower it to fine-tune gently.")
+        self.learning_rate.native.setDecimals(6)
+        self.w0 = FloatSpinBox(label="border weight w0", value=10.0, min=0.0, max=100.0,
+                               tooltip="How much the gaps between touching objects count (U-Net paper: 10).")
+        self.sigma = FloatSpinBox(label="border sigma (px)", value=5.0, min=0.5, max=50.0,
+                                  tooltip="Width of the border weight in pixels (U-Net paper: 5).")
+        self.augment = FloatSpinBox(label="augmentation", value=1.0, min=0.0, max=3.0, step=0.1,
+                                    tooltip="Strength of elastic, rotation and gray-value augmentation; 0 = off.")
+        self.device = ComboBox(label="device", choices=device_choices(),
+                               tooltip="auto uses a CUDA GPU, then Apple MPS, then the CPU.")
+        self.predict_when_done = CheckBox(text="predict the image when done", value=True)
+        self.start = PushButton(text="Start training")
+        self.stop = PushButton(text="Stop", enabled=False)
+        self.save = PushButton(text="Save model...", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, max=1000)
+        self.status = Label(value="")
+        self.extend([
+            self.image, self.labels_layer, self.regions, self.new_labels, self.add_pair, self.pairs_label,
+            self.convention, self.start_from, self.max_minutes, self.epochs, self.patch_size, self.batch_size,
+            self.learning_rate, self.w0, self.sigma, self.augment, self.device, self.predict_when_done,
+            self.start, self.stop, self.save, self.progress, self.status,
+        ])
+        self.plot = TrainingPlot()
+        self.native.layout().addWidget(self.plot)
+        self.device.tooltip = f"Found: {', '.join(self.device.choices[1:])}. auto uses CUDA, then MPS, then the CPU."
+
+        self.new_labels.changed.connect(self._create_labels_layer)
+        self.add_pair.changed.connect(self._add_pair)
+        self.start.changed.connect(self.start_training)
+        self.stop.changed.connect(self.stop_training)
+        self.save.changed.connect(self._save_dialog)
+        # Closing the dock widget (or napari) ends training cleanly after the current step.
+        self.native.destroyed.connect(lambda *_: self._stop.set())
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def _create_labels_layer(self, *_):
+        image = self.image.value
+        if image is None:
+            show_error("open or choose an image first")
+            return
+        layer = self._viewer.add_labels(
+            np.zeros(spatial_shape(image), np.uint32), name=f"{image.name} labels",
+            scale=spatial_scale(image), translate=tuple(image.translate[: len(spatial_shape(image))]),
+        )
+        self.labels_layer.reset_choices()
+        self.labels_layer.value = layer
+
+    def _add_pair(self, *_):
+        if self.image.value is None or self.labels_layer.value is None:
+            show_error("choose an image and a labels layer to add")
+            return
+        pair = (self.image.value, self.labels_layer.value)
+        if pair not in self._pairs:
+            self._pairs.append(pair)
+        names = ", ".join(f"{i.name} + {lab.name}" for i, lab in self._pairs)
+        self.pairs_label.value = f"training on: {names}"
+
+    def _training_pairs(self) -> list[tuple]:
+        return list(self._pairs) or [(self.image.value, self.labels_layer.value)]
+
+    def _samples(self):
+        """Training samples from the chosen layers (copies, so painting can go on meanwhile)."""
+        from ..core.annotation import labelled_planes_mask, regions_mask
+        from ..core.errors import InputError
+        from ..core.train import TrainingSample
+
+        samples = []
+        for image, labels in self._training_pairs():
+            if image is None or labels is None:
+                raise InputError("choose an image layer and a labels layer (or create one with the button)")
+            if image not in self._viewer.layers or labels not in self._viewer.layers:
+                raise InputError(f"the layer {image.name} or {labels.name} is no longer in the viewer")
+            if tuple(labels.data.shape) != spatial_shape(image):
+                raise InputError(
+                    f"the labels layer {labels.name} (shape {labels.data.shape}) does not match the image "
+                    f"{image.name} (shape {spatial_shape(image)}); create a labels layer for this image"
+                )
+            label_data = as_numpy(labels.data)
+            regions = self.regions.value
+            if regions is not None:
+                rectangles = [
+                    np.array([image.world_to_data(regions.data_to_world(point)) for point in shape])
+                    for shape, kind in zip(regions.data, regions.shape_type) if kind == "rectangle"
+                ]
+                if not rectangles:
+                    raise InputError(f"the regions layer {regions.name} has no rectangles")
+                mask = regions_mask(label_data.shape, rectangles)
+            else:
+                mask = labelled_planes_mask(label_data)
+            if not mask.any():
+                raise InputError(f"nothing is annotated in {labels.name}: paint at least one object first")
+            image_data = as_numpy(image.data)
+            samples.append(TrainingSample(image_data, label_data, mask, name=image.name))
+        return samples
+
+    def _config(self):
+        from ..core.augment import AugmentConfig
+        from ..core.train import TrainingConfig
+
+        return TrainingConfig(
+            epochs=self.epochs.value, max_minutes=self.max_minutes.value, patch_size=self.patch_size.value,
+            batch_size=self.batch_size.value, learning_rate=self.learning_rate.value, w0=self.w0.value,
+            sigma=self.sigma.value, device=self.device.value, augment=AugmentConfig(strength=self.augment.value),
+        )
+
+    # -- training -------------------------------------------------------------------------
+
+    def start_training(self, *_):
+        """Check the inputs and start training in a worker thread (errors become notifications)."""
+        from napari.qt.threading import create_worker
+
+        from ..core.device import resolve_device
+        from ..core.errors import NapariUnetError
+        from ..core.model import NetworkConfig
+        from ..core.train import train_iter
+
+        try:
+            samples = self._samples()
+            model = self.start_from.load()
+            config = self._config()
+        except NapariUnetError as error:
+            report_error(error, "training")
+            return
+        size, unit = pixel_size(self._training_pairs()[0][0])
+        # From scratch on a CPU a lighter network trains in minutes; a GPU takes the paper's size.
+        on_gpu = resolve_device(config.device).type != "cpu"
+        network = NetworkConfig() if on_gpu else NetworkConfig(depth=3, base_width=16)
+        self._stop = threading.Event()
+        self.plot.clear()
+        self.progress.value = 0
+        self.status.value = "preparing..."
+        self._set_running(True)
+        self._worker = create_worker(
+            train_iter, samples, model=model, config=config, network_config=network, stop=self._stop,
+            pixel_size=size, pixel_unit=unit, _start_thread=False, _ignore_errors=True,
+        )
+        connect_worker(self._worker, self._on_progress, self._on_trained, "training", lambda: self._set_running(False))
+        self._worker.start()
+
+    def stop_training(self, *_):
+        """End training after the current step; the best model so far is kept."""
+        self._stop.set()
+        self.status.value = "stopping..."
+
+    def _set_running(self, running: bool):
+        self.start.enabled = not running
+        self.stop.enabled = running
+        self.save.enabled = not running and self.model is not None
+        if not running:
+            self._worker = None
+
+    def _on_progress(self, progress):
+        fraction_steps = progress.step / max(progress.total_steps, 1)
+        fraction_time = progress.elapsed / (60 * self.max_minutes.value)
+        self.progress.value = int(1000 * min(max(fraction_steps, fraction_time), 1.0))
+        self.plot.add("loss", progress.step, progress.loss)
+        if progress.validation is not None:
+            self.plot.add("iou", progress.step, progress.validation["iou"])
+            if "ap50" in progress.validation:
+                self.plot.add("ap50", progress.step, progress.validation["ap50"])
+        best = f", best score {progress.best_score:.3f}" if progress.best_score is not None else ""
+        self.status.value = f"step {progress.step}, loss {progress.loss:.4f}{best}, {progress.elapsed:.0f} s"
+
+    def _on_trained(self, result):
+        self.model = result.model
+        session_models(self._viewer).set_latest(result.model)
+        self.progress.value = 1000
+        self.status.value = f"done ({result.stop_reason}) after {result.model.training['steps']} steps"
+        show_info(f"training finished ({result.stop_reason}); the model is kept for this session")
+        if self.predict_when_done.value and self.image.value is not None:
+            from ._predict import start_prediction
+
+            start_prediction(self._viewer, self.image.value, result.model, device=self.device.value)
+
+    # -- saving ---------------------------------------------------------------------------
+
+    def save_model(self, path: str | Path) -> Path | None:
+        """Save the trained model (atomically) and return the path written."""
+        if self.model is None:
+            show_error("train a model first")
+            return None
+        try:
+            written = self.model.save(path)
+        except OSError as error:
+            report_error(error, "saving the model")
+            return None
+        show_info(f"model saved to {written}")
+        return written
+
+    def _save_dialog(self, *_):
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(self.native, "Save model", "model.safetensors", "Models (*.safetensors)")
+        if path:
+            self.save_model(path)
+
