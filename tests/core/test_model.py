@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 
@@ -205,7 +207,9 @@ def test_batch_norm_switch_changes_the_modules(depth):
     double_convs = 2 * depth + 1
     assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules()) == 2 * double_convs
     assert not any(isinstance(m, nn.BatchNorm2d) for m in without.modules())
-    convs = lambda net: [m for m in net.modules() if isinstance(m, nn.Conv2d) and m is not net.head]
+    def convs(net):
+        return [m for m in net.modules() if isinstance(m, nn.Conv2d) and m is not net.head]
+
     # A convolution followed by batch norm has no bias of its own.
     assert all(conv.bias is None for conv in convs(with_bn))
     assert all(conv.bias is not None for conv in convs(without))
@@ -296,7 +300,7 @@ def test_unknown_settings_raise_value_error():
 
 def test_config_is_immutable():
     config = NetworkConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.depth = 2  # type: ignore[misc]
 
 

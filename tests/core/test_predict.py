@@ -14,8 +14,8 @@ from napari_unet.core.errors import InputError, InputWarning
 from napari_unet.core.model import NetworkConfig, UNet
 from napari_unet.core.normalize import Normalization
 from napari_unet.core.predict import (
-    PredictProgress,
     Prediction,
+    PredictProgress,
     predict,
     predict_iter,
     predict_probabilities,

@@ -20,7 +20,7 @@ class BatchWidget(Container):
         viewer: The napari viewer.
     """
 
-    def __init__(self, viewer: napari.Viewer):
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
         self._worker = None

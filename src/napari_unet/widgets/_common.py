@@ -43,8 +43,10 @@ class SessionModels:
 _sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def session_models(viewer: napari.Viewer) -> SessionModels:
+def session_models(viewer: napari.viewer.Viewer) -> SessionModels:
     """The :class:`SessionModels` of ``viewer`` (created on first use)."""
+    # napari hands each dock widget its own proxy of the viewer; key by the viewer itself.
+    viewer = getattr(viewer, "__wrapped__", viewer)
     if viewer not in _sessions:
         _sessions[viewer] = SessionModels()
     return _sessions[viewer]
@@ -64,7 +66,7 @@ class ModelChooser(Container):
         allow_scratch: Offer training from scratch.
     """
 
-    def __init__(self, viewer: napari.Viewer, allow_scratch: bool, label: str = "model"):
+    def __init__(self, viewer: napari.viewer.Viewer, allow_scratch: bool, label: str = "model"):
         super().__init__(labels=True, layout="vertical")
         self._session = session_models(viewer)
         self._allow_scratch = allow_scratch
@@ -87,9 +89,13 @@ class ModelChooser(Container):
         return choices + [FILE]
 
     def refresh(self) -> None:
-        """Offer the current choices, keeping the selection where it still exists."""
+        """Offer the current choices and select a freshly trained model.
+
+        A model file the user has already picked stays selected.
+        """
         self.source.reset_choices()
-        if self._session.latest is not None and self.source.value != FILE:
+        picked_file = self.source.value == FILE and Path(self.path.value).is_file()
+        if self._session.latest is not None and not picked_file:
             self.source.value = SESSION
 
     def _update_visibility(self, *_):
@@ -137,6 +143,16 @@ def spatial_scale(layer) -> tuple[float, ...]:
     return tuple(float(s) for s in layer.scale[: len(spatial_shape(layer))])
 
 
+def geometry(layer) -> dict:
+    """Layer keywords that put a derived layer (labels, probability) exactly over ``layer``."""
+    count = len(spatial_shape(layer))
+    return {
+        "scale": spatial_scale(layer),
+        "translate": tuple(float(t) for t in layer.translate[:count]),
+        "units": tuple(layer.units[:count]),
+    }
+
+
 def pixel_size(layer) -> tuple[tuple[float, float] | None, str]:
     """The layer's physical pixel size ``(y, x)`` and unit, or None when it is 1 x 1 pixels."""
     scale = spatial_scale(layer)[-2:]
@@ -182,6 +198,7 @@ __all__ = [
     "device_choices",
     "spatial_shape",
     "spatial_scale",
+    "geometry",
     "pixel_size",
     "as_numpy",
     "report_error",

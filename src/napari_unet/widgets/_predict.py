@@ -25,9 +25,9 @@ from ._common import (
     as_numpy,
     connect_worker,
     device_choices,
+    geometry,
     report_error,
     show_error,
-    spatial_scale,
     spatial_shape,
 )
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import napari
 
 
-def _current_plane(viewer: napari.Viewer, layer) -> tuple[int, ...]:
+def _current_plane(viewer: napari.viewer.Viewer, layer) -> tuple[int, ...]:
     """Index of the plane of ``layer`` that the viewer shows (leading axes only)."""
     leading = len(spatial_shape(layer)) - 2
     if leading == 0:
@@ -46,7 +46,7 @@ def _current_plane(viewer: napari.Viewer, layer) -> tuple[int, ...]:
 
 
 def start_prediction(
-    viewer: napari.Viewer,
+    viewer: napari.viewer.Viewer,
     image,
     model,
     tile_size: int = 512,
@@ -86,12 +86,12 @@ def start_prediction(
     shape = spatial_shape(image)
     plane_index = _current_plane(viewer, image) if current_plane_only else ()
     data = as_numpy(image.data[plane_index]) if plane_index else as_numpy(image.data)
-    geometry = {"scale": spatial_scale(image), "translate": tuple(image.translate[: len(shape)])}
+    placement = geometry(image)
     if output is None or output not in viewer.layers or tuple(output.data.shape) != shape:
-        output = viewer.add_labels(np.zeros(shape, np.int32), name=f"{image.name} prediction", **geometry)
+        output = viewer.add_labels(np.zeros(shape, np.int32), name=f"{image.name} prediction", **placement)
     probability_layer = (
         viewer.add_image(np.zeros(shape, np.float32), name=f"{image.name} probability", colormap="magma",
-                         contrast_limits=(0, 1), visible=False, **geometry)
+                         contrast_limits=(0, 1), visible=False, **placement)
         if probability else None
     )
     stack_shape = shape[len(plane_index):-2]
@@ -124,7 +124,7 @@ class PredictWidget(Container):
         viewer: The napari viewer.
     """
 
-    def __init__(self, viewer: napari.Viewer):
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
         self._worker = None

@@ -31,12 +31,12 @@ from ._common import (
     as_numpy,
     connect_worker,
     device_choices,
+    geometry,
     pixel_size,
     report_error,
     session_models,
     show_error,
     show_info,
-    spatial_scale,
     spatial_shape,
 )
 from ._plot import TrainingPlot
@@ -57,7 +57,7 @@ class TrainWidget(Container):
         viewer: The napari viewer.
     """
 
-    def __init__(self, viewer: napari.Viewer):
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
         self._worker = None
@@ -117,7 +117,9 @@ class TrainWidget(Container):
         self.stop.changed.connect(self.stop_training)
         self.save.changed.connect(self._save_dialog)
         # Closing the dock widget (or napari) ends training cleanly after the current step.
-        self.native.destroyed.connect(lambda *_: self._stop.set())
+        # The event outlives the widget's Python attributes, so connect it directly.
+        stop = self._stop
+        self.native.destroyed.connect(lambda *_: stop.set())
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -126,10 +128,8 @@ class TrainWidget(Container):
         if image is None:
             show_error("open or choose an image first")
             return
-        layer = self._viewer.add_labels(
-            np.zeros(spatial_shape(image), np.uint32), name=f"{image.name} labels",
-            scale=spatial_scale(image), translate=tuple(image.translate[: len(spatial_shape(image))]),
-        )
+        layer = self._viewer.add_labels(np.zeros(spatial_shape(image), np.uint32), name=f"{image.name} labels",
+                                        **geometry(image))
         self.labels_layer.reset_choices()
         self.labels_layer.value = layer
 
@@ -213,7 +213,7 @@ class TrainWidget(Container):
         # From scratch on a CPU a lighter network trains in minutes; a GPU takes the paper's size.
         on_gpu = resolve_device(config.device).type != "cpu"
         network = NetworkConfig() if on_gpu else NetworkConfig(depth=3, base_width=16)
-        self._stop = threading.Event()
+        self._stop.clear()
         self.plot.clear()
         self.progress.value = 0
         self.status.value = "preparing..."

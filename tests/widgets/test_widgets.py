@@ -1,0 +1,303 @@
+"""The napari widgets in a real viewer (pytest-qt, under Xvfb), on small generated data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.core.bundle import Model
+from napari_unet.core.model import NetworkConfig
+from napari_unet.core.synthetic import synthetic_nuclei
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def notifications():
+    """Messages napari shows to the user during the test, as (severity, text)."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def record(notification):
+        seen.append((str(notification.severity), str(notification.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def viewer_with_nuclei(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image, labels = synthetic_nuclei((96, 96), count=10, seed=0)
+    viewer.add_image(image, name="nuclei", scale=(0.5, 0.5), translate=(3.0, 4.0))
+    viewer.add_labels(labels, name="truth", scale=(0.5, 0.5), translate=(3.0, 4.0))
+    return viewer
+
+
+def _docked(viewer, widget_class):
+    """The widget docked in the viewer, as napari does it (so its layer lists follow the viewer)."""
+    widget = widget_class(viewer)
+    viewer.window.add_dock_widget(widget)
+    return widget
+
+
+def _fast_settings(widget, minutes=0.05):
+    widget.max_minutes.value = minutes
+    widget.patch_size.value = 48
+    widget.batch_size.value = 2
+    widget.device.value = "cpu"
+
+
+def _tiny_model_in_session(viewer):
+    from napari_unet.widgets._common import session_models
+
+    model = Model.new(NetworkConfig(depth=2, base_width=4))
+    session_models(viewer).set_latest(model)
+    return model
+
+
+def test_train_then_predict_when_done(viewer_with_nuclei, qtbot, notifications):
+    from napari_unet.widgets import TrainWidget
+
+    viewer = viewer_with_nuclei
+    widget = _docked(viewer, TrainWidget)
+    widget.image.value = viewer.layers["nuclei"]
+    widget.labels_layer.value = viewer.layers["truth"]
+    _fast_settings(widget)
+    widget.start_training()
+    assert not widget.start.enabled and widget.stop.enabled
+    qtbot.waitUntil(lambda: widget.model is not None and widget.start.enabled, timeout=60_000)
+    assert widget.save.enabled and not widget.stop.enabled
+    assert widget.model.pixel_size == (0.5, 0.5)
+    assert len(widget.plot.series["loss"]) == widget.model.training["steps"] > 0
+    assert any("training finished" in text for _, text in notifications)
+    # "predict when done" adds a Labels layer with the image's geometry.
+    qtbot.waitUntil(lambda: "nuclei prediction" in viewer.layers
+                    and viewer.layers["nuclei prediction"].data.any(), timeout=30_000)
+    prediction = viewer.layers["nuclei prediction"]
+    assert prediction.data.shape == (96, 96) and prediction.data.dtype == np.int32
+    assert tuple(prediction.scale) == (0.5, 0.5) and tuple(prediction.translate) == (3.0, 4.0)
+    assert viewer.layers["truth"].data.max() > 0  # the user's layers are untouched
+
+
+def test_stop_ends_training_within_two_seconds_and_keeps_a_model(viewer_with_nuclei, qtbot):
+    from napari_unet.widgets import TrainWidget
+
+    viewer = viewer_with_nuclei
+    widget = _docked(viewer, TrainWidget)
+    widget.image.value = viewer.layers["nuclei"]
+    widget.labels_layer.value = viewer.layers["truth"]
+    _fast_settings(widget, minutes=30)
+    widget.start_training()
+    qtbot.waitUntil(lambda: len(widget.plot.series["loss"]) >= 3, timeout=60_000)
+    pressed = time.monotonic()
+    widget.stop.clicked.emit()  # as the user clicking Stop
+    qtbot.waitUntil(lambda: widget.start.enabled, timeout=5_000)
+    assert time.monotonic() - pressed < 2.0
+    assert widget.model is not None and widget.model.training["stop_reason"] == "stopped"
+
+
+def test_ui_stays_responsive_while_training(viewer_with_nuclei, qtbot):
+    from qtpy.QtCore import QTimer
+
+    from napari_unet.widgets import TrainWidget
+
+    viewer = viewer_with_nuclei
+    widget = _docked(viewer, TrainWidget)
+    widget.image.value = viewer.layers["nuclei"]
+    widget.labels_layer.value = viewer.layers["truth"]
+    widget.predict_when_done.value = False
+    _fast_settings(widget, minutes=0.1)
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+    timer.start(10)
+    widget.start_training()
+    qtbot.waitUntil(lambda: len(widget.plot.series["loss"]) >= 1, timeout=60_000)
+    ticks.clear()  # measure during training steps, not the one-off start-up
+    qtbot.waitUntil(lambda: widget.start.enabled, timeout=60_000)
+    timer.stop()
+    gaps = np.diff(ticks)
+    assert len(gaps) > 50
+    assert gaps.max() < 0.1, f"the event loop stalled for {gaps.max() * 1000:.0f} ms"
+
+
+def test_new_labels_layer_matches_the_image(make_napari_viewer):
+    from napari_unet.widgets import TrainWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 40, 50), np.uint16), name="stack", scale=(2.0, 0.3, 0.3))
+    widget = _docked(viewer, TrainWidget)
+    widget.new_labels.clicked.emit()
+    layer = viewer.layers["stack labels"]
+    assert layer.data.shape == (3, 40, 50)
+    assert tuple(layer.scale) == (2.0, 0.3, 0.3)
+    assert widget.labels_layer.value is layer
+
+
+def test_training_mistakes_are_notifications_and_change_nothing(make_napari_viewer, notifications):
+    from napari_unet.widgets import TrainWidget
+
+    viewer = make_napari_viewer()
+    widget = _docked(viewer, TrainWidget)
+    widget.start_training()  # no layers at all
+    image, labels = synthetic_nuclei((64, 64), count=5, seed=1)
+    viewer.add_image(image, name="image")
+    viewer.add_labels(labels[:32], name="wrong shape")
+    widget.image.value = viewer.layers["image"]
+    widget.labels_layer.value = viewer.layers["wrong shape"]
+    widget.start_training()
+    viewer.add_labels(np.zeros_like(labels), name="empty")
+    widget.labels_layer.value = viewer.layers["empty"]
+    widget.start_training()
+    errors = [text for severity, text in notifications if severity == "error"]
+    assert any("choose an image layer" in text for text in errors)
+    assert any("does not match" in text for text in errors)
+    assert any("nothing is annotated" in text for text in errors)
+    assert widget.start.enabled and widget.model is None
+    assert viewer.layers["wrong shape"].data.shape == (32, 64)
+
+
+def test_regions_layer_limits_training_to_rectangles(viewer_with_nuclei, qtbot):
+    from napari_unet.widgets import TrainWidget
+
+    viewer = viewer_with_nuclei
+    # A rectangle in world coordinates over the upper left of the image.
+    viewer.add_shapes([np.array([[3.0, 4.0], [3.0, 28.0], [27.0, 28.0], [27.0, 4.0]])], shape_type="rectangle",
+                      name="annotated")
+    widget = _docked(viewer, TrainWidget)
+    widget.image.value = viewer.layers["nuclei"]
+    widget.labels_layer.value = viewer.layers["truth"]
+    widget.regions.value = viewer.layers["annotated"]
+    samples = widget._samples()
+    mask = samples[0].mask
+    assert mask[:48, :48].all() and not mask[48:, :].any() and not mask[:, 48:].any()
+
+
+def test_save_model_writes_a_loadable_file(viewer_with_nuclei, tmp_path):
+    from napari_unet.core.modelfile import load_model_file
+    from napari_unet.widgets import TrainWidget
+
+    widget = _docked(viewer_with_nuclei, TrainWidget)
+    assert widget.save_model(tmp_path / "none.safetensors") is None
+    widget.model = Model.new(NetworkConfig(depth=2, base_width=4), pixel_size=(0.5, 0.5))
+    written = widget.save_model(tmp_path / "model.safetensors")
+    assert load_model_file(written).pixel_size == (0.5, 0.5)
+
+
+def test_predict_a_stack_plane_by_plane_and_the_current_plane(make_napari_viewer, qtbot):
+    from napari_unet.widgets import PredictWidget
+
+    viewer = make_napari_viewer()
+    image, _ = synthetic_nuclei((64, 72), count=6, seed=2)
+    viewer.add_image(np.stack([image] * 3), name="stack", scale=(1.0, 0.4, 0.4))
+    _tiny_model_in_session(viewer)
+    widget = _docked(viewer, PredictWidget)
+    assert widget.model.source.value == "model trained in this session"
+    widget.image.value = viewer.layers["stack"]
+    widget.probability.value = True
+    widget.device.value = "cpu"
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=30_000)
+    labels = viewer.layers["stack prediction"]
+    assert labels.data.shape == (3, 64, 72) and labels.data.dtype == np.int32
+    assert tuple(labels.scale) == (1.0, 0.4, 0.4)
+    probability = viewer.layers["stack probability"]
+    assert probability.data.dtype == np.float32 and probability.data.max() > 0
+    assert widget.progress.value == 1000
+
+    # Only the plane on screen, written into the same prediction layer.
+    labels.data[:] = 0
+    viewer.dims.set_current_step(0, 1)
+    widget.current_plane_only.value = True
+    widget.probability.value = False
+    widget.threshold.value = 0.01  # an untrained model: make sure something is found
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=30_000)
+    assert widget.output is labels
+    assert labels.data[1].any() and not labels.data[0].any() and not labels.data[2].any()
+
+
+def test_predict_rgb_with_a_one_channel_model_warns_and_works(make_napari_viewer, qtbot, notifications):
+    from napari_unet.widgets import PredictWidget
+
+    viewer = make_napari_viewer()
+    image, _ = synthetic_nuclei((48, 48), count=4, seed=3, dtype=np.uint8)
+    viewer.add_image(np.stack([image, image, image], axis=-1), name="rgb", rgb=True)
+    _tiny_model_in_session(viewer)
+    widget = _docked(viewer, PredictWidget)
+    widget.image.value = viewer.layers["rgb"]
+    widget.device.value = "cpu"
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=30_000)
+    assert viewer.layers["rgb prediction"].data.shape == (48, 48)
+    assert any(severity == "warning" and "gray" in text for severity, text in notifications)
+
+
+def test_unreadable_model_file_is_a_notification(make_napari_viewer, tmp_path, notifications):
+    from napari_unet.widgets import PredictWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="image")
+    fake = tmp_path / "broken.safetensors"
+    fake.write_bytes(b"definitely not a model")
+    widget = _docked(viewer, PredictWidget)
+    widget.model.source.value = "model file..."
+    widget.model.path.value = fake
+    widget.start()
+    assert any(severity == "error" and str(fake) in text for severity, text in notifications)
+    assert widget.run.enabled and len(viewer.layers) == 1
+
+
+def test_batch_widget_segments_a_folder_and_reports_failures(make_napari_viewer, qtbot, tmp_path, notifications):
+    from napari_unet.widgets import BatchWidget
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image, _ = synthetic_nuclei((40, 40), count=3, seed=4)
+    tifffile.imwrite(folder / "a.tif", image, resolution=(1 / 0.25, 1 / 0.25), imagej=True, metadata={"unit": "um"})
+    tifffile.imwrite(folder / "b.tif", np.stack([image, image]))
+    (folder / "c.tif").write_bytes(b"II*\x00broken")
+    viewer = make_napari_viewer()
+    model = _tiny_model_in_session(viewer)
+    model.save(tmp_path / "tiny.safetensors")
+    widget = _docked(viewer, BatchWidget)
+    widget.inputs.value = str(folder)
+    widget.out_dir.value = tmp_path / "out"
+    widget.device.value = "cpu"
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled and widget.result is not None, timeout=60_000)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "b.tif"]
+    assert [item.path.name for item in widget.result.failed] == ["c.tif"]
+    assert any(severity == "error" and "c.tif" in text for severity, text in notifications)
+    widget.results.value = str(tmp_path / "out" / "a.tif")
+    layer = widget.open_selected()
+    assert layer.data.shape == (40, 40) and tuple(layer.scale) == pytest.approx((0.25, 0.25))
+
+
+def test_widgets_are_found_through_the_manifest_and_share_the_session(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widgets = {}
+    for name in ("Train", "Predict", "Batch"):
+        _, widgets[name] = viewer.window.add_plugin_dock_widget("napari-unet", name)
+        assert type(widgets[name]).__name__ == f"{name}Widget"
+    # A model trained in the Train widget is offered by the Predict widget of the same viewer.
+    widgets["Train"]._on_trained(
+        type("Result", (), {"model": Model.new(NetworkConfig(depth=2, base_width=4), training={"steps": 1}),
+                            "stop_reason": "stopped"})()
+    )
+    assert widgets["Predict"].model.source.value == "model trained in this session"
+
+
+def test_importing_the_widgets_does_not_import_torch():
+    script = "import sys, json, napari_unet.widgets; print(json.dumps('torch' in sys.modules))"
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert json.loads(output.strip().splitlines()[-1]) is False
