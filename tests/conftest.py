@@ -21,6 +21,17 @@ def _seed_and_threads():
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Run torch on one thread: faster for tiny networks, and steady on a shared CPU."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def tiny_config():
     """A U-Net small enough to train in seconds on a CPU."""
     from napari_unet.core.model import NetworkConfig

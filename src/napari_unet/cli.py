@@ -166,6 +166,7 @@ def _train(args) -> int:
     from .core.augment import AugmentConfig
     from .core.io import collect_tiffs, pair_by_name, read_tiff
     from .core.model import NetworkConfig
+    from .core.progress import run_to_end
     from .core.registry import load_model
     from .core.train import TrainingConfig, TrainingSample, train_iter
 
@@ -192,22 +193,20 @@ def _train(args) -> int:
     # Ctrl-C ends training after the current step and still saves the best model so far.
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     progress = _Progress("train")
+
+    def show(update):
+        note = f"loss {update.loss:.4f}"
+        if update.best_score is not None:
+            note += f" best {update.best_score:.3f}"
+        progress.update(update.step, update.total_steps, note)
+        if update.validation is not None and not progress.active:
+            print(f"step {update.step}/{update.total_steps} {note} val {json.dumps(_rounded(update.validation))}",
+                  file=sys.stderr)
+
     try:
         generator = train_iter(samples, model=model, config=config, network_config=network, stop=stop,
                                pixel_size=pixel_size, pixel_unit=unit, checkpoint=args.out)
-        while True:
-            try:
-                update = next(generator)
-            except StopIteration as finished:
-                result = finished.value
-                break
-            note = f"loss {update.loss:.4f}"
-            if update.best_score is not None:
-                note += f" best {update.best_score:.3f}"
-            progress.update(update.step, update.total_steps, note)
-            if update.validation is not None and not progress.active:
-                print(f"step {update.step}/{update.total_steps} {note} val {json.dumps(_rounded(update.validation))}",
-                      file=sys.stderr)
+        result = run_to_end(generator, show)
     finally:
         progress.close()
         signal.signal(signal.SIGINT, previous)
@@ -225,6 +224,7 @@ def _rounded(values: dict) -> dict:
 def _predict(args) -> int:
     from .core.batch import predict_files_iter
     from .core.io import collect_tiffs
+    from .core.progress import run_to_end
     from .core.registry import load_model
 
     model = load_model(args.model)
@@ -234,15 +234,14 @@ def _predict(args) -> int:
         batch_size=args.batch_size, threshold=args.threshold, min_size=args.min_size, device=args.device,
     )
     progress = _Progress("predict")
-    while True:
-        try:
-            update = next(generator)
-        except StopIteration as finished:
-            result = finished.value
-            break
+
+    def show(update):
+        # Files and planes count evenly: the bar is exact for stacks of equal depth.
         plane = update.plane
         done = (update.file * plane.planes + plane.plane) * plane.total + plane.done
         progress.update(done, update.files * plane.planes * plane.total, update.path.name)
+
+    result = run_to_end(generator, show)
     progress.close()
     for item in result.files:
         if item.error:

@@ -7,13 +7,8 @@ import torch
 
 from napari_unet.core.augment import AugmentConfig, augment_batch, sampling_grid
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny convolutions run faster on one thread than on several competing ones.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 #: Geometry only: the intensity changes are switched off so the image stays comparable.

@@ -12,14 +12,8 @@ from torch import nn
 
 from napari_unet.core.model import NetworkConfig, UNet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small convolutions are much slower with several threads on a shared CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny convolutions run faster on one thread than on several competing ones.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _net(**settings) -> UNet:

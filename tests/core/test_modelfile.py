@@ -25,13 +25,8 @@ from napari_unet.core.normalize import Normalization
 from napari_unet.core.predict import predict
 from napari_unet.core.registry import embedded_models, load_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny convolutions run faster on one thread than on several competing ones.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(base_width=4, seed=0, **config) -> Model:

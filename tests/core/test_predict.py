@@ -19,17 +19,11 @@ from napari_unet.core.predict import (
     predict,
     predict_iter,
     predict_probabilities,
-    run_to_end,
 )
+from napari_unet.core.progress import run_to_end
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small convolutions are much slower with several threads on a shared CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny convolutions run faster on one thread than on several competing ones.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _network(padding="same", depth=2, base_width=4, in_channels=1, num_classes=2, seed=0) -> UNet:

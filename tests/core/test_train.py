@@ -14,7 +14,8 @@ from napari_unet.core.bundle import Model
 from napari_unet.core.errors import InputError, InputWarning
 from napari_unet.core.metrics import average_precision
 from napari_unet.core.model import NetworkConfig
-from napari_unet.core.predict import predict, run_to_end
+from napari_unet.core.predict import predict
+from napari_unet.core.progress import run_to_end
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train import TrainingConfig, TrainingSample, _loss, train, train_iter
 

@@ -301,3 +301,26 @@ def test_importing_the_widgets_does_not_import_torch():
     script = "import sys, json, napari_unet.widgets; print(json.dumps('torch' in sys.modules))"
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert json.loads(output.strip().splitlines()[-1]) is False
+
+
+def test_out_of_memory_during_prediction_is_a_plain_message(make_napari_viewer, qtbot, monkeypatch, notifications):
+    import napari_unet.core.predict as core_predict
+    from napari_unet.widgets import PredictWidget
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(core_predict, "predict_iter", out_of_memory)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="image")
+    model = _tiny_model_in_session(viewer)
+    widget = _docked(viewer, PredictWidget)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=10_000)
+    errors = [text for severity, text in notifications if severity == "error"]
+    assert any("ran out of memory" in text and "tile size" in text for text in errors)
+    assert "image" in viewer.layers and viewer.layers["image"].data.shape == (32, 32)
+    from napari_unet.widgets._common import session_models
+
+    assert session_models(viewer).latest is model

@@ -20,6 +20,7 @@ from .bundle import Model
 from .errors import InputError, NapariUnetError
 from .io import read_tiff, write_tiff
 from .predict import PredictProgress, predict_iter
+from .progress import relay
 
 __all__ = ["FileProgress", "FileResult", "BatchResult", "output_path", "predict_files_iter"]
 
@@ -99,14 +100,10 @@ def predict_files_iter(
         start = time.monotonic()
         try:
             image, info = read_tiff(path)
-            generator = predict_iter(model, image, **predict_options)
-            while True:
-                try:
-                    plane = next(generator)
-                except StopIteration as finished:
-                    prediction = finished.value
-                    break
-                yield FileProgress(index, len(files), path, plane)
+            prediction = yield from relay(
+                predict_iter(model, image, **predict_options),
+                lambda plane, index=index, path=path: FileProgress(index, len(files), path, plane),
+            )
         except NapariUnetError as error:
             result.files.append(FileResult(path, None, error=str(error)))
             continue

@@ -25,8 +25,9 @@ from .errors import InputError
 from .model import UNet
 from .normalize import as_planes
 from .postprocess import foreground_probability, probabilities_to_labels
+from .progress import run_to_end
 
-__all__ = ["PredictProgress", "Prediction", "predict_probabilities", "predict_iter", "predict", "run_to_end"]
+__all__ = ["PredictProgress", "Prediction", "predict_probabilities", "predict_iter", "predict"]
 
 
 @dataclass(frozen=True)
@@ -189,17 +190,6 @@ def predict_iter(
         yield PredictProgress(index, len(planes), total, total, labels[index], probability[index])
     shape = stack_shape + (height, width)
     return Prediction(labels.reshape(shape), probability.reshape(shape))
-
-
-def run_to_end(generator, on_progress: Callable | None = None):
-    """Exhaust a progress generator of the core and return its return value."""
-    while True:
-        try:
-            progress = next(generator)
-        except StopIteration as finished:
-            return finished.value
-        if on_progress is not None:
-            on_progress(progress)
 
 
 def predict(model: Model, image: np.ndarray, on_progress: Callable | None = None, **kwargs) -> Prediction:

@@ -31,7 +31,8 @@ from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
 from .normalize import as_planes
 from .postprocess import probabilities_to_labels
-from .predict import predict_probabilities, run_to_end
+from .predict import predict_probabilities
+from .progress import run_to_end
 from .targets import as_instance_labels, border_weights, class_targets
 
 __all__ = ["TrainingSample", "TrainingConfig", "TrainingProgress", "TrainingResult", "train_iter", "train"]

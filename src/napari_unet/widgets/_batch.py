@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox
 
-from ._common import ModelChooser, connect_worker, device_choices, report_error, show_error, show_info
+from ._common import ModelChooser, connect_worker, device_choices, guarded, report_error, show_error, show_info
 
 if TYPE_CHECKING:
     import napari
@@ -65,7 +65,7 @@ class BatchWidget(Container):
         self.progress.value = 0
         self.status.value = f"{len(files)} file(s)"
         self._worker = create_worker(
-            predict_files_iter, model, files, Path(self.out_dir.value), tile_size=self.tile_size.value,
+            guarded(predict_files_iter), model, files, Path(self.out_dir.value), tile_size=self.tile_size.value,
             device=self.device.value, _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self._on_progress, self._on_done, "the batch", self._on_finish)

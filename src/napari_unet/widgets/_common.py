@@ -181,6 +181,27 @@ def report_error(error: BaseException, doing: str) -> None:
         show_error(f"{doing} failed: {error}")
 
 
+class WorkerFailure(Exception):
+    """A RuntimeError from the core (CUDA out of memory, a device error), re-raised as such."""
+
+
+def guarded(generator_function: Callable) -> Callable:
+    """Let RuntimeErrors of a core generator reach the worker's ``errored`` signal.
+
+    superqt's workers take any RuntimeError for the sign of a deleted worker and drop it
+    with a warning, and torch reports CUDA out-of-memory as one: without this wrapper the
+    widget would wait forever instead of telling the user.
+    """
+
+    def run(*args, **kwargs):
+        try:
+            return (yield from generator_function(*args, **kwargs))
+        except RuntimeError as error:
+            raise WorkerFailure(str(error)) from error
+
+    return run
+
+
 def connect_worker(worker, on_yield: Callable, on_return: Callable, doing: str, on_finish: Callable) -> None:
     """Wire a napari worker to the widget: progress, result, errors and warnings as notifications."""
     worker.yielded.connect(on_yield)
@@ -203,6 +224,7 @@ __all__ = [
     "as_numpy",
     "report_error",
     "connect_worker",
+    "guarded",
     "show_error",
     "show_info",
 ]

@@ -26,6 +26,7 @@ from ._common import (
     connect_worker,
     device_choices,
     geometry,
+    guarded,
     report_error,
     show_error,
     spatial_shape,
@@ -109,7 +110,7 @@ def start_prediction(
             probability_layer.refresh()
 
     worker = create_worker(
-        predict_iter, model, data, tile_size=tile_size, threshold=threshold, min_size=min_size, device=device,
+        guarded(predict_iter), model, data, tile_size=tile_size, threshold=threshold, min_size=min_size, device=device,
         channel_axis=-1 if image.rgb else None, _start_thread=False, _ignore_errors=True,
     )
     connect_worker(worker, show_plane, lambda _: None, "prediction", on_finish or (lambda: None))

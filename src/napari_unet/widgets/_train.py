@@ -32,6 +32,7 @@ from ._common import (
     connect_worker,
     device_choices,
     geometry,
+    guarded,
     pixel_size,
     report_error,
     session_models,
@@ -219,7 +220,7 @@ class TrainWidget(Container):
         self.status.value = "preparing..."
         self._set_running(True)
         self._worker = create_worker(
-            train_iter, samples, model=model, config=config, network_config=network, stop=self._stop,
+            guarded(train_iter), samples, model=model, config=config, network_config=network, stop=self._stop,
             pixel_size=size, pixel_unit=unit, _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self._on_progress, self._on_trained, "training", lambda: self._set_running(False))
