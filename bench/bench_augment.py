@@ -18,29 +18,20 @@ JSON object.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
+from _common import environment, report, synchronize, torch_device, torch_parser
 
 from napari_unet.core.augment import augment_batch
 from napari_unet.core.bundle import Model
-from napari_unet.core.device import autocast, resolve_device
-from napari_unet.core.errors import InputError
+from napari_unet.core.device import autocast
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.normalize import as_planes
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train import TrainingConfig, _center_crop, _loss, _PatchSampler, _prepare_plane
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(function, repeats: int, device: torch.device) -> list[float]:
@@ -54,22 +45,14 @@ def timed(function, repeats: int, device: torch.device) -> list[float]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    parser = torch_parser(__doc__, "small patches, few repeats, for smoke tests")
     parser.add_argument("--patch", type=int, default=None, help="patch size (default 256; 64 with --quick)")
     parser.add_argument("--batch", type=int, default=None, help="patches per step (default 4; 2 with --quick)")
     parser.add_argument("--image", type=int, default=1024, help="edge of the generated training image")
     parser.add_argument("--repeats", type=int, default=None, help="timed training steps (default 3 on CPU, 20 on CUDA)")
     parser.add_argument("--augment-repeats", type=int, default=20, help="timed sample+augment batches")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true", help="small patches, few repeats, for smoke tests")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        device = resolve_device(args.device)
-    except InputError as error:
-        parser.error(str(error))
+    device = torch_device(parser, args)
     patch = args.patch or (64 if args.quick else 256)
     batch = args.batch or (2 if args.quick else 4)
     size = 512 if args.quick else args.image
@@ -160,16 +143,10 @@ def main(argv=None) -> dict:
         "amp": amp,
         "train_step_seconds_all": [round(t, 4) for t in steps],
         "augment_repeats": len(pipeline),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "quick": args.quick,
+        **environment(device, args.quick),
     }
-    print(json.dumps(result))
-    return result
+    return report(result)
 
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)

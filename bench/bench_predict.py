@@ -19,22 +19,27 @@ JSON object.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from _common import (
+    environment,
+    forward_flops,
+    matmul_flops_per_s,
+    normalize_seconds,
+    report,
+    synchronize,
+    timed_predict,
+    torch_device,
+    torch_parser,
+    whole_image_input,
+)
 
-from napari_unet.core import predict as predict_module
 from napari_unet.core.bundle import Model
-from napari_unet.core.device import autocast, resolve_device
-from napari_unet.core.errors import InputError
-from napari_unet.core.model import NetworkConfig, UNet
+from napari_unet.core.device import autocast
+from napari_unet.core.model import NetworkConfig
 from napari_unet.core.normalize import as_planes
 from napari_unet.core.postprocess import foreground_probability, probabilities_to_labels
 from napari_unet.core.predict import _axis_tiling, predict
@@ -42,65 +47,17 @@ from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.targets import class_targets
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_flops_per_s(device: torch.device, n: int = 2048, repeats: int = 3) -> list[float]:
-    """fp32 matmul FLOP/s of ``repeats`` single products of two n x n matrices."""
-    generator = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, generator=generator)
-    b = torch.randn(n, n, device=device, generator=generator)
-    for _ in range(2):
-        torch.matmul(a, b)
-    synchronize(device)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        synchronize(device)
-        rates.append(2.0 * n**3 / (time.perf_counter() - start))
-    return rates
-
-
-def forward_flops(config: NetworkConfig, height: int, width: int) -> int:
-    """FLOPs of one forward pass of a (1, C, height, width) input, counted on the meta device."""
-    network = UNet(config).to("meta").eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        network(torch.empty((1, config.in_channels, height, width), device="meta"))
-    return counter.get_total_flops()
-
-
-def whole_image_input(network: UNet, normalized: np.ndarray) -> tuple[np.ndarray, int]:
-    """The plane mirror-padded by the context, and to a size the network takes."""
-    context = network.context
-    height, width = normalized.shape[-2:]
-    full_h = network.valid_input_size(height + 2 * context)
-    full_w = network.valid_input_size(width + 2 * context)
-    pad = ((0, 0), (context, full_h - height - context), (context, full_w - width - context))
-    return np.ascontiguousarray(np.pad(normalized, pad, mode="reflect"), dtype=np.float32), context
-
-
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    parser = torch_parser(__doc__, "256x256 image, for smoke tests")
     parser.add_argument("--size", type=int, default=None, help="image edge (default 2048 on CUDA, 1024 on CPU)")
     parser.add_argument("--tile", type=int, default=512, help="tile size of predict (default 512)")
     parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass (predict's default 4)")
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed runs of each (default 3 on CUDA and with --quick, 1 on CPU)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA too (predict's default is float16)")
-    parser.add_argument("--quick", action="store_true", help="256x256 image, for smoke tests")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        device = resolve_device(args.device)
-    except InputError as error:
-        parser.error(str(error))
+    device = torch_device(parser, args)
     size = args.size or (256 if args.quick else 2048 if device.type == "cuda" else 1024)
     repeats = args.repeats or (3 if device.type == "cuda" or args.quick else 1)
     amp = not args.no_amp
@@ -119,36 +76,7 @@ def main(argv=None) -> dict:
         return logits
 
     def ours():
-        """Run predict; return the prediction, its seconds and the seconds of its post-processing.
-
-        Post-processing is timed by wrapping the two post-processing functions that
-        predict calls (in this process only), so the split does not depend on when
-        predict reports progress.
-        """
-        post = [0.0]
-
-        def timed(function):
-            def wrapper(*args, **kwargs):
-                begin = time.perf_counter()
-                try:
-                    return function(*args, **kwargs)
-                finally:
-                    post[0] += time.perf_counter() - begin
-
-            return wrapper
-
-        names = ("foreground_probability", "probabilities_to_labels")
-        originals = {name: getattr(predict_module, name) for name in names}
-        for name, function in originals.items():
-            setattr(predict_module, name, timed(function))
-        try:
-            start = time.perf_counter()
-            prediction = predict(model, image, tile_size=args.tile, batch_size=args.batch, device=device, amp=amp)
-            seconds = time.perf_counter() - start
-        finally:
-            for name, function in originals.items():
-                setattr(predict_module, name, function)
-        return prediction, seconds, post[0]
+        return timed_predict(model, image, tile_size=args.tile, batch_size=args.batch, device=device, amp=amp)
 
     # Warm-up on a small image: allocator, thread pool, kernels.
     small = image[:64, :64]
@@ -159,12 +87,7 @@ def main(argv=None) -> dict:
         ours()
         peer()
 
-    normalize_times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        model.normalization(as_planes(image, model.config.in_channels)[0])
-        normalize_times.append(time.perf_counter() - start)
-    normalize_s = statistics.median(normalize_times)
+    normalize_s = normalize_seconds(model, image)
 
     # Work done: tiles of predict vs one padded whole image.
     rows = _axis_tiling(network, size, args.tile)
@@ -251,16 +174,10 @@ def main(argv=None) -> dict:
         "seconds_all": [round(t, 3) for t in totals],
         "peer_seconds_all": [round(t, 3) for t in peers],
         "matmul_gflops_per_s_all": [round(r / 1e9, 1) for r in mm_rates],
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "quick": args.quick,
+        **environment(device, args.quick),
     }
-    print(json.dumps(result))
-    return result
+    return report(result)
 
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)

@@ -16,46 +16,20 @@ Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
+from _common import environment, matmul_flops_per_s, report, synchronize, torch_device, torch_parser
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_unet.core.device import autocast, resolve_device
-from napari_unet.core.errors import InputError
+from napari_unet.core.device import autocast
 from napari_unet.core.model import NetworkConfig, UNet
 from napari_unet.core.normalize import Normalization
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.targets import border_weights, class_targets
 from napari_unet.core.train import _loss
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_flops_per_s(device: torch.device, n: int = 2048, repeats: int = 10) -> list[float]:
-    """fp32 matmul FLOP/s of ``repeats`` single products of two n x n matrices."""
-    generator = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, generator=generator)
-    b = torch.randn(n, n, device=device, generator=generator)
-    for _ in range(2):
-        torch.matmul(a, b)
-    synchronize(device)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        synchronize(device)
-        rates.append(2.0 * n**3 / (time.perf_counter() - start))
-    return rates
 
 
 def training_batch(batch: int, patch: int, seed: int = 0):
@@ -75,21 +49,13 @@ def training_batch(batch: int, patch: int, seed: int = 0):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    parser = torch_parser(__doc__, "small patches, few steps, for smoke tests")
     parser.add_argument("--patch", type=int, default=None, help="patch edge (default 256; 64 with --quick)")
     parser.add_argument("--batch", type=int, default=None, help="patches per step (default 4; 2 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps (default 3 on CPU, 20 on CUDA)")
     parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true", help="small patches, few steps, for smoke tests")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        device = resolve_device(args.device)
-    except InputError as error:
-        parser.error(str(error))
+    device = torch_device(parser, args)
     patch = args.patch or (64 if args.quick else 256)
     batch = args.batch or (2 if args.quick else 4)
     repeats = args.repeats or (2 if args.quick else 3 if device.type == "cpu" else 20)
@@ -157,16 +123,10 @@ def main(argv=None) -> dict:
         "step_seconds_all": [round(t, 4) for t in step_times],
         "flops_fraction_of_matmul_all": [round(f, 3) for f in fractions],
         "matmul_gflops_per_s_all": [round(r / 1e9, 1) for r in mm_rates],
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "quick": args.quick,
+        **environment(device, args.quick),
     }
-    print(json.dumps(result))
-    return result
+    return report(result)
 
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)

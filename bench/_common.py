@@ -1,0 +1,168 @@
+"""Pieces shared by the torch benchmark scripts of this folder.
+
+The scripts run as ``python bench/bench_x.py`` and import this module as ``_common``:
+Python puts the folder of the script it runs first on ``sys.path``, whatever the working
+directory is. ``bench_weights.py`` does not use it, so that it stays free of torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from napari_unet.core import predict as predict_module
+from napari_unet.core.bundle import Model
+from napari_unet.core.device import resolve_device
+from napari_unet.core.errors import InputError
+from napari_unet.core.model import NetworkConfig, UNet
+from napari_unet.core.normalize import as_planes
+from napari_unet.core.predict import Prediction
+
+
+def torch_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every torch script takes.
+
+    Args:
+        doc: The script's docstring; its first line becomes the description.
+        quick_help: What ``--quick`` makes smaller in this script.
+
+    Returns:
+        A parser with ``--device``, ``--threads`` and ``--quick``; scripts add their own.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser
+
+
+def torch_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads`` and resolve ``--device``.
+
+    A device that this machine lacks ends the script as a usage error (exit status 2),
+    like any other bad option.
+    """
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return resolve_device(args.device)
+    except InputError as error:
+        parser.error(str(error))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work, so that a timer read afterwards includes it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops_per_s(device: torch.device, n: int = 2048, repeats: int = 3) -> list[float]:
+    """fp32 matmul FLOP/s of ``repeats`` single products of two n x n matrices."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=generator)
+    b = torch.randn(n, n, device=device, generator=generator)
+    for _ in range(2):
+        torch.matmul(a, b)
+    synchronize(device)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        synchronize(device)
+        rates.append(2.0 * n**3 / (time.perf_counter() - start))
+    return rates
+
+
+def forward_flops(config: NetworkConfig, height: int, width: int) -> int:
+    """FLOPs of one forward pass of a (1, C, height, width) input, counted on the meta device."""
+    network = UNet(config).to("meta").eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        network(torch.empty((1, config.in_channels, height, width), device="meta"))
+    return counter.get_total_flops()
+
+
+def whole_image_input(network: UNet, normalized: np.ndarray) -> tuple[np.ndarray, int]:
+    """The plane mirror-padded by the context, and to a size the network takes.
+
+    Returns:
+        The padded ``(channels, H, W)`` float32 plane and the context, which is where the
+        image starts in it (and in the network's output).
+    """
+    context = network.context
+    height, width = normalized.shape[-2:]
+    full_h = network.valid_input_size(height + 2 * context)
+    full_w = network.valid_input_size(width + 2 * context)
+    pad = ((0, 0), (context, full_h - height - context), (context, full_w - width - context))
+    return np.ascontiguousarray(np.pad(normalized, pad, mode="reflect"), dtype=np.float32), context
+
+
+def normalize_seconds(model: Model, image: np.ndarray, repeats: int = 3) -> float:
+    """Median seconds of the model's normalization of the (single-plane) image, as predict does it."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.normalization(as_planes(image, model.config.in_channels)[0])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def timed_predict(model: Model, image: np.ndarray, **kwargs) -> tuple[Prediction, float, float]:
+    """Run predict; return the prediction, its seconds and the seconds of its post-processing.
+
+    Post-processing is timed by wrapping the two post-processing functions that predict
+    calls (in this process only), so the split does not depend on when predict reports
+    progress.
+
+    Args:
+        model: The model.
+        image: The image.
+        **kwargs: Passed to :func:`napari_unet.core.predict.predict`.
+    """
+    post = [0.0]
+
+    def timed(function):
+        def wrapper(*args, **kwargs):
+            begin = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                post[0] += time.perf_counter() - begin
+
+        return wrapper
+
+    names = ("foreground_probability", "probabilities_to_labels")
+    originals = {name: getattr(predict_module, name) for name in names}
+    for name, function in originals.items():
+        setattr(predict_module, name, timed(function))
+    try:
+        start = time.perf_counter()
+        prediction = predict_module.predict(model, image, **kwargs)
+        seconds = time.perf_counter() - start
+    finally:
+        for name, function in originals.items():
+            setattr(predict_module, name, function)
+    return prediction, seconds, post[0]
+
+
+def environment(device: torch.device, quick: bool) -> dict:
+    """The fields that say where and how a result was measured (last in every JSON object)."""
+    return {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "quick": quick,
+    }
+
+
+def report(result: dict) -> dict:
+    """Print the result as one JSON object on stdout, and return it."""
+    print(json.dumps(result))
+    return result
