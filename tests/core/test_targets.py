@@ -418,3 +418,13 @@ def test_non_whole_float_labels_raise(bad):
     labels[0, 0] = bad
     with pytest.raises(ValueError):
         class_targets(labels)
+
+
+def test_a_mask_with_one_nonzero_value_is_split_into_objects():
+    from napari_unet.core.targets import as_instance_labels
+
+    mask = np.zeros((10, 20), np.uint8)
+    mask[2:5, 2:5] = 255
+    mask[6:9, 10:15] = 255
+    objects = as_instance_labels(mask)
+    assert objects.max() == 2 and set(np.unique(objects[mask > 0])) == {1, 2}

@@ -182,6 +182,23 @@ def test_regions_layer_limits_training_to_rectangles(viewer_with_nuclei, qtbot):
     assert mask[:48, :48].all() and not mask[48:, :].any() and not mask[:, 48:].any()
 
 
+def test_a_2d_rectangle_over_a_stack_annotates_every_plane(make_napari_viewer):
+    from napari_unet.widgets import TrainWidget
+
+    viewer = make_napari_viewer()
+    image, labels = synthetic_nuclei((64, 64), count=6, seed=1)
+    viewer.add_image(np.stack([image] * 3), name="stack")
+    viewer.add_labels(np.stack([labels] * 3), name="labels")
+    viewer.add_shapes([np.array([[0.0, 0.0], [0.0, 20.0], [20.0, 20.0], [20.0, 0.0]])], shape_type="rectangle",
+                      name="annotated", ndim=2)
+    widget = _docked(viewer, TrainWidget)
+    widget.image.value = viewer.layers["stack"]
+    widget.labels_layer.value = viewer.layers["labels"]
+    widget.regions.value = viewer.layers["annotated"]
+    mask = widget._samples()[0].mask
+    assert mask[:, :20, :20].all() and mask.sum() == 3 * 20 * 20
+
+
 def test_save_model_writes_a_loadable_file(viewer_with_nuclei, tmp_path):
     from napari_unet.core.modelfile import load_model_file
     from napari_unet.widgets import TrainWidget
@@ -281,6 +298,9 @@ def test_batch_widget_segments_a_folder_and_reports_failures(make_napari_viewer,
     widget.results.value = str(tmp_path / "out" / "a.tif")
     layer = widget.open_selected()
     assert layer.data.shape == (40, 40) and tuple(layer.scale) == pytest.approx((0.25, 0.25))
+    # Adding that layer must not forget the other results.
+    widget.results.value = str(tmp_path / "out" / "b.tif")
+    assert widget.open_selected().data.shape == (2, 40, 40)
 
 
 def test_widgets_are_found_through_the_manifest_and_share_the_session(make_napari_viewer):

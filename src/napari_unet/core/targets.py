@@ -35,17 +35,24 @@ MAX_CLASS_WEIGHT = 10.0
 
 
 def as_instance_labels(labels: np.ndarray) -> np.ndarray:
-    """Integer instance labels from integer, float or binary input (a binary mask is split into components)."""
+    """Integer instance labels from integer, float or binary input.
+
+    A binary mask (bool, or a single nonzero value such as 0/1 or 0/255) is split into
+    connected components, one object each.
+    """
     labels = np.asarray(labels)
-    if labels.dtype == bool or (labels.size and labels.max() == 1 and labels.min() == 0):
-        # A binary mask (True/False or 0/1): each connected component is one object.
-        return ndimage.label(labels > 0)[0]
+    if labels.dtype == bool:
+        return ndimage.label(labels)[0]
     if not np.issubdtype(labels.dtype, np.integer):
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
             raise ValueError("labels must hold whole numbers (0 = background, 1..N = objects)")
         labels = labels.astype(np.int64)
     if labels.size and labels.min() < 0:
         raise ValueError("labels must not be negative (0 = background, 1..N = objects)")
+    objects = labels[labels > 0]
+    if objects.size and objects.min() == objects.max():
+        # One value for all objects: a mask, whose touching objects could never be told apart.
+        return ndimage.label(labels > 0)[0]
     return labels
 
 

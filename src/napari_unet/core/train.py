@@ -237,6 +237,9 @@ def _validation_split(planes: list, fraction: float, rng: np.random.Generator):
         if cut < 16:
             train.append((name, image, labels, mask))  # too narrow to split
             continue
+        if not mask[:, cut:].any():
+            train.append((name, image, labels, mask))  # nothing annotated in the stripe
+            continue
         train_mask = mask.copy()
         train_mask[:, cut:] = False
         train.append((name, image, labels, train_mask))
@@ -438,13 +441,14 @@ def train_iter(
             if validation_planes:
                 validation = validate(model, validation_planes, device, config.amp)
                 record.update(validation)
-                improved = best_score is None or validation["score"] > best_score
+                gained = best_score is None or validation["score"] > best_score
+                # On a tie the later, longer-trained weights are kept (small validation sets
+                # often reach a perfect score early), but a tie is no gain for patience.
+                improved = gained or validation["score"] == best_score
                 if improved:
                     best_score = validation["score"]
                     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in network.state_dict().items()})
-                    validations_without_gain = 0
-                else:
-                    validations_without_gain += 1
+                validations_without_gain = 0 if gained else validations_without_gain + 1
             history.append(record)
             if checkpoint is not None and (not validation_planes or improved):
                 training = dict(config.to_dict(), stop_reason="checkpoint", steps=step)

@@ -34,7 +34,9 @@ class BatchWidget(Container):
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, max=1000)
         self.status = Label(value="")
-        self.results = ComboBox(label="result", choices=[], tooltip="A finished output to open as a Labels layer.")
+        # Choices come from a callable: napari resets every combo box when layers change.
+        self.results = ComboBox(label="result", choices=self._result_choices,
+                                tooltip="A finished output to open as a Labels layer.")
         self.open_result = PushButton(text="Open result")
         self.extend([
             self.inputs, self.out_dir, self.model, self.tile_size, self.device, self.run, self.cancel,
@@ -85,7 +87,7 @@ class BatchWidget(Container):
     def _on_done(self, result):
         self.result = result
         done = [item for item in result.files if item.output is not None]
-        self.results.choices = [str(item.output) for item in done]
+        self.results.reset_choices()
         message = f"{len(done)} of {len(result.files)} file(s) segmented"
         if result.failed:
             failed = "; ".join(f"{item.path.name}: {item.error}" for item in result.failed)
@@ -94,6 +96,11 @@ class BatchWidget(Container):
             show_info(message)
         self.status.value = message
         self.progress.value = 1000
+
+    def _result_choices(self, _widget=None) -> list[tuple[str, str]]:
+        if self.result is None:
+            return []
+        return [(item.output.name, str(item.output)) for item in self.result.files if item.output is not None]
 
     def _on_finish(self):
         self.run.enabled, self.cancel.enabled = True, False

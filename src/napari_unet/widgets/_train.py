@@ -59,7 +59,8 @@ class TrainWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__()
+        # Scrollable: the settings are taller than a laptop screen.
+        super().__init__(scrollable=True)
         self._viewer = viewer
         self._worker = None
         self._stop = threading.Event()
@@ -167,8 +168,10 @@ class TrainWidget(Container):
             label_data = as_numpy(labels.data)
             regions = self.regions.value
             if regions is not None:
+                # Corners in the image's data coordinates; a 2D regions layer over a stack
+                # keeps only (y, x), so its rectangles annotate every plane.
                 rectangles = [
-                    np.array([image.world_to_data(regions.data_to_world(point)) for point in shape])
+                    np.array([image.world_to_data(regions.data_to_world(point))[-regions.ndim:] for point in shape])
                     for shape, kind in zip(regions.data, regions.shape_type) if kind == "rectangle"
                 ]
                 if not rectangles:
