@@ -100,13 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=_positive_int, default=256, help="training patch edge in pixels (default: 256)")
     train.add_argument("--batch-size", type=_positive_int, default=4, help="patches per step (default: 4)")
     train.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="optimizer step size (default: 0.001)")
+    train.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                       help="learning rate: constant (default), or cosine decay over the epochs or time budget")
     train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                        help="adam (default) or sgd with momentum 0.99 as in the U-Net paper")
     train.add_argument("--w0", type=float, default=10.0, help="height of the border weight between touching objects (default: 10)")
     train.add_argument("--sigma", type=_positive_float, default=5.0, help="width of the border weight in pixels (default: 5)")
     train.add_argument("--dice-weight", type=float, default=0.0, help="add a Dice loss with this weight (default: 0, off)")
     train.add_argument("--val-fraction", type=_fraction, default=0.1,
-                       help="share of images kept for validation (default: 0.1)")
+                       help="share of images kept for validation (default: 0.1; ignored with --val-images)")
+    train.add_argument("--val-images", help="images to validate on, never trained on (TIFF file, folder or glob)")
+    train.add_argument("--val-labels", help="labels of --val-images, same names")
     train.add_argument("--patience", type=_positive_int, help="stop after this many validations without improvement")
     train.add_argument("--augment", type=float, default=1.0, help="augmentation strength, 0 = off (default: 1)")
     train.add_argument("--depth", type=_positive_int, default=4, help="poolings of a new network (default: 4)")
@@ -139,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate", help="compare predicted labels with ground truth",
-        description="Pixel IoU/F1 and instance average precision (TP/(TP+FP+FN), one-to-one matching) "
-        "at IoU 0.5 to 0.95; files pair by name.",
+        description="Pixel IoU/F1, instance average precision (TP/(TP+FP+FN), one-to-one matching) "
+        "at IoU 0.5 to 0.95 pooled and per-image mean, and the ISBI 2012 pixel error and "
+        "foreground-restricted Rand score V_rand; files pair by name.",
     )
     evaluate.add_argument("--pred", required=True, help="folder, glob or file of predicted label TIFFs")
     evaluate.add_argument("--gt", required=True, help="folder, glob or file of ground-truth label TIFFs")
@@ -164,25 +169,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from .core.augment import AugmentConfig
+    from .core.errors import InputError
     from .core.io import collect_tiffs, pair_by_name, read_tiff
     from .core.model import NetworkConfig
     from .core.progress import run_to_end
     from .core.registry import load_model
     from .core.train import TrainingConfig, TrainingSample, train_iter
 
-    pairs = pair_by_name(collect_tiffs(args.images), collect_tiffs(args.labels))
-    samples, pixel_size, unit = [], args.pixel_size, "um" if args.pixel_size else ""
-    for image_path, labels_path in pairs:
-        image, info = read_tiff(image_path)
-        labels, _ = read_tiff(labels_path)
-        samples.append(TrainingSample(image, labels, name=image_path.name))
-        if pixel_size is None and info.pixel_size is not None:
-            pixel_size, unit = info.pixel_size, info.unit
+    if (args.val_images is None) != (args.val_labels is None):
+        raise InputError("--val-images and --val-labels go together")
+    pixel_size, unit = args.pixel_size, "um" if args.pixel_size else ""
+
+    def read_samples(images: str, labels: str) -> list[TrainingSample]:
+        nonlocal pixel_size, unit
+        samples = []
+        for image_path, labels_path in pair_by_name(collect_tiffs(images), collect_tiffs(labels)):
+            image, info = read_tiff(image_path)
+            samples.append(TrainingSample(image, read_tiff(labels_path)[0], name=image_path.name))
+            if pixel_size is None and info.pixel_size is not None:
+                pixel_size, unit = info.pixel_size, info.unit
+        return samples
+
+    samples = read_samples(args.images, args.labels)
+    validation = None if args.val_images is None else read_samples(args.val_images, args.val_labels)
     model = None if args.init == "scratch" else load_model(args.init)
     config = TrainingConfig(
         epochs=args.epochs or (10**9 if args.max_minutes else 50), max_minutes=args.max_minutes, steps_per_epoch=args.steps_per_epoch,
         patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        optimizer=args.optimizer, w0=args.w0, sigma=args.sigma, dice_weight=args.dice_weight,
+        schedule=args.schedule, optimizer=args.optimizer, w0=args.w0, sigma=args.sigma, dice_weight=args.dice_weight,
         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, device=args.device,
         augment=AugmentConfig(strength=args.augment),
     )
@@ -205,7 +219,8 @@ def _train(args) -> int:
 
     try:
         generator = train_iter(samples, model=model, config=config, network_config=network, stop=stop,
-                               pixel_size=pixel_size, pixel_unit=unit, checkpoint=args.out)
+                               pixel_size=pixel_size, pixel_unit=unit, checkpoint=args.out,
+                               validation_samples=validation)
         result = run_to_end(generator, show)
     finally:
         progress.close()
@@ -260,7 +275,7 @@ def _evaluate(args) -> int:
 
     from .core.errors import InputError
     from .core.io import collect_tiffs, pair_by_name, read_tiff
-    from .core.metrics import average_precision, pixel_scores
+    from .core.metrics import average_precision, isbi_scores, pixel_scores
 
     pairs = pair_by_name(collect_tiffs(args.gt), collect_tiffs(args.pred))
     truths, predictions = [], []
@@ -280,6 +295,7 @@ def _evaluate(args) -> int:
         "pixel_f1": pixels["f1"],
         **instances,
         "mean_ap_0.5_0.95": float(np.mean(instances["ap_mean"])),
+        **isbi_scores(truths, predictions),
     }
     text = json.dumps(result, indent=2)
     print(text)

@@ -31,6 +31,9 @@ class Model:
         object_diameter: Median object diameter of the training data, in pixels.
         history: Training record: one dict per validation (step, loss, metrics, time).
         training: Settings of the last training run.
+        training_data: Where the training images came from, for humans.
+        evaluation: Figures measured on held-out images (metric name to value), with
+            what they were measured on under "data".
     """
 
     network: UNet
@@ -43,6 +46,8 @@ class Model:
     object_diameter: float | None = None
     history: list[dict] = field(default_factory=list)
     training: dict = field(default_factory=dict)
+    training_data: str = ""
+    evaluation: dict = field(default_factory=dict)
 
     @classmethod
     def new(cls, config: NetworkConfig | None = None, **kwargs) -> Model:

@@ -3,6 +3,7 @@
 Instance average precision follows the convention of the StarDist and Cellpose papers and
 the 2018 Data Science Bowl: predicted and ground-truth objects are matched one-to-one
 (maximum matching among pairs with IoU >= threshold), and AP = TP / (TP + FP + FN).
+:func:`isbi_scores` gives the measures of the ISBI 2012 EM segmentation challenge.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "MatchCounts",
     "match_counts",
     "average_precision",
+    "isbi_scores",
 ]
 
 #: IoU thresholds 0.5, 0.55, ..., 0.95.
@@ -171,3 +173,62 @@ def average_precision(
         "fp": pooled.fp.tolist(),
         "fn": pooled.fn.tolist(),
     }
+
+
+def isbi_scores(truths, predictions) -> dict:
+    """Pixel error and foreground-restricted Rand scores of the ISBI 2012 challenge.
+
+    Cells are told apart by label (0 = boundary/background); each plane is a separate
+    segmentation, and the scores pool all planes. The pixel error is the share of pixels
+    whose foreground/background class differs. The Rand scores count pixel pairs over
+    the ground truth's foreground only, where predicted background pixels count as
+    single-pixel segments. With ``n_ij`` the pixels in predicted segment i and true
+    segment j, ``V_split = sum n_ij^2 / sum_j t_j^2`` and ``V_merge = sum n_ij^2 /
+    sum_i s_i^2`` (t, s the true and predicted segment sizes); ``V_rand`` is their
+    harmonic mean (1 is perfect).
+
+    Args:
+        truths: Ground-truth label planes: one image, a stack, or a list of them.
+        predictions: Predicted label planes in the same order and shapes.
+
+    Returns:
+        ``{"pixel_error", "v_rand", "v_rand_split", "v_rand_merge"}``.
+    """
+    truths, predictions = _planes(truths), _planes(predictions)
+    if len(truths) != len(predictions):
+        raise ValueError(f"{len(truths)} ground-truth planes but {len(predictions)} predictions")
+    wrong = pixels = 0
+    joint = true_squares = predicted_squares = 0.0
+    for truth, prediction in zip(truths, predictions):
+        if truth.shape != prediction.shape:
+            raise ValueError(f"prediction shape {prediction.shape} differs from ground truth {truth.shape}")
+        wrong += int(np.count_nonzero((truth > 0) != (prediction > 0)))
+        pixels += truth.size
+        foreground = truth > 0
+        true_ids = truth[foreground].astype(np.int64)
+        predicted = prediction[foreground].astype(np.int64)
+        if true_ids.size == 0:
+            continue
+        # Predicted background pixels become singletons: negative ids of their own.
+        predicted = np.where(predicted > 0, predicted, -1 - np.arange(predicted.size))
+        joint += _sum_of_squares(np.unique(np.stack([predicted, true_ids]), axis=1, return_counts=True)[1])
+        true_squares += _sum_of_squares(np.unique(true_ids, return_counts=True)[1])
+        predicted_squares += _sum_of_squares(np.unique(predicted, return_counts=True)[1])
+    split = joint / true_squares if true_squares else 1.0
+    merge = joint / predicted_squares if predicted_squares else 1.0
+    return {
+        "pixel_error": wrong / pixels if pixels else 0.0,
+        "v_rand": 2 * split * merge / (split + merge) if split + merge else 0.0,
+        "v_rand_split": split,
+        "v_rand_merge": merge,
+    }
+
+
+def _planes(images) -> list[np.ndarray]:
+    if isinstance(images, np.ndarray):
+        images = [images]
+    return [plane for image in images for plane in np.asarray(image).reshape(-1, *np.shape(image)[-2:])]
+
+
+def _sum_of_squares(counts: np.ndarray) -> float:
+    return float(np.sum(counts.astype(np.float64) ** 2))

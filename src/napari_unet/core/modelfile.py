@@ -50,6 +50,8 @@ def _metadata(model: Model) -> dict:
         "object_diameter": model.object_diameter,
         "training": model.training,
         "history": model.history,
+        "training_data": model.training_data,
+        "evaluation": model.evaluation,
     }
 
 
@@ -146,4 +148,6 @@ def load_model_file(path: str | os.PathLike) -> Model:
         object_diameter=metadata.get("object_diameter"),
         history=list(metadata.get("history", [])),
         training=dict(metadata.get("training", {})),
+        training_data=metadata.get("training_data", ""),
+        evaluation=dict(metadata.get("evaluation", {})),
     )

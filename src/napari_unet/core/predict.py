@@ -26,8 +26,9 @@ from .model import UNet
 from .normalize import as_planes
 from .postprocess import foreground_probability, probabilities_to_labels
 from .progress import run_to_end
+from .scale import object_diameter, resize_plane, scale_factor, scaled_shape
 
-__all__ = ["PredictProgress", "Prediction", "predict_probabilities", "predict_iter", "predict"]
+__all__ = ["PredictProgress", "Prediction", "predict_probabilities", "predict_iter", "predict", "estimate_diameter"]
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,15 @@ class Prediction:
     Attributes:
         labels: int32 instance labels (0 = background).
         probability: float32 foreground probability in [0, 1].
+        scale: Factor by which the planes were resized for the network (1.0: not resized).
+        diameter: Object diameter (pixels) assumed for the image: the one given or
+            estimated, else the model's.
     """
 
     labels: np.ndarray
     probability: np.ndarray
+    scale: float = 1.0
+    diameter: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,7 @@ def _mirror_pad(image: np.ndarray, pad: tuple[tuple[int, int], ...]) -> np.ndarr
 def predict_probabilities(
     network: UNet,
     plane: np.ndarray,
-    tile_size: int = 512,
+    tile_size: int = 1024,
     batch_size: int = 4,
     device: str | torch.device = "auto",
     amp: bool = True,
@@ -144,18 +150,22 @@ def predict_probabilities(
 def predict_iter(
     model: Model,
     image: np.ndarray,
-    tile_size: int = 512,
+    tile_size: int = 1024,
     batch_size: int = 4,
     threshold: float = 0.5,
     min_size: int = 10,
     channel_axis: int | None = None,
     device: str | torch.device = "auto",
     amp: bool = True,
+    diameter: float | str | None = None,
+    pixel_size: tuple[float, float] | None = None,
 ) -> Iterator[PredictProgress]:
     """Predict an image or a stack plane by plane; yields progress, returns a :class:`Prediction`.
 
     The last two axes are height and width; any leading axes (Z, T, ...) are predicted
     plane by plane. Stop early by closing the generator (or simply no longer iterating).
+    Given the objects' diameter or the pixel size, planes are resized so that objects
+    match the model's training data, and the results are resized back to the input grid.
 
     Args:
         model: The model.
@@ -167,21 +177,31 @@ def predict_iter(
         channel_axis: Channel axis of a multi-channel image, if not guessed right.
         device: Torch device or "auto".
         amp: Mixed precision on CUDA.
+        diameter: Typical object diameter in the image, in pixels, or "auto" to estimate
+            it from a first prediction of the first plane (see :func:`estimate_diameter`).
+        pixel_size: Pixel size ``(y, x)`` of the image in the model's unit, used when
+            no diameter is given.
     """
     if tile_size < 1 or batch_size < 1:
         raise InputError("tile size and batch size must be positive")
     planes, stack_shape = as_planes(image, model.config.in_channels, channel_axis)
     height, width = planes.shape[-2:]
+    if isinstance(diameter, str):
+        if diameter != "auto":
+            raise InputError(f"the diameter must be a number of pixels or 'auto', not {diameter!r}")
+        diameter = _estimate_plane_diameter(model, planes[0], tile_size, batch_size, device, amp, threshold, min_size)
+    factor = scale_factor(model, diameter, pixel_size)
+    network_shape = scaled_shape((height, width), factor)
     labels = np.zeros((len(planes), height, width), np.int32)
     probability = np.zeros((len(planes), height, width), np.float32)
     for index, plane in enumerate(planes):
-        normalized = model.normalization(plane)
+        normalized = resize_plane(model.normalization(plane), network_shape)
         tiles = predict_probabilities(model.network, normalized, tile_size, batch_size, device, amp)
         while True:
             try:
                 done, total = next(tiles)
             except StopIteration as finished:
-                probabilities = finished.value
+                probabilities = resize_plane(finished.value, (height, width))
                 break
             if done < total:
                 yield PredictProgress(index, len(planes), done, total)
@@ -189,7 +209,53 @@ def predict_iter(
         labels[index] = probabilities_to_labels(probabilities, threshold, min_size, model.gap)
         yield PredictProgress(index, len(planes), total, total, labels[index], probability[index])
     shape = stack_shape + (height, width)
-    return Prediction(labels.reshape(shape), probability.reshape(shape))
+    if diameter is None and model.object_diameter:
+        diameter = model.object_diameter / factor
+    return Prediction(labels.reshape(shape), probability.reshape(shape), factor, diameter)
+
+
+def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device, amp, threshold, min_size) -> float | None:
+    """Median object diameter in one ``(channels, H, W)`` plane, from predictions.
+
+    A first prediction at the model's own scale gives a first estimate; when that says
+    the objects are far from the model's size, a second prediction at the corrected
+    scale refines it (objects of the wrong size are found less reliably).
+    """
+    if not model.object_diameter:
+        raise InputError("this model does not record the object size it was trained on; it cannot estimate diameters")
+    estimate = None
+    factor = 1.0
+    for _ in range(2):
+        shape = scaled_shape(plane.shape[-2:], factor)
+        probabilities = run_to_end(predict_probabilities(
+            model.network, resize_plane(model.normalization(plane), shape), tile_size, batch_size, device, amp))
+        found = object_diameter(probabilities_to_labels(probabilities, threshold, min_size, model.gap))
+        if found is None:
+            break
+        estimate = found / factor
+        new_factor = min(max(model.object_diameter / estimate, 1 / 8), 8)
+        if abs(new_factor / factor - 1) < 0.1:
+            break
+        factor = new_factor
+    return estimate
+
+
+def estimate_diameter(model: Model, image: np.ndarray, channel_axis: int | None = None, **kwargs) -> float | None:
+    """Typical object diameter (pixels) in the first plane of ``image``, estimated by the model.
+
+    Args:
+        model: A model that records the object diameter of its training data.
+        image: Image or stack (only its first plane is looked at).
+        channel_axis: Channel axis of a multi-channel image, if not guessed right.
+        **kwargs: ``tile_size``, ``batch_size``, ``device``, ``amp``, ``threshold``, ``min_size``.
+
+    Returns:
+        The median diameter of the objects found, or None when none were found.
+    """
+    planes, _ = as_planes(image, model.config.in_channels, channel_axis)
+    options = {"tile_size": 1024, "batch_size": 4, "device": "auto", "amp": True, "threshold": 0.5, "min_size": 10}
+    options.update(kwargs)
+    return _estimate_plane_diameter(model, planes[0], **options)
 
 
 def predict(model: Model, image: np.ndarray, on_progress: Callable | None = None, **kwargs) -> Prediction:

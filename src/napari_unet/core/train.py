@@ -33,6 +33,7 @@ from .normalize import as_planes
 from .postprocess import probabilities_to_labels
 from .predict import predict_probabilities
 from .progress import run_to_end
+from .scale import equivalent_diameters, resize_labels, resize_plane, scale_factor, scaled_shape
 from .targets import as_instance_labels, border_weights, class_targets
 
 __all__ = ["TrainingSample", "TrainingConfig", "TrainingProgress", "TrainingResult", "train_iter", "train"]
@@ -69,6 +70,9 @@ class TrainingConfig:
         patch_size: Edge of the square training patches, in pixels.
         batch_size: Patches per step.
         learning_rate: Step size of the optimizer.
+        schedule: "constant", or "cosine": the step size falls along half a cosine to
+            a twentieth of ``learning_rate`` over the epochs or the time budget, whichever
+            ends first.
         optimizer: "adam" or "sgd" (the paper's SGD with high momentum).
         momentum: Momentum of SGD (the paper uses 0.99).
         weight_decay: L2 penalty.
@@ -90,6 +94,7 @@ class TrainingConfig:
     patch_size: int = 256
     batch_size: int = 4
     learning_rate: float = 1e-3
+    schedule: str = "constant"
     optimizer: str = "adam"
     momentum: float = 0.99
     weight_decay: float = 0.0
@@ -106,6 +111,8 @@ class TrainingConfig:
     def __post_init__(self):
         if self.optimizer not in ("adam", "sgd"):
             raise InputError(f"optimizer must be 'adam' or 'sgd', not {self.optimizer!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise InputError(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.patch_size < 8:
             raise InputError("epochs and batch size must be at least 1 and the patch size at least 8")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -198,6 +205,15 @@ def _split_planes(samples: Sequence[TrainingSample], in_channels: int):
                 yield sample.name, plane, as_instance_labels(plane_labels), plane_mask
 
 
+def _resized(plane: tuple, factor: float) -> tuple:
+    """A (name, image, labels, mask) plane resized by ``factor`` (unchanged for 1.0)."""
+    if factor == 1.0:
+        return plane
+    name, image, labels, mask = plane
+    shape = scaled_shape(labels.shape, factor)
+    return name, resize_plane(image, shape), resize_labels(labels, shape), resize_labels(mask, shape)
+
+
 def _prepare_plane(model: Model, config: TrainingConfig, image, labels, mask, window: int) -> _Plane:
     normalized = model.normalization(image)
     target = class_targets(labels, model.config.num_classes, model.gap)
@@ -248,11 +264,8 @@ def _validation_split(planes: list, fraction: float, rng: np.random.Generator):
 
 
 def _object_diameter(planes) -> float | None:
-    diameters = []
-    for _, _, labels, mask in planes:
-        areas = np.bincount(labels[mask].ravel())[1:]
-        diameters.extend(np.sqrt(4 * areas[areas > 0] / math.pi).tolist())
-    return float(np.median(diameters)) if diameters else None
+    diameters = np.concatenate([equivalent_diameters(labels[mask]) for _, _, labels, mask in planes])
+    return float(np.median(diameters)) if diameters.size else None
 
 
 class _PatchSampler:
@@ -303,6 +316,15 @@ def _loss(logits, target, weights, mask, dice_weight: float) -> torch.Tensor:
     return loss
 
 
+def _set_learning_rate(optimizer, config: TrainingConfig, step_fraction: float, elapsed: float) -> None:
+    done = step_fraction
+    if config.max_minutes is not None:
+        done = max(done, elapsed / (60 * config.max_minutes))
+    scale = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+    for group in optimizer.param_groups:
+        group["lr"] = config.learning_rate * scale
+
+
 def _center_crop(tensor: torch.Tensor, size: int) -> torch.Tensor:
     offset = (tensor.shape[-1] - size) // 2
     if offset == 0:
@@ -310,7 +332,7 @@ def _center_crop(tensor: torch.Tensor, size: int) -> torch.Tensor:
     return tensor[..., offset : offset + size, offset : offset + size]
 
 
-def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_size: int = 512) -> dict:
+def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_size: int = 1024) -> dict:
     """Pixel IoU/F1 over the annotated pixels and AP at IoU 0.5 on fully annotated planes.
 
     ``score`` is the AP when some validation plane is fully annotated, else the IoU.
@@ -345,6 +367,8 @@ def train_iter(
     pixel_size: tuple[float, float] | None = None,
     pixel_unit: str = "",
     checkpoint: str | os.PathLike | None = None,
+    validation_samples: Sequence[TrainingSample] | None = None,
+    diameter: float | None = None,
 ) -> Iterator[TrainingProgress]:
     """Train (or fine-tune) a model; yields :class:`TrainingProgress`, returns :class:`TrainingResult`.
 
@@ -361,6 +385,12 @@ def train_iter(
         pixel_unit: Unit of ``pixel_size``.
         checkpoint: Model file rewritten (atomically) whenever validation improves, so a
             run that is killed still leaves its best model behind.
+        validation_samples: Annotated images to validate on, never trained on; when
+            given, ``config.val_fraction`` is ignored and no training image is held out.
+        diameter: Typical object diameter in the images, in pixels. When fine-tuning a
+            model that records its own (or, without a diameter, when both pixel sizes
+            are known), the images are resized so that their objects match the model's,
+            as prediction does.
 
     Raises:
         InputError: If there is nothing annotated to train on, or the data do not fit.
@@ -368,16 +398,27 @@ def train_iter(
     config = config or TrainingConfig()
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    model = model.copy() if model is not None else Model.new(network_config or NetworkConfig())
+    fine_tuning = model is not None
+    model = model.copy() if fine_tuning else Model.new(network_config or NetworkConfig())
     device = resolve_device(config.device)
     network = model.network.to(device)
 
-    planes = list(_split_planes(samples, model.config.in_channels))
+    factor = 1.0
+    if fine_tuning:
+        # Fine-tuning: bring the new images to the scale the model already knows.
+        factor = scale_factor(model, diameter, pixel_size if model.pixel_size else None)
+        if factor != 1.0 and model.pixel_size:
+            pixel_size, pixel_unit = model.pixel_size, model.pixel_unit
+    planes = [_resized(plane, factor) for plane in _split_planes(samples, model.config.in_channels)]
     if not planes:
         raise InputError("nothing is annotated: draw labels in at least one plane (or region) first")
     if not any(labels[mask].any() for _, _, labels, mask in planes):
         logger.warning("the annotations contain no object; the model can only learn background")
-    train_planes, validation_planes = _validation_split(planes, config.val_fraction, rng)
+    if validation_samples is None:
+        train_planes, validation_planes = _validation_split(planes, config.val_fraction, rng)
+    else:
+        train_planes = planes
+        validation_planes = [_resized(plane, factor) for plane in _split_planes(validation_samples, model.config.in_channels)]
     diameter = _object_diameter(train_planes)
 
     input_size = network.valid_input_size(config.patch_size)
@@ -414,6 +455,8 @@ def train_iter(
         if config.max_minutes is not None and time.monotonic() - start >= 60 * config.max_minutes:
             stop_reason = "time budget"
             break
+        if config.schedule == "cosine":
+            _set_learning_rate(optimizer, config, step / total_steps, time.monotonic() - start)
         network.train()
         images, targets, weights, masks = (torch.from_numpy(a).to(device, non_blocking=True) for a in sampler(config.batch_size))
         images, targets, weights, masks = augment_batch(

@@ -1,0 +1,196 @@
+"""Train, validate and embed the models shipped with napari-unet.
+
+Reruns the recipe of docs/models.md with the project's own command line:
+
+    python scripts/train_models.py nuclei --minutes 70
+    python scripts/train_models.py em-neurites --minutes 30
+    python scripts/train_models.py nuclei --minutes 70 --no-embed   # train and report only
+
+Each run splits the data of ``../shared/data`` into training and validation images
+(fixed: the validation names are listed in ``scripts/splits/``), lays the split out as
+symbolic links or subset stacks in a work folder outside the repository (the data are
+never copied into it), runs ``napari-unet train``, then ``napari-unet predict`` and
+``napari-unet evaluate`` on the validation images, and finally writes the model with its
+description and validation figures to ``src/napari_unet/models/NAME.safetensors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SPLITS = ROOT / "scripts" / "splits"
+EMBEDDED = ROOT / "src" / "napari_unet" / "models"
+
+#: Images of dsb2018 kept for validation (never trained on), and the seed that drew them.
+NUCLEI_VALIDATION_COUNT = 80
+NUCLEI_SPLIT_SEED = 2018
+#: Slices of the ISBI 2012 training volume kept for validation.
+EM_VALIDATION_SLICES = (16, 17, 18, 19)
+
+RECIPES = {
+    "nuclei": {
+        "description": "Fluorescence nuclei (DAPI/Hoechst-like), 3 classes: background, interior, boundary",
+        "training_data": "DSB2018 stage1_train fluorescence images (BBBC038, CC0), fixed split of "
+        f"{NUCLEI_VALIDATION_COUNT} validation images (scripts/splits/dsb2018-validation.txt)",
+        "train": ["--classes", "3", "--depth", "4", "--base-width", "16", "--patch-size", "192",
+                  "--batch-size", "8", "--learning-rate", "0.001", "--schedule", "cosine",
+                  "--steps-per-epoch", "250", "--seed", "0"],
+    },
+    "em-neurites": {
+        "description": "Serial-section EM cell membranes and neurites (as in the U-Net paper), "
+        "2 classes: membrane, cell interior",
+        "training_data": "ISBI 2012 EM segmentation challenge training volume, slices 0-15 "
+        "(slices 16-19 kept for validation)",
+        "train": ["--classes", "2", "--depth", "4", "--base-width", "16", "--patch-size", "256",
+                  "--batch-size", "4", "--learning-rate", "0.001", "--schedule", "cosine",
+                  "--steps-per-epoch", "60", "--w0", "10", "--sigma", "5",
+                  "--pixel-size", "0.004", "0.004", "--seed", "0"],
+    },
+}
+
+
+def napari_unet(*arguments: str, threads: int | None = None) -> None:
+    """Run the project's command line, as a user would, and stop on failure."""
+    environment = dict(os.environ)
+    if threads:
+        environment["OMP_NUM_THREADS"] = str(threads)
+    command = [sys.executable, "-m", "napari_unet", *arguments]
+    print("+ napari-unet " + " ".join(arguments), flush=True)
+    subprocess.run(command, check=True, env=environment)
+
+
+def _link_pairs(names: list[str], source: Path, target: Path) -> None:
+    for kind in ("images", "labels"):
+        folder = target / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            link = folder / name
+            if not link.exists():
+                link.symlink_to(source / kind / name)
+
+
+def nuclei_split(work: Path) -> tuple[Path, Path]:
+    """Training and validation folders of symbolic links into dsb2018, split by the fixed list."""
+    names = sorted(path.name for path in (DATA / "dsb2018" / "images").glob("*.tif"))
+    listing = SPLITS / "dsb2018-validation.txt"
+    if listing.is_file():
+        validation = listing.read_text().split()
+    else:
+        order = np.random.default_rng(NUCLEI_SPLIT_SEED).permutation(len(names))
+        validation = sorted(names[i] for i in order[:NUCLEI_VALIDATION_COUNT])
+        SPLITS.mkdir(parents=True, exist_ok=True)
+        listing.write_text("\n".join(validation) + "\n")
+    missing = set(validation) - set(names)
+    if missing:
+        raise SystemExit(f"validation images missing from {DATA / 'dsb2018'}: {sorted(missing)[:3]}...")
+    held = set(validation)
+    _link_pairs([n for n in names if n not in held], DATA / "dsb2018", work / "train")
+    _link_pairs(validation, DATA / "dsb2018", work / "validation")
+    return work / "train", work / "validation"
+
+
+def em_split(work: Path) -> tuple[Path, Path]:
+    """Training and validation stacks cut from the ISBI 2012 volume (outside the repository)."""
+    volume = tifffile.imread(DATA / "isbi2012" / "volume.tif")
+    labels = tifffile.imread(DATA / "isbi2012" / "labels.tif")
+    held = np.isin(np.arange(len(volume)), EM_VALIDATION_SLICES)
+    for part, planes in (("train", ~held), ("validation", held)):
+        for kind, stack in (("images", volume), ("labels", labels)):
+            folder = work / part / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            # Instance labels: each connected cell interior is one object.
+            data = stack[planes] if kind == "images" else _components(stack[planes])
+            tifffile.imwrite(folder / "isbi2012.tif", data, compression="zlib")
+    return work / "train", work / "validation"
+
+
+def _components(interior: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return np.stack([ndimage.label(plane > 0)[0] for plane in interior]).astype(np.uint16)
+
+
+def em_measures(predicted: Path, truth: Path) -> dict:
+    """ISBI 2012 measures on the validation slices: pixel error and foreground-restricted V_rand."""
+    from napari_unet.core.metrics import isbi_scores
+
+    return isbi_scores(tifffile.imread(truth), tifffile.imread(predicted))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=sorted(RECIPES))
+    parser.add_argument("--minutes", type=float, required=True, help="training time budget")
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "napari-unet-training",
+                        help="work folder outside the repository")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
+    parser.add_argument("--init", default="scratch", help="continue from this model file instead of scratch")
+    parser.add_argument("--no-embed", action="store_true", help="train and report, but leave the package alone")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"the real data folder {DATA} is missing")
+
+    recipe = RECIPES[args.name]
+    work = args.work / args.name
+    train, validation = (nuclei_split if args.name == "nuclei" else em_split)(work)
+    model = work / f"{args.name}.safetensors"
+    start = time.monotonic()
+    napari_unet(
+        "train", "--images", str(train / "images"), "--labels", str(train / "labels"),
+        "--val-images", str(validation / "images"), "--val-labels", str(validation / "labels"),
+        "--out", str(model), "--init", args.init, "--max-minutes", str(args.minutes), "--device", args.device,
+        *recipe["train"], threads=args.threads,
+    )
+    minutes = (time.monotonic() - start) / 60
+    predicted = validation / "predicted"
+    napari_unet("predict", "--model", str(model), str(validation / "images"), "--out", str(predicted),
+                "--device", args.device, threads=args.threads)
+    report = work / "validation.json"
+    napari_unet("evaluate", "--pred", str(predicted), "--gt", str(validation / "labels"), "--json", str(report))
+    scores = json.loads(report.read_text())
+    thresholds = scores["thresholds"]
+    figures = {
+        "data": recipe["training_data"].split(", ")[-1] if args.name == "em-neurites" else
+        f"{scores['images']} held-out dsb2018 images",
+        "ap50_pooled": round(scores["ap_pooled"][thresholds.index(0.5)], 4),
+        "ap75_pooled": round(scores["ap_pooled"][thresholds.index(0.75)], 4),
+        "mean_ap_0.5_0.95": round(scores["mean_ap_0.5_0.95"], 4),
+        "pixel_iou": round(scores["pixel_iou"], 4),
+    }
+    if args.name == "em-neurites":
+        figures.update({k: round(v, 4) for k, v in em_measures(predicted / "isbi2012.tif",
+                                                                validation / "labels" / "isbi2012.tif").items()})
+    hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, device {args.device}"
+    summary = {"model": args.name, "train_minutes": round(minutes, 1), "hardware": hardware, **figures}
+    print(json.dumps(summary, indent=2))
+    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if not args.no_embed:
+        embed(model, args.name, recipe, figures)
+
+
+def embed(path: Path, name: str, recipe: dict, figures: dict) -> None:
+    """Write the trained model into the package with its name, description and validation figures."""
+    from napari_unet.core.modelfile import load_model_file
+
+    model = load_model_file(path)
+    model.name, model.description = name, recipe["description"]
+    model.training_data, model.evaluation = recipe["training_data"], figures
+    written = model.save(EMBEDDED / f"{name}.safetensors")
+    print(f"embedded {written} ({written.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Object-size normalization: bring images to the object size a model was trained on.
+
+A U-Net learns objects at the size, in pixels, they had in its training data; nuclei
+imaged at twice the magnification are twice as wide and no longer look like nuclei to
+it. Every model records the median object diameter of its training data (and their pixel
+size, when known). Given the diameter of the objects in new images, or their pixel size,
+:func:`scale_factor` says how much to resize them so that objects match the model; the
+image is resized before the network and its probabilities are resized back, so labels
+always come out on the image's own pixel grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .bundle import Model
+from .errors import InputError
+
+__all__ = ["scale_factor", "scaled_shape", "resize_plane", "resize_labels", "equivalent_diameters", "object_diameter"]
+
+#: Factors this close to 1 are not worth a resampling (and the blur it brings).
+NEGLIGIBLE = 0.05
+#: Resizing further than this loses the objects (or the memory).
+LARGEST_FACTOR = 8.0
+
+
+def scale_factor(
+    model: Model,
+    diameter: float | None = None,
+    pixel_size: tuple[float, float] | None = None,
+) -> float:
+    """Factor by which to resize images so that their objects match the model's.
+
+    Args:
+        model: The model, whose ``object_diameter`` (pixels) and ``pixel_size`` describe
+            its training data.
+        diameter: Typical object diameter in the images, in pixels; wins over the pixel size.
+        pixel_size: Pixel size ``(y, x)`` of the images, in the model's unit (isotropic
+            in the plane: the mean of the two is used).
+
+    Returns:
+        1.0 when nothing is given (or the factor is within 5% of 1), else the factor:
+        above 1 enlarges the image.
+
+    Raises:
+        InputError: If the model does not know what the value is compared with, or the
+            factor is implausibly far from 1.
+    """
+    factor = 1.0
+    if diameter is not None:
+        if not diameter > 0:
+            raise InputError(f"the object diameter must be a positive number of pixels, not {diameter}")
+        if not model.object_diameter:
+            raise InputError("this model does not record the object size it was trained on; leave the diameter unset")
+        factor = model.object_diameter / diameter
+    elif pixel_size is not None:
+        if min(pixel_size) <= 0:
+            raise InputError(f"the pixel size must be positive, not {tuple(pixel_size)}")
+        if not model.pixel_size:
+            raise InputError("this model does not record the pixel size of its training data; give a diameter instead")
+        factor = float(np.mean(pixel_size)) / float(np.mean(model.pixel_size))
+    if not 1 / LARGEST_FACTOR <= factor <= LARGEST_FACTOR:
+        raise InputError(
+            f"the objects would have to be resized {factor:.3g}x to match the model's "
+            f"({model.object_diameter or '?'} px); check the diameter or pixel size"
+        )
+    return 1.0 if abs(factor - 1) < NEGLIGIBLE else factor
+
+
+def scaled_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
+    """Height and width of a plane resized by ``factor`` (at least one pixel each)."""
+    return tuple(max(1, int(round(side * factor))) for side in shape)
+
+
+def resize_plane(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a ``(channels, H, W)`` float plane to ``shape`` (bilinear, anti-aliased when shrinking)."""
+    if tuple(plane.shape[-2:]) == tuple(shape):
+        return plane
+    tensor = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None]
+    shrinking = shape[0] < plane.shape[-2] or shape[1] < plane.shape[-1]
+    resized = F.interpolate(tensor, size=tuple(shape), mode="bilinear", align_corners=False, antialias=shrinking)
+    return resized[0].numpy()
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a label (or mask) plane to ``shape`` by nearest neighbour, keeping its dtype."""
+    if tuple(labels.shape) == tuple(shape):
+        return labels
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.int64), labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.int64), labels.shape[1] - 1)
+    return labels[np.ix_(rows, cols)]
+
+
+def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
+    """Diameter (pixels) of the circle of each object's area, for every object in ``labels``."""
+    areas = np.bincount(np.asarray(labels).ravel().astype(np.int64))[1:]
+    return np.sqrt(4 * areas[areas > 0] / math.pi)
+
+
+def object_diameter(labels: np.ndarray) -> float | None:
+    """Median equivalent diameter (pixels) of the objects in a label image; None without objects."""
+    diameters = equivalent_diameters(labels)
+    return float(np.median(diameters)) if diameters.size else None
