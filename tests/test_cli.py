@@ -77,6 +77,7 @@ def test_evaluate_a_perfect_prediction_scores_one(sample_folder, capsys):
     assert result["pixel_iou"] == 1.0
     assert result["ap_pooled"] == [1.0] * 10
     assert result["mean_ap_0.5_0.95"] == 1.0
+    assert result["pixel_error"] == 0.0 and result["v_rand"] == 1.0
 
 
 def test_predict_stack_keeps_shape_and_pixel_size(tmp_path, tiny_model_file):
@@ -144,9 +145,48 @@ def test_never_overwrites_an_input(tmp_path, tiny_model_file, capsys):
     assert (tmp_path / "image.tif").read_bytes() == before
 
 
-def test_models_lists_embedded_models(capsys):
+def test_models_lists_description_training_data_scale_and_figures(tmp_path, monkeypatch, capsys):
+    from napari_unet.core import registry
+
+    model = Model.new(NetworkConfig(depth=2, base_width=4))
+    model.description, model.training_data = "Test nuclei", "generated sample data"
+    model.pixel_size, model.pixel_unit, model.object_diameter = (0.5, 0.5), "um", 17.25
+    model.evaluation = {"ap50_pooled": 0.91}
+    model.save(tmp_path / "test-nuclei.safetensors")
+    monkeypatch.setattr(registry, "_EMBEDDED", tmp_path)
+
     assert main(["models"]) == 0
-    assert capsys.readouterr().out.strip()
+    text = capsys.readouterr().out
+    for expected in ("test-nuclei: Test nuclei", "generated sample data", "pixel size 0.5 x 0.5 um",
+                     "object diameter 17.2 px", "depth 2, base width 4", "ap50_pooled 0.91"):
+        assert expected in text
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["test-nuclei"]["evaluation"] == {"ap50_pooled": 0.91}
+    # Listed models are the ones --model and --init take by name.
+    assert registry.load_model("test-nuclei").object_diameter == 17.25
+
+
+def test_the_shipped_models_are_listed(capsys):
+    from napari_unet.core.registry import embedded_models
+
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"{name}: " in text for name in embedded_models())
+
+
+def test_train_with_explicit_validation_images(sample_folder, tmp_path, capsys):
+    model = tmp_path / "model.safetensors"
+    arguments = ["train", "--images", str(sample_folder / "images" / "nuclei_00[01].tif"),
+                 "--labels", str(sample_folder / "labels"), "--out", str(model), "--epochs", "1",
+                 "--steps-per-epoch", "2", *TINY]
+    assert main([*arguments, "--val-images", str(sample_folder / "images" / "nuclei_002.tif")]) == 2
+    assert "--val-images and --val-labels go together" in _error_line(capsys)
+    assert not model.exists()
+    assert main([*arguments, "--val-images", str(sample_folder / "images" / "nuclei_002.tif"),
+                 "--val-labels", str(sample_folder / "labels" / "nuclei_002.tif"), "--schedule", "cosine"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "iou" in summary["last_validation"]
 
 
 def test_help_explains_every_flag():

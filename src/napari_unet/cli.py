@@ -128,17 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser(
         "predict", help="segment TIFF images and stacks",
-        description="Segment TIFF images or stacks (plane by plane); writes one label TIFF per input, same name.",
+        description="Segment TIFF images or stacks plane by plane, streaming: writes one compressed label TIFF "
+        "per input, same name, axes, page order and pixel size. Outputs are renamed into place when complete; "
+        "a rerun skips the inputs whose output exists. Unreadable inputs are reported and skipped (exit status 1).",
     )
     predict.add_argument("--model", required=True, help="embedded model name or model file")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="TIFF files, folders or glob patterns")
-    predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument("--tile-size", type=_positive_int, default=512, help="tile edge in pixels (default: 512)")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="TIFF files, folders or glob patterns (single images, stacks, ImageJ hyperstacks, "
+                         "OME-TIFF, BigTIFF)")
+    predict.add_argument("--out", required=True, help="output folder (created if needed; never an input's file)")
+    predict.add_argument("--tile-size", type=_positive_int, default=1024, help="largest tile edge in pixels (default: 1024)")
     predict.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per forward pass (default: 4)")
     predict.add_argument("--threshold", type=_fraction, default=0.5, help="foreground probability threshold (default: 0.5)")
     predict.add_argument("--min-size", type=int, default=10, help="smallest object kept, in pixels (default: 10)")
+    predict.add_argument("--diameter", type=_diameter, metavar="PIXELS|auto",
+                         help="typical object diameter in the images, in pixels, or 'auto' to estimate it from each "
+                         "file's first plane; planes are rescaled so objects match the model's (default: the files' "
+                         "pixel size when the model records one, else no rescaling)")
     predict.add_argument("--probability", action="store_true", help="also write the foreground probability (NAME_probability.tif)")
+    predict.add_argument("--overwrite", action="store_true", help="segment again the inputs whose output exists (default: skip them)")
     predict.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
+    cluster = predict.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="run the planes on an existing Dask cluster, e.g. tcp://host:8786 (needs napari-unet[dask])")
+    cluster.add_argument("--workers", type=_positive_int, metavar="N",
+                         help="start a local Dask cluster of N worker processes for the planes (needs napari-unet[dask])")
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser(
@@ -152,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", help="also write the results to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
 
-    models = commands.add_parser("models", help="list the embedded models", description="List the embedded models.")
+    models = commands.add_parser(
+        "models", help="list the embedded models",
+        description="List the embedded models: what they segment, their training data, pixel size and "
+        "object diameter, and their figures on held-out validation images.",
+    )
+    models.add_argument("--json", action="store_true", help="print the models' full metadata as JSON")
     models.set_defaults(handler=_models)
 
     sample = commands.add_parser(
@@ -236,35 +255,69 @@ def _rounded(values: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}
 
 
+def _diameter(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return _positive_float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of pixels or 'auto', not {text}") from None
+
+
 def _predict(args) -> int:
+    from contextlib import nullcontext
+
     from .core.batch import predict_files_iter
     from .core.io import collect_tiffs
     from .core.progress import run_to_end
     from .core.registry import load_model
 
     model = load_model(args.model)
-    files = [path for spec in args.inputs for path in collect_tiffs(spec)]
-    generator = predict_files_iter(
-        model, files, args.out, probability=args.probability, tile_size=args.tile_size,
-        batch_size=args.batch_size, threshold=args.threshold, min_size=args.min_size, device=args.device,
-    )
+    # The same file given twice (a folder and a glob) is segmented once.
+    files = list({path.resolve(): path for spec in args.inputs for path in collect_tiffs(spec)}.values())
+    options = {"tile_size": args.tile_size, "batch_size": args.batch_size, "threshold": args.threshold,
+               "min_size": args.min_size, "device": args.device, "diameter": args.diameter}
+    if args.scheduler or args.workers:
+        from .core.distributed import dask_executor
+
+        cluster = dask_executor(scheduler=args.scheduler, workers=args.workers)
+    else:
+        cluster = nullcontext()
     progress = _Progress("predict")
+    start = time.monotonic()
 
     def show(update):
-        # Files and planes count evenly: the bar is exact for stacks of equal depth.
+        rate = update.planes_done / max(time.monotonic() - start, 1e-9)
         plane = update.plane
-        done = (update.file * plane.planes + plane.plane) * plane.total + plane.done
-        progress.update(done, update.files * plane.planes * plane.total, update.path.name)
+        note = (f"file {update.file + 1}/{update.files} plane {min(plane.plane + 1, plane.planes)}/{plane.planes} "
+                f"{rate:.2f} planes/s {update.path.name}")
+        progress.update(round(1000 * update.fraction), 1000, note)
 
-    result = run_to_end(generator, show)
-    progress.close()
+    try:
+        with cluster as executor:
+            result = run_to_end(predict_files_iter(model, files, args.out, probability=args.probability,
+                                                   overwrite=args.overwrite, executor=executor, **options), show)
+    finally:
+        progress.close()
+    seconds = time.monotonic() - start
+    rows = [("file", "planes", "objects", "seconds", "output")]
     for item in result.files:
         if item.error:
-            print(f"napari-unet: error: {item.path}: {item.error}", file=sys.stderr)
+            rows.append((item.path.name, "-", "-", f"{item.seconds:.1f}", "FAILED"))
+        elif item.skipped:
+            rows.append((item.path.name, "-", "-", "-", f"{item.output} (exists, skipped)"))
         else:
-            print(f"{item.path.name}: {item.planes} plane(s), {item.objects} object(s), {item.seconds:.1f} s "
-                  f"-> {item.output}", file=sys.stderr)
+            rows.append((item.path.name, str(item.planes), str(item.objects), f"{item.seconds:.1f}", str(item.output)))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:4], widths[1:])]
+        print("  ".join(cells + [row[4]]).rstrip())
+    planes = sum(item.planes for item in result.files)
+    print(f"{planes} plane(s) in {seconds:.1f} s ({planes / max(seconds, 1e-9):.2f} planes/s); "
+          f"{len(result.skipped)} skipped", file=sys.stderr)
     if result.failed:
+        for item in result.failed:
+            print(f"napari-unet: error: {item.path}: {item.error}", file=sys.stderr)
         print(f"napari-unet: {len(result.failed)} of {len(files)} input(s) failed", file=sys.stderr)
         return EXIT_FAILED
     return 0
@@ -308,11 +361,37 @@ def _models(args) -> int:
     from .core.registry import embedded_models
 
     models = embedded_models()
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
     if not models:
         print("no embedded models in this version; train one with 'napari-unet train'")
     for name, metadata in models.items():
-        print(f"{name}: {metadata.get('description', '')}")
+        print(_describe_model(name, metadata))
     return 0
+
+
+def _describe_model(name: str, metadata: dict) -> str:
+    """A few lines for people: what the model segments, what it learnt from, how well it did."""
+    network = metadata.get("network", {})
+    lines = [f"{name}: {metadata.get('description') or 'no description'}"]
+    if metadata.get("training_data"):
+        lines.append(f"  training data:   {metadata['training_data']}")
+    scale = []
+    if metadata.get("pixel_size"):
+        size = metadata["pixel_size"]
+        scale.append(f"pixel size {size[0]:g} x {size[1]:g} {metadata.get('pixel_unit') or ''}".rstrip())
+    if metadata.get("object_diameter"):
+        scale.append(f"typical object diameter {metadata['object_diameter']:.1f} px")
+    if scale:
+        lines.append(f"  scale:           {', '.join(scale)}")
+    if network:
+        lines.append(f"  network:         depth {network.get('depth')}, base width {network.get('base_width')}, "
+                     f"{network.get('in_channels')} channel(s) in, {network.get('num_classes')} classes")
+    if metadata.get("evaluation"):
+        figures = ", ".join(f"{key} {value}" for key, value in metadata["evaluation"].items())
+        lines.append(f"  validation:      {figures}")
+    return "\n".join(lines)
 
 
 def _sample(args) -> int:

@@ -10,6 +10,7 @@ from napari_unet.core.metrics import (
     MatchCounts,
     average_precision,
     iou_matrix,
+    isbi_scores,
     match_counts,
     pixel_scores,
 )
@@ -301,3 +302,41 @@ def test_average_precision_rejects_mismatched_or_empty_input():
 
 def test_default_thresholds():
     assert DEFAULT_THRESHOLDS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def test_isbi_scores_of_a_perfect_segmentation():
+    truth = np.array([[1, 1, 0, 2, 2]])
+    scores = isbi_scores(truth, truth * 7)  # other ids, same cells
+    assert scores == {"pixel_error": 0.0, "v_rand": 1.0, "v_rand_split": 1.0, "v_rand_merge": 1.0}
+
+
+def test_isbi_scores_of_a_merge():
+    # Two cells merged across their boundary pixel: all pairs of the truth kept (split 1),
+    # half of the predicted pairs join different cells (merge 8 / 16).
+    scores = isbi_scores(np.array([[1, 1, 0, 2, 2]]), np.array([[5, 5, 5, 5, 5]]))
+    assert scores["pixel_error"] == pytest.approx(1 / 5)
+    assert scores["v_rand_split"] == pytest.approx(1.0)
+    assert scores["v_rand_merge"] == pytest.approx(0.5)
+    assert scores["v_rand"] == pytest.approx(2 / 3)
+
+
+def test_isbi_scores_of_a_split_and_of_missed_pixels():
+    split = isbi_scores(np.array([[1, 1, 1, 1]]), np.array([[1, 1, 2, 2]]))
+    assert (split["v_rand_split"], split["v_rand_merge"], split["pixel_error"]) == pytest.approx((0.5, 1.0, 0.0))
+    # Predicted background inside a cell: every such pixel is a segment of its own.
+    missed = isbi_scores(np.array([[1, 1]]), np.array([[0, 0]]))
+    assert (missed["v_rand_split"], missed["v_rand_merge"], missed["pixel_error"]) == pytest.approx((0.5, 1.0, 1.0))
+
+
+def test_isbi_scores_pool_planes_and_refuse_mismatches():
+    truth = np.array([[[1, 1, 1, 1]], [[1, 1, 0, 2]]])
+    prediction = np.array([[[1, 1, 2, 2]], [[1, 1, 0, 2]]])
+    # Pooled over both planes: joint 8 + 5, truth 16 + 5, prediction 8 + 5 (squared sizes).
+    scores = isbi_scores(truth, prediction)
+    assert scores["v_rand_split"] == pytest.approx(13 / 21)
+    assert scores["v_rand_merge"] == pytest.approx(1.0)
+    assert isbi_scores([truth[0], truth[1]], [prediction[0], prediction[1]]) == scores
+    with pytest.raises(ValueError, match="shape"):
+        isbi_scores(truth, prediction[:, :, :3])
+    with pytest.raises(ValueError, match="planes"):
+        isbi_scores(truth, prediction[:1])

@@ -262,3 +262,43 @@ def test_regions_outside_the_validation_stripe_train_without_validating(tiny_con
                    config=TrainingConfig(**dict(FAST, val_fraction=0.1)))
     # Nothing annotated in the held-out stripe: no made-up perfect validation scores.
     assert all("score" not in record for record in result.history)
+
+
+def _disks(diameter: float, count: int, seed: int) -> TrainingSample:
+    """An image of ``count`` separate bright disks of one diameter, and their labels."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((160, 160), np.int32)
+    spacing = 160 // 4
+    for index in range(count):
+        row, col = divmod(index, 4)
+        labels[disk((spacing * row + spacing // 2, spacing * col + spacing // 2), diameter / 2, shape=labels.shape)] = index + 1
+    image = (labels > 0) * 200.0 + rng.normal(20, 5, labels.shape)
+    return TrainingSample(image.astype(np.float32), labels)
+
+
+def test_explicit_validation_images_are_used_and_no_training_image_is_held_out(tiny_config):
+    small, large = _disks(10, 8, seed=0), _disks(30, 8, seed=1)
+    config = TrainingConfig(**{**FAST, "val_fraction": 0.5, "steps_per_epoch": 2})
+    result = train([small, large], config=config, network_config=tiny_config,
+                   validation_samples=[_disks(20, 8, seed=2)])
+    # Both training images count for the object size (one alone would give 10 or 30).
+    assert result.model.object_diameter == pytest.approx(20, abs=2)
+    assert result.history and "iou" in result.history[-1]
+
+
+def test_cosine_schedule_decays_by_steps_or_time_whichever_is_further():
+    from napari_unet.core.train import _set_learning_rate
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    rates = {}
+    for fraction in (0.0, 0.5, 1.0):
+        _set_learning_rate(optimizer, TrainingConfig(learning_rate=0.01, schedule="cosine"), fraction, 0.0)
+        rates[fraction] = optimizer.param_groups[0]["lr"]
+    assert rates[0.0] == pytest.approx(0.01)
+    assert rates[0.5] == pytest.approx(0.01 * (0.05 + 0.95 * 0.5))
+    assert rates[1.0] == pytest.approx(0.01 * 0.05)  # never quite zero
+    # Half of a 2-minute budget spent after 10% of the steps: time decides.
+    _set_learning_rate(optimizer, TrainingConfig(learning_rate=0.01, schedule="cosine", max_minutes=2.0), 0.1, 60.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(rates[0.5])

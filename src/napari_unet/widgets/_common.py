@@ -6,6 +6,7 @@ computes on pixels. torch is imported only when a widget first needs a model or 
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -185,26 +186,36 @@ class WorkerFailure(Exception):
     """A RuntimeError from the core (CUDA out of memory, a device error), re-raised as such."""
 
 
-def guarded(generator_function: Callable) -> Callable:
-    """Let RuntimeErrors of a core generator reach the worker's ``errored`` signal.
+def guarded(function: Callable) -> Callable:
+    """Let RuntimeErrors of a core generator (or function) reach the worker's ``errored`` signal.
 
     superqt's workers take any RuntimeError for the sign of a deleted worker and drop it
     with a warning, and torch reports CUDA out-of-memory as one: without this wrapper the
     widget would wait forever instead of telling the user.
     """
+    if not inspect.isgeneratorfunction(function):
+
+        def call(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except RuntimeError as error:
+                raise WorkerFailure(str(error)) from error
+
+        return call
 
     def run(*args, **kwargs):
         try:
-            return (yield from generator_function(*args, **kwargs))
+            return (yield from function(*args, **kwargs))
         except RuntimeError as error:
             raise WorkerFailure(str(error)) from error
 
     return run
 
 
-def connect_worker(worker, on_yield: Callable, on_return: Callable, doing: str, on_finish: Callable) -> None:
+def connect_worker(worker, on_yield: Callable | None, on_return: Callable, doing: str, on_finish: Callable) -> None:
     """Wire a napari worker to the widget: progress, result, errors and warnings as notifications."""
-    worker.yielded.connect(on_yield)
+    if hasattr(worker, "yielded"):  # generator workers only
+        worker.yielded.connect(on_yield)
     worker.returned.connect(on_return)
     worker.errored.connect(lambda error: report_error(error, doing))
     # ``warned`` carries warnings.showwarning's arguments; the first is the warning itself.

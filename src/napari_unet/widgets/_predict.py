@@ -27,8 +27,10 @@ from ._common import (
     device_choices,
     geometry,
     guarded,
+    pixel_size,
     report_error,
     show_error,
+    show_info,
     spatial_shape,
 )
 
@@ -46,14 +48,20 @@ def _current_plane(viewer: napari.viewer.Viewer, layer) -> tuple[int, ...]:
     return tuple(int(np.clip(round(position[axis]), 0, shape[axis] - 1)) for axis in range(leading))
 
 
+def _pixel_size_for(image, model) -> tuple[float, float] | None:
+    """The layer's pixel size, when the model records one to compare it with."""
+    return pixel_size(image)[0] if model.pixel_size else None
+
+
 def start_prediction(
     viewer: napari.viewer.Viewer,
     image,
     model,
-    tile_size: int = 512,
+    tile_size: int = 1024,
     threshold: float = 0.5,
     min_size: int = 10,
     device: str = "auto",
+    diameter: float | None = None,
     probability: bool = False,
     current_plane_only: bool = False,
     output=None,
@@ -70,6 +78,9 @@ def start_prediction(
         threshold: Foreground probability threshold.
         min_size: Smallest object kept, in pixels.
         device: "auto", "cpu", "cuda" or "mps".
+        diameter: Typical object diameter in the image, in pixels; the image is rescaled
+            so that its objects match the model's. Without it, the layer's pixel size
+            (its scale) is used when both it and the model's pixel size are known.
         probability: Also add the foreground probability as an Image layer.
         current_plane_only: Predict only the plane the viewer shows, into ``output`` (or a
             new Labels layer).
@@ -111,7 +122,8 @@ def start_prediction(
 
     worker = create_worker(
         guarded(predict_iter), model, data, tile_size=tile_size, threshold=threshold, min_size=min_size, device=device,
-        channel_axis=-1 if image.rgb else None, _start_thread=False, _ignore_errors=True,
+        channel_axis=-1 if image.rgb else None, diameter=diameter or None, pixel_size=_pixel_size_for(image, model),
+        _start_thread=False, _ignore_errors=True,
     )
     connect_worker(worker, show_plane, lambda _: None, "prediction", on_finish or (lambda: None))
     worker.start()
@@ -140,6 +152,14 @@ class PredictWidget(Container):
                                       tooltip="Foreground probability above which a pixel belongs to an object.")
         self.min_size = SpinBox(label="min object size", value=10, min=0, max=100_000,
                                 tooltip="Objects smaller than this many pixels are removed.")
+        self.diameter = FloatSpinBox(
+            label="object diameter (px)", value=0.0, min=0.0, max=10_000.0, step=1.0,
+            tooltip="Typical object diameter in this image, in pixels: the image is rescaled so that objects "
+            "match the model's training data. 0: no rescaling (or the layer's pixel size, when the model "
+            "records one).",
+        )
+        self.estimate = PushButton(text="Estimate diameter",
+                                   tooltip="Estimate the object diameter from a first prediction of the plane on screen.")
         self.probability = CheckBox(text="also add the probability layer", value=False)
         self.current_plane_only = CheckBox(text="predict current plane only", value=False,
                                            tooltip="Fast feedback: only the plane on screen, into the last prediction layer.")
@@ -148,15 +168,47 @@ class PredictWidget(Container):
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, max=1000)
         self.extend([
-            self.image, self.model, self.tile_size, self.threshold, self.min_size, self.probability,
+            self.image, self.model, self.tile_size, self.threshold, self.min_size, self.diameter, self.estimate,
+            self.probability,
             self.current_plane_only, self.device, self.run, self.cancel, self.progress,
         ])
         self.run.changed.connect(self.start)
         self.cancel.changed.connect(self.stop)
+        self.estimate.changed.connect(self.estimate_diameter)
 
     def start(self, *_):
         """Predict in a worker thread; errors become notifications."""
         from ..core.errors import NapariUnetError
+        from ..core.scale import scale_factor
+
+        image = self.image.value
+        if image is None:
+            show_error("open or choose an image layer first")
+            return
+        try:
+            model = self.model.load()
+            # A diameter or pixel size the model cannot use is said now, before any layer is added.
+            scale_factor(model, self.diameter.value or None, _pixel_size_for(image, model))
+        except NapariUnetError as error:
+            report_error(error, "prediction")
+            return
+        self.run.enabled, self.cancel.enabled = False, True
+        self.progress.value = 0
+        self._worker, self.output = start_prediction(
+            self._viewer, image, model, tile_size=self.tile_size.value, threshold=self.threshold.value,
+            min_size=self.min_size.value, device=self.device.value, diameter=self.diameter.value,
+            probability=self.probability.value,
+            current_plane_only=self.current_plane_only.value,
+            output=self.output if self.current_plane_only.value else None,
+            on_progress=self._on_progress, on_finish=self._on_finish,
+        )
+
+    def estimate_diameter(self, *_):
+        """Estimate the objects' diameter on the plane on screen, in a worker; fills the diameter field."""
+        from napari.qt.threading import create_worker
+
+        from ..core.errors import NapariUnetError
+        from ..core.predict import estimate_diameter
 
         image = self.image.value
         if image is None:
@@ -165,17 +217,25 @@ class PredictWidget(Container):
         try:
             model = self.model.load()
         except NapariUnetError as error:
-            report_error(error, "prediction")
+            report_error(error, "the diameter estimate")
             return
-        self.run.enabled, self.cancel.enabled = False, True
-        self.progress.value = 0
-        self._worker, self.output = start_prediction(
-            self._viewer, image, model, tile_size=self.tile_size.value, threshold=self.threshold.value,
-            min_size=self.min_size.value, device=self.device.value, probability=self.probability.value,
-            current_plane_only=self.current_plane_only.value,
-            output=self.output if self.current_plane_only.value else None,
-            on_progress=self._on_progress, on_finish=self._on_finish,
+        plane_index = _current_plane(self._viewer, image)
+        plane = as_numpy(image.data[plane_index]) if plane_index else as_numpy(image.data)
+        self.run.enabled = self.estimate.enabled = False
+        self._worker = create_worker(
+            guarded(estimate_diameter), model, plane, channel_axis=-1 if image.rgb else None,
+            tile_size=self.tile_size.value, threshold=self.threshold.value, min_size=self.min_size.value,
+            device=self.device.value, _start_thread=False, _ignore_errors=True,
         )
+        connect_worker(self._worker, None, self._on_estimated, "the diameter estimate", self._on_finish)
+        self._worker.start()
+
+    def _on_estimated(self, diameter):
+        if diameter is None:
+            show_error("no objects found to measure; enter the diameter by hand")
+            return
+        self.diameter.value = round(float(diameter), 1)
+        show_info(f"estimated object diameter: {diameter:.1f} px")
 
     def stop(self, *_):
         """Cancel the prediction after the current batch of tiles."""
@@ -187,5 +247,5 @@ class PredictWidget(Container):
         self.progress.value = int(1000 * done / max(progress.planes * progress.total, 1))
 
     def _on_finish(self):
-        self.run.enabled, self.cancel.enabled = True, False
+        self.run.enabled, self.estimate.enabled, self.cancel.enabled = True, True, False
         self._worker = None

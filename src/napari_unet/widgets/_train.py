@@ -66,6 +66,7 @@ class TrainWidget(Container):
         self._stop = threading.Event()
         self._pairs: list[tuple] = []
         self.model = None  # the last model trained here
+        self._predict_diameter = None  # object diameter to predict the trained image with
 
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.labels_layer = create_widget(annotation="napari.layers.Labels", label="labels")
@@ -95,6 +96,12 @@ class TrainWidget(Container):
                                   tooltip="Width of the border weight in pixels (U-Net paper: 5).")
         self.augment = FloatSpinBox(label="augmentation", value=1.0, min=0.0, max=3.0, step=0.1,
                                     tooltip="Strength of elastic, rotation and gray-value augmentation; 0 = off.")
+        self.diameter = FloatSpinBox(
+            label="object diameter (px)", value=0.0, min=0.0, max=10_000.0, step=1.0,
+            tooltip="When fine-tuning: the typical object diameter in these images, in pixels. The images are "
+            "rescaled so that objects match the starting model's. 0: no rescaling (or the layer's pixel size, "
+            "when the model records one).",
+        )
         self.device = ComboBox(label="device", choices=device_choices(),
                                tooltip="auto uses a CUDA GPU, then Apple MPS, then the CPU.")
         self.predict_when_done = CheckBox(text="predict the image when done", value=True)
@@ -106,7 +113,7 @@ class TrainWidget(Container):
         self.extend([
             self.image, self.labels_layer, self.regions, self.new_labels, self.add_pair, self.pairs_label,
             self.convention, self.start_from, self.max_minutes, self.epochs, self.patch_size, self.batch_size,
-            self.learning_rate, self.w0, self.sigma, self.augment, self.device, self.predict_when_done,
+            self.learning_rate, self.w0, self.sigma, self.augment, self.diameter, self.device, self.predict_when_done,
             self.start, self.stop, self.save, self.progress, self.status,
         ])
         self.plot = TrainingPlot()
@@ -217,6 +224,9 @@ class TrainWidget(Container):
         # From scratch on a CPU a lighter network trains in minutes; a GPU takes the paper's size.
         on_gpu = resolve_device(config.device).type != "cpu"
         network = NetworkConfig() if on_gpu else NetworkConfig(depth=3, base_width=16)
+        # A fine-tuned model keeps its own object size; predicting this image needs the same rescaling.
+        diameter = self.diameter.value or None
+        self._predict_diameter = diameter if model is not None else None
         self._stop.clear()
         self.plot.clear()
         self.progress.value = 0
@@ -224,7 +234,7 @@ class TrainWidget(Container):
         self._set_running(True)
         self._worker = create_worker(
             guarded(train_iter), samples, model=model, config=config, network_config=network, stop=self._stop,
-            pixel_size=size, pixel_unit=unit, _start_thread=False, _ignore_errors=True,
+            pixel_size=size, pixel_unit=unit, diameter=diameter, _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self._on_progress, self._on_trained, "training", lambda: self._set_running(False))
         self._worker.start()
@@ -262,7 +272,8 @@ class TrainWidget(Container):
         if self.predict_when_done.value and self.image.value is not None:
             from ._predict import start_prediction
 
-            start_prediction(self._viewer, self.image.value, result.model, device=self.device.value)
+            start_prediction(self._viewer, self.image.value, result.model, device=self.device.value,
+                             diameter=self._predict_diameter)
 
     # -- saving ---------------------------------------------------------------------------
 
