@@ -112,7 +112,9 @@ def em_split(work: Path) -> tuple[Path, Path]:
             folder.mkdir(parents=True, exist_ok=True)
             # Instance labels: each connected cell interior is one object.
             data = stack[planes] if kind == "images" else _components(stack[planes])
-            tifffile.imwrite(folder / "isbi2012.tif", data, compression="zlib")
+            # A stack of gray planes: said explicitly, or 3 or 4 planes would read as RGB(A).
+            tifffile.imwrite(folder / "isbi2012.tif", data, compression="zlib", photometric="minisblack",
+                             metadata={"axes": "ZYX"})
     return work / "train", work / "validation"
 
 
@@ -138,6 +140,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
     parser.add_argument("--init", default="scratch", help="continue from this model file instead of scratch")
+    parser.add_argument("--learning-rate", help="instead of the recipe's (for a second, gentler round with --init)")
     parser.add_argument("--no-embed", action="store_true", help="train and report, but leave the package alone")
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -147,12 +150,15 @@ def main() -> None:
     work = args.work / args.name
     train, validation = (nuclei_split if args.name == "nuclei" else em_split)(work)
     model = work / f"{args.name}.safetensors"
+    arguments = list(recipe["train"])
+    if args.learning_rate:
+        arguments[arguments.index("--learning-rate") + 1] = args.learning_rate
     start = time.monotonic()
     napari_unet(
         "train", "--images", str(train / "images"), "--labels", str(train / "labels"),
         "--val-images", str(validation / "images"), "--val-labels", str(validation / "labels"),
         "--out", str(model), "--init", args.init, "--max-minutes", str(args.minutes), "--device", args.device,
-        *recipe["train"], threads=args.threads,
+        *arguments, threads=args.threads,
     )
     minutes = (time.monotonic() - start) / 60
     predicted = validation / "predicted"

@@ -116,8 +116,12 @@ def test_stop_event_ends_training_and_keeps_the_given_model_untouched(nuclei, ti
 def test_time_budget_and_early_stopping(nuclei, tiny_config):
     image, labels = nuclei
     samples = [TrainingSample(image, labels)]
-    budget = train(samples, network_config=tiny_config, config=TrainingConfig(**dict(FAST, epochs=10**6, max_minutes=0.02)))
+    budget = train(samples, network_config=tiny_config, config=TrainingConfig(
+        **dict(FAST, epochs=10**6, steps_per_epoch=10**6, val_fraction=0.3, max_minutes=0.02)))
     assert budget.stop_reason == "time budget"
+    # The last step is validated, so the weights of the decayed learning rate can win.
+    assert len(budget.history) == 1 and budget.history[0]["step"] == budget.model.training["steps"]
+    assert "iou" in budget.history[0]
     patient = train(
         samples,
         network_config=tiny_config,

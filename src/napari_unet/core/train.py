@@ -452,9 +452,6 @@ def train_iter(
         if stop is not None and stop.is_set():
             stop_reason = "stopped"
             break
-        if config.max_minutes is not None and time.monotonic() - start >= 60 * config.max_minutes:
-            stop_reason = "time budget"
-            break
         if config.schedule == "cosine":
             _set_learning_rate(optimizer, config, step / total_steps, time.monotonic() - start)
         network.train()
@@ -478,7 +475,10 @@ def train_iter(
         loss_value = loss.item()
 
         validation = None
-        if step % steps_per_epoch == 0 or step == total_steps:
+        # The last step of a time budget is validated like the end of an epoch: with a
+        # decaying learning rate the last weights are often the best ones.
+        out_of_time = config.max_minutes is not None and time.monotonic() - start >= 60 * config.max_minutes
+        if step % steps_per_epoch == 0 or step == total_steps or out_of_time:
             elapsed = time.monotonic() - start
             record = {"step": step, "epoch": step // steps_per_epoch, "loss": loss_value, "seconds": round(elapsed, 2)}
             if validation_planes:
@@ -508,6 +508,9 @@ def train_iter(
         )
         if config.patience is not None and validations_without_gain >= config.patience:
             stop_reason = "early stopping"
+            break
+        if out_of_time and step < total_steps:
+            stop_reason = "time budget"
             break
 
     if best_state is not None:
