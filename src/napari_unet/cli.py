@@ -291,7 +291,7 @@ def _predict(args) -> int:
         plane = update.plane
         note = (f"file {update.file + 1}/{update.files} plane {min(plane.plane + 1, plane.planes)}/{plane.planes} "
                 f"{rate:.2f} planes/s {update.path.name}")
-        progress.update(round(1000 * update.fraction), 1000, note)
+        progress.update(update.planes_done, update.planes_total, note)
 
     try:
         with cluster as executor:
@@ -317,7 +317,8 @@ def _predict(args) -> int:
           f"{len(result.skipped)} skipped", file=sys.stderr)
     if result.failed:
         for item in result.failed:
-            print(f"napari-unet: error: {item.path}: {item.error}", file=sys.stderr)
+            where = "" if str(item.path) in item.error else f"{item.path}: "
+            print(f"napari-unet: error: {where}{item.error}", file=sys.stderr)
         print(f"napari-unet: {len(result.failed)} of {len(files)} input(s) failed", file=sys.stderr)
         return EXIT_FAILED
     return 0

@@ -1,16 +1,58 @@
-"""The Batch widget: segment a folder (or glob) of TIFF files with the core's batch engine."""
+"""The Batch widget: segment a folder (or glob) of TIFF files with the core's batch engine.
+
+The widget only collects settings and shows progress: the work is
+:func:`~napari_unet.core.batch.predict_files_iter`, the engine of ``napari-unet predict``,
+run in a worker thread. Cancel sets the engine's stop event: the file being segmented is
+not written (no partial file stays), the finished ones stay, and running again goes on
+from there.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 
 from ._common import ModelChooser, connect_worker, device_choices, guarded, report_error, show_error, show_info
 
 if TYPE_CHECKING:
     import napari
+
+#: Name of the output folder made beside the inputs when none is chosen.
+DEFAULT_OUTPUT = "labels"
+
+
+def default_output(inputs: str) -> Path | None:
+    """``<input folder>/labels`` for a folder, a file or a glob pattern (None when empty)."""
+    text = inputs.strip()
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path / DEFAULT_OUTPUT
+    # A file or a pattern: the folder part before the first wildcard.
+    parts = []
+    for part in path.parts:
+        if any(character in part for character in "*?["):
+            break
+        parts.append(part)
+    folder = Path(*parts) if parts else Path(".")
+    if folder == path:  # a file
+        folder = path.parent
+    return folder / DEFAULT_OUTPUT
 
 
 class BatchWidget(Container):
@@ -24,11 +66,21 @@ class BatchWidget(Container):
         super().__init__()
         self._viewer = viewer
         self._worker = None
+        self._stop = threading.Event()
+        self._started = 0.0
+        self._default_out: Path | None = None
         self.result = None
         self.inputs = LineEdit(label="inputs", tooltip="A folder of TIFF files, a TIFF file, or a glob like /data/*.tif")
-        self.out_dir = FileEdit(label="output folder", mode="d")
+        self.out_dir = FileEdit(label="output folder", mode="d", value=None, nullable=True,
+                                tooltip="Where the label files go (default: a 'labels' folder beside the inputs). "
+                                "Files already there are kept and not segmented again.")
         self.model = ModelChooser(viewer, allow_scratch=False)
-        self.tile_size = SpinBox(label="tile size", value=512, min=64, max=8192, step=64)
+        self.tile_size = SpinBox(label="tile size", value=1024, min=64, max=8192, step=64,
+                                 tooltip="Largest tile edge in pixels; smaller tiles need less memory.")
+        self.threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.05,
+                                      tooltip="Foreground probability above which a pixel belongs to an object.")
+        self.min_size = SpinBox(label="min size (px)", value=10, min=0, max=1_000_000,
+                                tooltip="Objects smaller than this many pixels are dropped.")
         self.device = ComboBox(label="device", choices=device_choices())
         self.run = PushButton(text="Run batch")
         self.cancel = PushButton(text="Cancel", enabled=False)
@@ -39,12 +91,22 @@ class BatchWidget(Container):
                                 tooltip="A finished output to open as a Labels layer.")
         self.open_result = PushButton(text="Open result")
         self.extend([
-            self.inputs, self.out_dir, self.model, self.tile_size, self.device, self.run, self.cancel,
-            self.progress, self.status, self.results, self.open_result,
+            self.inputs, self.out_dir, self.model, self.tile_size, self.threshold, self.min_size, self.device,
+            self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
         ])
+        self.inputs.changed.connect(self._update_default_output)
         self.run.changed.connect(self.start)
         self.cancel.changed.connect(self.stop)
         self.open_result.changed.connect(self.open_selected)
+        # Closing napari mid-batch stops the worker at its next step.
+        stop = self._stop
+        self.native.destroyed.connect(lambda *_: stop.set())
+
+    def _update_default_output(self, *_):
+        """Follow the inputs with the default output folder, unless the user chose another."""
+        if self.out_dir.value is None or Path(self.out_dir.value) == self._default_out:
+            self._default_out = default_output(self.inputs.value)
+            self.out_dir.value = self._default_out
 
     def start(self, *_):
         """Collect the files, load the model and start the batch in a worker thread."""
@@ -57,17 +119,22 @@ class BatchWidget(Container):
         if not self.inputs.value.strip():
             show_error("enter a folder, TIFF file or glob pattern of the inputs")
             return
+        out_dir = self.out_dir.value or default_output(self.inputs.value)
         try:
             files = collect_tiffs(self.inputs.value.strip())
             model = self.model.load()
         except NapariUnetError as error:
             report_error(error, "the batch")
             return
+        self.out_dir.value = out_dir
         self.run.enabled, self.cancel.enabled = False, True
         self.progress.value = 0
         self.status.value = f"{len(files)} file(s)"
+        self._stop.clear()
+        self._started = time.monotonic()
         self._worker = create_worker(
-            guarded(predict_files_iter), model, files, Path(self.out_dir.value), tile_size=self.tile_size.value,
+            guarded(predict_files_iter), model, files, Path(out_dir), stop=self._stop,
+            tile_size=self.tile_size.value, threshold=self.threshold.value, min_size=self.min_size.value,
             device=self.device.value, _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self._on_progress, self._on_done, "the batch", self._on_finish)
@@ -76,26 +143,31 @@ class BatchWidget(Container):
     def stop(self, *_):
         """Cancel after the current batch of tiles; finished files stay, the current one is not written."""
         if self._worker is not None:
-            self._worker.quit()
+            self._stop.set()
+            self.status.value = "cancelling..."
 
     def _on_progress(self, update):
+        self.progress.value = int(1000 * update.fraction)
+        rate = update.planes_done / max(time.monotonic() - self._started, 1e-9)
         plane = update.plane
-        within = (plane.plane * plane.total + plane.done) / max(plane.planes * plane.total, 1)
-        self.progress.value = int(1000 * (update.file + within) / max(update.files, 1))
-        self.status.value = f"{update.path.name} ({update.file + 1}/{update.files})"
+        self.status.value = (f"{update.path.name} ({update.file + 1}/{update.files}), "
+                             f"plane {min(plane.plane + 1, plane.planes)}/{plane.planes}, {rate:.2f} planes/s")
 
     def _on_done(self, result):
         self.result = result
         done = [item for item in result.files if item.output is not None]
         self.results.reset_choices()
         message = f"{len(done)} of {len(result.files)} file(s) segmented"
+        if result.cancelled:
+            message = f"cancelled: {message}"
         if result.failed:
             failed = "; ".join(f"{item.path.name}: {item.error}" for item in result.failed)
             show_error(f"{message}; failed: {failed}")
         else:
             show_info(message)
         self.status.value = message
-        self.progress.value = 1000
+        if not result.cancelled:
+            self.progress.value = 1000
 
     def _result_choices(self, _widget=None) -> list[tuple[str, str]]:
         if self.result is None:
@@ -119,5 +191,5 @@ class BatchWidget(Container):
         except NapariUnetError as error:
             report_error(error, "opening the result")
             return
-        scale = (1.0,) * (labels.ndim - 2) + (info.pixel_size or (1.0, 1.0))
+        scale = (1.0,) * (labels.ndim - 2) + tuple(info.pixel_size or (1.0, 1.0))
         return self._viewer.add_labels(labels, name=Path(self.results.value).stem, scale=scale)

@@ -1,0 +1,129 @@
+"""Predicting the planes of a batch on a Dask cluster (``dask.distributed``, optional).
+
+The model is sent to every worker once, with ``Client.scatter(..., broadcast=True)``;
+each task then carries one plane and refers to the model already on its worker. Workers
+run :func:`~napari_unet.core.batch.predict_plane`, the computation of the single-process
+path, so the labels are the same. Files are still read and written by the process that
+drives the batch, in order, with a bounded number of planes in flight, so memory stays
+flat there too.
+
+Dask is imported only when an executor is made: the core works without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from .batch import PlaneResult, Unit, predict_plane
+from .bundle import Model
+from .errors import InputError
+
+__all__ = ["DaskExecutor", "dask_executor"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for a scheduler before telling the user it cannot be reached.
+CONNECT_TIMEOUT = 20
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError as error:
+        raise InputError(
+            "running on Dask (--workers, --scheduler) needs dask.distributed: pip install 'napari-unet[dask]'"
+        ) from error
+    return distributed
+
+
+class DaskExecutor:
+    """Predicts units on the workers of a Dask client, in order, with a bounded window in flight.
+
+    Args:
+        client: A ``distributed.Client``.
+        in_flight: Units submitted ahead of the one being written (default: two per
+            worker thread, so that no worker waits while results are written).
+    """
+
+    def __init__(self, client, in_flight: int | None = None):
+        self.client = client
+        self.in_flight = in_flight
+        self._scattered: dict[int, tuple[Model, object]] = {}
+
+    def model_on_workers(self, model: Model):
+        """The future of ``model`` on every worker, sent the first time it is asked for."""
+        if id(model) not in self._scattered:
+            future = self.client.scatter(model, broadcast=True, hash=False)
+            # Keep the model itself too: its id could be reused once it is gone.
+            self._scattered[id(model)] = (model, future)
+        return self._scattered[id(model)][1]
+
+    def _window(self) -> int:
+        if self.in_flight is not None:
+            return max(1, self.in_flight)
+        return max(2, 2 * sum(self.client.nthreads().values()))
+
+    def predict_units(self, model: Model, units: Iterable[Unit], options: dict,
+                      probability: bool) -> Iterator[tuple[int, int, int] | PlaneResult]:
+        model_future = self.model_on_workers(model)
+        window = self._window()
+        pending: deque = deque()
+        finished = 0
+        units = iter(units)
+        try:
+            while True:
+                while len(pending) < window:
+                    unit = next(units, None)
+                    if unit is None:
+                        break
+                    pixels, channel_axis = unit
+                    pending.append(self.client.submit(predict_plane, model_future, pixels, channel_axis, options,
+                                                      probability, pure=False))
+                if not pending:
+                    return
+                labels, probability_plane = pending.popleft().result()
+                yield PlaneResult(finished, labels, probability_plane)
+                finished += 1
+        finally:
+            if pending:  # stopped or failed: the cluster need not finish planes nobody writes
+                self.client.cancel(list(pending))
+
+
+@contextmanager
+def dask_executor(scheduler: str | None = None, workers: int | None = None) -> Iterator[DaskExecutor]:
+    """A :class:`DaskExecutor` on an existing cluster or on a local one started for the block.
+
+    Args:
+        scheduler: Address of a running scheduler (``tcp://host:8786``).
+        workers: Start a local cluster of this many single-threaded worker processes.
+
+    Raises:
+        InputError: If dask.distributed is not installed, both or neither of the
+            arguments are given, or the scheduler cannot be reached.
+    """
+    if (scheduler is None) == (workers is None):
+        raise InputError("give either a scheduler address or a number of workers")
+    distributed = _distributed()
+    cluster = None
+    if scheduler is not None:
+        try:
+            client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as error:
+            raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({error})") from error
+    else:
+        if workers < 1:
+            raise InputError(f"the number of workers must be positive, not {workers}")
+        # One thread per worker: torch in each process uses the cores it is given.
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=logging.ERROR)
+        client = distributed.Client(cluster)
+    logger.info("Dask: %d worker(s) at %s", len(client.nthreads()), client.scheduler.address)
+    try:
+        yield DaskExecutor(client)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

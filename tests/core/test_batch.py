@@ -1,0 +1,311 @@
+"""The streaming batch engine: TIFF stacks in, label stacks out, safely, locally and on Dask."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.core import batch
+from napari_unet.core.batch import output_paths, predict_array, predict_files, predict_files_iter
+from napari_unet.core.bundle import Model
+from napari_unet.core.errors import InputError
+from napari_unet.core.model import NetworkConfig
+from napari_unet.core.predict import predict
+from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.tiffstream import partial_path
+
+#: A random tiny network finds a dozen "objects" per plane at this threshold: enough to compare.
+OPTIONS = {"device": "cpu", "threshold": 0.55, "min_size": 3}
+
+
+@pytest.fixture
+def model(one_torch_thread):
+    return Model.new(NetworkConfig(depth=1, base_width=4))
+
+
+def _planes(count, shape=(36, 28), dtype=np.uint16):
+    """``count`` different generated nuclei planes (odd sizes on purpose)."""
+    planes = [synthetic_nuclei(shape, count=4, seed=seed)[0] for seed in range(count)]
+    stack = np.stack(planes).astype(np.float32)
+    if dtype == np.uint8:
+        stack = stack / stack.max() * 255
+    return stack.astype(dtype)
+
+
+def _expected(model, data, leading_axes=None):
+    """Labels of every plane predicted on its own, as the engine promises."""
+    flat = data.reshape(-1, *data.shape[-2:])
+    labels = np.stack([predict(model, plane, **OPTIONS).labels for plane in flat])
+    return labels.reshape(data.shape)
+
+
+def _files_in(folder):
+    """Every file in a folder, hidden partial files included."""
+    return sorted(path.name for path in folder.rglob("*") if path.is_file())
+
+
+def _write(path, kind, dtype=np.uint16):
+    """A test input of one kind; returns its pixels."""
+    if kind == "multipage":
+        data = _planes(3, dtype=dtype)
+        tifffile.imwrite(path, data, photometric="minisblack", resolution=(4.0, 4.0), resolutionunit="CENTIMETER")
+    elif kind == "hyperstack":
+        data = _planes(8, dtype=dtype).reshape(2, 2, 2, 36, 28)
+        tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                         metadata={"axes": "TZCYX", "unit": "um", "spacing": 1.5, "finterval": 2.0})
+    elif kind == "ome":
+        data = _planes(4, dtype=dtype).reshape(2, 2, 36, 28)
+        tifffile.imwrite(path, data, ome=True, photometric="minisblack",
+                         metadata={"axes": "ZCYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 2.0})
+    elif kind == "bigtiff":
+        data = _planes(2, dtype=dtype)
+        tifffile.imwrite(path, data, bigtiff=True, photometric="minisblack", compression="zlib")
+    elif kind == "single":
+        data = _planes(1, dtype=dtype)[0]
+        tifffile.imwrite(path, data)
+    return data
+
+
+@pytest.mark.parametrize("kind, dtype, axes", [
+    ("single", np.uint8, "YX"),
+    ("multipage", np.uint8, "QYX"),
+    ("hyperstack", np.uint16, "TZCYX"),
+    ("ome", np.float32, "ZCYX"),
+    ("bigtiff", np.uint16, "QYX"),
+])
+def test_each_output_matches_plane_by_plane_prediction_with_the_inputs_axes(tmp_path, model, kind, dtype, axes):
+    data = _write(tmp_path / "in.tif", kind, dtype)
+    result = predict_files(model, [tmp_path / "in.tif"], tmp_path / "out", **OPTIONS)
+    assert not result.failed and result.files[0].planes == max(1, data.size // (36 * 28))
+    with tifffile.TiffFile(tmp_path / "out" / "in.tif") as tif:
+        series = tif.series[0]
+        assert (series.axes, series.shape, series.dtype) == (axes, data.shape, np.uint16)
+        labels = series.asarray()
+        assert tif.pages.first.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        if kind == "hyperstack":
+            assert tif.is_imagej
+            metadata = tif.imagej_metadata
+            assert (metadata["unit"], metadata["spacing"], metadata["finterval"]) == ("um", 1.5, 2.0)
+            assert tif.pages.first.tags["XResolution"].value == (4, 1)
+        elif kind == "ome":
+            assert tif.is_ome and 'PhysicalSizeX="0.3"' in tif.ome_metadata and 'PhysicalSizeZ="2.0"' in tif.ome_metadata
+        elif kind == "multipage":
+            assert tif.pages.first.tags["XResolution"].value == (4, 1)
+            assert tif.pages.first.tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
+    np.testing.assert_array_equal(labels, _expected(model, data))
+    assert result.files[0].objects == sum(int(plane.max()) for plane in labels.reshape(-1, 36, 28)) > 0
+
+
+def test_a_multichannel_model_takes_the_channel_axis_of_a_hyperstack(tmp_path, one_torch_thread):
+    model = Model.new(NetworkConfig(depth=1, base_width=4, in_channels=2))
+    data = _planes(4).reshape(2, 2, 36, 28)  # TCYX
+    tifffile.imwrite(tmp_path / "two.tif", data, imagej=True, metadata={"axes": "TCYX"})
+    predict_files(model, [tmp_path / "two.tif"], tmp_path / "out", **OPTIONS)
+    with tifffile.TiffFile(tmp_path / "out" / "two.tif") as tif:
+        assert tif.series[0].axes == "TYX"
+        labels = tif.series[0].asarray()
+    expected = np.stack([predict(model, frame, channel_axis=0, **OPTIONS).labels for frame in data])
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_an_interrupted_run_leaves_no_finished_looking_output_and_the_rerun_completes_it(tmp_path, model, monkeypatch):
+    _write(tmp_path / "a.tif", "multipage")
+    data = _write(tmp_path / "b.tif", "hyperstack")
+    files = [tmp_path / "a.tif", tmp_path / "b.tif"]
+    real = batch.predict_iter
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # the second plane of b.tif
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "predict_iter", failing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        predict_files(model, files, tmp_path / "out", **OPTIONS)
+    assert _files_in(tmp_path / "out") == ["a.tif"]  # no b.tif, and no partial file either
+
+    monkeypatch.setattr(batch, "predict_iter", real)
+    result = predict_files(model, files, tmp_path / "out", **OPTIONS)
+    assert [(item.skipped, item.planes) for item in result.files] == [(True, 0), (False, 8)]
+    assert _files_in(tmp_path / "out") == ["a.tif", "b.tif"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "b.tif"), _expected(model, data))
+
+
+def test_a_process_killed_mid_file_is_redone(tmp_path, model):
+    data = _write(tmp_path / "a.tif", "multipage")
+    out = tmp_path / "out"
+    out.mkdir()
+    partial_path(out / "a.tif").write_bytes(b"half a file from a killed run")
+    result = predict_files(model, [tmp_path / "a.tif"], out, **OPTIONS)
+    assert not result.files[0].skipped
+    assert _files_in(out) == ["a.tif"]
+    np.testing.assert_array_equal(tifffile.imread(out / "a.tif"), _expected(model, data))
+
+
+def test_stopping_or_closing_the_batch_mid_file_discards_that_file_only(tmp_path, model):
+    for name in ("a.tif", "b.tif"):
+        _write(tmp_path / name, "multipage")
+    files = [tmp_path / "a.tif", tmp_path / "b.tif"]
+    stop = threading.Event()
+    generator = predict_files_iter(model, files, tmp_path / "out", stop=stop, **OPTIONS)
+    while next(generator).file == 0:
+        pass
+    stop.set()  # b.tif has started
+    with pytest.raises(StopIteration) as finished:
+        while True:
+            next(generator)
+    result = finished.value.value
+    assert result.cancelled and [item.path.name for item in result.files] == ["a.tif"]
+    assert _files_in(tmp_path / "out") == ["a.tif"]
+
+    generator = predict_files_iter(model, files, tmp_path / "out", overwrite=True, **OPTIONS)
+    next(generator)
+    generator.close()
+    assert _files_in(tmp_path / "out") == ["a.tif"]
+
+
+def test_corrupt_inputs_are_reported_and_the_others_still_run(tmp_path, model):
+    _write(tmp_path / "a_good.tif", "single")
+    (tmp_path / "b_garbage.tif").write_bytes(b"II*\x00this is not a tiff")
+    _write(tmp_path / "c_whole.tif", "hyperstack")
+    content = (tmp_path / "c_whole.tif").read_bytes()
+    (tmp_path / "c_truncated.tif").write_bytes(content[: len(content) * 2 // 3])
+    (tmp_path / "c_whole.tif").unlink()
+    _write(tmp_path / "d_good.tif", "multipage")
+    files = sorted(tmp_path.glob("*.tif"))
+    progress = []
+    result = predict_files(model, files, tmp_path / "out", on_progress=progress.append, **OPTIONS)
+    assert [item.path.name for item in result.failed] == ["b_garbage.tif", "c_truncated.tif"]
+    assert all(item.path.name in item.error for item in result.failed)
+    assert "truncated" in result.failed[1].error
+    assert _files_in(tmp_path / "out") == ["a_good.tif", "d_good.tif"]
+    # The failed inputs' planes leave the total, so the progress ends at 1.
+    assert progress[-1].planes_done == progress[-1].planes_total == 4 and progress[-1].fraction == 1.0
+    assert all(b.planes_done >= a.planes_done for a, b in zip(progress, progress[1:]))
+
+
+def test_reruns_skip_finished_outputs_unless_overwrite(tmp_path, model, monkeypatch):
+    _write(tmp_path / "a.tif", "single")
+    predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", **OPTIONS)
+    (tmp_path / "out" / "a.tif").write_bytes(b"kept")
+    result = predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", **OPTIONS)
+    assert result.skipped == result.files and (tmp_path / "out" / "a.tif").read_bytes() == b"kept"
+    result = predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", overwrite=True, **OPTIONS)
+    assert not result.skipped and tifffile.imread(tmp_path / "out" / "a.tif").shape == (36, 28)
+
+
+def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, model):
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        _write(tmp_path / folder / "cells.tif", "single")
+    before = (tmp_path / "x" / "cells.tif").read_bytes()
+    with pytest.raises(InputError, match="overwrite an input"):
+        predict_files(model, [tmp_path / "x" / "cells.tif"], tmp_path / "x", **OPTIONS)
+    assert (tmp_path / "x" / "cells.tif").read_bytes() == before
+    # The same name in two folders keeps the folders below their common one.
+    paths = output_paths([tmp_path / "x" / "cells.tif", tmp_path / "y" / "cells.tif"], tmp_path / "out", True)
+    assert paths == [(tmp_path / "out" / "x" / "cells.tif", tmp_path / "out" / "x" / "cells_probability.tif"),
+                     (tmp_path / "out" / "y" / "cells.tif", tmp_path / "out" / "y" / "cells_probability.tif")]
+    with pytest.raises(InputError, match="would both be written"):
+        output_paths([tmp_path / "x" / "cells.tif", tmp_path / "x" / "cells.tiff"], tmp_path / "out")
+
+
+def test_auto_diameter_is_estimated_once_per_file_and_used_for_all_its_planes(tmp_path, model, monkeypatch):
+    model.object_diameter = 12.0
+    _write(tmp_path / "a.tif", "multipage")
+    _write(tmp_path / "b.tif", "single")
+    estimates, diameters = [], []
+    monkeypatch.setattr(batch, "estimate_diameter", lambda *args, **kwargs: estimates.append(kwargs) or 10.0)
+    real = batch.predict_iter
+    monkeypatch.setattr(batch, "predict_iter",
+                        lambda *args, **kwargs: diameters.append(kwargs["diameter"]) or real(*args, **kwargs))
+    predict_files(model, [tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path / "out", diameter="auto", **OPTIONS)
+    assert len(estimates) == 2 and estimates[0]["threshold"] == OPTIONS["threshold"]
+    assert diameters == [10.0] * 4
+
+
+def test_the_files_pixel_size_is_used_when_the_model_records_one(tmp_path, model, monkeypatch):
+    model.pixel_size, model.pixel_unit = (0.5, 0.5), "um"
+    _write(tmp_path / "a.tif", "hyperstack")  # 0.25 um pixels
+    seen = []
+    real = batch.predict_iter
+    monkeypatch.setattr(batch, "predict_iter",
+                        lambda *args, **kwargs: seen.append(kwargs["pixel_size"]) or real(*args, **kwargs))
+    predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", **OPTIONS)
+    assert seen == [pytest.approx((0.25, 0.25))] * 8
+    assert tifffile.imread(tmp_path / "out" / "a.tif").shape == (2, 2, 2, 36, 28)
+
+
+def test_settings_the_model_cannot_use_are_refused_before_any_work(tmp_path, model):
+    _write(tmp_path / "a.tif", "single")
+    for options in ({"diameter": "auto"}, {"diameter": 20.0}, {"diameter": "big"}):
+        with pytest.raises(InputError):
+            predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", **options, **OPTIONS)
+    assert not (tmp_path / "out").exists()
+
+
+def test_arrays_numpy_zarr_dask_and_tiff_out(tmp_path, model):
+    zarr = pytest.importorskip("zarr")
+    dask_array = pytest.importorskip("dask.array")
+    data = _planes(4).reshape(2, 2, 36, 28)
+    expected = _expected(model, data)
+    np.testing.assert_array_equal(predict_array(model, data, **OPTIONS), expected)
+
+    source = zarr.open_array(tmp_path / "in.zarr", mode="w", shape=data.shape, chunks=(1, 1, 36, 28), dtype=data.dtype)
+    source[:] = data
+    out = zarr.open_array(tmp_path / "out.zarr", mode="w", shape=data.shape, chunks=(1, 1, 36, 28), dtype=np.uint16)
+    assert predict_array(model, source, out, **OPTIONS) is out
+    np.testing.assert_array_equal(out[:], expected)
+
+    lazy = dask_array.from_zarr(source)
+    path = predict_array(model, lazy, tmp_path / "labels.tif", **OPTIONS)
+    np.testing.assert_array_equal(tifffile.imread(path), expected)
+    with pytest.raises(InputError, match="shape"):
+        predict_array(model, data, np.zeros((3, 36, 28), np.int32), **OPTIONS)
+
+
+def test_stopping_an_array_prediction_returns_none(model):
+    stop = threading.Event()
+    stop.set()
+    assert predict_array(model, _planes(2), stop=stop, **OPTIONS) is None
+
+
+# --- Dask ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """One local cluster of two worker processes for the module (it takes seconds to start)."""
+    pytest.importorskip("distributed")
+    from napari_unet.core.distributed import dask_executor
+
+    with dask_executor(workers=2) as executor:
+        yield executor
+
+
+@pytest.mark.slow
+def test_a_two_worker_dask_cluster_gives_the_labels_of_one_process(tmp_path, model, dask_cluster, monkeypatch):
+    _write(tmp_path / "a.tif", "hyperstack")
+    _write(tmp_path / "b.tif", "ome", np.float32)
+    files = [tmp_path / "a.tif", tmp_path / "b.tif"]
+    predict_files(model, files, tmp_path / "local", probability=True, **OPTIONS)
+    scattered = []
+    client = dask_cluster.client
+    real_scatter = client.scatter
+    monkeypatch.setattr(client, "scatter", lambda *args, **kwargs: scattered.append(1) or real_scatter(*args, **kwargs))
+    result = predict_files(model, files, tmp_path / "dask", probability=True, executor=dask_cluster, **OPTIONS)
+    assert not result.failed and [item.planes for item in result.files] == [8, 4]
+    for name in ("a.tif", "a_probability.tif", "b.tif", "b_probability.tif"):
+        with tifffile.TiffFile(tmp_path / "local" / name) as local, tifffile.TiffFile(tmp_path / "dask" / name) as dask:
+            assert local.series[0].axes == dask.series[0].axes
+            np.testing.assert_array_equal(local.series[0].asarray(), dask.series[0].asarray())
+    # The model went to the cluster once, to both workers, for all planes of both files.
+    assert len(scattered) == 1
+    assert len(client.who_has(dask_cluster.model_on_workers(model))[dask_cluster.model_on_workers(model).key]) == 2
+
+    data = _planes(3)
+    np.testing.assert_array_equal(predict_array(model, data, executor=dask_cluster, **OPTIONS), _expected(model, data))

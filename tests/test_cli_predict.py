@@ -1,0 +1,141 @@
+"""``napari-unet predict`` on many files: table, reruns, failures, diameter and Dask flags."""
+
+from __future__ import annotations
+
+import io
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet import cli
+from napari_unet.cli import main
+from napari_unet.core.bundle import Model
+from napari_unet.core.model import NetworkConfig
+from napari_unet.core.synthetic import synthetic_nuclei
+
+FAST = ["--device", "cpu", "--threshold", "0.55", "--min-size", "3"]
+
+
+@pytest.fixture
+def model_file(tmp_path, one_torch_thread):
+    model = Model.new(NetworkConfig(depth=1, base_width=4), object_diameter=12.0)
+    return str(model.save(tmp_path / "tiny.safetensors"))
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """A folder with a two-plane stack and an ImageJ hyperstack."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    planes = np.stack([synthetic_nuclei((40, 36), count=4, seed=seed)[0] for seed in range(6)])
+    tifffile.imwrite(folder / "a_stack.tif", planes[:2], photometric="minisblack")
+    tifffile.imwrite(folder / "b_hyper.tif", planes.reshape(3, 2, 40, 36), imagej=True,
+                     resolution=(1 / 0.5, 1 / 0.5), metadata={"axes": "TZYX", "unit": "um"})
+    return folder
+
+
+def _table(text: str) -> dict[str, list[str]]:
+    """The final table's rows by file name."""
+    lines = text.strip().splitlines()
+    assert lines[0].split()[:4] == ["file", "planes", "objects", "seconds"]
+    return {line.split()[0]: line.split()[1:] for line in lines[1:]}
+
+
+def test_predict_folders_and_globs_prints_a_table_and_reruns_skip(tmp_path, model_file, inputs, capsys):
+    out = tmp_path / "out"
+    # The folder and the glob name the same files: each is segmented once.
+    assert main(["predict", "--model", model_file, str(inputs), str(inputs / "*.tif"), "--out", str(out), *FAST]) == 0
+    captured = capsys.readouterr()
+    rows = _table(captured.out)
+    assert set(rows) == {"a_stack.tif", "b_hyper.tif"}
+    assert rows["a_stack.tif"][0] == "2" and rows["b_hyper.tif"][0] == "6"
+    assert int(rows["b_hyper.tif"][1]) > 0 and float(rows["b_hyper.tif"][2]) >= 0
+    assert "8 plane(s)" in captured.err and "planes/s" in captured.err
+    with tifffile.TiffFile(out / "b_hyper.tif") as tif:
+        assert tif.series[0].axes == "TZYX" and tif.imagej_metadata["unit"] == "um"
+    first = (out / "b_hyper.tif").read_bytes()
+
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(out), *FAST]) == 0
+    rows = _table(capsys.readouterr().out)
+    assert all("skipped" in " ".join(row) for row in rows.values())
+
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(out), "--overwrite", *FAST]) == 0
+    rows = _table(capsys.readouterr().out)
+    assert rows["b_hyper.tif"][0] == "6" and (out / "b_hyper.tif").read_bytes() == first
+
+
+def test_a_corrupt_input_fails_alone_with_a_summary_and_exit_code_1(tmp_path, model_file, inputs, capsys):
+    (inputs / "c_broken.tif").write_bytes(b"II*\x00not really")
+    code = main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "out"), *FAST])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_stack.tif", "b_hyper.tif"]
+    assert _table(captured.out)["c_broken.tif"][-1] == "FAILED"
+    errors = captured.err.strip().splitlines()
+    assert errors[-1] == "napari-unet: 1 of 3 input(s) failed"
+    assert "c_broken.tif" in errors[-2] and "not a readable TIFF" in errors[-2]
+    assert "Traceback" not in captured.err
+
+
+def test_progress_shows_files_planes_and_throughput(tmp_path, model_file, inputs, monkeypatch, capsys):
+    stream = io.StringIO()
+
+    class Visible(cli._Progress):
+        def __init__(self, label):
+            super().__init__(label, stream)
+            self.active = True
+
+    monkeypatch.setattr(cli, "_Progress", Visible)
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "out"), *FAST]) == 0
+    shown = stream.getvalue()
+    assert "file 2/2 plane 6/6" in shown and "planes/s b_hyper.tif" in shown and "] 8/8 " in shown
+
+
+@pytest.mark.parametrize("diameter", ["12", "auto"])
+def test_diameter_is_a_number_or_auto(tmp_path, model_file, inputs, diameter):
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "out"),
+                 "--diameter", diameter, *FAST]) == 0
+
+
+def test_diameter_mistakes_are_one_line_and_exit_code_2(tmp_path, inputs, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--model", "m", str(inputs), "--out", str(tmp_path / "out"), "--diameter", "large"])
+    assert exited.value.code == 2 and "'auto'" in capsys.readouterr().err
+    plain = Model.new(NetworkConfig(depth=1, base_width=4)).save(tmp_path / "plain.safetensors")
+    assert main(["predict", "--model", str(plain), str(inputs), "--out", str(tmp_path / "out"), "--diameter", "auto"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("napari-unet: error:") and "cannot estimate diameters" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_scheduler_and_workers_choose_the_dask_executor(tmp_path, model_file, inputs, monkeypatch, capsys):
+    from napari_unet.core import distributed
+    from napari_unet.core.batch import LocalExecutor
+
+    asked = []
+
+    @contextmanager
+    def fake_cluster(scheduler=None, workers=None):
+        asked.append((scheduler, workers))
+        yield LocalExecutor()
+
+    monkeypatch.setattr(distributed, "dask_executor", fake_cluster)
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "a"),
+                 "--scheduler", "tcp://cluster:8786", *FAST]) == 0
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "b"), "--workers", "3", *FAST]) == 0
+    assert asked == [("tcp://cluster:8786", None), (None, 3)]
+    with pytest.raises(SystemExit):
+        main(["predict", "--model", model_file, str(inputs), "--out", "o", "--workers", "2", "--scheduler", "tcp://x:1"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_local_dask_workers_write_the_same_labels_as_one_process(tmp_path, model_file, inputs):
+    pytest.importorskip("distributed")
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "one"), *FAST]) == 0
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "two"), "--workers", "2",
+                 *FAST]) == 0
+    for name in ("a_stack.tif", "b_hyper.tif"):
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "one" / name), tifffile.imread(tmp_path / "two" / name))

@@ -1,0 +1,139 @@
+"""The Batch widget end to end in a real viewer (pytest-qt, under Xvfb), on tiny files."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.core.bundle import Model
+from napari_unet.core.model import NetworkConfig
+from napari_unet.core.synthetic import synthetic_nuclei
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def notifications():
+    """Messages napari shows to the user during the test, as (severity, text)."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def record(notification):
+        seen.append((str(notification.severity), str(notification.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def batch_widget(make_napari_viewer, one_torch_thread):
+    """A docked Batch widget whose model is a tiny network trained "in this session"."""
+    from napari_unet.widgets import BatchWidget
+    from napari_unet.widgets._common import session_models
+
+    viewer = make_napari_viewer()
+    session_models(viewer).set_latest(Model.new(NetworkConfig(depth=1, base_width=4)))
+    widget = BatchWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.device.value = "cpu"
+    return widget
+
+
+def _inputs(folder):
+    folder.mkdir()
+    planes = np.stack([synthetic_nuclei((40, 32), count=3, seed=seed)[0] for seed in range(4)])
+    tifffile.imwrite(folder / "a_hyper.tif", planes.reshape(2, 2, 40, 32), imagej=True,
+                     resolution=(1 / 0.25, 1 / 0.25), metadata={"axes": "TZYX", "unit": "um"})
+    tifffile.imwrite(folder / "b_single.tif", planes[0])
+    (folder / "c_broken.tif").write_bytes(b"II*\x00broken")
+
+
+def test_batch_segments_a_folder_into_labels_beside_it_and_opens_a_result(batch_widget, qtbot, tmp_path,
+                                                                          notifications, monkeypatch):
+    from napari_unet.core import batch
+
+    _inputs(tmp_path / "in")
+    widget = batch_widget
+    widget.inputs.value = str(tmp_path / "in")
+    assert widget.out_dir.value == tmp_path / "in" / "labels"  # the default follows the inputs
+    widget.threshold.value, widget.min_size.value = 0.55, 3
+    seen = {}
+    real = batch.predict_files_iter
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(batch, "predict_files_iter", spy)
+    widget.start()
+    assert not widget.run.enabled and widget.cancel.enabled
+    qtbot.waitUntil(lambda: widget.run.enabled and widget.result is not None, timeout=60_000)
+    assert (seen["threshold"], seen["min_size"], seen["tile_size"], seen["device"]) == (0.55, 3, 1024, "cpu")
+    out = tmp_path / "in" / "labels"
+    assert sorted(p.name for p in out.iterdir()) == ["a_hyper.tif", "b_single.tif"]
+    assert [item.path.name for item in widget.result.failed] == ["c_broken.tif"]
+    assert any(severity == "error" and "c_broken.tif" in text for severity, text in notifications)
+    assert widget.progress.value == 1000 and "2 of 3 file(s) segmented" in widget.status.value
+
+    widget.results.value = str(out / "a_hyper.tif")
+    layer = widget.open_selected()
+    assert layer.data.shape == (2, 2, 40, 32) and tuple(layer.scale) == pytest.approx((1, 1, 0.25, 0.25))
+    assert layer.name == "a_hyper" and layer in widget._viewer.layers
+    # Adding that layer must not forget the other results.
+    widget.results.value = str(out / "b_single.tif")
+    assert widget.open_selected().data.shape == (40, 32)
+
+
+def test_cancel_discards_the_file_being_segmented_and_a_rerun_completes(batch_widget, qtbot, tmp_path, monkeypatch):
+    from napari_unet.core import batch
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(folder / name, np.stack([synthetic_nuclei((24, 24), count=2, seed=s)[0] for s in range(6)]),
+                         photometric="minisblack")
+    real = batch.predict_iter
+
+    def slow(*args, **kwargs):
+        time.sleep(0.1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "predict_iter", slow)
+    widget = batch_widget
+    widget.inputs.value = str(folder)
+    widget.out_dir.value = tmp_path / "out"  # a folder of the user's choice stays
+    widget.inputs.value = str(folder / "*.tif")
+    assert widget.out_dir.value == tmp_path / "out"
+    widget.start()
+    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=30_000)
+    widget.stop()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=30_000)
+    assert widget.result.cancelled and widget.status.value.startswith("cancelled")
+    finished = [item.path.name for item in widget.result.files]
+    # Only whole files are there: no partial file of the one that was stopped.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(finished)
+    assert len(finished) < 2
+
+    monkeypatch.setattr(batch, "predict_iter", real)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled and not widget.result.cancelled, timeout=60_000)
+    assert [item.skipped for item in widget.result.files] == [name in finished for name in ("a.tif", "b.tif")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "b.tif"]
+    assert tifffile.imread(tmp_path / "out" / "b.tif").shape == (6, 24, 24)
+
+
+def test_batch_mistakes_are_notifications(batch_widget, tmp_path, notifications):
+    widget = batch_widget
+    widget.start()
+    assert any("enter a folder" in text for _, text in notifications)
+    widget.inputs.value = str(tmp_path / "nothing-here")
+    widget.start()
+    assert any(severity == "error" and "no such file or folder" in text for severity, text in notifications)
+    widget.open_selected()
+    assert any("run a batch first" in text for _, text in notifications)
+    assert widget.run.enabled and not widget.cancel.enabled
