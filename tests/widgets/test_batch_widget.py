@@ -16,21 +16,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def notifications():
-    """Messages napari shows to the user during the test, as (severity, text)."""
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-
-    def record(notification):
-        seen.append((str(notification.severity), str(notification.message)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
-@pytest.fixture
 def batch_widget(make_napari_viewer, one_torch_thread):
     """A docked Batch widget whose model is a tiny network trained "in this session"."""
     from napari_unet.widgets import BatchWidget

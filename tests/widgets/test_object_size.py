@@ -14,20 +14,6 @@ from napari_unet.core.synthetic import synthetic_nuclei
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def notifications():
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-
-    def record(notification):
-        seen.append((str(notification.severity), str(notification.message)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
 def _predict_widget(viewer, model):
     from napari_unet.widgets import PredictWidget
     from napari_unet.widgets._common import session_models

@@ -19,21 +19,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def notifications():
-    """Messages napari shows to the user during the test, as (severity, text)."""
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-
-    def record(notification):
-        seen.append((str(notification.severity), str(notification.message)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
-@pytest.fixture
 def viewer_with_nuclei(make_napari_viewer):
     viewer = make_napari_viewer()
     image, labels = synthetic_nuclei((96, 96), count=10, seed=0)

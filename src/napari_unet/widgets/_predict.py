@@ -176,22 +176,36 @@ class PredictWidget(Container):
         self.cancel.changed.connect(self.stop)
         self.estimate.changed.connect(self.estimate_diameter)
 
-    def start(self, *_):
-        """Predict in a worker thread; errors become notifications."""
+    def _image_and_model(self, doing: str, check_scale: bool = False):
+        """The chosen image layer and model, or None after telling the user what is wrong.
+
+        Args:
+            doing: What the user asked for, for the message.
+            check_scale: Also check that the model can use the diameter (or the layer's
+                pixel size), so that the mistake is said before any layer is added.
+        """
         from ..core.errors import NapariUnetError
         from ..core.scale import scale_factor
 
         image = self.image.value
         if image is None:
             show_error("open or choose an image layer first")
-            return
+            return None
         try:
             model = self.model.load()
-            # A diameter or pixel size the model cannot use is said now, before any layer is added.
-            scale_factor(model, self.diameter.value or None, _pixel_size_for(image, model))
+            if check_scale:
+                scale_factor(model, self.diameter.value or None, _pixel_size_for(image, model))
         except NapariUnetError as error:
-            report_error(error, "prediction")
+            report_error(error, doing)
+            return None
+        return image, model
+
+    def start(self, *_):
+        """Predict in a worker thread; errors become notifications."""
+        chosen = self._image_and_model("prediction", check_scale=True)
+        if chosen is None:
             return
+        image, model = chosen
         self.run.enabled, self.cancel.enabled = False, True
         self.progress.value = 0
         self._worker, self.output = start_prediction(
@@ -207,18 +221,12 @@ class PredictWidget(Container):
         """Estimate the objects' diameter on the plane on screen, in a worker; fills the diameter field."""
         from napari.qt.threading import create_worker
 
-        from ..core.errors import NapariUnetError
         from ..core.predict import estimate_diameter
 
-        image = self.image.value
-        if image is None:
-            show_error("open or choose an image layer first")
+        chosen = self._image_and_model("the diameter estimate")
+        if chosen is None:
             return
-        try:
-            model = self.model.load()
-        except NapariUnetError as error:
-            report_error(error, "the diameter estimate")
-            return
+        image, model = chosen
         plane_index = _current_plane(self._viewer, image)
         plane = as_numpy(image.data[plane_index]) if plane_index else as_numpy(image.data)
         self.run.enabled = self.estimate.enabled = False
