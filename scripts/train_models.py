@@ -134,7 +134,7 @@ def em_measures(predicted: Path, truth: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=sorted(RECIPES))
-    parser.add_argument("--minutes", type=float, required=True, help="training time budget")
+    parser.add_argument("--minutes", type=float, default=60.0, help="training time budget (default: 60)")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "napari-unet-training",
                         help="work folder outside the repository")
     parser.add_argument("--device", default="auto")
@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--init", default="scratch", help="continue from this model file instead of scratch")
     parser.add_argument("--learning-rate", help="instead of the recipe's (for a second, gentler round with --init)")
     parser.add_argument("--no-embed", action="store_true", help="train and report, but leave the package alone")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="skip training: evaluate (and embed) the model the work folder holds")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"the real data folder {DATA} is missing")
@@ -154,23 +156,24 @@ def main() -> None:
     if args.learning_rate:
         arguments[arguments.index("--learning-rate") + 1] = args.learning_rate
     start = time.monotonic()
-    napari_unet(
-        "train", "--images", str(train / "images"), "--labels", str(train / "labels"),
-        "--val-images", str(validation / "images"), "--val-labels", str(validation / "labels"),
-        "--out", str(model), "--init", args.init, "--max-minutes", str(args.minutes), "--device", args.device,
-        *arguments, threads=args.threads,
-    )
+    if not args.evaluate_only:
+        napari_unet(
+            "train", "--images", str(train / "images"), "--labels", str(train / "labels"),
+            "--val-images", str(validation / "images"), "--val-labels", str(validation / "labels"),
+            "--out", str(model), "--init", args.init, "--max-minutes", str(args.minutes), "--device", args.device,
+            *arguments, threads=args.threads,
+        )
     minutes = (time.monotonic() - start) / 60
     predicted = validation / "predicted"
     napari_unet("predict", "--model", str(model), str(validation / "images"), "--out", str(predicted),
-                "--device", args.device, threads=args.threads)
+                "--overwrite", "--device", args.device, threads=args.threads)
     report = work / "validation.json"
     napari_unet("evaluate", "--pred", str(predicted), "--gt", str(validation / "labels"), "--json", str(report))
     scores = json.loads(report.read_text())
     thresholds = scores["thresholds"]
     figures = {
-        "data": recipe["training_data"].split(", ")[-1] if args.name == "em-neurites" else
-        f"{scores['images']} held-out dsb2018 images",
+        "data": "held-out ISBI 2012 slices " + "-".join(str(i) for i in EM_VALIDATION_SLICES[::3])
+        if args.name == "em-neurites" else f"{scores['images']} held-out dsb2018 images",
         "ap50_pooled": round(scores["ap_pooled"][thresholds.index(0.5)], 4),
         "ap75_pooled": round(scores["ap_pooled"][thresholds.index(0.75)], 4),
         "mean_ap_0.5_0.95": round(scores["mean_ap_0.5_0.95"], 4),

@@ -13,16 +13,22 @@ from .bundle import Model
 from .errors import ModelFileError
 from .modelfile import MODEL_SUFFIX, load_model_file, read_metadata
 
-__all__ = ["embedded_models", "load_model"]
+__all__ = ["DEFAULT_MODEL", "embedded_models", "load_model"]
 
 _EMBEDDED = Path(__file__).resolve().parent.parent / "models"
 
 
+#: The embedded model offered first: what most users fine-tune.
+DEFAULT_MODEL = "nuclei"
+
+
 def embedded_models() -> dict[str, dict]:
-    """Metadata of every model shipped with the package, by name."""
+    """Metadata of every model shipped with the package, by name, the default model first."""
     if not _EMBEDDED.is_dir():
         return {}
-    return {path.name[: -len(MODEL_SUFFIX)]: read_metadata(path) for path in sorted(_EMBEDDED.glob(f"*{MODEL_SUFFIX}"))}
+    names = sorted((path.name[: -len(MODEL_SUFFIX)] for path in _EMBEDDED.glob(f"*{MODEL_SUFFIX}")),
+                   key=lambda name: (name != DEFAULT_MODEL, name))
+    return {name: read_metadata(_EMBEDDED / f"{name}{MODEL_SUFFIX}") for name in names}
 
 
 def load_model(name_or_path: str | os.PathLike) -> Model:

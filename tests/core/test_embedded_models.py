@@ -1,0 +1,107 @@
+"""The models shipped inside the package: present, small, self-describing, and good at their job."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet._sample_data import sample_nuclei
+from napari_unet.core.metrics import average_precision, isbi_scores
+from napari_unet.core.predict import predict
+from napari_unet.core.registry import _EMBEDDED, embedded_models, load_model
+from napari_unet.core.scale import equivalent_diameters, resize_labels, resize_plane
+
+SHIPPED = ("nuclei", "em-neurites")
+#: The issue's limit on a shipped weight file.
+MAX_BYTES = 20 * 1024**2
+
+
+@pytest.fixture(scope="module")
+def nuclei():
+    return load_model("nuclei")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_is_small_and_describes_itself(name):
+    metadata = embedded_models()[name]
+    assert (_EMBEDDED / f"{name}.safetensors").stat().st_size <= MAX_BYTES
+    assert metadata["name"] == name
+    assert metadata["description"] and metadata["training_data"]
+    assert metadata["object_diameter"] > 0
+    evaluation = metadata["evaluation"]
+    assert {"ap50_pooled", "ap75_pooled", "mean_ap_0.5_0.95"} <= set(evaluation)
+    if name == "em-neurites":
+        assert {"pixel_error", "v_rand"} <= set(evaluation)
+        assert metadata["pixel_size"] is not None
+
+
+def test_models_load_without_network_access(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a model must not touch the network")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for name in SHIPPED:
+        assert load_model(name).name == name
+
+
+@pytest.mark.xfail(strict=True, reason="issue 5 is open: the nuclei model merges most of the sample's "
+                   "touching nuclei (AP50 0.30); it must reach 0.8")
+@pytest.mark.usefixtures("one_torch_thread")
+def test_nuclei_segments_the_napari_sample_data(nuclei):
+    (image, _, _), (labels, _, _) = sample_nuclei()
+    prediction = predict(nuclei, image, device="cpu")
+    ap50 = average_precision([labels], [prediction.labels])["ap_pooled"][0]
+    assert ap50 > 0.8
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_nuclei_finds_nuclei_four_times_larger_when_given_the_diameter(nuclei, shared_data):
+    # The model tolerates about twice its training size by itself; four times is beyond what
+    # it has seen, so only the diameter (given, or estimated) brings the objects back.
+    factor, crop = 4, 160
+    names = (Path(__file__).parents[2] / "scripts" / "splits" / "dsb2018-validation.txt").read_text().split()
+    truths, large_truths = [], []
+    original, given, estimated, unscaled = [], [], [], []
+    for name in names[:6]:  # held out from training
+        image = tifffile.imread(shared_data / "dsb2018" / "images" / name)[:crop, :crop]
+        labels = tifffile.imread(shared_data / "dsb2018" / "labels" / name)[:crop, :crop]
+        large_image = resize_plane(image[None].astype(np.float32), (crop * factor,) * 2)[0]
+        diameter = factor * float(np.median(equivalent_diameters(labels)))
+        truths.append(labels)
+        large_truths.append(resize_labels(labels, (crop * factor,) * 2))
+        original.append(predict(nuclei, image, device="cpu").labels)
+        given.append(predict(nuclei, large_image, diameter=diameter, device="cpu").labels)
+        estimated.append(predict(nuclei, large_image, diameter="auto", device="cpu").labels)
+        unscaled.append(predict(nuclei, large_image, device="cpu").labels)
+
+    def ap50(predictions, truths):
+        return average_precision(truths, predictions)["ap_pooled"][0]
+
+    # Measured: original 0.65, given 0.67, estimated 0.66, unscaled 0.53.
+    assert ap50(original, truths) > 0.55
+    assert ap50(given, large_truths) >= ap50(original, truths) - 0.05
+    assert ap50(estimated, large_truths) >= ap50(original, truths) - 0.05
+    assert ap50(unscaled, large_truths) < ap50(given, large_truths) - 0.08
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_em_neurites_on_held_out_isbi_slices(shared_data):
+    from scipy import ndimage
+
+    model = load_model("em-neurites")
+    volume = tifffile.imread(shared_data / "isbi2012" / "volume.tif")[19]
+    truth = ndimage.label(tifffile.imread(shared_data / "isbi2012" / "labels.tif")[19] > 0)[0]
+    prediction = predict(model, volume, device="cpu")
+    scores = isbi_scores(truth, prediction.labels)
+    # Far from the paper's figures this would be a broken model, not a slightly worse one.
+    assert scores["pixel_error"] < 0.15 and scores["v_rand"] > 0.7
+
+
+def test_nuclei_is_offered_first():
+    # The widgets' model choice defaults to the first embedded model.
+    assert next(iter(embedded_models())) == "nuclei"
