@@ -23,7 +23,7 @@ from napari_unet.core.device import resolve_device
 from napari_unet.core.errors import InputError
 from napari_unet.core.model import NetworkConfig, UNet
 from napari_unet.core.normalize import as_planes
-from napari_unet.core.predict import Prediction
+from napari_unet.core.predict import Prediction, image_border
 
 
 def torch_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
@@ -89,18 +89,18 @@ def forward_flops(config: NetworkConfig, height: int, width: int) -> int:
 
 
 def whole_image_input(network: UNet, normalized: np.ndarray) -> tuple[np.ndarray, int]:
-    """The plane mirror-padded by the context, and to a size the network takes.
+    """The plane mirror-padded by predict's image border, and to a size the network takes.
 
     Returns:
-        The padded ``(channels, H, W)`` float32 plane and the context, which is where the
-        image starts in it (and in the network's output).
+        The padded ``(channels, H, W)`` float32 plane and the border, which is where the
+        image starts in it (and, for a "same" network, in the network's output).
     """
-    context = network.context
+    border = image_border(network)
     height, width = normalized.shape[-2:]
-    full_h = network.valid_input_size(height + 2 * context)
-    full_w = network.valid_input_size(width + 2 * context)
-    pad = ((0, 0), (context, full_h - height - context), (context, full_w - width - context))
-    return np.ascontiguousarray(np.pad(normalized, pad, mode="reflect"), dtype=np.float32), context
+    full_h = network.valid_input_size(height + 2 * border)
+    full_w = network.valid_input_size(width + 2 * border)
+    pad = ((0, 0), (border, full_h - height - border), (border, full_w - width - border))
+    return np.ascontiguousarray(np.pad(normalized, pad, mode="reflect"), dtype=np.float32), border
 
 
 def normalize_seconds(model: Model, image: np.ndarray, repeats: int = 3) -> float:

@@ -7,8 +7,8 @@ trains on a CPU (``NetworkConfig(depth=3, base_width=16)``); the default network
 times ``napari_unet.core.predict.predict`` with its defaults (normalization, tiles of at
 most 1024 pixels, 4 per batch, post-processing to labels) on a generated 512x512 nuclei
 image, interleaved with its peer: the plain forward pass of the same network (eval,
-``torch.inference_mode``) over the normalized plane mirror-padded by the network's
-context. Headline per network: ``ratio = peer_seconds / seconds`` (median over the
+``torch.inference_mode``) over the normalized plane mirror-padded by predict's
+image border. Headline per network: ``ratio = peer_seconds / seconds`` (median over the
 pairs); also the network's FLOP rate in predict as a fraction of the fp32 matmul FLOP/s
 measured around each pair. Random He initialization, seed 0: speed does not depend on
 the weights. The embedded ``nuclei`` model, with its trained weights, is measured too
@@ -75,7 +75,7 @@ def measure(
     config = model.config
     network = model.network.to(device).eval()
     normalized = model.normalization(as_planes(image, config.in_channels)[0])[0]
-    padded, context = whole_image_input(network, normalized)
+    padded, border = whole_image_input(network, normalized)
     height, width = image.shape
 
     def peer():
@@ -118,7 +118,7 @@ def measure(
 
     total_s, post_s, peer_s = (statistics.median(v) for v in (totals, posts, peers))
     # Same result? Foreground probability of predict vs the center of the whole-plane pass.
-    whole = torch.softmax(logits.float(), dim=1)[0, 0, context : context + height, context : context + width]
+    whole = torch.softmax(logits.float(), dim=1)[0, 0, border : border + height, border : border + width]
     difference = float(np.max(np.abs(prediction.probability - (1.0 - whole.cpu().numpy()))))
     return {
         "ratio": round(statistics.median(ratios), 3),
@@ -131,7 +131,7 @@ def measure(
         "share_normalize": round(normalize_s / total_s, 4),
         "tiles": rows.count * cols.count,
         "tile_edge": [rows.tile, cols.tile],
-        "context": context,
+        "image_border": border,
         "network_gflops_tiles": round(tile_flops / 1e9, 2),
         "network_gflops_whole_image": round(peer_flops / 1e9, 2),
         "tile_work_over_whole_image": round(tile_flops / peer_flops, 3),

@@ -2,10 +2,10 @@
 
 Times ``napari_unet.core.predict.predict`` (normalization, overlap-tile network passes,
 stitching, post-processing to labels) on a generated nuclei image with the default
-network (random He initialization; speed does not depend on training) and tile size 512.
+network (random He initialization; speed does not depend on training) and tile size 1024.
 The peer is the plain whole-image forward pass of the same network (eval mode,
-``torch.inference_mode``) on the normalized image mirror-padded by the network's
-context, which is the least network work that gives the same result. Headline:
+``torch.inference_mode``) on the normalized image mirror-padded by predict's
+image border, which is the least network work that gives the same result. Headline:
 ``ratio = megapixels_per_s / peer_megapixels_per_s``. Also reported: the FLOP rate of
 the tile loop as a fraction of the fp32 matmul FLOP/s measured in the same process, and
 the share of the time spent in each stage (post-processing in particular). Prints one
@@ -50,7 +50,7 @@ from napari_unet.core.targets import class_targets
 def main(argv=None) -> dict:
     parser = torch_parser(__doc__, "256x256 image, for smoke tests")
     parser.add_argument("--size", type=int, default=None, help="image edge (default 2048 on CUDA, 1024 on CPU)")
-    parser.add_argument("--tile", type=int, default=512, help="tile size of predict (default 512)")
+    parser.add_argument("--tile", type=int, default=1024, help="tile size of predict (default 1024, as predict)")
     parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass (predict's default 4)")
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed runs of each (default 3 on CUDA and with --quick, 1 on CPU)"
@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     model = Model.new(NetworkConfig())
     network = model.network.to(device).eval()
     normalized = model.normalization(as_planes(image, model.config.in_channels)[0])[0]
-    padded, context = whole_image_input(network, normalized)
+    padded, border = whole_image_input(network, normalized)
 
     def peer():
         with torch.inference_mode(), autocast(device, amp):
@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     mm_rate = statistics.median(mm_rates)
 
     # Same result? Foreground probability of predict vs the center of the whole-image pass.
-    whole = torch.softmax(logits.float(), dim=1)[0, 0, context : context + size, context : context + size]
+    whole = torch.softmax(logits.float(), dim=1)[0, 0, border : border + size, border : border + size]
     difference = float(np.max(np.abs(prediction.probability - (1.0 - whole.cpu().numpy()))))
 
     # Post-processing of probabilities like a trained network's (from the ground truth):
@@ -163,8 +163,8 @@ def main(argv=None) -> dict:
         "objects_found_trained_like": int(trained_labels.max()),
         "tiles": tiles,
         "tile_edge": rows.tile,
-        "tile_step": rows.step,
-        "context": context,
+        "tile_step": rows.kept[0][1],
+        "image_border": border,
         "network_gflops_tiles": round(tile_flops / 1e9, 1),
         "network_gflops_whole_image": round(peer_flops / 1e9, 1),
         "tile_work_over_whole_image": round(tile_flops / peer_flops, 3),

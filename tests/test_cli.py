@@ -13,6 +13,7 @@ import tifffile
 from napari_unet.cli import main
 from napari_unet.core.bundle import Model
 from napari_unet.core.model import NetworkConfig
+from napari_unet.core.modelfile import load_model_file
 from napari_unet.core.synthetic import synthetic_nuclei
 
 TINY = ["--depth", "2", "--base-width", "4", "--patch-size", "32", "--batch-size", "2", "--device", "cpu"]
@@ -50,6 +51,13 @@ def test_train_predict_evaluate(sample_folder, tmp_path, capsys):
     assert main(["train", "--images", str(sample_folder / "images"), "--labels", str(sample_folder / "labels"),
                  "--out", str(again), "--init", str(model), "--epochs", "1", "--steps-per-epoch", "2", *TINY]) == 0
     capsys.readouterr()
+    assert load_model_file(again).training["freeze_norm"] is None  # kept, as fine-tuning does
+    continued = tmp_path / "continued.safetensors"
+    assert main(["train", "--images", str(sample_folder / "images"), "--labels", str(sample_folder / "labels"),
+                 "--out", str(continued), "--init", str(model), "--train-norm", "--epochs", "1",
+                 "--steps-per-epoch", "1", *TINY]) == 0
+    capsys.readouterr()
+    assert load_model_file(continued).training["freeze_norm"] is False
 
     out = tmp_path / "pred"
     assert main(["predict", "--model", str(again), str(sample_folder / "images"), "--out", str(out),

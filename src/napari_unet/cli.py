@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model file to write (.safetensors); rewritten whenever validation improves")
     train.add_argument("--init", default="scratch",
                        help="start from 'scratch', an embedded model's name or a model file (default: scratch)")
+    train.add_argument("--train-norm", action="store_true",
+                       help="with --init: re-estimate the batch-norm statistics from these images (default: keep "
+                       "the model's, which suits a few images; re-estimate when continuing on many)")
     train.add_argument("--epochs", type=_positive_int,
                        help="passes over the data (default: 50, or until the time budget when --max-minutes is given)")
     train.add_argument("--max-minutes", type=_positive_float, help="time budget; training keeps the best model so far")
@@ -217,7 +220,7 @@ def _train(args) -> int:
         patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
         schedule=args.schedule, optimizer=args.optimizer, w0=args.w0, sigma=args.sigma, dice_weight=args.dice_weight,
         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, device=args.device,
-        augment=AugmentConfig(strength=args.augment),
+        augment=AugmentConfig(strength=args.augment), freeze_norm=False if args.train_norm else None,
     )
     network = NetworkConfig(depth=args.depth, base_width=args.base_width, num_classes=args.classes, padding=args.padding)
     print(f"training on {len(samples)} image(s), {'from scratch' if model is None else 'starting from ' + args.init}",

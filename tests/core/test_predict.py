@@ -16,6 +16,7 @@ from napari_unet.core.normalize import Normalization
 from napari_unet.core.predict import (
     Prediction,
     PredictProgress,
+    image_border,
     predict,
     predict_iter,
     predict_probabilities,
@@ -47,8 +48,8 @@ def _model(**settings) -> Model:
 
 
 def _whole_image(net: UNet, plane: np.ndarray) -> np.ndarray:
-    """Reference: mirror-pad by the context, pad to a valid size, one forward pass, crop."""
-    context = net.context
+    """Reference: mirror-pad by the image border, pad to a valid size, one forward pass, crop."""
+    context = image_border(net)
     _, height, width = plane.shape
     padded_h = net.valid_input_size(height + 2 * context)
     padded_w = net.valid_input_size(width + 2 * context)
@@ -343,3 +344,71 @@ def test_normalization_of_the_model_is_applied():
     c = predict(Model(network=net, normalization=Normalization(20, 50)), image, device="cpu")
     np.testing.assert_allclose(a.probability, b.probability, atol=1e-5)  # scale invariant
     assert not np.allclose(a.probability, c.probability, atol=1e-4)
+
+
+# --- running out of memory ---------------------------------------------------------
+
+
+def _forward_that_fits(net: UNet, most: int, calls: list):
+    """The network's forward, raising torch's out-of-memory error above ``most`` tiles."""
+    forward = net.forward
+
+    def limited(x):
+        calls.append(len(x))
+        if len(x) > most:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(x)
+
+    return limited
+
+
+def test_out_of_memory_halves_the_tile_batch_and_gives_the_same_result(monkeypatch):
+    plane = _random_plane((333, 517))
+    expected = run_to_end(predict_probabilities(_network(), plane, tile_size=96, batch_size=8, device="cpu"))
+    net, calls = _network(), []
+    monkeypatch.setattr(net, "forward", _forward_that_fits(net, 2, calls))
+    with pytest.warns(InputWarning, match="going on with 4"):
+        result = run_to_end(predict_probabilities(net, plane, tile_size=96, batch_size=8, device="cpu"))
+    np.testing.assert_allclose(result, expected, atol=2e-5, rtol=0)
+    assert calls[:3] == [8, 4, 2] and set(calls[3:]) <= {1, 2}
+
+
+def test_out_of_memory_on_a_single_tile_says_to_choose_smaller_tiles(monkeypatch):
+    net = _network()
+    monkeypatch.setattr(net, "forward", _forward_that_fits(net, 0, []))
+    with pytest.warns(InputWarning), pytest.raises(InputError, match="smaller tile size"):
+        run_to_end(predict_probabilities(net, _random_plane((100, 100)), tile_size=64, batch_size=2, device="cpu"))
+
+
+def test_other_errors_of_the_network_are_not_taken_for_memory(monkeypatch):
+    net = _network()
+
+    def broken(x):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(net, "forward", broken)
+    with pytest.raises(RuntimeError, match="shapes"):
+        run_to_end(predict_probabilities(net, _random_plane((50, 50)), device="cpu"))
+
+
+def test_prediction_follows_weights_changed_in_place():
+    # Training updates weights in place; a prediction after it must use the new weights.
+    net = _network()
+    plane = _random_plane((40, 40))
+    before = run_to_end(predict_probabilities(net, plane, device="cpu"))
+    with torch.no_grad():
+        net.head.bias.add_(torch.tensor([1.0, -1.0]))
+    after = run_to_end(predict_probabilities(net, plane, device="cpu"))
+    np.testing.assert_allclose(after, _whole_image(net, plane), atol=2e-5, rtol=0)
+    assert np.abs(after - before).max() > 0.1
+
+
+def test_inference_copy_computes_what_the_network_computes():
+    net = _network(depth=3, base_width=8)
+    x = torch.from_numpy(_random_plane((64, 48)))[None]
+    with torch.no_grad():
+        expected = net(x)
+        fast = net.inference_copy(torch.device("cpu"))(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.inference_copy(torch.device("cpu")).modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is left alone
+    torch.testing.assert_close(fast, expected, atol=1e-4, rtol=1e-4)

@@ -136,8 +136,38 @@ def test_fine_tuning_continues_the_history(nuclei, tiny_config):
     config = TrainingConfig(**dict(FAST, val_fraction=0.3))
     first = train(samples, network_config=tiny_config, config=config).model
     second = train(samples, model=first, config=config).model
-    assert [r["step"] for r in second.history] == [3, 6]
+    # The second run first validates the model it was given (its loss: none yet).
+    assert [r["step"] for r in second.history] == [3, 3, 6]
+    assert second.history[1]["loss"] is None and "iou" in second.history[1]
     assert second.training["steps"] == 3
+
+
+def test_fine_tuning_that_only_hurts_gives_the_model_back_unchanged(nuclei, tiny_config):
+    image, labels = nuclei
+    config = TrainingConfig(**dict(FAST, epochs=2))
+    model = train([TrainingSample(image, labels)], network_config=tiny_config, config=config).model
+    before = _weights(model)
+    # Annotations that say every nucleus is background, validated against the real ones.
+    misled = train([TrainingSample(image, np.zeros_like(labels))], model=model,
+                   config=replace(config, learning_rate=0.05),
+                   validation_samples=[TrainingSample(image, labels)])
+    assert misled.history[0]["step"] == 0 and misled.history[-1]["iou"] < misled.history[0]["iou"]
+    assert _same_weights(_weights(misled.model), before)
+
+
+@pytest.mark.parametrize("freeze_norm", [None, False])
+def test_fine_tuning_keeps_the_batch_norm_statistics_unless_told(nuclei, tiny_config, freeze_norm):
+    image, labels = nuclei
+    model = train([TrainingSample(image, labels)], network_config=tiny_config, config=TrainingConfig(**FAST)).model
+    before = _weights(model)
+    inverted = image.max() - image  # other statistics
+    tuned = _weights(train([TrainingSample(inverted, labels)], model=model,
+                           config=TrainingConfig(**dict(FAST, freeze_norm=freeze_norm))).model)
+    statistics = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    kept = _same_weights({k: before[k] for k in statistics}, {k: tuned[k] for k in statistics})
+    assert statistics and kept == (freeze_norm is None)
+    convolutions = [k for k in before if k.endswith("weight") and before[k].ndim == 4]
+    assert not _same_weights({k: before[k] for k in convolutions}, {k: tuned[k] for k in convolutions})
 
 
 def test_sparse_planes_and_regions(tiny_config):
@@ -306,3 +336,33 @@ def test_cosine_schedule_decays_by_steps_or_time_whichever_is_further():
     # Half of a 2-minute budget spent after 10% of the steps: time decides.
     _set_learning_rate(optimizer, TrainingConfig(learning_rate=0.01, schedule="cosine", max_minutes=2.0), 0.1, 60.0)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(rates[0.5])
+
+
+def test_out_of_memory_halves_the_batch_with_a_warning(nuclei, tiny_config, monkeypatch):
+    image, labels = nuclei
+    model = Model.new(tiny_config)
+    forward, sizes = model.network.forward, []
+
+    def fits_two(x):
+        sizes.append(len(x))
+        if len(x) > 2 and torch.is_grad_enabled():
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return forward(x)
+
+    monkeypatch.setattr(model.network, "forward", fits_two)
+    with pytest.warns(InputWarning, match="going on with 2"):
+        result = train([TrainingSample(image, labels)], model=model, config=TrainingConfig(**dict(FAST, batch_size=4)))
+    assert sizes[:2] == [4, 2] and result.model.training["steps"] == 3
+    assert result.model.training["batch_size"] == 2
+
+
+def test_out_of_memory_with_one_patch_says_to_choose_smaller_patches(nuclei, tiny_config, monkeypatch):
+    image, labels = nuclei
+    model = Model.new(tiny_config)
+
+    def never_fits(x):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(model.network, "forward", never_fits)
+    with pytest.raises(InputError, match="smaller patch size"):
+        train([TrainingSample(image, labels)], model=model, config=TrainingConfig(**dict(FAST, batch_size=1)))

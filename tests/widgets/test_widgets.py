@@ -128,6 +128,24 @@ def test_new_labels_layer_matches_the_image(make_napari_viewer):
     assert widget.labels_layer.value is layer
 
 
+def test_learning_rate_follows_the_start_unless_the_user_chose_one(make_napari_viewer):
+    from napari_unet.widgets import TrainWidget
+    from napari_unet.widgets._common import SCRATCH
+    from napari_unet.widgets._train import FINE_TUNE_LEARNING_RATE, SCRATCH_LEARNING_RATE
+
+    widget = _docked(make_napari_viewer(), TrainWidget)
+    embedded = widget.start_from.source.value
+    assert embedded.startswith("embedded: ")
+    assert widget.learning_rate.value == pytest.approx(FINE_TUNE_LEARNING_RATE)
+    widget.start_from.source.value = SCRATCH
+    assert widget.learning_rate.value == pytest.approx(SCRATCH_LEARNING_RATE)
+    widget.start_from.source.value = embedded
+    assert widget.learning_rate.value == pytest.approx(FINE_TUNE_LEARNING_RATE)
+    widget.learning_rate.value = 0.001
+    widget.start_from.source.value = SCRATCH
+    assert widget.learning_rate.value == pytest.approx(0.001)
+
+
 def test_training_mistakes_are_notifications_and_change_nothing(make_napari_viewer, notifications):
     from napari_unet.widgets import TrainWidget
 

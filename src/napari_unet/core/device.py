@@ -8,7 +8,7 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["resolve_device", "autocast", "available_devices"]
+__all__ = ["resolve_device", "autocast", "available_devices", "is_out_of_memory", "release_memory"]
 
 
 def available_devices() -> list[str]:
@@ -51,3 +51,19 @@ def autocast(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a device running out of memory (CUDA, Apple MPS or the CPU)."""
+    # CUDA raises torch.OutOfMemoryError; MPS and the CPU allocator a RuntimeError that says so.
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def release_memory(device: torch.device) -> None:
+    """Give cached blocks back after an out-of-memory error, so a smaller retry can fit."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()

@@ -13,6 +13,8 @@ Long work is a generator that yields :class:`PredictProgress` and returns the re
 from __future__ import annotations
 
 import math
+import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -20,15 +22,15 @@ import numpy as np
 import torch
 
 from .bundle import Model
-from .device import autocast, resolve_device
-from .errors import InputError
+from .device import autocast, is_out_of_memory, release_memory, resolve_device
+from .errors import InputError, InputWarning
 from .model import UNet
 from .normalize import as_planes
 from .postprocess import foreground_probability, probabilities_to_labels
 from .progress import run_to_end
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape
 
-__all__ = ["PredictProgress", "Prediction", "predict_probabilities", "predict_iter", "predict", "estimate_diameter"]
+__all__ = ["PredictProgress", "Prediction", "image_border", "predict_probabilities", "predict_iter", "predict", "estimate_diameter"]
 
 
 @dataclass(frozen=True)
@@ -63,33 +65,71 @@ class Prediction:
     diameter: float | None = None
 
 
+def image_border(network: UNet) -> int:
+    """Mirror margin around the image: what a whole-image pass would pad.
+
+    A "valid" network needs its full context from the mirror. A "same" network was
+    trained on patches whose borders it saw zero-padded, so it needs only a little
+    mirrored image at the border; a margin of the full context (over 100 pixels at depth
+    4) would double the work on a 512x512 image for no gain in accuracy.
+    """
+    if network.config.padding == "valid":
+        return network.context
+    return min(network.context, 2 * network.size_multiple)
+
+
 @dataclass(frozen=True)
 class _AxisTiling:
-    tile: int  # input tile length
-    step: int  # output pixels kept per tile, and distance between tile starts
-    count: int
+    """Where the tiles lie along one axis of the mirror-padded image.
+
+    Every tile is ``tile`` long and starts at one of ``starts`` (padded coordinates); it
+    gives the output pixels ``kept[i]`` = (first image pixel, count) from its network
+    output at ``keep_from[i]``.
+    """
+
+    tile: int
     pad_before: int
     pad_after: int
-    keep_from: int  # first kept pixel within a tile's network output
+    starts: tuple[int, ...]
+    kept: tuple[tuple[int, int], ...]
+    keep_from: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.starts)
 
 
 def _axis_tiling(network: UNet, length: int, tile_size: int) -> _AxisTiling:
     multiple = network.size_multiple
     context = network.context
+    border = image_border(network)
+    padded = network.valid_input_size(length + 2 * border)
+    # A "same" network's output covers the whole tile; a "valid" one's starts after the context.
+    same = network.config.padding == "same"
     # A tile keeps at least half of its length (2 * context), or it would spend most of
     # its work on context; smaller requests are raised to that.
     largest_tile = max(tile_size, 4 * context, 2 * context + multiple)
+    if padded <= largest_tile:  # one tile: the whole-image pass itself
+        return _AxisTiling(padded, border, padded - border - length, (0,), ((0, length),),
+                           (border if same else 0,))
     largest_step = max((largest_tile - 2 * context) // multiple * multiple, multiple)
     count = math.ceil(length / largest_step)
     # Spread the length evenly over the tiles; steps on the pooling grid keep every tile
-    # aligned with a whole-image pass.
+    # aligned with the whole-image pass.
     step = math.ceil(length / count / multiple) * multiple
     tile = network.valid_input_size(step + 2 * context)
-    out = network.output_size(tile)
-    # A "same" network's output covers the whole tile; a "valid" one's starts after the context.
-    keep_from = context if out == tile else 0
-    padded = (count - 1) * step + tile
-    return _AxisTiling(tile, step, count, context, padded - length - context, keep_from)
+    # A "valid" network pads nothing itself: its tiles simply run on over the mirror.
+    padded = max(padded, tile if same else (count - 1) * step + tile)
+    starts, kept, keep_from = [], [], []
+    for index in range(count):
+        first = index * step
+        # A "same" tile holds its kept pixels with their context on both sides, or reaches
+        # the padded image's edge, where the whole-image pass sees the same zero padding.
+        start = min(max(first - context + border, 0), padded - tile) if same else first
+        starts.append(start)
+        kept.append((first, min(step, length - first)))
+        keep_from.append(first + border - start if same else first + border - start - context)
+    return _AxisTiling(tile, border, padded - border - length, tuple(starts), tuple(kept), tuple(keep_from))
 
 
 def _mirror_pad(image: np.ndarray, pad: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -98,6 +138,32 @@ def _mirror_pad(image: np.ndarray, pad: tuple[tuple[int, int], ...]) -> np.ndarr
     mode = "reflect" if min(image.shape[-2:]) > 1 else "edge"
     return np.pad(image, pad, mode=mode)
 
+
+#: Inference copies of the networks predicted with, per device; a copy is rebuilt when
+#: its network's weights change (training updates them in place, bumping their versions).
+_inference_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _inference_network(network: UNet, device: torch.device) -> UNet:
+    key = (str(device), tuple(tensor._version for tensor in network.state_dict().values()))
+    cached = _inference_copies.get(network)
+    if cached is None or cached[0] != key:
+        cached = (key, network.inference_copy(device))
+        _inference_copies[network] = cached
+    return cached[1]
+
+
+def _tiles_that_fit(network: UNet, tile_shape: tuple[int, int], device: torch.device, amp: bool) -> int | None:
+    """How many tiles free CUDA memory holds in one forward pass (None: not known here)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    bytes_per_value = 2 if amp else 4
+    # Inference holds every level's skip connection (together about twice the first
+    # level's feature maps) and, on the way up, the first level's concatenated and
+    # convolved maps: about six first-level maps per tile; eight leaves room.
+    per_tile = 8 * network.config.base_width * tile_shape[0] * tile_shape[1] * bytes_per_value
+    return max(1, int(0.8 * free) // per_tile)
 
 
 def predict_probabilities(
@@ -114,36 +180,56 @@ def predict_probabilities(
     ``(classes, H, W)`` float32 probabilities (use :func:`run_to_end` to get them).
 
     Args:
-        network: The U-Net (moved to ``device`` and put in eval mode).
+        network: The U-Net (left as it is: an inference copy of it runs on ``device``).
         plane: ``(channels, H, W)`` float32, already normalized.
         tile_size: Largest tile edge in pixels, context included.
-        batch_size: Tiles per forward pass.
+        batch_size: Most tiles per forward pass: fewer on a GPU whose free memory does
+            not hold them, and halved (with a warning) whenever the device runs out of
+            memory.
         device: Torch device or "auto".
         amp: Mixed precision on CUDA.
+
+    Raises:
+        InputError: If a single tile does not fit in the device's memory.
     """
     device = resolve_device(device)
-    network.to(device).eval()
+    network = _inference_network(network, device)
     _, height, width = plane.shape
     rows = _axis_tiling(network, height, tile_size)
     cols = _axis_tiling(network, width, tile_size)
     padded = _mirror_pad(plane, ((0, 0), (rows.pad_before, rows.pad_after), (cols.pad_before, cols.pad_after)))
     padded = np.ascontiguousarray(padded, dtype=np.float32)
-    starts = [(r * rows.step, c * cols.step) for r in range(rows.count) for c in range(cols.count)]
+    windows = [(row, col) for row in range(rows.count) for col in range(cols.count)]
+    fit = _tiles_that_fit(network, (rows.tile, cols.tile), device, amp)
+    batch_size = min(batch_size, fit) if fit else batch_size
     result = np.zeros((network.config.num_classes, height, width), np.float32)
-    total = math.ceil(len(starts) / batch_size)
-    for batch_index in range(total):
-        batch_starts = starts[batch_index * batch_size : (batch_index + 1) * batch_size]
-        tiles = np.stack([padded[:, y : y + rows.tile, x : x + cols.tile] for y, x in batch_starts])
-        with torch.inference_mode(), autocast(device, amp):
-            logits = network(torch.from_numpy(tiles).to(device))
-        probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
-        for (y, x), tile_probabilities in zip(batch_starts, probabilities):
-            keep_h = min(rows.step, height - y)
-            keep_w = min(cols.step, width - x)
-            result[:, y : y + keep_h, x : x + keep_w] = tile_probabilities[
-                :, rows.keep_from : rows.keep_from + keep_h, cols.keep_from : cols.keep_from + keep_w
-            ]
-        yield batch_index + 1, total
+    done = position = 0
+    while position < len(windows):
+        batch = windows[position : position + batch_size]
+        tiles = np.stack([padded[:, rows.starts[r] : rows.starts[r] + rows.tile,
+                                 cols.starts[c] : cols.starts[c] + cols.tile] for r, c in batch])
+        try:
+            with torch.inference_mode(), autocast(device, amp):
+                logits = network(torch.from_numpy(tiles).to(device).contiguous(memory_format=torch.channels_last))
+            probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+            release_memory(device)
+            if len(batch) == 1:
+                raise InputError(f"the {device.type.upper()} ran out of memory for a single tile of "
+                                 f"{rows.tile}x{cols.tile} pixels; choose a smaller tile size") from error
+            batch_size = max(1, len(batch) // 2)
+            warnings.warn(f"out of memory with {len(batch)} tiles at once; going on with {batch_size}",
+                          InputWarning, stacklevel=2)
+            continue
+        for (r, c), tile_probabilities in zip(batch, probabilities):
+            (y, keep_h), (x, keep_w) = rows.kept[r], cols.kept[c]
+            top, left = rows.keep_from[r], cols.keep_from[c]
+            result[:, y : y + keep_h, x : x + keep_w] = tile_probabilities[:, top : top + keep_h, left : left + keep_w]
+        position += len(batch)
+        done += 1
+        yield done, done + math.ceil((len(windows) - position) / batch_size)
     return result
 
 

@@ -73,7 +73,7 @@ def synthetic_nuclei(
         # Brighter toward the center, with a texture of its own, like chromatin.
         level = rng.uniform(0.5, 1.0)
         texture = 1.0 + 0.15 * rng.standard_normal(wins.sum())
-        brightness[window][wins] = level * (1.0 - 0.3 * relative[wins] ** 2) * texture
+        brightness[window][wins] = level * np.sqrt(1.0 - relative[wins] ** 2) * texture
         centers.append((cy, cx, mean_radius))
     labels = _relabel_connected(labels)
     blurred = ndimage.gaussian_filter(brightness, 1.5)

@@ -16,6 +16,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig, augment_batch
 from .bundle import Model
-from .device import autocast, resolve_device
-from .errors import InputError
+from .device import autocast, is_out_of_memory, release_memory, resolve_device
+from .errors import InputError, InputWarning
 from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
 from .normalize import as_planes
@@ -86,6 +87,10 @@ class TrainingConfig:
         device: "auto", "cpu", "cuda" or "mps".
         amp: Mixed precision on CUDA.
         augment: Augmentation strengths.
+        freeze_norm: Keep the batch-norm statistics of the model being fine-tuned
+            instead of re-estimating them from the few new images (None: only when
+            fine-tuning). A handful of images gives poor statistics, and ones that
+            drift away from what the rest of the network learned with.
     """
 
     epochs: int = 50
@@ -107,6 +112,7 @@ class TrainingConfig:
     device: str = "auto"
     amp: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    freeze_norm: bool | None = None
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "sgd"):
@@ -325,6 +331,30 @@ def _set_learning_rate(optimizer, config: TrainingConfig, step_fraction: float, 
         group["lr"] = config.learning_rate * scale
 
 
+def _step(network, optimizer, scaler, batch, config: TrainingConfig, device, generator, input_size: int,
+          output_size: int) -> torch.Tensor:
+    """One optimizer step on a batch of patches; returns the loss."""
+    images, targets, weights, masks = (torch.from_numpy(a).to(device, non_blocking=True) for a in batch)
+    images, targets, weights, masks = augment_batch(
+        images, targets, weights, masks, (input_size, input_size), config.augment, generator
+    )
+    targets, weights, masks = (_center_crop(t, output_size) for t in (targets, weights, masks))
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, config.amp):
+        logits = network(images)
+    loss = _loss(logits, targets, weights, masks, config.dice_weight)
+    if not torch.isfinite(loss):
+        raise FloatingPointError("training diverged (the loss is not a number); try a lower learning rate")
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
+def _cpu_state(network: torch.nn.Module) -> dict:
+    return {key: value.detach().cpu() for key, value in network.state_dict().items()}
+
+
 def _center_crop(tensor: torch.Tensor, size: int) -> torch.Tensor:
     offset = (tensor.shape[-1] - size) // 2
     if offset == 0:
@@ -442,10 +472,18 @@ def train_iter(
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
 
+    freeze_norm = fine_tuning if config.freeze_norm is None else config.freeze_norm
+    batch_size = config.batch_size  # halved if the device runs out of memory
     history: list[dict] = []
     best_score, best_state = None, None
-    validations_without_gain = 0
     start = time.monotonic()
+    if fine_tuning and validation_planes:
+        # The model as it came is the first candidate: fine-tuning that only makes the
+        # validation images worse gives it back unchanged.
+        validation = validate(model, validation_planes, device, config.amp)
+        best_score, best_state = validation["score"], copy.deepcopy(_cpu_state(network))
+        history.append({"step": 0, "epoch": 0, "loss": None, "seconds": round(time.monotonic() - start, 2), **validation})
+    validations_without_gain = 0
     stop_reason = "epochs"
     step = 0
     while step < total_steps:
@@ -455,22 +493,25 @@ def train_iter(
         if config.schedule == "cosine":
             _set_learning_rate(optimizer, config, step / total_steps, time.monotonic() - start)
         network.train()
-        images, targets, weights, masks = (torch.from_numpy(a).to(device, non_blocking=True) for a in sampler(config.batch_size))
-        images, targets, weights, masks = augment_batch(
-            images, targets, weights, masks, (input_size, input_size), config.augment, generator
-        )
-        targets, weights, masks = (_center_crop(t, output_size) for t in (targets, weights, masks))
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, config.amp):
-            logits = network(images)
-        loss = _loss(logits, targets, weights, masks, config.dice_weight)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                "training diverged (the loss is not a number); try a lower learning rate"
-            )
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        if freeze_norm:
+            for module in network.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.eval()
+        try:
+            loss = _step(network, optimizer, scaler, sampler(batch_size), config, device, generator,
+                         input_size, output_size)
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+            optimizer.zero_grad(set_to_none=True)
+            release_memory(device)
+            if batch_size == 1:
+                raise InputError(f"the {device.type.upper()} ran out of memory training on a single patch of "
+                                 f"{input_size}x{input_size} pixels; choose a smaller patch size") from error
+            batch_size //= 2
+            warnings.warn(f"out of memory with {2 * batch_size} patches per step; going on with {batch_size}",
+                          InputWarning, stacklevel=2)
+            continue
         step += 1
         loss_value = loss.item()
 
@@ -490,11 +531,11 @@ def train_iter(
                 improved = gained or validation["score"] == best_score
                 if improved:
                     best_score = validation["score"]
-                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in network.state_dict().items()})
+                    best_state = copy.deepcopy(_cpu_state(network))
                 validations_without_gain = 0 if gained else validations_without_gain + 1
             history.append(record)
             if checkpoint is not None and (not validation_planes or improved):
-                training = dict(config.to_dict(), stop_reason="checkpoint", steps=step)
+                training = dict(config.to_dict(), stop_reason="checkpoint", steps=step, batch_size=batch_size)
                 _save_checkpoint(model, checkpoint, history, training, diameter, pixel_size, pixel_unit)
             logger.info("step %d: %s", step, record)
         yield TrainingProgress(
@@ -516,7 +557,7 @@ def train_iter(
     if best_state is not None:
         network.load_state_dict(best_state)
     network.to("cpu").eval()
-    _record(model, history, dict(config.to_dict(), stop_reason=stop_reason, steps=step), diameter, pixel_size, pixel_unit)
+    _record(model, history, dict(config.to_dict(), stop_reason=stop_reason, steps=step, batch_size=batch_size), diameter, pixel_size, pixel_unit)
     return TrainingResult(model=model, history=history, stop_reason=stop_reason)
 
 
