@@ -1,0 +1,126 @@
+"""How fast fine-tuning ``nuclei`` gets to its final accuracy: AP at IoU 0.5 against seconds.
+
+Fine-tunes the embedded ``nuclei`` model on 10 held-out DSB2018 images (never trained
+on: ``scripts/splits/dsb2018-validation.txt``) with the Train widget's fine-tuning
+settings (patch 256, batch 4, learning rate 0.0002, batch-norm statistics kept) for a
+fixed budget, validating every 10 steps on 20 other held-out images. Two kinds: the
+images as they are, and with inverted contrast (dark nuclei on a bright background, a
+kind the model never saw, where there is something to learn). The clock is the wall
+time of training, validations included (a user waits for those too), so the figure is
+conservative.
+
+Headline per kind: ``seconds_to_final`` = the first time the validation AP50 is within
+0.01 of the final one (that of the best validated weights, which training returns) (the target: at most 120 s on a 2-core CPU), with the curve.
+``--svg PATH`` also draws the curves. Prints one JSON object.
+
+    python bench/bench_time_to_accuracy.py --svg docs/images/time_to_accuracy.svg   # about 9 minutes
+    python bench/bench_time_to_accuracy.py --quick                                   # 30 s per kind
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from _common import environment, report, torch_device, torch_parser
+
+from napari_unet.core.progress import run_to_end
+from napari_unet.core.registry import load_model
+from napari_unet.core.train import TrainingConfig, TrainingSample, train_iter
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SPLIT = ROOT / "scripts" / "splits" / "dsb2018-validation.txt"
+TOLERANCE = 0.01
+
+
+def curve(model, train_pairs, validation_pairs, minutes: float, device: str) -> dict:
+    """Fine-tune with validation every 10 steps; the AP50 curve and when it came within reach of its end."""
+    config = TrainingConfig(max_minutes=minutes, epochs=10**6, steps_per_epoch=10, patch_size=256, batch_size=4,
+                            learning_rate=2e-4, device=device, seed=0)
+    samples = [TrainingSample(image, labels) for image, labels in train_pairs]
+    validation = [TrainingSample(image, labels) for image, labels in validation_pairs]
+    result = run_to_end(train_iter(samples, model=model, config=config, validation_samples=validation))
+    points = [(record["seconds"], record["ap50"]) for record in result.history if "ap50" in record]
+    # Training returns its best validated weights: their AP is the final one.
+    final = max(ap for _, ap in points)
+    reached = next(seconds for seconds, ap in points if ap >= final - TOLERANCE)
+    return {
+        "seconds_to_final": round(reached, 1),
+        "final_ap50": round(final, 4),
+        "start_ap50": round(points[0][1], 4),
+        "last_ap50": round(points[-1][1], 4),
+        "steps": result.model.training["steps"],
+        "curve_seconds": [round(s, 1) for s, _ in points],
+        "curve_ap50": [round(ap, 4) for _, ap in points],
+    }
+
+
+def svg(results: dict, path: Path) -> None:
+    """A small line chart of AP50 against seconds, one line per kind (no plotting library needed)."""
+    width, height, margin = 640, 360, 50
+    longest = max(max(r["curve_seconds"]) for r in results.values()) or 1.0
+    colors = ["#1f77b4", "#d62728", "#2ca02c"]
+
+    def x(seconds):
+        return margin + (width - 2 * margin) * seconds / longest
+
+    def y(ap):
+        return height - margin - (height - 2 * margin) * ap
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             'font-size="12">', '<rect width="100%" height="100%" fill="white"/>',
+             f'<line x1="{margin}" y1="{y(0)}" x2="{width - margin}" y2="{y(0)}" stroke="black"/>',
+             f'<line x1="{margin}" y1="{y(0)}" x2="{margin}" y2="{y(1)}" stroke="black"/>',
+             f'<text x="{width / 2}" y="{height - 10}" text-anchor="middle">seconds of fine-tuning (2-core CPU)</text>',
+             f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">'
+             'validation AP at IoU 0.5</text>']
+    for tick in np.linspace(0, 1, 6):
+        parts.append(f'<text x="{margin - 5}" y="{y(tick) + 4}" text-anchor="end">{tick:.1f}</text>')
+    for tick in np.linspace(0, longest, 5):
+        parts.append(f'<text x="{x(tick)}" y="{y(0) + 16}" text-anchor="middle">{tick:.0f}</text>')
+    if longest >= 120:
+        parts.append(f'<line x1="{x(120)}" y1="{y(0)}" x2="{x(120)}" y2="{y(1)}" stroke="gray" stroke-dasharray="4"/>')
+    for index, (kind, result) in enumerate(results.items()):
+        color = colors[index % len(colors)]
+        points = " ".join(f"{x(s):.1f},{y(a):.1f}" for s, a in zip(result["curve_seconds"], result["curve_ap50"]))
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
+        parts.append(f'<text x="{width - margin - 5}" y="{margin + 16 * index}" text-anchor="end" fill="{color}">'
+                     f'{kind}: within {TOLERANCE} of final at {result["seconds_to_final"]:.0f} s</text>')
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")
+
+
+def main() -> None:
+    parser = torch_parser(__doc__, "30 s per kind, 5 validation images")
+    parser.add_argument("--minutes", type=float, default=4.0, help="fine-tuning budget per kind (default: 4)")
+    parser.add_argument("--svg", type=Path, help="also draw the curves into this SVG file")
+    args = parser.parse_args()
+    device = str(torch_device(parser, args))
+    if not DATA.is_dir():
+        parser.error(f"the real data folder {DATA} is missing")
+    minutes = 0.5 if args.quick else args.minutes
+    names = SPLIT.read_text().split()
+    pairs = [(tifffile.imread(DATA / "dsb2018" / "images" / n), tifffile.imread(DATA / "dsb2018" / "labels" / n))
+             for n in names[: 15 if args.quick else 30]]
+    train_pairs, validation_pairs = pairs[:10], pairs[10:]
+    inverted = [(np.iinfo(image.dtype).max - image, labels) for image, labels in pairs]
+    model = load_model("nuclei")
+    results = {
+        "same_kind": curve(model, train_pairs, validation_pairs, minutes, device),
+        "dark_on_bright": curve(model, inverted[:10], inverted[10:], minutes, device),
+    }
+    for kind, result in results.items():
+        print(f"{kind}: AP50 {result['start_ap50']} -> {result['final_ap50']}, within {TOLERANCE} of it after "
+              f"{result['seconds_to_final']} s", flush=True)
+    if args.svg:
+        svg(results, args.svg)
+    report({"benchmark": "time to accuracy, fine-tuning nuclei on 10 images", "minutes_per_kind": minutes,
+            "fine_tune_images": 10, "validation_images": len(validation_pairs), "tolerance": TOLERANCE,
+            "results": results, **environment(torch.device(device), args.quick)})
+
+
+if __name__ == "__main__":
+    main()
