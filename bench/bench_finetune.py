@@ -28,6 +28,7 @@ ratio after/before of AP50. Needs ``../shared/data``. Prints one JSON object.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def compare(model, kind: str, train_images, train_labels, test_images, test_labe
     tuned, training = fine_tune(model, train_images, train_labels, minutes, device)
     after = scores(tuned, test_images, test_labels, device)
     ratio = round(after["ap50"] / before["ap50"], 3) if before["ap50"] else None  # None: nothing found before
-    print(f"{kind}: AP50 {before['ap50']:.3f} -> {after['ap50']:.3f}", flush=True)
+    print(f"{kind}: AP50 {before['ap50']:.3f} -> {after['ap50']:.3f}", file=sys.stderr)
     return {"kind": kind, "fine_tune_images": len(train_images), "test_images": len(test_images),
             "before": before, "after": after, "ap50_ratio_after_before": ratio, **training}
 

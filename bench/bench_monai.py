@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def compare(case: str, model, network, stack, truth, tile: int, device, repeats:
         "peer_ap50": ap50(truth, peer),
         "ratios": [round(r, 3) for r in ratios],
     }
-    print(f"{case}: {result['ratio']}x MONAI, AP50 {result['ap50']} vs {result['peer_ap50']}", flush=True)
+    print(f"{case}: {result['ratio']}x MONAI, AP50 {result['ap50']} vs {result['peer_ap50']}", file=sys.stderr)
     return result
 
 

@@ -43,6 +43,7 @@ from napari_unet.core.model import NetworkConfig
 from napari_unet.core.normalize import as_planes
 from napari_unet.core.postprocess import foreground_probability, probabilities_to_labels
 from napari_unet.core.predict import _axis_tiling, predict
+from napari_unet.core.registry import load_model
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.targets import class_targets
 
@@ -55,6 +56,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed runs of each (default 3 on CUDA and with --quick, 1 on CPU)"
     )
+    parser.add_argument("--model", help="an embedded model's name or a model file (default: a new default network)")
     parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA too (predict's default is float16)")
     args = parser.parse_args(argv)
     device = torch_device(parser, args)
@@ -64,7 +66,7 @@ def main(argv=None) -> dict:
 
     image, labels = synthetic_nuclei((size, size), count=max(2, round(505 * size * size / 1024**2)), seed=0)
     torch.manual_seed(0)
-    model = Model.new(NetworkConfig())
+    model = load_model(args.model) if args.model else Model.new(NetworkConfig())
     network = model.network.to(device).eval()
     normalized = model.normalization(as_planes(image, model.config.in_channels)[0])[0]
     padded, border = whole_image_input(network, normalized)
@@ -147,6 +149,10 @@ def main(argv=None) -> dict:
         "seconds": round(total_s, 3),
         "peer_seconds": round(peer_s, 3),
         "network_flops_fraction_of_matmul": round(statistics.median(network_fractions), 3),
+        # The whole pipeline (normalization, tiles, post-processing) against the matmul rate,
+        # counting the network FLOPs of the tiles it ran, and of one whole-image pass only.
+        "pipeline_flops_fraction_of_matmul": round(tile_flops / total_s / mm_rate, 3),
+        "pipeline_useful_flops_fraction_of_matmul": round(peer_flops / total_s / mm_rate, 3),
         "peer_flops_fraction_of_matmul": round(statistics.median(peer_fractions), 3),
         "tile_loop_gflops_per_s": round(tile_flops / loop_s / 1e9, 2),
         "peer_gflops_per_s": round(peer_flops / peer_s / 1e9, 2),
@@ -170,6 +176,7 @@ def main(argv=None) -> dict:
         "tile_work_over_whole_image": round(tile_flops / peer_flops, 3),
         "max_abs_difference_vs_whole_image": difference,
         "shape": [size, size],
+        "model": args.model or "new default network",
         "amp": amp and device.type == "cuda",
         "seconds_all": [round(t, 3) for t in totals],
         "peer_seconds_all": [round(t, 3) for t in peers],

@@ -19,6 +19,7 @@ Headline per kind: ``seconds_to_final`` = the first time the validation AP50 is 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,7 @@ def main() -> None:
     }
     for kind, result in results.items():
         print(f"{kind}: AP50 {result['start_ap50']} -> {result['final_ap50']}, within {TOLERANCE} of it after "
-              f"{result['seconds_to_final']} s", flush=True)
+              f"{result['seconds_to_final']} s", file=sys.stderr)
     if args.svg:
         svg(results, args.svg)
     report({"benchmark": "time to accuracy, fine-tuning nuclei on 10 images", "minutes_per_kind": minutes,

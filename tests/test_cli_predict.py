@@ -94,9 +94,16 @@ def test_progress_shows_files_planes_and_throughput(tmp_path, model_file, inputs
 
 
 @pytest.mark.parametrize("diameter", ["12", "auto"])
-def test_diameter_is_a_number_or_auto(tmp_path, model_file, inputs, diameter):
+def test_diameter_is_a_number_or_auto(tmp_path, model_file, inputs, diameter, monkeypatch):
+    from napari_unet.core import batch
+
+    # An untrained model's objects are noise, so its estimate could be anything: stand in
+    # for it and check that "auto" reaches the estimate, once per file.
+    estimated = []
+    monkeypatch.setattr(batch, "estimate_diameter", lambda *args, **kwargs: estimated.append(1) or 12.0)
     assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "out"),
                  "--diameter", diameter, *FAST]) == 0
+    assert len(estimated) == (2 if diameter == "auto" else 0)
 
 
 def test_diameter_mistakes_are_one_line_and_exit_code_2(tmp_path, inputs, capsys):

@@ -120,6 +120,9 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None) -> I
         cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                            dashboard_address=None, silence_logs=logging.ERROR)
         client = distributed.Client(cluster)
+        # Workers register a moment after the cluster starts; the model is sent to those
+        # that are there, so wait for all of them.
+        client.wait_for_workers(workers, timeout=60)
     logger.info("Dask: %d worker(s) at %s", len(client.nthreads()), client.scheduler.address)
     try:
         yield DaskExecutor(client)

@@ -1,10 +1,11 @@
 """Overlap-tile prediction of images of any size and of stacks of any depth.
 
-The image is mirror-padded at its borders, cut into tiles that overlap by the network's
-context on each side, and the tiles are predicted in batches; only the center of each
-tile, where the network sees all the context it needs, is kept. Tiles start on the
-network's pooling grid, so the stitched result equals a whole-image prediction up to
-float rounding and shows no seams.
+The image is padded at its borders as the network needs (see :func:`image_border`), cut
+into tiles that overlap by the network's context on each side, and the tiles are
+predicted in batches by a fast inference copy of the network; each tile keeps only the
+pixels where it sees all the context it needs. Tiles start on the network's pooling
+grid, so the stitched result equals a whole-image prediction up to float rounding and
+shows no seams. Running out of device memory halves the batch of tiles.
 
 Long work is a generator that yields :class:`PredictProgress` and returns the result;
 :func:`predict` is the plain synchronous wrapper.
