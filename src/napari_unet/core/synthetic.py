@@ -70,7 +70,9 @@ def synthetic_nuclei(
             continue
         nearest[window][wins] = relative[wins]
         labels[window][wins] = index
-        # Brighter toward the center, with a texture of its own, like chromatin.
+        # A widefield image sums the stain through the nucleus: a uniformly stained
+        # ellipsoid is as bright as it is thick, sqrt(1 - r^2), fading to nothing at its rim
+        # (which also darkens the line where two nuclei touch). Plus a texture, like chromatin.
         level = rng.uniform(0.5, 1.0)
         texture = 1.0 + 0.15 * rng.standard_normal(wins.sum())
         brightness[window][wins] = level * np.sqrt(1.0 - relative[wins] ** 2) * texture
