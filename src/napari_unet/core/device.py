@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, InputWarning
 
-__all__ = ["resolve_device", "autocast", "available_devices", "is_out_of_memory", "release_memory"]
+__all__ = ["resolve_device", "autocast", "available_devices", "is_out_of_memory", "smaller_batch_after"]
 
 
 def available_devices() -> list[str]:
@@ -61,9 +62,24 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-def release_memory(device: torch.device) -> None:
-    """Give cached blocks back after an out-of-memory error, so a smaller retry can fit."""
+def smaller_batch_after(error: RuntimeError, size: int, device: torch.device, items: str, too_large: str) -> int:
+    """The batch size to go on with after ``error`` stopped a batch of ``size`` items.
+
+    Running out of memory halves the batch, with a warning naming ``items`` ("tiles",
+    "patches"); any other error is raised again.
+
+    Raises:
+        InputError: ``too_large``, when a single item does not fit.
+    """
+    if not is_out_of_memory(error):
+        raise error
+    # Give cached blocks back, so that the smaller retry can fit.
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+    if size == 1:
+        raise InputError(too_large) from error
+    smaller = size // 2
+    warnings.warn(f"out of memory with {size} {items} at once; going on with {smaller}", InputWarning, stacklevel=3)
+    return smaller

@@ -14,7 +14,6 @@ Long work is a generator that yields :class:`PredictProgress` and returns the re
 from __future__ import annotations
 
 import math
-import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,8 +22,8 @@ import numpy as np
 import torch
 
 from .bundle import Model
-from .device import autocast, is_out_of_memory, release_memory, resolve_device
-from .errors import InputError, InputWarning
+from .device import autocast, resolve_device, smaller_batch_after
+from .errors import InputError
 from .model import UNet
 from .normalize import as_planes
 from .postprocess import foreground_probability, probabilities_to_labels
@@ -213,15 +212,9 @@ def predict_probabilities(
                 logits = network(torch.from_numpy(tiles).to(device).contiguous(memory_format=torch.channels_last))
             probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
         except RuntimeError as error:
-            if not is_out_of_memory(error):
-                raise
-            release_memory(device)
-            if len(batch) == 1:
-                raise InputError(f"the {device.type.upper()} ran out of memory for a single tile of "
-                                 f"{rows.tile}x{cols.tile} pixels; choose a smaller tile size") from error
-            batch_size = max(1, len(batch) // 2)
-            warnings.warn(f"out of memory with {len(batch)} tiles at once; going on with {batch_size}",
-                          InputWarning, stacklevel=2)
+            batch_size = smaller_batch_after(error, len(batch), device, "tiles", (
+                f"the {device.type.upper()} ran out of memory for a single tile of "
+                f"{rows.tile}x{cols.tile} pixels; choose a smaller tile size"))
             continue
         for (r, c), tile_probabilities in zip(batch, probabilities):
             (y, keep_h), (x, keep_w) = rows.kept[r], cols.kept[c]

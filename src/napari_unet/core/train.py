@@ -16,7 +16,6 @@ import math
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -26,8 +25,8 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig, augment_batch
 from .bundle import Model
-from .device import autocast, is_out_of_memory, release_memory, resolve_device
-from .errors import InputError, InputWarning
+from .device import autocast, resolve_device, smaller_batch_after
+from .errors import InputError
 from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
 from .normalize import as_planes
@@ -501,16 +500,10 @@ def train_iter(
             loss = _step(network, optimizer, scaler, sampler(batch_size), config, device, generator,
                          input_size, output_size)
         except RuntimeError as error:
-            if not is_out_of_memory(error):
-                raise
             optimizer.zero_grad(set_to_none=True)
-            release_memory(device)
-            if batch_size == 1:
-                raise InputError(f"the {device.type.upper()} ran out of memory training on a single patch of "
-                                 f"{input_size}x{input_size} pixels; choose a smaller patch size") from error
-            batch_size //= 2
-            warnings.warn(f"out of memory with {2 * batch_size} patches per step; going on with {batch_size}",
-                          InputWarning, stacklevel=2)
+            batch_size = smaller_batch_after(error, batch_size, device, "patches", (
+                f"the {device.type.upper()} ran out of memory training on a single patch of "
+                f"{input_size}x{input_size} pixels; choose a smaller patch size"))
             continue
         step += 1
         loss_value = loss.item()
