@@ -18,15 +18,22 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     LineEdit,
     ProgressBar,
     PushButton,
-    SpinBox,
 )
 
-from ._common import ModelChooser, connect_worker, device_choices, guarded, report_error, show_error, show_info
+from ._common import (
+    ModelChooser,
+    connect_worker,
+    device_choices,
+    guarded,
+    prediction_settings,
+    report_error,
+    show_error,
+    show_info,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -75,12 +82,7 @@ class BatchWidget(Container):
                                 tooltip="Where the label files go (default: a 'labels' folder beside the inputs). "
                                 "Files already there are kept and not segmented again.")
         self.model = ModelChooser(viewer, allow_scratch=False)
-        self.tile_size = SpinBox(label="tile size", value=1024, min=64, max=8192, step=64,
-                                 tooltip="Largest tile edge in pixels; smaller tiles need less memory.")
-        self.threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.05,
-                                      tooltip="Foreground probability above which a pixel belongs to an object.")
-        self.min_size = SpinBox(label="min size (px)", value=10, min=0, max=1_000_000,
-                                tooltip="Objects smaller than this many pixels are dropped.")
+        self.tile_size, self.threshold, self.min_size = prediction_settings()
         self.device = ComboBox(label="device", choices=device_choices())
         self.run = PushButton(text="Run batch")
         self.cancel = PushButton(text="Cancel", enabled=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
@@ -57,6 +57,19 @@ def embedded_model_names() -> list[str]:
     from ..core.registry import embedded_models
 
     return list(embedded_models())
+
+
+def prediction_settings() -> tuple[SpinBox, FloatSpinBox, SpinBox]:
+    """The tile size, threshold and smallest object fields of the widgets that predict."""
+    # 1024 lets a typical plane go through the network in one tile (fastest for
+    # "current plane only"); users lower it when the GPU runs out of memory.
+    tile_size = SpinBox(label="tile size", value=1024, min=64, max=8192, step=64,
+                        tooltip="Largest tile edge in pixels; smaller tiles need less memory.")
+    threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.05,
+                             tooltip="Foreground probability above which a pixel belongs to an object.")
+    min_size = SpinBox(label="min object size (px)", value=10, min=0, max=1_000_000,
+                       tooltip="Objects smaller than this many pixels are removed.")
+    return tile_size, threshold, min_size
 
 
 class ModelChooser(Container):

@@ -16,7 +16,6 @@ from magicgui.widgets import (
     FloatSpinBox,
     ProgressBar,
     PushButton,
-    SpinBox,
     create_widget,
 )
 
@@ -28,6 +27,7 @@ from ._common import (
     geometry,
     guarded,
     pixel_size,
+    prediction_settings,
     report_error,
     show_error,
     show_info,
@@ -144,14 +144,7 @@ class PredictWidget(Container):
         self.output = None  # the Labels layer of the last prediction
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.model = ModelChooser(viewer, allow_scratch=False)
-        # 1024 lets a typical plane go through the network in one tile (fastest for
-        # "current plane only"); users lower it when the GPU runs out of memory.
-        self.tile_size = SpinBox(label="tile size", value=1024, min=64, max=8192, step=64,
-                                 tooltip="Largest tile edge in pixels; lower it if the GPU runs out of memory.")
-        self.threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.05,
-                                      tooltip="Foreground probability above which a pixel belongs to an object.")
-        self.min_size = SpinBox(label="min object size", value=10, min=0, max=100_000,
-                                tooltip="Objects smaller than this many pixels are removed.")
+        self.tile_size, self.threshold, self.min_size = prediction_settings()
         self.diameter = FloatSpinBox(
             label="object diameter (px)", value=0.0, min=0.0, max=10_000.0, step=1.0,
             tooltip="Typical object diameter in this image, in pixels: the image is rescaled so that objects "
