@@ -171,7 +171,7 @@ def main() -> None:
                         help="nuclei: add this many generated images of touching nuclei to the training set")
     parser.add_argument("--no-embed", action="store_true", help="train and report, but leave the package alone")
     parser.add_argument("--evaluate-only", action="store_true",
-                        help="skip training: evaluate (and embed) the model the work folder holds")
+                        help="skip training: choose the threshold, evaluate (and embed) the model the work folder holds")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"the real data folder {DATA} is missing")
@@ -197,6 +197,8 @@ def main() -> None:
             "--out", str(model), "--init", args.init, "--max-minutes", str(args.minutes), "--device", args.device,
             *arguments, threads=args.threads,
         )
+    else:
+        retune_threshold(model, validation, args.device)  # training does it at its end
     minutes = (time.monotonic() - start) / 60
     predicted = validation / "predicted"
     napari_unet("predict", "--model", str(model), str(validation / "images"), "--out", str(predicted),
@@ -222,6 +224,19 @@ def main() -> None:
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not args.no_embed:
         embed(model, args.name, recipe, figures)
+
+
+def retune_threshold(path: Path, validation: Path, device: str) -> None:
+    """Choose the post-processing threshold of a model trained before training chose it."""
+    from napari_unet.core.modelfile import load_model_file
+    from napari_unet.core.train import TrainingSample, tune_threshold
+
+    model = load_model_file(path)
+    samples = [TrainingSample(tifffile.imread(image), tifffile.imread(validation / "labels" / image.name))
+               for image in sorted((validation / "images").glob("*.tif"))]
+    before = model.threshold
+    print(f"threshold {before} -> {tune_threshold(model, samples, device)} (best on the validation images)")
+    model.save(path)
 
 
 def embed(path: Path, name: str, recipe: dict, figures: dict) -> None:

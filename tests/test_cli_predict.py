@@ -146,3 +146,18 @@ def test_two_local_dask_workers_write_the_same_labels_as_one_process(tmp_path, m
                  *FAST]) == 0
     for name in ("a_stack.tif", "b_hyper.tif"):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "one" / name), tifffile.imread(tmp_path / "two" / name))
+
+
+def test_without_threshold_the_models_own_is_used(tmp_path, inputs, one_torch_thread):
+    model = Model.new(NetworkConfig(depth=1, base_width=4))
+    image = tifffile.imread(inputs / "a_stack.tif")
+    probability = model.predict(image, device="cpu").probability
+    model.threshold = round(float(np.quantile(probability, 0.7)), 4)
+    path = str(model.save(tmp_path / "own.safetensors"))
+    args = ["predict", "--model", path, str(inputs / "a_stack.tif"), "--device", "cpu", "--min-size", "3"]
+    assert main([*args, "--out", str(tmp_path / "own")]) == 0
+    assert main([*args, "--out", str(tmp_path / "given"), "--threshold", str(model.threshold)]) == 0
+    assert main([*args, "--out", str(tmp_path / "lower"), "--threshold", "0.3"]) == 0
+    own = tifffile.imread(tmp_path / "own" / "a_stack.tif")
+    np.testing.assert_array_equal(own, tifffile.imread(tmp_path / "given" / "a_stack.tif"))
+    assert (own > 0).sum() < (tifffile.imread(tmp_path / "lower" / "a_stack.tif") > 0).sum()

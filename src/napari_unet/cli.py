@@ -142,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="output folder (created if needed; never an input's file)")
     predict.add_argument("--tile-size", type=_positive_int, default=1024, help="largest tile edge in pixels (default: 1024)")
     predict.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per forward pass (default: 4)")
-    predict.add_argument("--threshold", type=_fraction, default=0.5, help="foreground probability threshold (default: 0.5)")
+    predict.add_argument("--threshold", type=_fraction,
+                         help="probability threshold of the post-processing; higher separates touching objects "
+                         "more, lower keeps fainter ones (default: the model's own, chosen on its validation images)")
     predict.add_argument("--min-size", type=int, default=10, help="smallest object kept, in pixels (default: 10)")
     predict.add_argument("--diameter", type=_diameter, metavar="PIXELS|auto",
                          help="typical object diameter in the images, in pixels, or 'auto' to estimate it from each "

@@ -293,10 +293,16 @@ def test_a_two_worker_dask_cluster_gives_the_labels_of_one_process(tmp_path, mod
     _write(tmp_path / "b.tif", "ome", np.float32)
     files = [tmp_path / "a.tif", tmp_path / "b.tif"]
     predict_files(model, files, tmp_path / "local", probability=True, **OPTIONS)
-    scattered = []
+    scattered = []  # for each scatter: how many workers held the model right after it
     client = dask_cluster.client
     real_scatter = client.scatter
-    monkeypatch.setattr(client, "scatter", lambda *args, **kwargs: scattered.append(1) or real_scatter(*args, **kwargs))
+
+    def scatter(*args, **kwargs):
+        future = real_scatter(*args, **kwargs)
+        scattered.append(len(client.who_has(future)[future.key]))
+        return future
+
+    monkeypatch.setattr(client, "scatter", scatter)
     result = predict_files(model, files, tmp_path / "dask", probability=True, executor=dask_cluster, **OPTIONS)
     assert not result.failed and [item.planes for item in result.files] == [8, 4]
     for name in ("a.tif", "a_probability.tif", "b.tif", "b_probability.tif"):
@@ -304,8 +310,9 @@ def test_a_two_worker_dask_cluster_gives_the_labels_of_one_process(tmp_path, mod
             assert local.series[0].axes == dask.series[0].axes
             np.testing.assert_array_equal(local.series[0].asarray(), dask.series[0].asarray())
     # The model went to the cluster once, to both workers, for all planes of both files.
-    assert len(scattered) == 1
-    assert len(client.who_has(dask_cluster.model_on_workers(model))[dask_cluster.model_on_workers(model).key]) == 2
+    # (Checked right after sending: Dask's memory manager may later drop a replica that
+    # no waiting task needs.)
+    assert scattered == [2]
 
     data = _planes(3)
     np.testing.assert_array_equal(predict_array(model, data, executor=dask_cluster, **OPTIONS), _expected(model, data))

@@ -35,6 +35,7 @@ def _model(base_width=4, seed=0, **config) -> Model:
         NetworkConfig(depth=2, base_width=base_width, **config),
         normalization=Normalization(2.0, 99.0),
         gap=2,
+        threshold=0.65,
         name="tiny",
         description="a tiny test model",
         pixel_size=(0.5, 0.25),
@@ -74,7 +75,7 @@ def test_round_trip_keeps_weights_metadata_and_predictions(tmp_path, nuclei, set
         assert torch.equal(original_state[key], loaded_state[key]), key
     assert loaded.config == model.config
     assert loaded.normalization == model.normalization
-    assert loaded.gap == 2
+    assert loaded.gap == 2 and loaded.threshold == 0.65
     assert loaded.name == "tiny" and loaded.description == "a tiny test model"
     assert loaded.pixel_size == (0.5, 0.25) and loaded.pixel_unit == "um"
     assert loaded.object_diameter == 12.5
@@ -93,7 +94,7 @@ def test_round_trip_without_optional_metadata(tmp_path):
     model = Model.new(NetworkConfig(depth=1, base_width=2))
     loaded = load_model_file(save_model(model, tmp_path / "plain.safetensors"))
     assert loaded.pixel_size is None and loaded.object_diameter is None
-    assert loaded.history == [] and loaded.training == {} and loaded.gap == 1
+    assert loaded.history == [] and loaded.training == {} and loaded.gap == 1 and loaded.threshold == 0.5
     assert loaded.normalization == Normalization()
 
 
@@ -264,8 +265,10 @@ def test_tensors_that_do_not_fit_the_architecture(tmp_path):
         lambda m: m["network"].update(colour="blue"),
         lambda m: m.pop("network"),
         lambda m: m["normalization"].update(low_percentile=99.9),
+        lambda m: m.update(threshold=1.5),
+        lambda m: m.update(threshold="high"),
     ],
-    ids=["bad-depth", "unknown-setting", "no-network", "bad-normalization"],
+    ids=["bad-depth", "unknown-setting", "no-network", "bad-normalization", "threshold-above-1", "threshold-text"],
 )
 def test_bad_architecture_or_normalization_in_the_metadata(tmp_path, change):
     from safetensors.torch import load_file
@@ -275,6 +278,16 @@ def test_bad_architecture_or_normalization_in_the_metadata(tmp_path, change):
     change(metadata)
     _rewrite(path, load_file(str(path)), metadata)
     _assert_model_file_error(path)
+
+
+def test_files_from_before_thresholds_were_recorded_use_0_5(tmp_path):
+    from safetensors.torch import load_file
+
+    path = save_model(_model(), tmp_path / "m.safetensors")
+    metadata = read_metadata(path)
+    del metadata["threshold"]
+    _rewrite(path, load_file(str(path)), metadata)
+    assert load_model_file(path).threshold == 0.5
 
 
 def test_missing_file(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_unet.core.metrics import match_counts
-from napari_unet.core.postprocess import foreground_probability, probabilities_to_labels
+from napari_unet.core.postprocess import choose_threshold, foreground_probability, probabilities_to_labels
 from napari_unet.core.targets import class_targets
 
 
@@ -135,6 +135,33 @@ def test_threshold_applies_to_the_object_class():
     assert probabilities_to_labels(probabilities, threshold=0.6).max() == 0
 
 
+def _bridged_pairs(bridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of touching pairs whose interiors are joined by a ``bridge``-high neck."""
+    labels = np.zeros((24, 60), np.int32)
+    for pair, left in enumerate((4, 32)):
+        labels[6:18, left : left + 12] = 2 * pair + 1
+        labels[6:18, left + 12 : left + 24] = 2 * pair + 2
+    probabilities = probabilities_from_target(class_targets(labels, num_classes=3), 3)
+    for left in (4, 32):
+        neck = (slice(9, 15), slice(left + 11, left + 13))
+        probabilities[:, neck[0], neck[1]] = np.array([0.05, bridge, 0.95 - bridge])[:, None, None]
+    return probabilities, labels
+
+
+def test_choose_threshold_finds_the_one_that_separates_touching_objects():
+    probabilities, labels = _bridged_pairs(bridge=0.6)  # above 0.5: merged at the usual threshold
+    assert probabilities_to_labels(probabilities, 0.5, min_size=1).max() == 2
+    chosen = choose_threshold([probabilities], [labels], current=0.5, min_size=1)
+    assert 0.6 <= chosen < 0.9
+    assert probabilities_to_labels(probabilities, chosen, min_size=1).max() == 4
+
+
+def test_choose_threshold_keeps_the_current_one_unless_another_is_better():
+    probabilities, labels = _bridged_pairs(bridge=0.3)  # every threshold from 0.3 up separates them
+    assert choose_threshold([probabilities], [labels], current=0.55, min_size=1) == 0.55
+    assert choose_threshold([], [], current=0.42) == 0.42
+
+
 def test_empty_prediction_gives_empty_labels():
     probabilities = np.zeros((2, 12, 14), np.float32)
     probabilities[0] = 1.0
@@ -158,3 +185,43 @@ def test_generated_nuclei_are_recovered_from_their_targets(nuclei, num_classes):
     assert counts.average_precision[0] >= 0.9
     assert result.dtype == np.int32
     np.testing.assert_array_equal(np.unique(result), np.arange(result.max() + 1))
+
+
+@pytest.mark.parametrize("distance", [1, 2, 3])
+def test_growing_labels_finds_the_nearest_object_like_skimage(distance):
+    from scipy import ndimage
+    from skimage.segmentation import expand_labels
+
+    from napari_unet.core.postprocess import _nearest_labels
+
+    rng = np.random.default_rng(distance)
+    seeds = ndimage.label(ndimage.gaussian_filter(rng.random((80, 90)), 2) > 0.52)[0].astype(np.int32)
+    pixels = (seeds == 0) & (rng.random(seeds.shape) < 0.7)
+    ours = _nearest_labels(seeds, pixels, distance)
+    theirs = expand_labels(seeds, distance)[pixels]
+    np.testing.assert_array_equal(ours > 0, theirs > 0)
+    # Where two objects are equally near either may be chosen; elsewhere the same one.
+    ys, xs = np.nonzero(pixels)
+    for index in np.flatnonzero(ours != theirs):
+        nearest = {}
+        for label in (ours[index], theirs[index]):
+            oy, ox = np.nonzero(seeds == label)
+            nearest[label] = np.min(np.hypot(oy - ys[index], ox - xs[index]))
+        assert nearest[ours[index]] == pytest.approx(nearest[theirs[index]])
+    assert (ours > 0).sum() > 100  # the case is not empty
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_probabilities_brought_back_from_a_smaller_grid_grow_over_wider_boundaries(num_classes):
+    # A plane shrunk 4x for the network: its boundaries come back 4x wider.
+    labels = touching_squares()
+    probabilities = probabilities_from_target(class_targets(labels, num_classes=num_classes), num_classes)
+    large_probabilities = probabilities.repeat(4, axis=1).repeat(4, axis=2)
+    large_labels = labels.repeat(4, axis=0).repeat(4, axis=1)
+    scaled = probabilities_to_labels(large_probabilities, min_size=1, pixel_scale=4)
+    unscaled = probabilities_to_labels(large_probabilities, min_size=1)
+    assert scaled.max() == unscaled.max() == 2
+    missing_scaled = np.count_nonzero((large_labels > 0) & (scaled == 0))
+    missing_unscaled = np.count_nonzero((large_labels > 0) & (unscaled == 0))
+    assert missing_scaled < missing_unscaled / 2
+    assert missing_scaled <= 0.05 * np.count_nonzero(large_labels)

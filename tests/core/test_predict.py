@@ -170,6 +170,23 @@ def test_non_positive_tile_or_batch_size_is_an_input_error(settings):
         predict(_model(), np.zeros((20, 20), np.uint8), device="cpu", **settings)
 
 
+@pytest.mark.parametrize("threshold", [1.5, -0.2])
+def test_threshold_outside_0_1_is_an_input_error(threshold):
+    with pytest.raises(InputError, match="threshold"):
+        predict(_model(), np.zeros((20, 20), np.uint8), device="cpu", threshold=threshold)
+
+
+def test_without_a_threshold_the_models_own_is_used():
+    model = _model()
+    image = np.random.default_rng(3).random((64, 64)).astype(np.float32)
+    probability = predict(model, image, device="cpu").probability
+    low, high = (float(np.quantile(probability, q)) for q in (0.3, 0.7))
+    model.threshold = high
+    own = predict(model, image, device="cpu").labels
+    np.testing.assert_array_equal(own, predict(model, image, device="cpu", threshold=high).labels)
+    assert (own > 0).sum() < (predict(model, image, device="cpu", threshold=low).labels > 0).sum()
+
+
 # --- stacks --------------------------------------------------------------------------
 
 

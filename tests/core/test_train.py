@@ -14,10 +14,11 @@ from napari_unet.core.bundle import Model
 from napari_unet.core.errors import InputError, InputWarning
 from napari_unet.core.metrics import average_precision
 from napari_unet.core.model import NetworkConfig
+from napari_unet.core.postprocess import THRESHOLD_CHOICES
 from napari_unet.core.predict import predict
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.synthetic import synthetic_nuclei
-from napari_unet.core.train import TrainingConfig, TrainingSample, _loss, train, train_iter
+from napari_unet.core.train import TrainingConfig, TrainingSample, _loss, train, train_iter, tune_threshold
 
 FAST = dict(epochs=1, steps_per_epoch=3, patch_size=32, batch_size=2, device="cpu", val_fraction=0.0)
 
@@ -80,8 +81,7 @@ def test_training_raises_ap_well_above_the_untrained_model():
     # Fine-tuning the bright-on-dark model on dark-on-bright images makes it work on those.
     dark_train = [_dark_on_bright(pair) for pair in train_data]
     dark_test = [_dark_on_bright(pair) for pair in test_data]
-    tuned = train([TrainingSample(i, lab) for i, lab in dark_train], model=result.model,
-                  config=replace(config, epochs=3)).model
+    tuned = train([TrainingSample(i, lab) for i, lab in dark_train], model=result.model, config=config).model
     assert ap50(tuned, dark_test) >= 0.4
     assert result.history and all("ap50" in record for record in result.history)
     assert result.model.object_diameter is not None and 10 < result.model.object_diameter < 30
@@ -285,8 +285,9 @@ def test_checkpoint_file_holds_the_best_model_during_training(nuclei, tiny_confi
     assert [r["step"] for r in saved.history] == [2]
     assert saved.training["steps"] == 2
     result = run_to_end(generator)
-    best_steps = [r["step"] for r in result.history if r["score"] == max(h["score"] for h in result.history)]
-    assert load_model_file(checkpoint).training["steps"] == best_steps[0]
+    best = max((h["score"], h["iou"]) for h in result.history)
+    best_steps = [r["step"] for r in result.history if (r["score"], r["iou"]) == best]
+    assert load_model_file(checkpoint).training["steps"] == best_steps[-1]  # on a tie, the later
 
 
 def test_regions_outside_the_validation_stripe_train_without_validating(tiny_config):
@@ -320,6 +321,26 @@ def test_explicit_validation_images_are_used_and_no_training_image_is_held_out(t
     # Both training images count for the object size (one alone would give 10 or 30).
     assert result.model.object_diameter == pytest.approx(20, abs=2)
     assert result.history and "iou" in result.history[-1]
+
+
+def test_training_ends_with_the_threshold_that_segments_the_validation_images_best(tiny_config):
+    pairs = [synthetic_nuclei((96, 96), count=12, seed=seed) for seed in (40, 41)]
+    validation = [TrainingSample(image, labels) for image, labels in pairs]
+    config = TrainingConfig(**{**FAST, "epochs": 2, "steps_per_epoch": 10, "learning_rate": 3e-3})
+    model = train([TrainingSample(*synthetic_nuclei((96, 96), count=12, seed=42))], network_config=tiny_config,
+                  config=config, validation_samples=validation).model
+
+    def ap50(threshold):
+        predictions = [predict(model, image, threshold=threshold, device="cpu").labels for image, _ in pairs]
+        return average_precision([labels for _, labels in pairs], predictions, thresholds=(0.5,))["ap_mean"][0]
+
+    scores = {threshold: ap50(threshold) for threshold in (0.5, *THRESHOLD_CHOICES)}
+    assert model.threshold in scores
+    assert scores[model.threshold] == max(scores.values()), scores
+    # Choosing it again, for a model trained elsewhere, finds the same.
+    chosen = model.threshold
+    model.threshold = 0.5
+    assert tune_threshold(model, validation, device="cpu") == chosen == model.threshold
 
 
 def test_cosine_schedule_decays_by_steps_or_time_whichever_is_further():

@@ -146,6 +146,29 @@ def test_learning_rate_follows_the_start_unless_the_user_chose_one(make_napari_v
     assert widget.learning_rate.value == pytest.approx(0.001)
 
 
+@pytest.mark.parametrize("widget_name", ["PredictWidget", "BatchWidget"])
+def test_threshold_follows_the_model_unless_the_user_chose_one(make_napari_viewer, tmp_path, widget_name):
+    import napari_unet.widgets as widgets
+    from napari_unet.widgets._common import SESSION, session_models
+
+    files = {}
+    for threshold in (0.35, 0.65):
+        model = Model.new(NetworkConfig(depth=1, base_width=2), threshold=threshold)
+        files[threshold] = model.save(tmp_path / f"model-{threshold}.safetensors")
+    viewer = make_napari_viewer()
+    widget = _docked(viewer, getattr(widgets, widget_name))
+    widget.model.source.value = "model file..."
+    widget.model.path.value = files[0.35]
+    assert widget.threshold.value == pytest.approx(0.35)
+    session_models(viewer).set_latest(Model.new(NetworkConfig(depth=1, base_width=2), threshold=0.6))
+    widget.model.source.value = SESSION  # a picked file stays selected when a model is trained
+    assert widget.threshold.value == pytest.approx(0.6)
+    widget.threshold.value = 0.42
+    widget.model.source.value = "model file..."
+    widget.model.path.value = files[0.65]
+    assert widget.threshold.value == pytest.approx(0.42)
+
+
 def test_training_mistakes_are_notifications_and_change_nothing(make_napari_viewer, notifications):
     from napari_unet.widgets import TrainWidget
 

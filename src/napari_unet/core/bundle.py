@@ -24,6 +24,8 @@ class Model:
         network: The torch module (a :class:`~napari_unet.core.model.UNet`).
         normalization: Intensity normalization applied before the network.
         gap: Gap radius between touching objects in the training targets (two classes).
+        threshold: Probability threshold of the post-processing that prediction uses
+            unless told otherwise; training chooses it on the validation images.
         name: Short name (for embedded models, the name they are addressed by).
         description: One line for humans.
         pixel_size: Physical size of a pixel of the training data ``(y, x)``, if known.
@@ -39,6 +41,7 @@ class Model:
     network: UNet
     normalization: Normalization = field(default_factory=Normalization)
     gap: int = 1
+    threshold: float = 0.5
     name: str = ""
     description: str = ""
     pixel_size: tuple[float, float] | None = None

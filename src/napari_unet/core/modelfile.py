@@ -21,7 +21,7 @@ from .errors import ModelFileError
 from .model import NetworkConfig, UNet
 from .normalize import Normalization
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MODEL_SUFFIX", "save_model", "load_model_file", "read_metadata"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MODEL_SUFFIX", "save_model", "load_model_file", "read_metadata", "recorded_threshold"]
 
 FORMAT_NAME = "napari-unet model"
 FORMAT_VERSION = 1
@@ -45,6 +45,7 @@ def _metadata(model: Model) -> dict:
         "network": model.config.to_dict(),
         "normalization": model.normalization.to_dict(),
         "gap": model.gap,
+        "threshold": model.threshold,
         "pixel_size": list(model.pixel_size) if model.pixel_size else None,
         "pixel_unit": model.pixel_unit,
         "object_diameter": model.object_diameter,
@@ -117,6 +118,18 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return metadata
 
 
+def recorded_threshold(metadata: dict, path: str | os.PathLike = "the model file") -> float:
+    """The post-processing threshold in a model file's metadata (0.5 in files that predate it).
+
+    Raises:
+        ModelFileError: If the recorded value is not a probability.
+    """
+    threshold = metadata.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ModelFileError(f"{path} has a damaged header (post-processing threshold {threshold!r})")
+    return float(threshold)
+
+
 def load_model_file(path: str | os.PathLike) -> Model:
     """Load a model file written by :func:`save_model`.
 
@@ -141,6 +154,7 @@ def load_model_file(path: str | os.PathLike) -> Model:
         network=network,
         normalization=normalization,
         gap=int(metadata.get("gap", 1)),
+        threshold=recorded_threshold(metadata, path),
         name=metadata.get("name", ""),
         description=metadata.get("description", ""),
         pixel_size=tuple(pixel_size) if pixel_size else None,

@@ -9,19 +9,56 @@ objects regain their full extent.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from scipy import ndimage
-from skimage.morphology import remove_small_objects
-from skimage.segmentation import expand_labels, relabel_sequential
 
-__all__ = ["foreground_probability", "probabilities_to_labels"]
+from .metrics import average_precision
+
+__all__ = ["THRESHOLD_CHOICES", "choose_threshold", "foreground_probability", "probabilities_to_labels"]
+
+#: The thresholds :func:`choose_threshold` tries. Lower ones merge touching objects,
+#: higher ones shrink and lose faint objects; the best lies in between.
+THRESHOLD_CHOICES = tuple(np.round(np.arange(0.3, 0.81, 0.05), 2).tolist())
 
 
 def foreground_probability(probabilities: np.ndarray) -> np.ndarray:
     """Probability that a pixel belongs to any object, from ``(classes, H, W)``."""
     return 1.0 - probabilities[0]
+
+
+def _without_small_objects(seeds: np.ndarray, min_size: int) -> np.ndarray:
+    """``seeds`` without objects under ``min_size`` pixels, the rest numbered 1..N in order."""
+    sizes = np.bincount(seeds.ravel())
+    keep = sizes >= max(min_size, 1)
+    keep[0] = False
+    renumber = (np.cumsum(keep) * keep).astype(np.int32)
+    return renumber[seeds]
+
+
+def _nearest_labels(seeds: np.ndarray, pixels: np.ndarray, distance: float) -> np.ndarray:
+    """For each pixel of the mask ``pixels``, the nearest object of ``seeds`` within ``distance`` (else 0).
+
+    What skimage's ``expand_labels`` gives there (up to the choice between equally near
+    objects), but looked up only at the pixels that need it: a Euclidean distance
+    transform of the whole plane took three quarters of the post-processing time.
+    """
+    ys, xs = np.nonzero(pixels)
+    found = np.zeros(len(ys), np.int32)
+    reach = int(distance)
+    offsets = sorted(
+        ((dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)
+         if 0 < dy * dy + dx * dx <= distance * distance),
+        key=lambda offset: offset[0] ** 2 + offset[1] ** 2,
+    )
+    height, width = seeds.shape
+    for dy, dx in offsets:  # nearest first: a pixel keeps the first object it finds
+        unlabelled = found == 0
+        if not unlabelled.any():
+            break
+        y, x = ys + dy, xs + dx
+        look = np.flatnonzero(unlabelled & (y >= 0) & (y < height) & (x >= 0) & (x < width))
+        found[look] = seeds[y[look], x[look]]
+    return found
 
 
 def _gap_pixels(seeds: np.ndarray, gap: int) -> np.ndarray:
@@ -41,6 +78,7 @@ def probabilities_to_labels(
     threshold: float = 0.5,
     min_size: int = 10,
     gap: int = 1,
+    pixel_scale: float = 1.0,
 ) -> np.ndarray:
     """Instance labels from the class probabilities of one plane.
 
@@ -49,22 +87,62 @@ def probabilities_to_labels(
         threshold: Probability above which a pixel is taken as separated foreground.
         min_size: Objects smaller than this many pixels are removed.
         gap: Gap radius the model was trained with (two classes).
+        pixel_scale: Pixels of ``probabilities`` per pixel of the network's output (the
+            probabilities of a plane that was shrunk for the network and brought back are
+            larger): the gaps and boundaries to grow over are that much wider.
 
     Returns:
         int32 labels, 0 = background, 1..N = objects (consecutive).
     """
     num_classes = probabilities.shape[0]
     seeds = ndimage.label(probabilities[1] > threshold)[0].astype(np.int32)
-    if min_size > 1 and seeds.any():
-        with warnings.catch_warnings():
-            # skimage warns when there is a single object, which is a normal outcome here.
-            warnings.simplefilter("ignore", UserWarning)
-            seeds = remove_small_objects(seeds, max_size=min_size - 1)
+    seeds = _without_small_objects(seeds, min_size)
     if num_classes == 3:
-        grown = expand_labels(seeds, distance=max(2, 2 * gap))
-        grown[foreground_probability(probabilities) <= threshold] = 0
-        labels = np.where(seeds > 0, seeds, grown)
+        grow = (seeds == 0) & (foreground_probability(probabilities) > threshold)
+        distance = max(2, 2 * gap) * pixel_scale
     else:
-        grown = expand_labels(seeds, distance=2 * gap)
-        labels = np.where(_gap_pixels(seeds, gap), grown, seeds)
-    return relabel_sequential(labels)[0]
+        gap = max(1, round(gap * pixel_scale))
+        grow = _gap_pixels(seeds, gap)
+        distance = 2 * gap
+    labels = seeds.copy()
+    labels[grow] = _nearest_labels(seeds, grow, max(distance, 1.0))
+    return labels
+
+
+def choose_threshold(
+    probabilities: list[np.ndarray],
+    truths: list[np.ndarray],
+    current: float = 0.5,
+    min_size: int = 10,
+    gap: int = 1,
+) -> float:
+    """The threshold of :func:`probabilities_to_labels` that segments annotated planes best.
+
+    As StarDist does with its probability threshold: a network's probabilities are not
+    calibrated to 0.5 (a 3-class network's interior probability, for instance, rises
+    slowly away from the boundary), so the threshold that best separates touching
+    objects is measured rather than assumed.
+
+    Args:
+        probabilities: ``(classes, H, W)`` network outputs of fully annotated planes.
+        truths: Their ground-truth instance labels.
+        current: The threshold used so far. It stays unless another one scores strictly
+            better, and among equal scores the one nearest to it wins, so that a few
+            validation images cannot push it around for nothing.
+        min_size: Smallest object kept, in pixels.
+        gap: Gap radius the model was trained with (two classes).
+
+    Returns:
+        The threshold, among :data:`THRESHOLD_CHOICES` and ``current``, with the highest
+        mean AP at IoU 0.5 over the planes.
+    """
+    if not truths:
+        return current
+
+    def score(threshold: float) -> float:
+        predictions = [probabilities_to_labels(p, threshold, min_size, gap) for p in probabilities]
+        return average_precision(truths, predictions, thresholds=(0.5,))["ap_mean"][0]
+
+    candidates = sorted({current, *THRESHOLD_CHOICES}, key=lambda t: abs(t - current))
+    scores = [score(t) for t in candidates]
+    return candidates[int(np.argmax(scores))]  # argmax takes the first, nearest to current

@@ -231,7 +231,7 @@ def predict_iter(
     image: np.ndarray,
     tile_size: int = 1024,
     batch_size: int = 4,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     min_size: int = 10,
     channel_axis: int | None = None,
     device: str | torch.device = "auto",
@@ -251,7 +251,9 @@ def predict_iter(
         image: 2D image, RGB image or stack, any numeric dtype.
         tile_size: Largest tile edge in pixels, context included.
         batch_size: Tiles per forward pass.
-        threshold: Foreground probability threshold.
+        threshold: Probability threshold of the post-processing (see
+            :func:`~napari_unet.core.postprocess.probabilities_to_labels`); None: the
+            model's own, chosen on its validation images.
         min_size: Smallest object kept, in pixels.
         channel_axis: Channel axis of a multi-channel image, if not guessed right.
         device: Torch device or "auto".
@@ -263,6 +265,9 @@ def predict_iter(
     """
     if tile_size < 1 or batch_size < 1:
         raise InputError("tile size and batch size must be positive")
+    threshold = model.threshold if threshold is None else threshold
+    if not 0 <= threshold <= 1:
+        raise InputError(f"the threshold is a probability, between 0 and 1, not {threshold}")
     planes, stack_shape = as_planes(image, model.config.in_channels, channel_axis)
     height, width = planes.shape[-2:]
     if isinstance(diameter, str):
@@ -285,7 +290,7 @@ def predict_iter(
             if done < total:
                 yield PredictProgress(index, len(planes), done, total)
         probability[index] = foreground_probability(probabilities)
-        labels[index] = probabilities_to_labels(probabilities, threshold, min_size, model.gap)
+        labels[index] = probabilities_to_labels(probabilities, threshold, min_size, model.gap, 1 / factor)
         yield PredictProgress(index, len(planes), total, total, labels[index], probability[index])
     shape = stack_shape + (height, width)
     if diameter is None and model.object_diameter:
@@ -332,8 +337,10 @@ def estimate_diameter(model: Model, image: np.ndarray, channel_axis: int | None 
         The median diameter of the objects found, or None when none were found.
     """
     planes, _ = as_planes(image, model.config.in_channels, channel_axis)
-    options = {"tile_size": 1024, "batch_size": 4, "device": "auto", "amp": True, "threshold": 0.5, "min_size": 10}
+    options = {"tile_size": 1024, "batch_size": 4, "device": "auto", "amp": True, "threshold": None, "min_size": 10}
     options.update(kwargs)
+    if options["threshold"] is None:
+        options["threshold"] = model.threshold
     return _estimate_plane_diameter(model, planes[0], **options)
 
 

@@ -2,7 +2,9 @@
 
 Nuclei are random ellipses, many of them placed against a neighbour so that they touch;
 where two ellipses overlap, each pixel goes to the object whose center is relatively
-nearer, which gives the straight shared borders of real touching nuclei. The image is
+nearer, which gives the straight shared borders of real touching nuclei. Like real
+nuclei in a monolayer they press against each other but do not pile up: a nucleus that
+would take more than a small part of one already placed is not placed. The image is
 blurred like a widefield microscope and carries shot and camera noise.
 """
 
@@ -12,6 +14,9 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["synthetic_nuclei"]
+
+#: The largest share of an earlier nucleus that a new one may take over at their border.
+MOST_TAKEN = 0.15
 
 
 def synthetic_nuclei(
@@ -26,7 +31,7 @@ def synthetic_nuclei(
 
     Args:
         shape: Image height and width.
-        count: Number of nuclei to place (fewer if the image runs out of room).
+        count: Number of nuclei to try to place (fewer are placed where they would pile up).
         radius: Range of the ellipses' mean radius, in pixels.
         touching: Share of nuclei placed against an earlier one.
         seed: Random seed (None for a different image each call).
@@ -41,6 +46,7 @@ def synthetic_nuclei(
     labels = np.zeros(shape, np.int32)
     brightness = np.zeros(shape, np.float32)
     centers: list[tuple[float, float, float]] = []
+    areas = np.zeros(count + 1, np.int64)  # pixels each nucleus holds so far
     for index in range(1, count + 1):
         mean_radius = rng.uniform(*radius)
         if centers and rng.random() < touching:
@@ -68,6 +74,12 @@ def synthetic_nuclei(
         wins = (relative < 1.0) & (relative < nearest[window])
         if not wins.any():
             continue
+        taken = np.bincount(labels[window][wins], minlength=count + 1)
+        taken[0] = 0
+        if np.any(taken > MOST_TAKEN * areas):
+            continue
+        areas -= taken
+        areas[index] = wins.sum()
         nearest[window][wins] = relative[wins]
         labels[window][wins] = index
         # A widefield image sums the stain through the nucleus: a uniformly stained

@@ -5,7 +5,8 @@ windows around annotated pixels (CPU, cheap slicing), move them to the training 
 augment them there in one batched operation, and take an optimizer step on the weighted
 cross-entropy (plus Dice if asked). After every epoch the model is validated; the best
 validated weights are what training returns, also when the user stops it or the time
-budget runs out. :func:`train` is the plain synchronous wrapper.
+budget runs out, with the post-processing threshold that segments the fully annotated
+validation images best. :func:`train` is the plain synchronous wrapper.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from .errors import InputError
 from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
 from .normalize import as_planes
-from .postprocess import probabilities_to_labels
+from .postprocess import choose_threshold, probabilities_to_labels
 from .predict import predict_probabilities
 from .progress import run_to_end
 from .scale import equivalent_diameters, resize_labels, resize_plane, scale_factor, scaled_shape
 from .targets import as_instance_labels, border_weights, class_targets
 
-__all__ = ["TrainingSample", "TrainingConfig", "TrainingProgress", "TrainingResult", "train_iter", "train"]
+__all__ = ["TrainingSample", "TrainingConfig", "TrainingProgress", "TrainingResult", "train_iter", "train", "tune_threshold"]
 
 logger = logging.getLogger(__name__)
 
@@ -361,18 +362,32 @@ def _center_crop(tensor: torch.Tensor, size: int) -> torch.Tensor:
     return tensor[..., offset : offset + size, offset : offset + size]
 
 
+def _rank(validation: dict) -> tuple[float, float]:
+    """How good a validation is: by its score, and on equal scores by pixel IoU.
+
+    Few or weak validation objects often give equal AP (zero, or one) to weights that
+    differ; their pixels still tell them apart.
+    """
+    return validation["score"], validation["iou"]
+
+
+def _network_outputs(model: Model, planes: list, device: torch.device, amp: bool, tile_size: int = 1024):
+    """``(probabilities, labels, mask)`` of each ``(name, image, labels, mask)`` plane."""
+    for _, image, labels, mask in planes:
+        probabilities = run_to_end(
+            predict_probabilities(model.network, model.normalization(image), tile_size, 4, device, amp)
+        )
+        yield probabilities, labels, mask
+
+
 def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_size: int = 1024) -> dict:
     """Pixel IoU/F1 over the annotated pixels and AP at IoU 0.5 on fully annotated planes.
 
     ``score`` is the AP when some validation plane is fully annotated, else the IoU.
     """
     truths, predictions, pixels_pred, pixels_true = [], [], [], []
-    for _, image, labels, mask in planes:
-        normalized = model.normalization(image)
-        probabilities = run_to_end(
-            predict_probabilities(model.network, normalized, tile_size, 4, device, amp)
-        )
-        predicted = probabilities_to_labels(probabilities, gap=model.gap)
+    for probabilities, labels, mask in _network_outputs(model, planes, device, amp, tile_size):
+        predicted = probabilities_to_labels(probabilities, model.threshold, gap=model.gap)
         pixels_pred.append(predicted[mask])
         pixels_true.append(labels[mask])
         if mask.all():
@@ -385,6 +400,34 @@ def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_s
     result["score"] = result.get("ap50", result["iou"])
     return result
 
+
+def _tuned_threshold(model: Model, planes: list, device: torch.device, amp: bool) -> float:
+    """The post-processing threshold that segments the fully annotated ``planes`` best."""
+    complete = [plane for plane in planes if plane[3].all()]
+    outputs = list(_network_outputs(model, complete, device, amp))
+    return choose_threshold([p for p, _, _ in outputs], [labels for _, labels, _ in outputs], model.threshold,
+                            gap=model.gap)
+
+
+def tune_threshold(model: Model, samples: Sequence[TrainingSample], device: str | torch.device = "auto",
+                   diameter: float | None = None) -> float:
+    """Choose ``model.threshold`` on fully annotated images, as training does at its end.
+
+    For models trained elsewhere or before thresholds were chosen. Changes ``model``.
+
+    Args:
+        model: The model whose threshold is chosen.
+        samples: Annotated images (only fully annotated planes count).
+        device: Torch device or "auto".
+        diameter: Typical object diameter in the images, in pixels (resized as in training).
+
+    Returns:
+        The chosen threshold (also set on ``model``).
+    """
+    factor = scale_factor(model, diameter, None)
+    planes = [_resized(plane, factor) for plane in _split_planes(samples, model.config.in_channels)]
+    model.threshold = _tuned_threshold(model, planes, resolve_device(device), amp=True)
+    return model.threshold
 
 
 def train_iter(
@@ -474,13 +517,13 @@ def train_iter(
     freeze_norm = fine_tuning if config.freeze_norm is None else config.freeze_norm
     batch_size = config.batch_size  # halved if the device runs out of memory
     history: list[dict] = []
-    best_score, best_state = None, None
+    best_score, best_rank, best_state = None, None, None
     start = time.monotonic()
     if fine_tuning and validation_planes:
         # The model as it came is the first candidate: fine-tuning that only makes the
         # validation images worse gives it back unchanged.
         validation = validate(model, validation_planes, device, config.amp)
-        best_score, best_state = validation["score"], copy.deepcopy(_cpu_state(network))
+        best_score, best_rank, best_state = validation["score"], _rank(validation), copy.deepcopy(_cpu_state(network))
         history.append({"step": 0, "epoch": 0, "loss": None, "seconds": round(time.monotonic() - start, 2), **validation})
     validations_without_gain = 0
     stop_reason = "epochs"
@@ -518,12 +561,12 @@ def train_iter(
             if validation_planes:
                 validation = validate(model, validation_planes, device, config.amp)
                 record.update(validation)
-                gained = best_score is None or validation["score"] > best_score
+                gained = best_rank is None or _rank(validation) > best_rank
                 # On a tie the later, longer-trained weights are kept (small validation sets
                 # often reach a perfect score early), but a tie is no gain for patience.
-                improved = gained or validation["score"] == best_score
+                improved = gained or _rank(validation) == best_rank
                 if improved:
-                    best_score = validation["score"]
+                    best_score, best_rank = validation["score"], _rank(validation)
                     best_state = copy.deepcopy(_cpu_state(network))
                 validations_without_gain = 0 if gained else validations_without_gain + 1
             history.append(record)
@@ -549,6 +592,11 @@ def train_iter(
 
     if best_state is not None:
         network.load_state_dict(best_state)
+    if validation_planes:
+        threshold = _tuned_threshold(model, validation_planes, device, config.amp)
+        if threshold != model.threshold:
+            logger.info("post-processing threshold %.2f -> %.2f (best on the validation images)", model.threshold, threshold)
+        model.threshold = threshold
     network.to("cpu").eval()
     _record(model, history, dict(config.to_dict(), stop_reason=stop_reason, steps=step, batch_size=batch_size), diameter, pixel_size, pixel_unit)
     return TrainingResult(model=model, history=history, stop_reason=stop_reason)

@@ -82,7 +82,7 @@ class BatchWidget(Container):
                                 tooltip="Where the label files go (default: a 'labels' folder beside the inputs). "
                                 "Files already there are kept and not segmented again.")
         self.model = ModelChooser(viewer, allow_scratch=False)
-        self.tile_size, self.threshold, self.min_size = prediction_settings()
+        self.tile_size, self.threshold, self.min_size = prediction_settings(self.model)
         self.device = ComboBox(label="device", choices=device_choices())
         self.run = PushButton(text="Run batch")
         self.cancel = PushButton(text="Cancel", enabled=False)

@@ -59,19 +59,6 @@ def embedded_model_names() -> list[str]:
     return list(embedded_models())
 
 
-def prediction_settings() -> tuple[SpinBox, FloatSpinBox, SpinBox]:
-    """The tile size, threshold and smallest object fields of the widgets that predict."""
-    # 1024 lets a typical plane go through the network in one tile (fastest for
-    # "current plane only"); users lower it when the GPU runs out of memory.
-    tile_size = SpinBox(label="tile size", value=1024, min=64, max=8192, step=64,
-                        tooltip="Largest tile edge in pixels; smaller tiles need less memory.")
-    threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.05,
-                             tooltip="Foreground probability above which a pixel belongs to an object.")
-    min_size = SpinBox(label="min object size (px)", value=10, min=0, max=1_000_000,
-                       tooltip="Objects smaller than this many pixels are removed.")
-    return tile_size, threshold, min_size
-
-
 class ModelChooser(Container):
     """A model source: an embedded model, the session's model, a file, or (for training) none.
 
@@ -115,6 +102,35 @@ class ModelChooser(Container):
     def _update_visibility(self, *_):
         self.path.visible = self.source.value == FILE
 
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever the chosen model may have changed."""
+        self.source.changed.connect(lambda *_: callback())
+        self.path.changed.connect(lambda *_: callback())
+        self._session.changed.connect(callback)
+
+    def recorded_threshold(self) -> float | None:
+        """The chosen model's own post-processing threshold, read without loading weights.
+
+        None when there is no model (yet) or its file cannot be read: loading it will
+        tell the user why.
+        """
+        from ..core.errors import NapariUnetError
+        from ..core.modelfile import read_metadata, recorded_threshold
+        from ..core.registry import embedded_models
+
+        choice = self.source.value
+        try:
+            if choice == SCRATCH:
+                return None
+            if choice == SESSION:
+                return self._session.latest.threshold if self._session.latest is not None else None
+            if choice == FILE:
+                path = Path(self.path.value)
+                return recorded_threshold(read_metadata(path), path) if path.is_file() else None
+            return recorded_threshold(embedded_models()[choice[len(EMBEDDED_PREFIX):]])
+        except (NapariUnetError, KeyError):
+            return None
+
     def load(self) -> Model | None:
         """The chosen model (None for "from scratch").
 
@@ -137,6 +153,32 @@ class ModelChooser(Container):
                 raise ModelFileError("choose a model file first")
             return load_model(path)
         return load_model(choice[len(EMBEDDED_PREFIX):])
+
+
+def prediction_settings(model: ModelChooser) -> tuple[SpinBox, FloatSpinBox, SpinBox]:
+    """The tile size, threshold and smallest object fields of the widgets that predict.
+
+    The threshold shows the chosen model's own until the user sets another value.
+    """
+    # 1024 lets a typical plane go through the network in one tile (fastest for
+    # "current plane only"); users lower it when the GPU runs out of memory.
+    tile_size = SpinBox(label="tile size", value=1024, min=64, max=8192, step=64,
+                        tooltip="Largest tile edge in pixels; smaller tiles need less memory.")
+    threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.05, tooltip=(
+        "Probability threshold of the post-processing: higher separates touching objects more, lower keeps "
+        "fainter ones. Set to the model's own (chosen on its validation images) when the model changes."))
+    min_size = SpinBox(label="min object size (px)", value=10, min=0, max=1_000_000,
+                       tooltip="Objects smaller than this many pixels are removed.")
+    shown = [threshold.value]  # the last value the model put there
+
+    def follow_model(*_):
+        recorded = model.recorded_threshold()
+        if recorded is not None and np.isclose(threshold.value, shown[0]):
+            threshold.value = shown[0] = recorded
+
+    model.on_change(follow_model)
+    follow_model()
+    return tile_size, threshold, min_size
 
 
 def device_choices() -> list[str]:

@@ -58,7 +58,7 @@ def start_prediction(
     image,
     model,
     tile_size: int = 1024,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     min_size: int = 10,
     device: str = "auto",
     diameter: float | None = None,
@@ -75,7 +75,7 @@ def start_prediction(
         image: The Image layer.
         model: A :class:`~napari_unet.core.bundle.Model`.
         tile_size: Largest tile edge in pixels.
-        threshold: Foreground probability threshold.
+        threshold: Post-processing probability threshold (None: the model's own).
         min_size: Smallest object kept, in pixels.
         device: "auto", "cpu", "cuda" or "mps".
         diameter: Typical object diameter in the image, in pixels; the image is rescaled
@@ -144,7 +144,7 @@ class PredictWidget(Container):
         self.output = None  # the Labels layer of the last prediction
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.model = ModelChooser(viewer, allow_scratch=False)
-        self.tile_size, self.threshold, self.min_size = prediction_settings()
+        self.tile_size, self.threshold, self.min_size = prediction_settings(self.model)
         self.diameter = FloatSpinBox(
             label="object diameter (px)", value=0.0, min=0.0, max=10_000.0, step=1.0,
             tooltip="Typical object diameter in this image, in pixels: the image is rescaled so that objects "
