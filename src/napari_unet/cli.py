@@ -394,6 +394,7 @@ def _describe_model(name: str, metadata: dict) -> str:
     if network:
         lines.append(f"  network:         depth {network.get('depth')}, base width {network.get('base_width')}, "
                      f"{network.get('in_channels')} channel(s) in, {network.get('num_classes')} classes")
+    lines.append(f"  threshold:       {metadata.get('threshold', 0.5):g} (post-processing, unless --threshold)")
     if metadata.get("evaluation"):
         figures = ", ".join(f"{key} {value}" for key, value in metadata["evaluation"].items())
         lines.append(f"  validation:      {figures}")
