@@ -4,9 +4,10 @@ A user holding the same trained weights could run MONAI's ``sliding_window_infer
 over the plain eval-mode network instead of ``napari_unet``'s prediction. This script
 gives both the same job and times them interleaved in one process: the embedded
 ``nuclei`` model; the same tile size (1024, predict's default), MONAI's default overlap
-(0.25) and blending, the same tiles per forward pass (4); and on the peer's side the
-model's own normalization before and the project's post-processing after, so that both
-produce labels. The images are mosaics of 256x256 crops of the held-out DSB2018
+(0.25) and blending, the same tiles per forward pass (predict's default: 1 on a CPU, 4
+on a GPU); and on the peer's side the model's own normalization before and the
+project's post-processing (with the model's threshold) after, so that both produce
+labels. The images are mosaics of 256x256 crops of the held-out DSB2018
 validation images (``scripts/splits/dsb2018-validation.txt``, never trained on), with
 their ground truth: a 2048x2048 image and a stack of 20 planes of 1024x1024.
 
@@ -35,13 +36,17 @@ from _common import environment, report, synchronize, torch_device, torch_parser
 from napari_unet.core.device import autocast
 from napari_unet.core.metrics import average_precision
 from napari_unet.core.postprocess import probabilities_to_labels
-from napari_unet.core.predict import predict
+from napari_unet.core.predict import GPU_TILES_PER_PASS, predict
 from napari_unet.core.registry import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 SPLIT = ROOT / "scripts" / "splits" / "dsb2018-validation.txt"
-BATCH = 4
+
+
+def tiles_per_pass(device: torch.device) -> int:
+    """Predict's default number of tiles per forward pass, given to both sides."""
+    return 1 if device.type == "cpu" else GPU_TILES_PER_PASS
 
 
 def validation_crops(crop: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -81,9 +86,9 @@ def monai_labels(model, network, stack: np.ndarray, tile: int, device: torch.dev
     for index, plane in enumerate(stack):
         normalized = torch.from_numpy(model.normalization(plane[None]))[None].to(device)
         with torch.inference_mode(), autocast(device, True):
-            logits = sliding_window_inference(normalized, (tile, tile), BATCH, network, overlap=0.25)
+            logits = sliding_window_inference(normalized, (tile, tile), tiles_per_pass(device), network, overlap=0.25)
         probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-        out[index] = probabilities_to_labels(probabilities, 0.5, 10, model.gap)
+        out[index] = probabilities_to_labels(probabilities, model.threshold, 10, model.gap)
     return out
 
 
@@ -97,7 +102,7 @@ def compare(case: str, model, network, stack, truth, tile: int, device, repeats:
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
-        ours = predict(model, stack if len(stack) > 1 else stack[0], tile_size=tile, batch_size=BATCH,
+        ours = predict(model, stack if len(stack) > 1 else stack[0], tile_size=tile, batch_size=tiles_per_pass(device),
                        device=device).labels.reshape(stack.shape)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
@@ -143,7 +148,7 @@ def main() -> None:
 
     # Warm-up on both sides: allocator, thread pool, kernels.
     warm, _ = mosaic(crops, stack_side, 0)
-    predict(model, warm, tile_size=tile, batch_size=BATCH, device=device)
+    predict(model, warm, tile_size=tile, batch_size=tiles_per_pass(device), device=device)
     monai_labels(model, network, warm[None], tile, device)
 
     image, image_truth = mosaic(crops, image_side, 0)
@@ -154,7 +159,7 @@ def main() -> None:
                 tile, device, repeats),
     ]
     report({"benchmark": "prediction vs MONAI sliding_window_inference", "model": "nuclei", "tile": tile,
-            "batch": BATCH, "overlap_peer": 0.25, "crops": len(crops), "results": results,
+            "batch": tiles_per_pass(device), "overlap_peer": 0.25, "crops": len(crops), "results": results,
             **environment(device, args.quick)})
 
 

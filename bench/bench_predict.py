@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
     parser = torch_parser(__doc__, "256x256 image, for smoke tests")
     parser.add_argument("--size", type=int, default=None, help="image edge (default 2048 on CUDA, 1024 on CPU)")
     parser.add_argument("--tile", type=int, default=1024, help="tile size of predict (default 1024, as predict)")
-    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass (predict's default 4)")
+    parser.add_argument("--batch", type=int, default=None, help="tiles per forward pass (default: predict's, 1 on a CPU and 4 on a GPU)")
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed runs of each (default 3 on CUDA and with --quick, 1 on CPU)"
     )

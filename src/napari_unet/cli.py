@@ -141,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "OME-TIFF, BigTIFF)")
     predict.add_argument("--out", required=True, help="output folder (created if needed; never an input's file)")
     predict.add_argument("--tile-size", type=_positive_int, default=1024, help="largest tile edge in pixels (default: 1024)")
-    predict.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per forward pass (default: 4)")
+    predict.add_argument("--batch-size", type=_positive_int,
+                         help="most tiles per forward pass (default: 1 on a CPU, 4 on a GPU, fewer when its memory "
+                         "is short)")
     predict.add_argument("--threshold", type=_fraction,
                          help="probability threshold of the post-processing; higher separates touching objects "
                          "more, lower keeps fainter ones (default: the model's own, chosen on its validation images)")

@@ -130,6 +130,8 @@ def test_progress_counts_tile_batches():
     batched = list(predict_probabilities(net, plane, tile_size=64, batch_size=3, device="cpu"))
     total = math.ceil(tiles / 3)
     assert batched == [(done, total) for done in range(1, total + 1)]
+    # By default a CPU takes one tile per pass.
+    assert list(predict_probabilities(net, plane, tile_size=64, device="cpu")) == single
 
 
 # --- small images --------------------------------------------------------------------

@@ -32,6 +32,9 @@ from .scale import object_diameter, resize_plane, scale_factor, scaled_shape
 
 __all__ = ["PredictProgress", "Prediction", "image_border", "predict_probabilities", "predict_iter", "predict", "estimate_diameter"]
 
+#: Tiles per forward pass on a GPU unless told otherwise (fewer when its memory is short).
+GPU_TILES_PER_PASS = 4
+
 
 @dataclass(frozen=True)
 class PredictProgress:
@@ -169,7 +172,7 @@ def predict_probabilities(
     network: UNet,
     plane: np.ndarray,
     tile_size: int = 1024,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str | torch.device = "auto",
     amp: bool = True,
 ) -> Iterator[tuple[int, int] | np.ndarray]:
@@ -182,9 +185,9 @@ def predict_probabilities(
         network: The U-Net (left as it is: an inference copy of it runs on ``device``).
         plane: ``(channels, H, W)`` float32, already normalized.
         tile_size: Largest tile edge in pixels, context included.
-        batch_size: Most tiles per forward pass: fewer on a GPU whose free memory does
-            not hold them, and halved (with a warning) whenever the device runs out of
-            memory.
+        batch_size: Most tiles per forward pass (None: 1 on a CPU, 4 on a GPU): fewer on
+            a GPU whose free memory does not hold them, and halved (with a warning)
+            whenever the device runs out of memory.
         device: Torch device or "auto".
         amp: Mixed precision on CUDA.
 
@@ -199,6 +202,11 @@ def predict_probabilities(
     padded = _mirror_pad(plane, ((0, 0), (rows.pad_before, rows.pad_after), (cols.pad_before, cols.pad_after)))
     padded = np.ascontiguousarray(padded, dtype=np.float32)
     windows = [(row, col) for row in range(rows.count) for col in range(cols.count)]
+    if batch_size is None:
+        # A GPU needs several tiles at once to be busy; a CPU is busy with one, and more
+        # only multiply the feature maps that must pass through its caches (measured on
+        # 2 cores: 9 tiles of 912x912 6 % faster one at a time than four at a time).
+        batch_size = 1 if device.type == "cpu" else GPU_TILES_PER_PASS
     fit = _tiles_that_fit(network, (rows.tile, cols.tile), device, amp)
     batch_size = min(batch_size, fit) if fit else batch_size
     result = np.zeros((network.config.num_classes, height, width), np.float32)
@@ -230,7 +238,7 @@ def predict_iter(
     model: Model,
     image: np.ndarray,
     tile_size: int = 1024,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     threshold: float | None = None,
     min_size: int = 10,
     channel_axis: int | None = None,
@@ -250,7 +258,7 @@ def predict_iter(
         model: The model.
         image: 2D image, RGB image or stack, any numeric dtype.
         tile_size: Largest tile edge in pixels, context included.
-        batch_size: Tiles per forward pass.
+        batch_size: Most tiles per forward pass (None: 1 on a CPU, 4 on a GPU).
         threshold: Probability threshold of the post-processing (see
             :func:`~napari_unet.core.postprocess.probabilities_to_labels`); None: the
             model's own, chosen on its validation images.
@@ -263,7 +271,7 @@ def predict_iter(
         pixel_size: Pixel size ``(y, x)`` of the image in the model's unit, used when
             no diameter is given.
     """
-    if tile_size < 1 or batch_size < 1:
+    if tile_size < 1 or (batch_size is not None and batch_size < 1):
         raise InputError("tile size and batch size must be positive")
     threshold = model.threshold if threshold is None else threshold
     if not 0 <= threshold <= 1:
@@ -337,7 +345,7 @@ def estimate_diameter(model: Model, image: np.ndarray, channel_axis: int | None 
         The median diameter of the objects found, or None when none were found.
     """
     planes, _ = as_planes(image, model.config.in_channels, channel_axis)
-    options = {"tile_size": 1024, "batch_size": 4, "device": "auto", "amp": True, "threshold": None, "min_size": 10}
+    options = {"tile_size": 1024, "batch_size": None, "device": "auto", "amp": True, "threshold": None, "min_size": 10}
     options.update(kwargs)
     if options["threshold"] is None:
         options["threshold"] = model.threshold
