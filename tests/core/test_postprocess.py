@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from napari_unet.core.metrics import match_counts
-from napari_unet.core.postprocess import choose_threshold, foreground_probability, probabilities_to_labels
+from napari_unet.core.postprocess import (
+    FEWEST_OBJECTS_TO_CHOOSE,
+    choose_threshold,
+    foreground_probability,
+    probabilities_to_labels,
+)
 from napari_unet.core.targets import class_targets
 
 
@@ -148,18 +153,30 @@ def _bridged_pairs(bridge: float) -> tuple[np.ndarray, np.ndarray]:
     return probabilities, labels
 
 
+def _enough(pair: tuple[np.ndarray, np.ndarray]) -> tuple[list, list]:
+    """Copies of one plane, with enough objects among them to choose a threshold on."""
+    copies = FEWEST_OBJECTS_TO_CHOOSE // pair[1].max() + 1
+    return [pair[0]] * copies, [pair[1]] * copies
+
+
 def test_choose_threshold_finds_the_one_that_separates_touching_objects():
     probabilities, labels = _bridged_pairs(bridge=0.6)  # above 0.5: merged at the usual threshold
     assert probabilities_to_labels(probabilities, 0.5, min_size=1).max() == 2
-    chosen = choose_threshold([probabilities], [labels], current=0.5, min_size=1)
+    chosen = choose_threshold(*_enough((probabilities, labels)), current=0.5, min_size=1)
     assert 0.6 <= chosen < 0.9
     assert probabilities_to_labels(probabilities, chosen, min_size=1).max() == 4
 
 
 def test_choose_threshold_keeps_the_current_one_unless_another_is_better():
     probabilities, labels = _bridged_pairs(bridge=0.3)  # every threshold from 0.3 up separates them
-    assert choose_threshold([probabilities], [labels], current=0.55, min_size=1) == 0.55
+    assert choose_threshold(*_enough((probabilities, labels)), current=0.55, min_size=1) == 0.55
     assert choose_threshold([], [], current=0.42) == 0.42
+
+
+def test_choose_threshold_keeps_the_current_one_on_few_objects():
+    probabilities, labels = _bridged_pairs(bridge=0.6)
+    few = [probabilities] * 10, [labels] * 10  # 40 objects: better at 0.65, but too few to tell
+    assert choose_threshold(*few, current=0.5, min_size=1) == 0.5
 
 
 def test_empty_prediction_gives_empty_labels():

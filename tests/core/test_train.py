@@ -324,7 +324,8 @@ def test_explicit_validation_images_are_used_and_no_training_image_is_held_out(t
 
 
 def test_training_ends_with_the_threshold_that_segments_the_validation_images_best(tiny_config):
-    pairs = [synthetic_nuclei((96, 96), count=12, seed=seed) for seed in (40, 41)]
+    # Enough validation objects (over 200) for the threshold to be chosen.
+    pairs = [synthetic_nuclei((256, 256), count=70, seed=seed) for seed in (40, 41, 43, 44)]
     validation = [TrainingSample(image, labels) for image, labels in pairs]
     config = TrainingConfig(**{**FAST, "epochs": 2, "steps_per_epoch": 10, "learning_rate": 3e-3})
     model = train([TrainingSample(*synthetic_nuclei((96, 96), count=12, seed=42))], network_config=tiny_config,

@@ -375,7 +375,7 @@ def _network_outputs(model: Model, planes: list, device: torch.device, amp: bool
     """``(probabilities, labels, mask)`` of each ``(name, image, labels, mask)`` plane."""
     for _, image, labels, mask in planes:
         probabilities = run_to_end(
-            predict_probabilities(model.network, model.normalization(image), tile_size, 4, device, amp)
+            predict_probabilities(model.network, model.normalization(image), tile_size, None, device, amp)
         )
         yield probabilities, labels, mask
 
