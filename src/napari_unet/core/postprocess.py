@@ -21,9 +21,8 @@ __all__ = ["FEWEST_OBJECTS_TO_CHOOSE", "THRESHOLD_CHOICES", "choose_threshold", 
 THRESHOLD_CHOICES = tuple(np.round(np.arange(0.3, 0.81, 0.05), 2).tolist())
 
 #: Fewest annotated objects on which :func:`choose_threshold` moves the threshold. On a
-#: few dozen (a stripe held out of 5 images) the best threshold is mostly noise: measured,
-#: fine-tuning `nuclei` on 5 images moved it off the 0.7 chosen on 3874 objects and
-#: lowered AP50 on 75 other images of the kind from 0.851 to 0.835.
+#: few dozen (a stripe held out of a few images, as when fine-tuning on 5) neighbouring
+#: thresholds differ by an object or two, which is noise, not a better threshold.
 FEWEST_OBJECTS_TO_CHOOSE = 200
 
 
