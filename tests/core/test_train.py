@@ -18,7 +18,15 @@ from napari_unet.core.postprocess import THRESHOLD_CHOICES
 from napari_unet.core.predict import predict
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.synthetic import synthetic_nuclei
-from napari_unet.core.train import TrainingConfig, TrainingSample, _loss, train, train_iter, tune_threshold
+from napari_unet.core.train import (
+    TrainingConfig,
+    TrainingSample,
+    _clearly_better,
+    _loss,
+    train,
+    train_iter,
+    tune_threshold,
+)
 
 FAST = dict(epochs=1, steps_per_epoch=3, patch_size=32, batch_size=2, device="cpu", val_fraction=0.0)
 
@@ -153,6 +161,19 @@ def test_fine_tuning_that_only_hurts_gives_the_model_back_unchanged(nuclei, tiny
                    validation_samples=[TrainingSample(image, labels)])
     assert misled.history[0]["step"] == 0 and misled.history[-1]["iou"] < misled.history[0]["iou"]
     assert _same_weights(_weights(misled.model), before)
+
+
+@pytest.mark.parametrize(("errors", "objects", "replaces"), [
+    (3, 40, True),  # two errors fewer
+    (2, 40, False),  # one error fewer: within what 40 validation objects resolve
+    (90, 1000, True), (88, 1000, False),  # 1 % of 1000 objects is 10 errors
+])
+def test_fine_tuned_weights_replace_the_given_model_only_when_clearly_better(errors, objects, replaces):
+    candidate = {"errors": 1 if objects == 40 else 80, "objects": objects}
+    given = {"errors": errors, "objects": objects}
+    assert _clearly_better(candidate, given) == replaces
+    assert _clearly_better(candidate, None)  # later candidates compete by score alone
+    assert _clearly_better({"iou": 0.5}, given)  # no fully annotated plane: by pixel IoU
 
 
 @pytest.mark.parametrize("freeze_norm", [None, False])
