@@ -56,13 +56,17 @@ def _nearest_labels(seeds: np.ndarray, pixels: np.ndarray, distance: float) -> n
         key=lambda offset: offset[0] ** 2 + offset[1] ** 2,
     )
     height, width = seeds.shape
+    searching = np.arange(len(ys))  # pixels without an object yet
     for dy, dx in offsets:  # nearest first: a pixel keeps the first object it finds
-        unlabelled = found == 0
-        if not unlabelled.any():
+        if searching.size == 0:
             break
-        y, x = ys + dy, xs + dx
-        look = np.flatnonzero(unlabelled & (y >= 0) & (y < height) & (x >= 0) & (x < width))
-        found[look] = seeds[y[look], x[look]]
+        y, x = ys[searching] + dy, xs[searching] + dx
+        inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+        neighbour = np.zeros(searching.size, np.int32)
+        neighbour[inside] = seeds[y[inside], x[inside]]
+        hit = neighbour > 0
+        found[searching[hit]] = neighbour[hit]
+        searching = searching[~hit]
     return found
 
 
