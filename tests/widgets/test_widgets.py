@@ -169,6 +169,30 @@ def test_threshold_follows_the_model_unless_the_user_chose_one(make_napari_viewe
     assert widget.threshold.value == pytest.approx(0.42)
 
 
+def test_training_pairs_can_be_added_cleared_and_follow_deleted_layers(make_napari_viewer):
+    from napari_unet.widgets import TrainWidget
+
+    viewer = make_napari_viewer()
+    layers = []
+    for seed in (1, 2):
+        image, labels = synthetic_nuclei((48, 48), count=4, seed=seed)
+        layers.append((viewer.add_image(image, name=f"image {seed}"), viewer.add_labels(labels, name=f"labels {seed}")))
+    widget = _docked(viewer, TrainWidget)
+    for image, labels in layers:
+        widget.image.value, widget.labels_layer.value = image, labels
+        widget.add_pair.clicked.emit()
+    assert widget._training_pairs() == layers
+    assert "image 1 + labels 1, image 2 + labels 2" in widget.pairs_label.value
+
+    viewer.layers.remove(layers[0][1])  # deleting a layer drops its pair
+    assert widget._training_pairs() == [layers[1]]
+    assert "image 1" not in widget.pairs_label.value
+
+    widget.clear_pairs.clicked.emit()
+    assert widget.pairs_label.value == "training on: the image and labels above"
+    assert widget._training_pairs() == [(widget.image.value, widget.labels_layer.value)]
+
+
 def test_training_mistakes_are_notifications_and_change_nothing(make_napari_viewer, notifications):
     from napari_unet.widgets import TrainWidget
 

@@ -50,6 +50,7 @@ CONVENTION = (
     "In a stack, planes holding at least one label are annotated; unlabeled pixels in them are "
     "background; planes without labels are ignored. With a regions layer, only its rectangles count."
 )
+ONLY_THE_LAYERS_ABOVE = "training on: the image and labels above"
 
 #: Adam step sizes offered for a new network and for fine-tuning one. A trained model needs
 #: a gentler step: with 0.0005, 3 minutes on 5 DSB2018 images made the nuclei model worse
@@ -84,7 +85,8 @@ class TrainWidget(Container):
         self.regions.tooltip = "Optional: rectangles that mark the annotated regions."
         self.new_labels = PushButton(text="New labels layer for this image")
         self.add_pair = PushButton(text="Add pair")
-        self.pairs_label = Label(value="training on: the image and labels above")
+        self.clear_pairs = PushButton(text="Clear pairs", tooltip="Train on the image and labels above only.")
+        self.pairs_label = Label(value=ONLY_THE_LAYERS_ABOVE)
         self.convention = Label(value=CONVENTION)
         self.convention.native.setWordWrap(True)
         self.start_from = ModelChooser(viewer, allow_scratch=True, label="start from")
@@ -119,7 +121,7 @@ class TrainWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, max=1000)
         self.status = Label(value="")
         self.extend([
-            self.image, self.labels_layer, self.regions, self.new_labels, self.add_pair, self.pairs_label,
+            self.image, self.labels_layer, self.regions, self.new_labels, self.add_pair, self.clear_pairs, self.pairs_label,
             self.convention, self.start_from, self.max_minutes, self.epochs, self.patch_size, self.batch_size,
             self.learning_rate, self.w0, self.sigma, self.augment, self.diameter, self.device, self.predict_when_done,
             self.start, self.stop, self.save, self.progress, self.status,
@@ -132,6 +134,9 @@ class TrainWidget(Container):
         self.start_from.source.changed.connect(self._suggest_learning_rate)
         self.new_labels.changed.connect(self._create_labels_layer)
         self.add_pair.changed.connect(self._add_pair)
+        self.clear_pairs.changed.connect(self._clear_pairs)
+        # A pair whose layer is deleted is no longer trained on.
+        viewer.layers.events.removed.connect(self._forget_removed_layers)
         self.start.changed.connect(self.start_training)
         self.stop.changed.connect(self.stop_training)
         self.save.changed.connect(self._save_dialog)
@@ -164,8 +169,21 @@ class TrainWidget(Container):
         pair = (self.image.value, self.labels_layer.value)
         if pair not in self._pairs:
             self._pairs.append(pair)
-        names = ", ".join(f"{i.name} + {lab.name}" for i, lab in self._pairs)
-        self.pairs_label.value = f"training on: {names}"
+        self._show_pairs()
+
+    def _clear_pairs(self, *_):
+        self._pairs.clear()
+        self._show_pairs()
+
+    def _forget_removed_layers(self, event):
+        kept = [pair for pair in self._pairs if event.value not in pair]
+        if len(kept) != len(self._pairs):
+            self._pairs = kept
+            self._show_pairs()
+
+    def _show_pairs(self):
+        names = ", ".join(f"{image.name} + {labels.name}" for image, labels in self._pairs)
+        self.pairs_label.value = f"training on: {names}" if names else ONLY_THE_LAYERS_ABOVE
 
     def _training_pairs(self) -> list[tuple]:
         return list(self._pairs) or [(self.image.value, self.labels_layer.value)]
