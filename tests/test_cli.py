@@ -45,6 +45,7 @@ def test_train_predict_evaluate(sample_folder, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 4 and summary["stop_reason"] == "epochs"
     assert model.is_file()
+    assert summary["threshold"] == load_model_file(model).threshold  # the one prediction will use
 
     # Fine-tune the written model further: --init takes a path.
     again = tmp_path / "again.safetensors"

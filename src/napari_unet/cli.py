@@ -254,7 +254,7 @@ def _train(args) -> int:
     path = result.model.save(args.out)
     last = result.history[-1] if result.history else {}
     print(json.dumps({"model": str(path), "stop_reason": result.stop_reason, "steps": result.model.training["steps"],
-                      "last_validation": _rounded(last)}))
+                      "threshold": result.model.threshold, "last_validation": _rounded(last)}))
     return 0
 
 
