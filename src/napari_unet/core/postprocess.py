@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from .metrics import average_precision
 
-__all__ = ["FEWEST_OBJECTS_TO_CHOOSE", "THRESHOLD_CHOICES", "choose_threshold", "foreground_probability", "probabilities_to_labels"]
+__all__ = ["FEWEST_OBJECTS_TO_CHOOSE", "THRESHOLD_CHOICES", "choose_threshold", "enough_to_choose", "foreground_probability", "probabilities_to_labels"]
 
 #: The thresholds :func:`choose_threshold` tries. Lower ones merge touching objects,
 #: higher ones shrink and lose faint objects; the best lies in between.
@@ -118,6 +118,11 @@ def probabilities_to_labels(
     return labels
 
 
+def enough_to_choose(truths: list[np.ndarray]) -> bool:
+    """Whether ``truths`` hold the :data:`FEWEST_OBJECTS_TO_CHOOSE` a threshold is chosen on."""
+    return sum(len(np.unique(truth[truth > 0])) for truth in truths) >= FEWEST_OBJECTS_TO_CHOOSE
+
+
 def choose_threshold(
     probabilities: list[np.ndarray],
     truths: list[np.ndarray],
@@ -145,7 +150,7 @@ def choose_threshold(
         The threshold, among :data:`THRESHOLD_CHOICES` and ``current``, with the highest
         mean AP at IoU 0.5 over the planes.
     """
-    if sum(len(np.unique(truth[truth > 0])) for truth in truths) < FEWEST_OBJECTS_TO_CHOOSE:
+    if not enough_to_choose(truths):
         return current
 
     def score(threshold: float) -> float:

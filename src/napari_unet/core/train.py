@@ -31,7 +31,7 @@ from .errors import InputError
 from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
 from .normalize import as_planes
-from .postprocess import choose_threshold, probabilities_to_labels
+from .postprocess import choose_threshold, enough_to_choose, probabilities_to_labels
 from .predict import predict_probabilities
 from .progress import run_to_end
 from .scale import equivalent_diameters, resize_labels, resize_plane, scale_factor, scaled_shape
@@ -424,6 +424,8 @@ def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_s
 def _tuned_threshold(model: Model, planes: list, device: torch.device, amp: bool) -> float:
     """The post-processing threshold that segments the fully annotated ``planes`` best."""
     complete = [plane for plane in planes if plane[3].all()]
+    if not enough_to_choose([labels for _, _, labels, _ in complete]):
+        return model.threshold  # spare the network pass: the threshold would stay
     outputs = list(_network_outputs(model, complete, device, amp))
     return choose_threshold([p for p, _, _ in outputs], [labels for _, labels, _ in outputs], model.threshold,
                             gap=model.gap)
