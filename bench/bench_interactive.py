@@ -5,7 +5,7 @@ second (here: a median below 0.5 s) on a 2-core CPU with the small network the w
 trains on a CPU (``NetworkConfig(depth=3, base_width=16)``); the default network
 (``NetworkConfig()``: depth 4, base width 32) is measured too. For each network this
 times ``napari_unet.core.predict.predict`` with its defaults (normalization, tiles of at
-most 1024 pixels, 4 per batch, post-processing to labels) on a generated 512x512 nuclei
+most 1024 pixels, one per pass on a CPU, post-processing to labels) on a generated 512x512 nuclei
 image, interleaved with its peer: the plain forward pass of the same network (eval,
 ``torch.inference_mode``) over the normalized plane mirror-padded by predict's
 image border. Headline per network: ``ratio = peer_seconds / seconds`` (median over the

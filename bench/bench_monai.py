@@ -36,17 +36,12 @@ from _common import environment, report, synchronize, torch_device, torch_parser
 from napari_unet.core.device import autocast
 from napari_unet.core.metrics import average_precision
 from napari_unet.core.postprocess import probabilities_to_labels
-from napari_unet.core.predict import GPU_TILES_PER_PASS, predict
+from napari_unet.core.predict import default_tiles_per_pass, predict
 from napari_unet.core.registry import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 SPLIT = ROOT / "scripts" / "splits" / "dsb2018-validation.txt"
-
-
-def tiles_per_pass(device: torch.device) -> int:
-    """Predict's default number of tiles per forward pass, given to both sides."""
-    return 1 if device.type == "cpu" else GPU_TILES_PER_PASS
 
 
 def validation_crops(crop: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -86,7 +81,7 @@ def monai_labels(model, network, stack: np.ndarray, tile: int, device: torch.dev
     for index, plane in enumerate(stack):
         normalized = torch.from_numpy(model.normalization(plane[None]))[None].to(device)
         with torch.inference_mode(), autocast(device, True):
-            logits = sliding_window_inference(normalized, (tile, tile), tiles_per_pass(device), network, overlap=0.25)
+            logits = sliding_window_inference(normalized, (tile, tile), default_tiles_per_pass(device), network, overlap=0.25)
         probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
         out[index] = probabilities_to_labels(probabilities, model.threshold, 10, model.gap)
     return out
@@ -102,7 +97,7 @@ def compare(case: str, model, network, stack, truth, tile: int, device, repeats:
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
-        ours = predict(model, stack if len(stack) > 1 else stack[0], tile_size=tile, batch_size=tiles_per_pass(device),
+        ours = predict(model, stack if len(stack) > 1 else stack[0], tile_size=tile, batch_size=default_tiles_per_pass(device),
                        device=device).labels.reshape(stack.shape)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
@@ -148,7 +143,7 @@ def main() -> None:
 
     # Warm-up on both sides: allocator, thread pool, kernels.
     warm, _ = mosaic(crops, stack_side, 0)
-    predict(model, warm, tile_size=tile, batch_size=tiles_per_pass(device), device=device)
+    predict(model, warm, tile_size=tile, batch_size=default_tiles_per_pass(device), device=device)
     monai_labels(model, network, warm[None], tile, device)
 
     image, image_truth = mosaic(crops, image_side, 0)
@@ -159,7 +154,7 @@ def main() -> None:
                 tile, device, repeats),
     ]
     report({"benchmark": "prediction vs MONAI sliding_window_inference", "model": "nuclei", "tile": tile,
-            "batch": tiles_per_pass(device), "overlap_peer": 0.25, "crops": len(crops), "results": results,
+            "batch": default_tiles_per_pass(device), "overlap_peer": 0.25, "crops": len(crops), "results": results,
             **environment(device, args.quick)})
 
 

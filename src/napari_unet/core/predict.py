@@ -30,10 +30,20 @@ from .postprocess import foreground_probability, probabilities_to_labels
 from .progress import run_to_end
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape
 
-__all__ = ["PredictProgress", "Prediction", "image_border", "predict_probabilities", "predict_iter", "predict", "estimate_diameter"]
+__all__ = ["PredictProgress", "Prediction", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_iter", "predict", "estimate_diameter"]
 
 #: Tiles per forward pass on a GPU unless told otherwise (fewer when its memory is short).
 GPU_TILES_PER_PASS = 4
+
+
+def default_tiles_per_pass(device: torch.device) -> int:
+    """Tiles per forward pass unless told otherwise: 1 on a CPU, :data:`GPU_TILES_PER_PASS` on a GPU.
+
+    A GPU needs several tiles at once to be busy; a CPU is busy with one, and more only
+    multiply the feature maps that must pass through its caches (measured on 2 cores: 9
+    tiles of 912x912 6 % faster one at a time than four at a time).
+    """
+    return 1 if device.type == "cpu" else GPU_TILES_PER_PASS
 
 
 @dataclass(frozen=True)
@@ -203,10 +213,7 @@ def predict_probabilities(
     padded = np.ascontiguousarray(padded, dtype=np.float32)
     windows = [(row, col) for row in range(rows.count) for col in range(cols.count)]
     if batch_size is None:
-        # A GPU needs several tiles at once to be busy; a CPU is busy with one, and more
-        # only multiply the feature maps that must pass through its caches (measured on
-        # 2 cores: 9 tiles of 912x912 6 % faster one at a time than four at a time).
-        batch_size = 1 if device.type == "cpu" else GPU_TILES_PER_PASS
+        batch_size = default_tiles_per_pass(device)
     fit = _tiles_that_fit(network, (rows.tile, cols.tile), device, amp)
     batch_size = min(batch_size, fit) if fit else batch_size
     result = np.zeros((network.config.num_classes, height, width), np.float32)
