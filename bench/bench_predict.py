@@ -15,6 +15,7 @@ JSON object.
     python bench/bench_predict.py --size 2048            # CPU, 2048x2048 (several minutes on 2 cores)
     python bench/bench_predict.py --device auto          # CUDA when there is one, 2048x2048
     python bench/bench_predict.py --quick                # 256x256, for smoke tests
+    python bench/bench_predict.py --model nuclei --compile   # predict(..., compile_network=True)
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--model", help="an embedded model's name or a model file (default: a new default network)")
     parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA too (predict's default is float16)")
+    parser.add_argument("--compile", action="store_true",
+                        help="predict with compile_network=True (compiled once before the timed runs)")
     args = parser.parse_args(argv)
     device = torch_device(parser, args)
     size = args.size or (256 if args.quick else 2048 if device.type == "cuda" else 1024)
@@ -78,13 +81,19 @@ def main(argv=None) -> dict:
         return logits
 
     def ours():
-        return timed_predict(model, image, tile_size=args.tile, batch_size=args.batch, device=device, amp=amp)
+        return timed_predict(model, image, tile_size=args.tile, batch_size=args.batch, device=device, amp=amp,
+                             compile_network=args.compile)
 
     # Warm-up on a small image: allocator, thread pool, kernels.
     small = image[:64, :64]
     predict(model, small, tile_size=args.tile, batch_size=args.batch, device=device, amp=amp)
     with torch.inference_mode(), autocast(device, amp):
         network(torch.from_numpy(whole_image_input(network, normalized[:, :64, :64])[0])[None].to(device))
+    compile_s = None
+    if args.compile:  # compiling is once per tile shape: outside the timed runs, but reported
+        start = time.perf_counter()
+        ours()
+        compile_s = time.perf_counter() - start
     if device.type == "cuda":  # cheap there: warm up at the real shapes
         ours()
         peer()
@@ -178,6 +187,9 @@ def main(argv=None) -> dict:
         "shape": [size, size],
         "model": args.model or "new default network",
         "amp": amp and device.type == "cuda",
+        "compiled": args.compile,
+        # The first prediction, compiling included, minus a compiled one.
+        "compile_seconds": None if compile_s is None else round(compile_s - total_s, 1),
         "seconds_all": [round(t, 3) for t in totals],
         "peer_seconds_all": [round(t, 3) for t in peers],
         "matmul_gflops_per_s_all": [round(r / 1e9, 1) for r in mm_rates],

@@ -161,3 +161,22 @@ def test_without_threshold_the_models_own_is_used(tmp_path, inputs, one_torch_th
     own = tifffile.imread(tmp_path / "own" / "a_stack.tif")
     np.testing.assert_array_equal(own, tifffile.imread(tmp_path / "given" / "a_stack.tif"))
     assert (own > 0).sum() < (tifffile.imread(tmp_path / "lower" / "a_stack.tif") > 0).sum()
+
+
+def test_compile_flag_compiles_the_network_once_for_all_planes(tmp_path, model_file, inputs, monkeypatch, capsys):
+    from napari_unet.core import predict as core_predict
+
+    compiled_for = []
+
+    def record(network, example, device, amp):
+        compiled_for.append(tuple(example.shape))
+        return network
+
+    monkeypatch.setattr(core_predict, "_compiled", record)
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "plain"), *FAST]) == 0
+    assert compiled_for == []
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "out"), "--compile", *FAST]) == 0
+    assert compiled_for == [(1, 1, 40, 36)]  # one tile per pass on the CPU: a whole 40x36 plane
+    assert "8 plane(s)" in capsys.readouterr().err
+    for name in ("a_stack.tif", "b_hyper.tif"):
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / name), tifffile.imread(tmp_path / "plain" / name))

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--probability", action="store_true", help="also write the foreground probability (NAME_probability.tif)")
     predict.add_argument("--overwrite", action="store_true", help="segment again the inputs whose output exists (default: skip them)")
     predict.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
+    predict.add_argument("--compile", action="store_true",
+                         help="compile the network first (torch.compile; on a CPU it needs a C++ compiler): about 15 %% "
+                         "faster after some 20 s per image size, for long stacks and batches (default: off)")
     cluster = predict.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", metavar="ADDRESS",
                          help="run the planes on an existing Dask cluster, e.g. tcp://host:8786 (needs napari-unet[dask])")
@@ -283,7 +286,8 @@ def _predict(args) -> int:
     # The same file given twice (a folder and a glob) is segmented once.
     files = list({path.resolve(): path for spec in args.inputs for path in collect_tiffs(spec)}.values())
     options = {"tile_size": args.tile_size, "batch_size": args.batch_size, "threshold": args.threshold,
-               "min_size": args.min_size, "device": args.device, "diameter": args.diameter}
+               "min_size": args.min_size, "device": args.device, "diameter": args.diameter,
+               "compile_network": args.compile}
     if args.scheduler or args.workers:
         from .core.distributed import dask_executor
 

@@ -431,3 +431,42 @@ def test_inference_copy_computes_what_the_network_computes():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.inference_copy(torch.device("cpu")).modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is left alone
     torch.testing.assert_close(fast, expected, atol=1e-4, rtol=1e-4)
+
+
+def _can_compile() -> bool:
+    """torch.compile's CPU code generation needs a C++ compiler."""
+    import shutil
+
+    return any(shutil.which(name) for name in ("c++", "g++", "clang++"))
+
+
+@pytest.mark.skipif(not _can_compile(), reason="torch.compile needs a C++ compiler on the CPU")
+def test_compiled_network_predicts_the_same_labels():
+    model = _model(depth=2, base_width=4)
+    plane = _random_plane((150, 130))
+    expected = predict(model, plane, tile_size=96, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)  # compiling must not have fallen back
+        compiled = predict(model, plane, tile_size=96, device="cpu", compile_network=True)
+    from napari_unet.core.predict import _inference_copies
+
+    assert isinstance(_inference_copies[model.network][1], torch._dynamo.eval_frame.OptimizedModule)
+    np.testing.assert_allclose(compiled.probability, expected.probability, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(compiled.labels, expected.labels)
+
+
+def test_a_network_that_cannot_be_compiled_predicts_uncompiled_with_a_warning(monkeypatch):
+    def compiler_missing(network, **options):
+        def run(x):
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error\nno compiler found")
+
+        return run
+
+    model = _model()
+    plane = _random_plane((70, 90))
+    expected = predict(model, plane, tile_size=64, device="cpu")
+    monkeypatch.setattr(torch, "compile", compiler_missing)
+    with pytest.warns(InputWarning, match=r"could not compile the network \(InductorError.*predicting without"):
+        result = predict(model, plane, tile_size=64, device="cpu", compile_network=True)
+    np.testing.assert_allclose(result.probability, expected.probability, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(result.labels, expected.labels)

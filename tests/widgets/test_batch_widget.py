@@ -59,6 +59,7 @@ def test_batch_segments_a_folder_into_labels_beside_it_and_opens_a_result(batch_
     assert not widget.run.enabled and widget.cancel.enabled
     qtbot.waitUntil(lambda: widget.run.enabled and widget.result is not None, timeout=60_000)
     assert (seen["threshold"], seen["min_size"], seen["tile_size"], seen["device"]) == (0.55, 3, 1024, "cpu")
+    assert seen["compile_network"] is False
     out = tmp_path / "in" / "labels"
     assert sorted(p.name for p in out.iterdir()) == ["a_hyper.tif", "b_single.tif"]
     assert [item.path.name for item in widget.result.failed] == ["c_broken.tif"]
@@ -122,3 +123,24 @@ def test_batch_mistakes_are_notifications(batch_widget, tmp_path, notifications)
     widget.open_selected()
     assert any("run a batch first" in text for _, text in notifications)
     assert widget.run.enabled and not widget.cancel.enabled
+
+
+def test_compiling_where_it_is_not_possible_says_so_and_still_segments(batch_widget, qtbot, tmp_path, notifications,
+                                                                       monkeypatch):
+    import torch
+
+    def compiler_missing(network, **options):
+        def run(x):
+            raise RuntimeError("InductorError: CppCompileError: no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", compiler_missing)
+    _inputs(tmp_path / "in")
+    widget = batch_widget
+    widget.inputs.value = str(tmp_path / "in")
+    widget.compile.value = True
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled and widget.result is not None, timeout=60_000)
+    assert sorted(p.name for p in (tmp_path / "in" / "labels").iterdir()) == ["a_hyper.tif", "b_single.tif"]
+    assert any(severity == "warning" and "could not compile the network" in text for severity, text in notifications)

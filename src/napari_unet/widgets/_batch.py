@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -84,6 +85,9 @@ class BatchWidget(Container):
         self.model = ModelChooser(viewer, allow_scratch=False)
         self.tile_size, self.threshold, self.min_size = prediction_settings(self.model)
         self.device = ComboBox(label="device", choices=device_choices())
+        self.compile = CheckBox(label="compile network", value=False,
+                                tooltip="Compile the network before the first plane (torch.compile): about 15 % "
+                                "faster on a CPU after some 20 s per image size; worth it for long batches.")
         self.run = PushButton(text="Run batch")
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, max=1000)
@@ -94,7 +98,7 @@ class BatchWidget(Container):
         self.open_result = PushButton(text="Open result")
         self.extend([
             self.inputs, self.out_dir, self.model, self.tile_size, self.threshold, self.min_size, self.device,
-            self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
+            self.compile, self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
         ])
         self.inputs.changed.connect(self._update_default_output)
         self.run.changed.connect(self.start)
@@ -137,7 +141,7 @@ class BatchWidget(Container):
         self._worker = create_worker(
             guarded(predict_files_iter), model, files, Path(out_dir), stop=self._stop,
             tile_size=self.tile_size.value, threshold=self.threshold.value, min_size=self.min_size.value,
-            device=self.device.value, _start_thread=False, _ignore_errors=True,
+            device=self.device.value, compile_network=self.compile.value, _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self._on_progress, self._on_done, "the batch", self._on_finish)
         self._worker.start()
