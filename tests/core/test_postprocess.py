@@ -140,6 +140,24 @@ def test_threshold_applies_to_the_object_class():
     assert probabilities_to_labels(probabilities, threshold=0.6).max() == 0
 
 
+def test_two_class_threshold_under_one_half_extends_objects_without_joining_them():
+    # Two cells behind a faint membrane (foreground 0.4 across it), each with a faint rim.
+    cell = np.zeros((2, 16, 30), np.float32)
+    cell[1] = 0.05
+    cell[1, 4:12, 4:13] = 0.9
+    cell[1, 4:12, 15:24] = 0.9
+    cell[1, 4:12, 13:15] = 0.4  # the membrane: not certainly background
+    cell[1, 4:12, 24:26] = 0.4  # a faint rim of the second cell
+    cell[0] = 1.0 - cell[1]
+    labels = probabilities_to_labels(cell, threshold=0.35, min_size=1)
+    assert labels.max() == 2
+    assert labels[8, 8] != labels[8, 20] and labels[8, 8] > 0 and labels[8, 20] > 0
+    assert labels[8, 25] == labels[8, 20]  # the rim extends the second cell
+    assert labels[8, 13] == labels[8, 8] and labels[8, 14] == labels[8, 20]  # the membrane is shared out
+    assert labels[2, 8] == 0 and labels[8, 27] == 0  # below the threshold stays background
+    assert probabilities_to_labels(cell, threshold=0.5, min_size=1)[8, 25] == 0  # 0.5: no rim
+
+
 def _bridged_pairs(bridge: float) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities of touching pairs whose interiors are joined by a ``bridge``-high neck."""
     labels = np.zeros((24, 60), np.int32)

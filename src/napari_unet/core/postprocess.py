@@ -4,7 +4,8 @@ The network predicts objects shrunk away from their neighbours (two classes: the
 between touching objects is background; three classes: the boundary is its own class).
 Connected components of that separated foreground are the objects; they are then grown
 back over the gaps (two classes) or over the predicted boundary (three classes) so that
-objects regain their full extent.
+objects regain their full extent. A threshold under 0.5 extends two-class objects over
+their faint rims but never joins them: their seeds need a probability of at least 0.5.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def probabilities_to_labels(
 
     Args:
         probabilities: ``(classes, H, W)`` softmax output (2 or 3 classes).
-        threshold: Probability above which a pixel is taken as separated foreground.
+        threshold: Probability above which a pixel is taken as separated foreground
+            (three classes: the interior seeds and the extent of objects; two classes:
+            the extent of objects, whose seeds need at least 0.5).
         min_size: Objects smaller than this many pixels are removed.
         gap: Gap radius the model was trained with (two classes).
         pixel_scale: Pixels of ``probabilities`` per pixel of the network's output (the
@@ -104,14 +107,19 @@ def probabilities_to_labels(
         int32 labels, 0 = background, 1..N = objects (consecutive).
     """
     num_classes = probabilities.shape[0]
-    seeds = ndimage.label(probabilities[1] > threshold)[0].astype(np.int32)
+    # With two classes one probability both separates objects and outlines them, and a
+    # threshold under 0.5 would join neighbours through the faint boundary between them
+    # (thin EM membranes): seeds come from where an object is more likely than not, and
+    # the threshold only extends them. Three classes separate with their own class.
+    seed_level = threshold if num_classes == 3 else max(threshold, 0.5)
+    seeds = ndimage.label(probabilities[1] > seed_level)[0].astype(np.int32)
     seeds = _without_small_objects(seeds, min_size)
     if num_classes == 3:
         grow = (seeds == 0) & (foreground_probability(probabilities) > threshold)
         distance = max(2, 2 * gap) * pixel_scale
     else:
         gap = max(1, round(gap * pixel_scale))
-        grow = _gap_pixels(seeds, gap)
+        grow = _gap_pixels(seeds, gap) | ((seeds == 0) & (probabilities[1] > threshold))
         distance = 2 * gap
     labels = seeds.copy()
     labels[grow] = _nearest_labels(seeds, grow, max(distance, 1.0))
