@@ -180,9 +180,12 @@ def test_threshold_outside_0_1_is_an_input_error(threshold):
 
 def test_without_a_threshold_the_models_own_is_used():
     model = _model()
+    with torch.no_grad():  # mostly foreground, so that thresholds above 0.5 matter
+        model.network.head.bias[1] += 2.5
     image = np.random.default_rng(3).random((64, 64)).astype(np.float32)
     probability = predict(model, image, device="cpu").probability
     low, high = (float(np.quantile(probability, q)) for q in (0.3, 0.7))
+    assert 0.5 < low < high
     model.threshold = high
     own = predict(model, image, device="cpu").labels
     np.testing.assert_array_equal(own, predict(model, image, device="cpu", threshold=high).labels)
