@@ -26,9 +26,9 @@ def _predict_widget(viewer, model):
     return widget
 
 
-def _model(**fields) -> Model:
+def _model(num_classes: int = 2, **fields) -> Model:
     torch.manual_seed(0)
-    return Model.new(NetworkConfig(depth=2, base_width=4), **fields)
+    return Model.new(NetworkConfig(depth=2, base_width=4, num_classes=num_classes), **fields)
 
 
 def test_diameter_field_gives_the_core_result(make_napari_viewer, qtbot):
@@ -62,9 +62,10 @@ def test_estimate_button_fills_in_the_diameter(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     image, _ = synthetic_nuclei((64, 64), count=6, seed=6)
     viewer.add_image(image, name="nuclei")
-    model = _model(object_diameter=12.0)
+    # An untrained model: three classes and a low threshold, to be sure objects are found.
+    model = _model(num_classes=3, object_diameter=12.0)
     widget = _predict_widget(viewer, model)
-    widget.threshold.value = 0.01  # an untrained model: make sure objects are found
+    widget.threshold.value = 0.01
     widget.estimate_diameter()
     qtbot.waitUntil(lambda: widget.estimate.enabled, timeout=30_000)
     expected = estimate_diameter(model, image, threshold=0.01, device="cpu")

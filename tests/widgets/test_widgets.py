@@ -42,9 +42,10 @@ def _fast_settings(widget, minutes=0.05):
 
 
 def _tiny_model_in_session(viewer):
+    """An untrained network as the session's model; three classes, so that any threshold finds seeds."""
     from napari_unet.widgets._common import session_models
 
-    model = Model.new(NetworkConfig(depth=2, base_width=4))
+    model = Model.new(NetworkConfig(depth=2, base_width=4, num_classes=3))
     session_models(viewer).set_latest(model)
     return model
 

@@ -17,8 +17,9 @@ from .metrics import average_precision
 
 __all__ = ["FEWEST_OBJECTS_TO_CHOOSE", "THRESHOLD_CHOICES", "choose_threshold", "enough_to_choose", "foreground_probability", "probabilities_to_labels"]
 
-#: The thresholds :func:`choose_threshold` tries. Lower ones merge touching objects,
-#: higher ones shrink and lose faint objects; the best lies in between.
+#: The thresholds :func:`choose_threshold` tries. Lower ones merge touching objects (or,
+#: with two classes, widen them), higher ones shrink and lose faint objects; the best lies
+#: in between.
 THRESHOLD_CHOICES = tuple(np.round(np.arange(0.3, 0.81, 0.05), 2).tolist())
 
 #: Fewest annotated objects on which :func:`choose_threshold` moves the threshold. On a
