@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "is short)")
     predict.add_argument("--threshold", type=_fraction,
                          help="probability threshold of the post-processing; higher separates touching objects "
-                         "more, lower keeps fainter ones or, under 0.5 with a two-class model, wider outlines (default: the model's own, chosen on its validation images)")
+                         "more, lower keeps fainter ones or, under 0.5 with a two-class model, wider outlines "
+                         "(default: the model's own, chosen on its validation images)")
     predict.add_argument("--min-size", type=int, default=10, help="smallest object kept, in pixels (default: 10)")
     predict.add_argument("--diameter", type=_diameter, metavar="PIXELS|auto",
                          help="typical object diameter in the images, in pixels, or 'auto' to estimate it from each "

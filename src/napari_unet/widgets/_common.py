@@ -166,7 +166,8 @@ def prediction_settings(model: ModelChooser) -> tuple[SpinBox, FloatSpinBox, Spi
                         tooltip="Largest tile edge in pixels; smaller tiles need less memory.")
     threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.05, tooltip=(
         "Probability threshold of the post-processing: higher separates touching objects more, lower keeps "
-        "fainter ones (under 0.5 a two-class model's objects only grow wider). Set to the model's own (chosen on its validation images) when the model changes."))
+        "fainter ones (under 0.5 a two-class model's objects only grow wider). Set to the model's own "
+        "(chosen on its validation images) when the model changes."))
     min_size = SpinBox(label="min object size (px)", value=10, min=0, max=1_000_000,
                        tooltip="Objects smaller than this many pixels are removed.")
     shown = [threshold.value]  # the last value the model put there
