@@ -13,6 +13,7 @@ Long work is a generator that yields :class:`PredictProgress` and returns the re
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 import weakref
@@ -32,6 +33,8 @@ from .progress import run_to_end
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape
 
 __all__ = ["PredictProgress", "Prediction", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_iter", "predict", "estimate_diameter"]
+
+logger = logging.getLogger(__name__)
 
 #: Tiles per forward pass on a GPU unless told otherwise (fewer when its memory is short).
 GPU_TILES_PER_PASS = 4
@@ -189,6 +192,7 @@ def _compiled(network: UNet, example: torch.Tensor, device: torch.device, amp: b
     prediction earns back. Where compiling is not possible, prediction goes on uncompiled,
     with a warning.
     """
+    logger.info("compiling the network for tiles of %dx%d pixels (once per tile size)", *example.shape[-2:])
     compiled = torch.compile(network, options={"freezing": True})
     try:
         with torch.inference_mode(), autocast(device, amp):
