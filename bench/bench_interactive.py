@@ -49,7 +49,7 @@ from napari_unet.core.synthetic import synthetic_nuclei
 
 #: The median seconds below which a prediction counts as well under a second.
 WELL_UNDER_A_SECOND = 0.5
-#: predict's default tile size, which the widget uses.
+#: The widgets' tile size (a 512x512 plane is one tile at any default).
 TILE_SIZE = 1024
 #: The embedded nuclei model must segment a 512x512 plane faster than this on a 2-core CPU.
 EMBEDDED_LIMIT = 1.0

@@ -2,7 +2,8 @@
 
 Times ``napari_unet.core.predict.predict`` (normalization, overlap-tile network passes,
 stitching, post-processing to labels) on a generated nuclei image with the default
-network (random He initialization; speed does not depend on training) and tile size 1024.
+network (random He initialization; speed does not depend on training) and predict's default
+tile size (1024 on a GPU, up to 2048 on a CPU as memory allows).
 The peer is the plain whole-image forward pass of the same network (eval mode,
 ``torch.inference_mode``) on the normalized image mirror-padded by predict's
 image border, which is the least network work that gives the same result. Headline:
@@ -43,7 +44,7 @@ from napari_unet.core.device import autocast
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.normalize import as_planes
 from napari_unet.core.postprocess import foreground_probability, probabilities_to_labels
-from napari_unet.core.predict import _axis_tiling, predict
+from napari_unet.core.predict import _axis_tiling, default_tile_size, predict
 from napari_unet.core.registry import load_model
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.targets import class_targets
@@ -52,7 +53,8 @@ from napari_unet.core.targets import class_targets
 def main(argv=None) -> dict:
     parser = torch_parser(__doc__, "256x256 image, for smoke tests")
     parser.add_argument("--size", type=int, default=None, help="image edge (default 2048 on CUDA, 1024 on CPU)")
-    parser.add_argument("--tile", type=int, default=1024, help="tile size of predict (default 1024, as predict)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="tile size of predict (default: predict's, 1024 on a GPU, up to 2048 on a CPU)")
     parser.add_argument("--batch", type=int, default=None, help="tiles per forward pass (default: predict's, 1 on a CPU and 4 on a GPU)")
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed runs of each (default 3 on CUDA and with --quick, 1 on CPU)"
@@ -73,6 +75,7 @@ def main(argv=None) -> dict:
     network = model.network.to(device).eval()
     normalized = model.normalization(as_planes(image, model.config.in_channels)[0])[0]
     padded, border = whole_image_input(network, normalized)
+    tile = args.tile or default_tile_size(network, device)
 
     def peer():
         with torch.inference_mode(), autocast(device, amp):
@@ -80,13 +83,13 @@ def main(argv=None) -> dict:
         synchronize(device)
         return logits
 
-    def ours():
-        return timed_predict(model, image, tile_size=args.tile, batch_size=args.batch, device=device, amp=amp,
-                             compile_network=args.compile)
+    def ours(compile_network=args.compile):
+        return timed_predict(model, image, tile_size=tile, batch_size=args.batch, device=device, amp=amp,
+                             compile_network=compile_network)
 
     # Warm-up on a small image: allocator, thread pool, kernels.
     small = image[:64, :64]
-    predict(model, small, tile_size=args.tile, batch_size=args.batch, device=device, amp=amp)
+    predict(model, small, tile_size=tile, batch_size=args.batch, device=device, amp=amp)
     with torch.inference_mode(), autocast(device, amp):
         network(torch.from_numpy(whole_image_input(network, normalized[:, :64, :64])[0])[None].to(device))
     compile_s = None
@@ -101,8 +104,8 @@ def main(argv=None) -> dict:
     normalize_s = normalize_seconds(model, image)
 
     # Work done: tiles of predict vs one padded whole image.
-    rows = _axis_tiling(network, size, args.tile)
-    cols = _axis_tiling(network, size, args.tile)
+    rows = _axis_tiling(network, size, tile)
+    cols = _axis_tiling(network, size, tile)
     tiles = rows.count * cols.count
     tile_flops = tiles * forward_flops(model.config, rows.tile, cols.tile)
     peer_flops = forward_flops(model.config, *padded.shape[-2:])
@@ -114,8 +117,12 @@ def main(argv=None) -> dict:
     mm_rates = list(before)
     totals, loops, posts, peers = [], [], [], []
     ratios, network_fractions, peer_fractions = [], [], []
+    uncompiled, uncompiled_fractions = [], []
     prediction = logits = None
     for _ in range(repeats):
+        if args.compile:  # the same prediction uncompiled, next to each compiled run
+            uncompiled.append(ours(compile_network=False)[1])
+            uncompiled_fractions.append(tile_flops / uncompiled[-1] / statistics.median(matmul_flops_per_s(device)))
         prediction, seconds, post = ours()
         totals.append(seconds)
         loops.append(seconds - normalize_s - post)
@@ -190,6 +197,12 @@ def main(argv=None) -> dict:
         "compiled": args.compile,
         # The first prediction, compiling included, minus a compiled one.
         "compile_seconds": None if compile_s is None else round(compile_s - total_s, 1),
+        # Paired: each compiled run against the uncompiled run just before it.
+        "speedup_over_uncompiled": round(statistics.median(u / t for u, t in zip(uncompiled, totals)), 3)
+        if uncompiled else None,
+        "uncompiled_pipeline_flops_fraction_of_matmul": round(statistics.median(uncompiled_fractions), 3)
+        if uncompiled else None,
+        "uncompiled_seconds_all": [round(t, 3) for t in uncompiled],
         "seconds_all": [round(t, 3) for t in totals],
         "peer_seconds_all": [round(t, 3) for t in peers],
         "matmul_gflops_per_s_all": [round(r / 1e9, 1) for r in mm_rates],

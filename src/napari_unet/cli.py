@@ -140,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="TIFF files, folders or glob patterns (single images, stacks, ImageJ hyperstacks, "
                          "OME-TIFF, BigTIFF)")
     predict.add_argument("--out", required=True, help="output folder (created if needed; never an input's file)")
-    predict.add_argument("--tile-size", type=_positive_int, default=1024, help="largest tile edge in pixels (default: 1024)")
+    predict.add_argument("--tile-size", type=_positive_int,
+                         help="largest tile edge in pixels (default: 1024 on a GPU; on a CPU up to 2048, as memory "
+                         "allows, so that planes up to 2048x2048 go through the network in one pass)")
     predict.add_argument("--batch-size", type=_positive_int,
                          help="most tiles per forward pass (default: 1 on a CPU, 4 on a GPU, fewer when its memory "
                          "is short)")

@@ -453,7 +453,9 @@ def test_compiled_network_predicts_the_same_labels():
         compiled = predict(model, plane, tile_size=96, device="cpu", compile_network=True)
     from napari_unet.core.predict import _inference_copies
 
-    assert isinstance(_inference_copies[model.network][1], torch._dynamo.eval_frame.OptimizedModule)
+    copies = _inference_copies[model.network]
+    assert isinstance(copies["cpu", True][1], torch._dynamo.eval_frame.OptimizedModule)
+    assert not isinstance(copies["cpu", False][1], torch._dynamo.eval_frame.OptimizedModule)
     np.testing.assert_allclose(compiled.probability, expected.probability, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(compiled.labels, expected.labels)
 
@@ -473,3 +475,29 @@ def test_a_network_that_cannot_be_compiled_predicts_uncompiled_with_a_warning(mo
         result = predict(model, plane, tile_size=64, device="cpu", compile_network=True)
     np.testing.assert_allclose(result.probability, expected.probability, atol=1e-6, rtol=0)
     np.testing.assert_array_equal(result.labels, expected.labels)
+
+
+def test_default_tile_size_is_the_gpu_one_on_a_gpu_and_as_much_as_memory_allows_on_a_cpu(monkeypatch):
+    from napari_unet.core import predict as core_predict
+    from napari_unet.core.predict import CPU_TILE_SIZE, GPU_TILE_SIZE, default_tile_size
+
+    net = _network(depth=4, base_width=16)
+    assert default_tile_size(net, torch.device("cuda")) == GPU_TILE_SIZE
+    per_pixel = 8 * 16 * 4  # bytes of feature maps per tile pixel
+    for available, expected in [(64 * 2**30, CPU_TILE_SIZE), (4 * per_pixel * 1500**2, 1488),
+                                (2**30, GPU_TILE_SIZE), (None, GPU_TILE_SIZE)]:
+        monkeypatch.setattr(core_predict, "_available_memory", lambda available=available: available)
+        assert default_tile_size(net, torch.device("cpu")) == expected
+
+
+def test_without_a_tile_size_a_cpu_predicts_a_2048_plane_in_one_pass(monkeypatch):
+    from napari_unet.core import predict as core_predict
+
+    monkeypatch.setattr(core_predict, "_available_memory", lambda: 64 * 2**30)
+    net, calls = _network(depth=2, base_width=4), []
+    monkeypatch.setattr(net, "forward", _forward_that_fits(net, 8, calls))
+    plane = _random_plane((2048, 1100))
+    result = run_to_end(predict_probabilities(net, plane, device="cpu"))
+    assert calls == [1]
+    tiled = run_to_end(predict_probabilities(_network(depth=2, base_width=4), plane, tile_size=1024, device="cpu"))
+    np.testing.assert_allclose(result, tiled, atol=2e-5, rtol=0)

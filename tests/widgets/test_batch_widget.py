@@ -58,7 +58,9 @@ def test_batch_segments_a_folder_into_labels_beside_it_and_opens_a_result(batch_
     widget.start()
     assert not widget.run.enabled and widget.cancel.enabled
     qtbot.waitUntil(lambda: widget.run.enabled and widget.result is not None, timeout=60_000)
-    assert (seen["threshold"], seen["min_size"], seen["tile_size"], seen["device"]) == (0.55, 3, 1024, "cpu")
+    # The tile size field reads 0, "auto": the core's default.
+    assert widget.tile_size.value == 0 and "auto" in widget.tile_size.label
+    assert (seen["threshold"], seen["min_size"], seen["tile_size"], seen["device"]) == (0.55, 3, None, "cpu")
     assert seen["compile_network"] is False
     out = tmp_path / "in" / "labels"
     assert sorted(p.name for p in out.iterdir()) == ["a_hyper.tif", "b_single.tif"]

@@ -140,7 +140,7 @@ class BatchWidget(Container):
         self._started = time.monotonic()
         self._worker = create_worker(
             guarded(predict_files_iter), model, files, Path(out_dir), stop=self._stop,
-            tile_size=self.tile_size.value, threshold=self.threshold.value, min_size=self.min_size.value,
+            tile_size=self.tile_size.value or None, threshold=self.threshold.value, min_size=self.min_size.value,
             device=self.device.value, compile_network=self.compile.value, _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self._on_progress, self._on_done, "the batch", self._on_finish)

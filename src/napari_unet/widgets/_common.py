@@ -158,12 +158,16 @@ class ModelChooser(Container):
 def prediction_settings(model: ModelChooser) -> tuple[SpinBox, FloatSpinBox, SpinBox]:
     """The tile size, threshold and smallest object fields of the widgets that predict.
 
-    The threshold shows the chosen model's own until the user sets another value.
+    The tile size reads 0, "auto", until the user sets one: pass ``tile_size.value or
+    None`` to the core. The threshold shows the chosen model's own until the user sets
+    another value.
     """
-    # 1024 lets a typical plane go through the network in one tile (fastest for
-    # "current plane only"); users lower it when the GPU runs out of memory.
-    tile_size = SpinBox(label="tile size", value=1024, min=64, max=8192, step=64,
-                        tooltip="Largest tile edge in pixels; smaller tiles need less memory.")
+    # 0 is "auto", the core's default (1024 on a GPU, up to 2048 on a CPU as memory
+    # allows): a typical plane goes through the network in one tile. Users set a size
+    # when the GPU runs out of memory.
+    tile_size = SpinBox(label="tile size (0: auto)", value=0, min=0, max=8192, step=64, tooltip=(
+        "Largest tile edge in pixels; smaller tiles need less memory. 0 (auto): 1024 on a GPU, up to 2048 "
+        "on a CPU as memory allows."))
     threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.05, tooltip=(
         "Probability threshold of the post-processing: higher separates touching objects more, lower keeps "
         "fainter ones (under 0.5 a two-class model's objects only grow wider). Set to the model's own "

@@ -57,7 +57,7 @@ def start_prediction(
     viewer: napari.viewer.Viewer,
     image,
     model,
-    tile_size: int = 1024,
+    tile_size: int | None = None,
     threshold: float | None = None,
     min_size: int = 10,
     device: str = "auto",
@@ -74,7 +74,7 @@ def start_prediction(
         viewer: The viewer to add layers to.
         image: The Image layer.
         model: A :class:`~napari_unet.core.bundle.Model`.
-        tile_size: Largest tile edge in pixels.
+        tile_size: Largest tile edge in pixels (None: the core's default).
         threshold: Post-processing probability threshold (None: the model's own).
         min_size: Smallest object kept, in pixels.
         device: "auto", "cpu", "cuda" or "mps".
@@ -202,7 +202,7 @@ class PredictWidget(Container):
         self.run.enabled, self.cancel.enabled = False, True
         self.progress.value = 0
         self._worker, self.output = start_prediction(
-            self._viewer, image, model, tile_size=self.tile_size.value, threshold=self.threshold.value,
+            self._viewer, image, model, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
             min_size=self.min_size.value, device=self.device.value, diameter=self.diameter.value,
             probability=self.probability.value,
             current_plane_only=self.current_plane_only.value,
@@ -225,7 +225,7 @@ class PredictWidget(Container):
         self.run.enabled = self.estimate.enabled = False
         self._worker = create_worker(
             guarded(estimate_diameter), model, plane, channel_axis=-1 if image.rgb else None,
-            tile_size=self.tile_size.value, threshold=self.threshold.value, min_size=self.min_size.value,
+            tile_size=self.tile_size.value or None, threshold=self.threshold.value, min_size=self.min_size.value,
             device=self.device.value, _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, None, self._on_estimated, "the diameter estimate", self._on_finish)
