@@ -302,9 +302,18 @@ def test_a_two_worker_dask_cluster_gives_the_labels_of_one_process(tmp_path, mod
         scattered.append(len(client.who_has(future)[future.key]))
         return future
 
+    tile_sizes = []  # of each plane sent: workers share a machine, so not the CPU's memory-sized default
+    real_submit = client.submit
+
+    def submit(function, model_future, pixels, channel_axis, options, *args, **kwargs):
+        tile_sizes.append(options["tile_size"])
+        return real_submit(function, model_future, pixels, channel_axis, options, *args, **kwargs)
+
     monkeypatch.setattr(client, "scatter", scatter)
+    monkeypatch.setattr(client, "submit", submit)
     result = predict_files(model, files, tmp_path / "dask", probability=True, executor=dask_cluster, **OPTIONS)
     assert not result.failed and [item.planes for item in result.files] == [8, 4]
+    assert tile_sizes == [1024] * 12
     for name in ("a.tif", "a_probability.tif", "b.tif", "b_probability.tif"):
         with tifffile.TiffFile(tmp_path / "local" / name) as local, tifffile.TiffFile(tmp_path / "dask" / name) as dask:
             assert local.series[0].axes == dask.series[0].axes

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from .batch import PlaneResult, Unit, predict_plane
 from .bundle import Model
 from .errors import InputError
+from .predict import GPU_TILE_SIZE
 
 __all__ = ["DaskExecutor", "dask_executor"]
 
@@ -69,6 +70,10 @@ class DaskExecutor:
     def predict_units(self, model: Model, units: Iterable[Unit], options: dict,
                       probability: bool) -> Iterator[tuple[int, int, int] | PlaneResult]:
         model_future = self.model_on_workers(model)
+        if options.get("tile_size") is None:
+            # Workers share their machine's memory, which the CPU default tile size
+            # (memory permitting, whole planes) assumes is one process's to use.
+            options = {**options, "tile_size": GPU_TILE_SIZE}
         window = self._window()
         pending: deque = deque()
         finished = 0
