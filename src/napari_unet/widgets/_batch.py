@@ -86,8 +86,8 @@ class BatchWidget(Container):
         self.tile_size, self.threshold, self.min_size = prediction_settings(self.model)
         self.device = ComboBox(label="device", choices=device_choices())
         self.compile = CheckBox(label="compile network", value=False,
-                                tooltip="Compile the network before the first plane (torch.compile): about 15 % "
-                                "faster on a CPU after some 20 s per image size; worth it for long batches.")
+                                tooltip="Compile the network before the first plane (torch.compile): about 8 % "
+                                "faster on a CPU after 10-25 s per image size; worth it for long batches.")
         self.run = PushButton(text="Run batch")
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, max=1000)
