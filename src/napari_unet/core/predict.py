@@ -51,6 +51,16 @@ GPU_TILE_SIZE = 1024
 CPU_TILE_SIZE = 2048
 
 
+def _bytes_per_tile_pixel(network: UNet, bytes_per_value: int) -> int:
+    """Memory an inference pass holds per tile pixel.
+
+    Inference holds every level's skip connection (together about twice the first
+    level's feature maps) and, on the way up, the first level's concatenated and
+    convolved maps: about six first-level maps; eight leaves room.
+    """
+    return 8 * network.config.base_width * bytes_per_value
+
+
 def _available_memory() -> int | None:
     """Bytes of memory available now, where the system tells (Linux); else None."""
     try:
@@ -63,16 +73,15 @@ def default_tile_size(network: UNet, device: torch.device) -> int:
     """Largest tile edge unless told otherwise.
 
     :data:`GPU_TILE_SIZE` on a GPU; on a CPU the largest edge up to
-    :data:`CPU_TILE_SIZE` whose feature maps (about eight of the first level's) take at
-    most a quarter of the memory available, and never less than the GPU's.
+    :data:`CPU_TILE_SIZE` whose feature maps take at most a quarter of the memory
+    available, and never less than the GPU's.
     """
     if device.type != "cpu":
         return GPU_TILE_SIZE
     available = _available_memory()
     if available is None:
         return GPU_TILE_SIZE
-    bytes_per_pixel = 8 * network.config.base_width * 4
-    edge = int(math.sqrt(available / 4 / bytes_per_pixel)) // network.size_multiple * network.size_multiple
+    edge = int(math.sqrt(available / 4 / _bytes_per_tile_pixel(network, 4))) // network.size_multiple * network.size_multiple
     return max(GPU_TILE_SIZE, min(CPU_TILE_SIZE, edge))
 
 
@@ -247,11 +256,7 @@ def _tiles_that_fit(network: UNet, tile_shape: tuple[int, int], device: torch.de
     if device.type != "cuda":
         return None
     free, _ = torch.cuda.mem_get_info(device)
-    bytes_per_value = 2 if amp else 4
-    # Inference holds every level's skip connection (together about twice the first
-    # level's feature maps) and, on the way up, the first level's concatenated and
-    # convolved maps: about six first-level maps per tile; eight leaves room.
-    per_tile = 8 * network.config.base_width * tile_shape[0] * tile_shape[1] * bytes_per_value
+    per_tile = _bytes_per_tile_pixel(network, 2 if amp else 4) * tile_shape[0] * tile_shape[1]
     return max(1, int(0.8 * free) // per_tile)
 
 
