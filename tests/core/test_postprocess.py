@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from napari_unet.core.metrics import match_counts
 from napari_unet.core.postprocess import (
@@ -189,6 +190,19 @@ def test_choose_threshold_keeps_the_current_one_unless_another_is_better():
     probabilities, labels = _bridged_pairs(bridge=0.3)  # every threshold from 0.3 up separates them
     assert choose_threshold(*_enough((probabilities, labels)), current=0.55, min_size=1) == 0.55
     assert choose_threshold([], [], current=0.42) == 0.42
+
+
+def test_choose_threshold_breaks_equal_aps_by_pixel_iou():
+    # Two-class cells whose annotated extent includes a faint rim (0.42): every threshold
+    # finds them all (same AP), the ones under 0.42 also outline them whole.
+    labels = np.zeros((20, 40), np.int32)
+    labels[4:16, 4:16], labels[4:16, 22:34] = 1, 2
+    probabilities = np.zeros((2, 20, 40), np.float32)
+    probabilities[1] = np.where(labels > 0, 0.42, 0.05)
+    probabilities[1][ndimage.binary_erosion(labels > 0)] = 0.9  # matched with or without the rim
+    probabilities[0] = 1.0 - probabilities[1]
+    chosen = choose_threshold(*_enough((probabilities, labels)), current=0.5, min_size=1)
+    assert chosen == 0.4  # of the equally good 0.3, 0.35 and 0.4, the nearest to 0.5
 
 
 def test_choose_threshold_keeps_the_current_one_on_few_objects():
