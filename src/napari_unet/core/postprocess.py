@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .metrics import average_precision
+from .metrics import average_precision, pixel_scores
 
 __all__ = ["FEWEST_OBJECTS_TO_CHOOSE", "THRESHOLD_CHOICES", "choose_threshold", "enough_to_choose", "foreground_probability", "probabilities_to_labels"]
 
@@ -166,9 +166,9 @@ def choose_threshold(
     def score(threshold: float) -> tuple[float, float]:
         predictions = [probabilities_to_labels(p, threshold, min_size, gap) for p in probabilities]
         ap50 = average_precision(truths, predictions, thresholds=(0.5,))["ap_mean"][0]
-        both = sum(np.count_nonzero((p > 0) & (t > 0)) for p, t in zip(predictions, truths))
-        either = sum(np.count_nonzero((p > 0) | (t > 0)) for p, t in zip(predictions, truths))
-        return ap50, both / either if either else 1.0
+        pooled = pixel_scores(np.concatenate([p.ravel() for p in predictions]),
+                              np.concatenate([t.ravel() for t in truths]))
+        return ap50, pooled["iou"]
 
     candidates = sorted({current, *THRESHOLD_CHOICES}, key=lambda t: abs(t - current))
     scores = [score(t) for t in candidates]

@@ -235,8 +235,8 @@ def _compiled(network: UNet, example: torch.Tensor, device: torch.device, amp: b
     the device's preferred layout and fuse each ReLU and concatenation into the code
     around it: on a 2-core CPU a 1024x1024 plane is predicted about 8 % faster (larger
     planes gain less: their memory traffic dominates). It costs 10 to 25 seconds per tile
-    shape (and a C++ compiler on the CPU), which only a long prediction earns back. Where compiling is not possible, prediction goes on uncompiled,
-    with a warning.
+    shape (and a C++ compiler on the CPU), which only a long prediction earns back.
+    Where compiling is not possible, prediction goes on uncompiled, with a warning.
     """
     logger.info("compiling the network for tiles of %dx%d pixels (once per tile size)", *example.shape[-2:])
     compiled = torch.compile(network, options={"freezing": True})
