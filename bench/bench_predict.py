@@ -68,6 +68,7 @@ def main(argv=None) -> dict:
     size = args.size or (256 if args.quick else 2048 if device.type == "cuda" else 1024)
     repeats = args.repeats or (3 if device.type == "cuda" or args.quick else 1)
     amp = not args.no_amp
+    half = amp and device.type == "cuda"  # the matmul reference runs at the network's precision
 
     image, labels = synthetic_nuclei((size, size), count=max(2, round(505 * size * size / 1024**2)), seed=0)
     torch.manual_seed(0)
@@ -113,7 +114,7 @@ def main(argv=None) -> dict:
     # Interleaved: matmul, ours, matmul, peer, matmul, ... Each run is compared with the
     # matmul rate measured just before and after it, and ours with the peer next to it,
     # so that load changes of a shared machine show on both sides of every ratio.
-    before = matmul_flops_per_s(device)
+    before = matmul_flops_per_s(device, half=half)
     mm_rates = list(before)
     totals, loops, posts, peers = [], [], [], []
     ratios, network_fractions, peer_fractions = [], [], []
@@ -122,16 +123,16 @@ def main(argv=None) -> dict:
     for _ in range(repeats):
         if args.compile:  # the same prediction uncompiled, next to each compiled run
             uncompiled.append(ours(compile_network=False)[1])
-            uncompiled_fractions.append(tile_flops / uncompiled[-1] / statistics.median(matmul_flops_per_s(device)))
+            uncompiled_fractions.append(tile_flops / uncompiled[-1] / statistics.median(matmul_flops_per_s(device, half=half)))
         prediction, seconds, post = ours()
         totals.append(seconds)
         loops.append(seconds - normalize_s - post)
         posts.append(post)
-        middle = matmul_flops_per_s(device)
+        middle = matmul_flops_per_s(device, half=half)
         start = time.perf_counter()
         logits = peer()
         peers.append(time.perf_counter() - start)
-        after = matmul_flops_per_s(device)
+        after = matmul_flops_per_s(device, half=half)
         mm_rates += middle + after
         ratios.append(peers[-1] / totals[-1])
         network_fractions.append(tile_flops / loops[-1] / statistics.median(before + middle))
@@ -173,6 +174,7 @@ def main(argv=None) -> dict:
         "tile_loop_gflops_per_s": round(tile_flops / loop_s / 1e9, 2),
         "peer_gflops_per_s": round(peer_flops / peer_s / 1e9, 2),
         "matmul_gflops_per_s": round(mm_rate / 1e9, 2),
+        "matmul_dtype": "float16" if half else "float32",
         "share_normalize": round(normalize_s / total_s, 4),
         "share_tile_loop": round(loop_s / total_s, 4),
         "share_postprocess": round(post_s / total_s, 4),

@@ -90,14 +90,14 @@ def main(argv=None) -> dict:
     # Matmul interleaved with the steps: each step is compared with the matmul rate
     # measured just before and just after it, so that a change of machine load (a shared
     # machine) shows in both sides of the ratio.
-    mm_groups = [matmul_flops_per_s(device, repeats=3)]
+    mm_groups = [matmul_flops_per_s(device, repeats=3, half=amp)]
     step_times, fractions = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
         synchronize(device)
         step_times.append(time.perf_counter() - start)
-        mm_groups.append(matmul_flops_per_s(device, repeats=3))
+        mm_groups.append(matmul_flops_per_s(device, repeats=3, half=amp))
         around = statistics.median(mm_groups[-2] + mm_groups[-1])
         fractions.append(flops_per_step / step_times[-1] / around)
     mm_rates = [r for group in mm_groups for r in group]
@@ -115,6 +115,7 @@ def main(argv=None) -> dict:
         "step_seconds": round(step_s, 4),
         "achieved_gflops_per_s": round(achieved / 1e9, 2),
         "matmul_gflops_per_s": round(mm_rate / 1e9, 2),
+        "matmul_dtype": "float16" if amp else "float32",
         "gflops_per_step": round(flops_per_step / 1e9, 2),
         "patch": patch,
         "batch": batch,

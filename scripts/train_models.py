@@ -167,6 +167,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
     parser.add_argument("--init", default="scratch", help="continue from this model file instead of scratch")
     parser.add_argument("--learning-rate", help="instead of the recipe's (for a second, gentler round with --init)")
+    parser.add_argument("--batch-size", help="instead of the recipe's (a GPU takes more patches per step)")
+    parser.add_argument("--steps-per-epoch", help="instead of the recipe's (steps between validations)")
+    parser.add_argument("--base-width", help="instead of the recipe's (from scratch only)")
     parser.add_argument("--synthetic", type=int, default=0,
                         help="nuclei: add this many generated images of touching nuclei to the training set")
     parser.add_argument("--no-embed", action="store_true", help="train and report, but leave the package alone")
@@ -185,8 +188,9 @@ def main() -> None:
             recipe["training_data"] += f", plus {args.synthetic} generated images of touching nuclei"
     model = work / f"{args.name}.safetensors"
     arguments = list(recipe["train"])
-    if args.learning_rate:
-        arguments[arguments.index("--learning-rate") + 1] = args.learning_rate
+    for option in ("learning_rate", "batch_size", "steps_per_epoch", "base_width"):
+        if getattr(args, option):
+            arguments[arguments.index("--" + option.replace("_", "-")) + 1] = getattr(args, option)
     if args.init != "scratch":
         arguments.append("--train-norm")  # continuing on the whole training set, not fine-tuning on a few
     start = time.monotonic()
