@@ -23,6 +23,20 @@ def _image(dtype, shape=(1, 64, 80), seed=0) -> np.ndarray:
 # --- Normalization -------------------------------------------------------------------
 
 
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 3, 7), (2, 257, 131)])
+@pytest.mark.parametrize("spread", [3, 300, 65535])
+def test_8_and_16_bit_planes_normalize_as_their_float_copy(dtype, shape, spread):
+    # Integer planes take their percentiles from a histogram instead of a sort.
+    spread = min(spread, np.iinfo(dtype).max)
+    image = np.random.default_rng(spread).integers(0, spread, size=shape, endpoint=True).astype(dtype)
+    for low, high in [(1.0, 99.8), (0.0, 100.0), (13.7, 50.0)]:
+        normalization = Normalization(low, high)
+        expected = normalization(image.astype(np.float64))
+        np.testing.assert_allclose(normalization(image), expected, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64])
 @pytest.mark.parametrize(("low", "high"), [(1.0, 99.8), (0.0, 100.0), (10.0, 60.0)])
 def test_percentiles_map_to_zero_and_one(dtype, low, high):

@@ -6,6 +6,7 @@ model is trained and when it predicts, whatever the input's dtype (uint8, uint16
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -51,6 +52,12 @@ class Normalization:
         flat_out = out.reshape(flat_in.shape)
         warned = False
         for index, plane in enumerate(flat_in):
+            if plane.dtype in (np.uint8, np.uint16):
+                # Counting the values gives the same percentiles as sorting them, several
+                # times faster: the usual 8 and 16 bit microscopy images need no sort.
+                low, high = _integer_percentiles(plane, (self.low_percentile, self.high_percentile))
+                _scale(plane, low, high, flat_out[index])
+                continue
             plane = plane.astype(np.float32, copy=False)
             finite = np.isfinite(plane)
             if not finite.all():
@@ -67,14 +74,32 @@ class Normalization:
             else:
                 values = plane
             low, high = np.percentile(values, [self.low_percentile, self.high_percentile])
-            if high <= low:  # a flat plane: keep it flat instead of dividing by zero
-                high = low + 1.0
-            result = flat_out[index]
-            np.subtract(plane, low, out=result)
-            result *= 1.0 / (high - low)
+            _scale(plane, low, high, flat_out[index])
             if not finite.all():
-                result[~finite] = 0.0
+                flat_out[index][~finite] = 0.0
         return out
+
+
+def _scale(plane: np.ndarray, low: float, high: float, out: np.ndarray) -> None:
+    """Map ``low`` to 0 and ``high`` to 1, writing float32 into ``out``."""
+    if high <= low:  # a flat plane: keep it flat instead of dividing by zero
+        high = low + 1.0
+    np.subtract(plane, np.float32(low), out=out, dtype=np.float32)
+    out *= 1.0 / (high - low)
+
+
+def _integer_percentiles(plane: np.ndarray, percentiles: tuple[float, ...]) -> list[float]:
+    """``np.percentile`` (linear interpolation) of a uint8 or uint16 plane, from its histogram."""
+    cumulative = np.cumsum(np.bincount(plane.ravel()))
+    last = int(cumulative[-1]) - 1
+    results = []
+    for percentile in percentiles:
+        position = last * percentile / 100
+        below = math.floor(position)
+        # The k-th smallest value (0-based) is the first whose cumulative count exceeds k.
+        lower, upper = np.searchsorted(cumulative, [below, min(below + 1, last)], side="right")
+        results.append(float(lower + (upper - lower) * (position - below)))
+    return results
 
 
 def as_planes(
