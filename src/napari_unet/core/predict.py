@@ -414,27 +414,35 @@ def predict_iter(
 def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device, amp, threshold, min_size) -> float | None:
     """Median object diameter in one ``(channels, H, W)`` plane, from predictions.
 
-    A first prediction at the model's own scale gives a first estimate; when that says
-    the objects are far from the model's size, a second prediction at the corrected
-    scale refines it (objects of the wrong size are found less reliably).
+    Objects much larger than the model's break into fragments of about the model's own
+    size, so a prediction at the model's scale can look right while being far off. Two
+    first estimates are therefore made, at the model's scale and at half of it (where
+    such objects come out whole), and each is checked by predicting again at the scale
+    it asks for: an estimate is kept when that prediction confirms it, and of two kept
+    ones the larger is the true size (the other comes from fragments).
     """
     if not model.object_diameter:
         raise InputError("this model does not record the object size it was trained on; it cannot estimate diameters")
-    estimate = None
-    factor = 1.0
-    for _ in range(2):
+
+    def measured(factor: float) -> float | None:
         shape = scaled_shape(plane.shape[-2:], factor)
         probabilities = run_to_end(predict_probabilities(
             model.network, resize_plane(model.normalization(plane), shape), tile_size, batch_size, device, amp))
         found = object_diameter(probabilities_to_labels(probabilities, threshold, min_size, model.gap))
-        if found is None:
-            break
-        estimate = found / factor
-        new_factor = min(max(model.object_diameter / estimate, 1 / 8), 8)
-        if abs(new_factor / factor - 1) < 0.1:
-            break
-        factor = new_factor
-    return estimate
+        return None if found is None else found / factor
+
+    def checked(first: float) -> tuple[float, bool]:
+        factor = min(max(model.object_diameter / first, 1 / 8), 8)
+        second = measured(factor)
+        if second is None:
+            return first, False
+        return second, abs(second / first - 1) < 0.25
+
+    candidates = [checked(first) for first in (measured(1.0), measured(0.5)) if first is not None]
+    confirmed = [estimate for estimate, agrees in candidates if agrees]
+    if confirmed:
+        return max(confirmed)
+    return candidates[0][0] if candidates else None
 
 
 def estimate_diameter(model: Model, image: np.ndarray, channel_axis: int | None = None, **kwargs) -> float | None:
