@@ -3,7 +3,7 @@
 Reruns the recipe of docs/models.md with the project's own command line:
 
     python scripts/train_models.py nuclei --minutes 70
-    python scripts/train_models.py em-neurites --minutes 30
+    python scripts/train_models.py em-neurites --minutes 5.7 --device cuda
     python scripts/train_models.py nuclei --minutes 70 --no-embed   # train and report only
 
 Each run splits the data of ``../shared/data`` into training and validation images
@@ -54,8 +54,8 @@ RECIPES = {
         "training_data": "ISBI 2012 EM segmentation challenge training volume, slices 0-15 "
         "(slices 16-19 kept for validation)",
         "train": ["--classes", "2", "--depth", "4", "--base-width", "16", "--patch-size", "256",
-                  "--batch-size", "4", "--learning-rate", "0.001", "--schedule", "cosine",
-                  "--steps-per-epoch", "60", "--w0", "10", "--sigma", "5",
+                  "--batch-size", "16", "--learning-rate", "0.001", "--schedule", "cosine",
+                  "--steps-per-epoch", "150", "--w0", "10", "--sigma", "5",
                   "--pixel-size", "0.004", "0.004", "--seed", "0"],
     },
 }
