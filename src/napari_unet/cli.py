@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sigma", type=_positive_float, default=5.0, help="width of the border weight in pixels (default: 5)")
     train.add_argument("--dice-weight", type=float, default=0.0, help="add a Dice loss with this weight (default: 0, off)")
     train.add_argument("--val-fraction", type=_fraction, default=0.1,
-                       help="share of images kept for validation (default: 0.1; ignored with --val-images)")
+                       help="share of images kept for validation (default: 0.1; fine-tuning holds out at least one "
+                            "of 4 or more; ignored with --val-images)")
     train.add_argument("--val-images", help="images to validate on, never trained on (TIFF file, folder or glob)")
     train.add_argument("--val-labels", help="labels of --val-images, same names")
     train.add_argument("--patience", type=_positive_int, help="stop after this many validations without improvement")

@@ -23,6 +23,7 @@ from napari_unet.core.train import (
     TrainingSample,
     _clearly_better,
     _loss,
+    _validation_split,
     train,
     train_iter,
     tune_threshold,
@@ -239,6 +240,25 @@ def test_validation_split_by_image_or_by_stripe(tiny_config):
     assert "ap50" in many.history[-1]
     assert "ap50" in single.history[-1]
 
+
+
+@pytest.mark.parametrize("count, whole_plane, held_out_whole", [(5, False, 0), (5, True, 1), (3, True, 0), (10, True, 1)])
+def test_fine_tuning_holds_out_a_whole_image_when_enough_remain(count, whole_plane, held_out_whole):
+    planes = []
+    for index in range(count):
+        labels = np.zeros((32, 40), np.int32)
+        labels[4:12, 30:38] = 1
+        planes.append((f"image {index}", np.zeros((1, 32, 40), np.float32), labels, np.ones((32, 40), bool)))
+    train_planes, validation = _validation_split(planes, 0.1, np.random.default_rng(0), whole_plane=whole_plane)
+    whole = [plane for plane in validation if plane[2].shape == (32, 40)]
+    assert len(whole) == held_out_whole
+    if held_out_whole:
+        # A plane is either trained on or validated, never both.
+        assert {p[0] for p in train_planes}.isdisjoint(p[0] for p in validation)
+        assert len(train_planes) + len(validation) == count
+    else:  # a stripe of every image, removed from what it trains on
+        assert len(validation) == count and all(plane[2].shape == (32, 4) for plane in validation)
+        assert not any(mask[:, 36:].any() for _, _, _, mask in train_planes)
 
 @pytest.mark.parametrize(
     "labels_dtype", [bool, np.int64, np.float64, np.uint8]
