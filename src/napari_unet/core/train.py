@@ -518,7 +518,7 @@ def train_iter(
         # and only a plane it never trained on can show that they lost generality: a stripe
         # of a training image improves with the image (measured, fine-tuning on 5 DSB2018
         # images: their stripes 19 -> 6 errors while the other 75 images fell from AP50
-        # 0.859 to 0.840; holding out one of the 5 kept 0.864).
+        # 0.859 to 0.840; with one of the 5 held out whole, the model was kept).
         train_planes, validation_planes = _validation_split(planes, config.val_fraction, rng, whole_plane=fine_tuning)
     else:
         train_planes = planes
