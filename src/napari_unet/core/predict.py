@@ -424,10 +424,12 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
     if not model.object_diameter:
         raise InputError("this model does not record the object size it was trained on; it cannot estimate diameters")
 
+    normalized = model.normalization(plane)
+
     def measured(factor: float) -> float | None:
         shape = scaled_shape(plane.shape[-2:], factor)
         probabilities = run_to_end(predict_probabilities(
-            model.network, resize_plane(model.normalization(plane), shape), tile_size, batch_size, device, amp))
+            model.network, resize_plane(normalized, shape), tile_size, batch_size, device, amp))
         found = object_diameter(probabilities_to_labels(probabilities, threshold, min_size, model.gap))
         return None if found is None else found / factor
 
