@@ -9,9 +9,10 @@ Reruns the recipe of docs/models.md with the project's own command line:
 Each run splits the data of ``../shared/data`` into training and validation images
 (fixed: the validation names are listed in ``scripts/splits/``), lays the split out as
 symbolic links or subset stacks in a work folder outside the repository (the data are
-never copied into it), runs ``napari-unet train``, then ``napari-unet predict`` and
-``napari-unet evaluate`` on the validation images, and finally writes the model with its
-description and validation figures to ``src/napari_unet/models/NAME.safetensors``.
+never copied into it), runs ``napari-unet train``, then ``napari-unet predict`` (plain
+and with ``--tta``) and ``napari-unet evaluate`` on the validation images, and finally
+writes the model with its description and validation figures to
+``src/napari_unet/models/NAME.safetensors``.
 """
 
 from __future__ import annotations
@@ -204,16 +205,31 @@ def main() -> None:
     else:
         retune_threshold(model, validation, args.device)  # training does it at its end
     minutes = (time.monotonic() - start) / 60
-    predicted = validation / "predicted"
+    if args.name == "em-neurites":
+        held_out = "held-out ISBI 2012 slices " + "-".join(str(i) for i in EM_VALIDATION_SLICES[::3])
+    else:
+        held_out = f"{len(list((validation / 'images').glob('*.tif')))} held-out dsb2018 images"
+    figures = {"data": held_out, **validation_figures(model, validation, args)}
+    # The same with test-time augmentation (predict --tta), the figures' second row in docs/models.md.
+    figures.update({f"tta_{key}": value for key, value in validation_figures(model, validation, args, "--tta").items()})
+    hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, device {args.device}"
+    summary = {"model": args.name, "train_minutes": round(minutes, 1), "hardware": hardware, **figures}
+    print(json.dumps(summary, indent=2))
+    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if not args.no_embed:
+        embed(model, args.name, recipe, figures)
+
+
+def validation_figures(model: Path, validation: Path, args, *options: str) -> dict:
+    """Predict the validation images with ``napari-unet predict`` (and ``options``) and measure them."""
+    predicted = validation / ("predicted" + "".join(options).replace("--", "-"))
     napari_unet("predict", "--model", str(model), str(validation / "images"), "--out", str(predicted),
-                "--overwrite", "--device", args.device, threads=args.threads)
-    report = work / "validation.json"
+                "--overwrite", "--device", args.device, *options, threads=args.threads)
+    report = predicted.with_suffix(".json")
     napari_unet("evaluate", "--pred", str(predicted), "--gt", str(validation / "labels"), "--json", str(report))
     scores = json.loads(report.read_text())
     thresholds = scores["thresholds"]
     figures = {
-        "data": "held-out ISBI 2012 slices " + "-".join(str(i) for i in EM_VALIDATION_SLICES[::3])
-        if args.name == "em-neurites" else f"{scores['images']} held-out dsb2018 images",
         "ap50_pooled": round(scores["ap_pooled"][thresholds.index(0.5)], 4),
         "ap75_pooled": round(scores["ap_pooled"][thresholds.index(0.75)], 4),
         "mean_ap_0.5_0.95": round(scores["mean_ap_0.5_0.95"], 4),
@@ -222,12 +238,7 @@ def main() -> None:
     if args.name == "em-neurites":
         figures.update({k: round(v, 4) for k, v in em_measures(predicted / "isbi2012.tif",
                                                                 validation / "labels" / "isbi2012.tif").items()})
-    hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, device {args.device}"
-    summary = {"model": args.name, "train_minutes": round(minutes, 1), "hardware": hardware, **figures}
-    print(json.dumps(summary, indent=2))
-    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if not args.no_embed:
-        embed(model, args.name, recipe, figures)
+    return figures
 
 
 def retune_threshold(path: Path, validation: Path, device: str) -> None:

@@ -180,3 +180,17 @@ def test_compile_flag_compiles_the_network_once_for_all_planes(tmp_path, model_f
     assert "8 plane(s)" in capsys.readouterr().err
     for name in ("a_stack.tif", "b_hyper.tif"):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / name), tifffile.imread(tmp_path / "plain" / name))
+
+
+def test_tta_flag_writes_the_orientation_averaged_labels(tmp_path, model_file, inputs):
+    from napari_unet.core.modelfile import load_model_file
+    from napari_unet.core.predict import predict
+
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "plain"), *FAST]) == 0
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "tta"), "--tta", *FAST]) == 0
+    stack = tifffile.imread(inputs / "a_stack.tif")
+    expected = predict(load_model_file(model_file), stack, device="cpu", threshold=0.55, min_size=3,
+                       test_time_augmentation=True).labels
+    written = tifffile.imread(tmp_path / "tta" / "a_stack.tif")
+    np.testing.assert_array_equal(written, expected)
+    assert not np.array_equal(written, tifffile.imread(tmp_path / "plain" / "a_stack.tif"))

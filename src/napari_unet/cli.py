@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="typical object diameter in the images, in pixels, or 'auto' to estimate it from each "
                          "file's first plane; planes are rescaled so objects match the model's (default: the files' "
                          "pixel size when the model records one, else no rescaling)")
+    predict.add_argument("--tta", action="store_true",
+                         help="test-time augmentation: average the predictions of each plane turned and mirrored "
+                         "in all eight ways, as the U-Net paper did; more accurate outlines for 8x the time "
+                         "(default: off)")
     predict.add_argument("--probability", action="store_true", help="also write the foreground probability (NAME_probability.tif)")
     predict.add_argument("--overwrite", action="store_true", help="segment again the inputs whose output exists (default: skip them)")
     predict.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
@@ -292,7 +296,7 @@ def _predict(args) -> int:
     files = list({path.resolve(): path for spec in args.inputs for path in collect_tiffs(spec)}.values())
     options = {"tile_size": args.tile_size, "batch_size": args.batch_size, "threshold": args.threshold,
                "min_size": args.min_size, "device": args.device, "diameter": args.diameter,
-               "compile_network": args.compile}
+               "compile_network": args.compile, "test_time_augmentation": args.tta}
     if args.scheduler or args.workers:
         from .core.distributed import dask_executor
 

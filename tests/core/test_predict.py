@@ -221,6 +221,42 @@ def test_stacks_go_plane_by_plane(shape):
         np.testing.assert_array_equal(flat_labels[index], alone.labels)
 
 
+def _dihedral_group() -> list:
+    """The eight distinct orientations of a plane, as transposes and flips of its last two axes."""
+    flips = [lambda a: a, lambda a: a[..., ::-1, :], lambda a: a[..., ::-1], lambda a: a[..., ::-1, ::-1]]
+    return flips + [lambda a, flip=flip: flip(np.swapaxes(a, -1, -2)) for flip in flips]
+
+
+def _put_back(transform, transformed: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The ``shape``-sized plane(s) that ``transform`` turned into ``transformed``."""
+    source = transform(np.arange(shape[0] * shape[1]).reshape(shape))  # where each pixel came from
+    leading = transformed.shape[:-2]
+    restored = np.empty(leading + shape, transformed.dtype)
+    restored.reshape(*leading, -1)[..., source.ravel()] = transformed.reshape(*leading, -1)
+    return restored
+
+
+def test_test_time_augmentation_averages_the_eight_orientations():
+    model = _model()
+    image = (np.random.default_rng(5).random((100, 131)) * 4000).astype(np.uint16)
+    normalized = model.normalization(image[np.newaxis])
+    group = _dihedral_group()
+    assert len({(transform(image).shape, transform(image).tobytes()) for transform in group}) == 8
+    expected = np.mean([_put_back(transform, _whole_image(model.network, np.ascontiguousarray(transform(normalized))),
+                                  image.shape) for transform in group], axis=0)
+    progress = []
+    result = predict(model, image, tile_size=64, batch_size=1, device="cpu", test_time_augmentation=True,
+                     on_progress=progress.append)
+    np.testing.assert_allclose(result.probability, 1.0 - expected[0], atol=2e-5, rtol=0)
+    # A network of random weights is not symmetric: averaging changed the result.
+    plain = predict(model, image, tile_size=64, batch_size=1, device="cpu").probability
+    assert np.abs(result.probability - plain).max() > 1e-3
+    # Progress counts the tile batches of all eight orientations.
+    tiles = len(list(predict_probabilities(model.network, normalized, tile_size=64, batch_size=1, device="cpu")))
+    assert tiles > 1
+    assert progress == [PredictProgress(0, 1, done, 8 * tiles) for done in range(1, 8 * tiles + 1)]
+
+
 def test_predict_iter_stops_when_the_generator_is_closed():
     model = _model()
     calls = []

@@ -294,6 +294,28 @@ def test_predict_a_stack_plane_by_plane_and_the_current_plane(make_napari_viewer
     assert labels.data[1].any() and not labels.data[0].any() and not labels.data[2].any()
 
 
+def test_predict_with_eight_orientations_gives_the_cores_averaged_labels(make_napari_viewer, qtbot):
+    from napari_unet.core.predict import predict
+    from napari_unet.widgets import PredictWidget
+
+    viewer = make_napari_viewer()
+    image, _ = synthetic_nuclei((64, 72), count=6, seed=2)
+    viewer.add_image(image, name="nuclei")
+    model = _tiny_model_in_session(viewer)
+    widget = _docked(viewer, PredictWidget)
+    widget.image.value = viewer.layers["nuclei"]
+    widget.device.value = "cpu"
+    widget.orientations.value = widget.probability.value = True
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=30_000)
+    expected = predict(model, image, threshold=widget.threshold.value, device="cpu", test_time_augmentation=True)
+    plain = predict(model, image, device="cpu").probability
+    assert np.abs(expected.probability - plain).max() > 1e-3  # an untrained network is not symmetric
+    np.testing.assert_array_equal(viewer.layers["nuclei probability"].data, expected.probability)
+    np.testing.assert_array_equal(viewer.layers["nuclei prediction"].data, expected.labels)
+    assert widget.progress.value == 1000
+
+
 def test_predict_rgb_with_a_one_channel_model_warns_and_works(make_napari_viewer, qtbot, notifications):
     from napari_unet.widgets import PredictWidget
 

@@ -17,10 +17,14 @@ from .metrics import average_precision, pixel_scores
 
 __all__ = ["FEWEST_OBJECTS_TO_CHOOSE", "THRESHOLD_CHOICES", "choose_threshold", "enough_to_choose", "foreground_probability", "probabilities_to_labels"]
 
-#: The thresholds :func:`choose_threshold` tries. Lower ones merge touching objects (or,
-#: with two classes, widen them), higher ones shrink and lose faint objects; the best lies
-#: in between.
-THRESHOLD_CHOICES = tuple(np.round(np.arange(0.3, 0.81, 0.05), 2).tolist())
+#: The thresholds :func:`choose_threshold` tries, by number of classes. Higher ones shrink
+#: and lose faint objects. Lower ones merge touching objects of three classes, so those
+#: start at 0.3; two-class objects they only widen (their seeds need 0.5), which thick
+#: boundaries such as EM membranes call for, so those start at 0.1.
+THRESHOLD_CHOICES = {
+    2: tuple(np.round(np.arange(0.1, 0.81, 0.05), 2).tolist()),
+    3: tuple(np.round(np.arange(0.3, 0.81, 0.05), 2).tolist()),
+}
 
 #: Fewest annotated objects on which :func:`choose_threshold` moves the threshold. On a
 #: few dozen (a stripe held out of a few images, as when fine-tuning on 5) neighbouring
@@ -156,9 +160,10 @@ def choose_threshold(
         gap: Gap radius the model was trained with (two classes).
 
     Returns:
-        The threshold, among :data:`THRESHOLD_CHOICES` and ``current``, with the highest
-        mean AP at IoU 0.5 over the planes; between equal APs, the higher pixel IoU of
-        the objects' extent (as training ranks its checkpoints).
+        The threshold, among ``current`` and the :data:`THRESHOLD_CHOICES` of the
+        planes' number of classes, with the highest mean AP at IoU 0.5 over the planes;
+        between equal APs, the higher pixel IoU of the objects' extent (as training
+        ranks its checkpoints).
     """
     if not enough_to_choose(truths):
         return current
@@ -170,7 +175,8 @@ def choose_threshold(
                               np.concatenate([t.ravel() for t in truths]))
         return ap50, pooled["iou"]
 
-    candidates = sorted({current, *THRESHOLD_CHOICES}, key=lambda t: abs(t - current))
+    choices = THRESHOLD_CHOICES[probabilities[0].shape[0]]
+    candidates = sorted({current, *choices}, key=lambda t: abs(t - current))
     scores = [score(t) for t in candidates]
     best = max(scores)
     return candidates[scores.index(best)]  # the first of equals: nearest to current

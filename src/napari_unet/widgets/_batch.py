@@ -83,7 +83,7 @@ class BatchWidget(Container):
                                 tooltip="Where the label files go (default: a 'labels' folder beside the inputs). "
                                 "Files already there are kept and not segmented again.")
         self.model = ModelChooser(viewer, allow_scratch=False)
-        self.tile_size, self.threshold, self.min_size = prediction_settings(self.model)
+        self.tile_size, self.threshold, self.min_size, self.orientations = prediction_settings(self.model)
         self.device = ComboBox(label="device", choices=device_choices())
         self.compile = CheckBox(label="compile network", value=False,
                                 tooltip="Compile the network before the first plane (torch.compile): about 8 % "
@@ -97,8 +97,8 @@ class BatchWidget(Container):
                                 tooltip="A finished output to open as a Labels layer.")
         self.open_result = PushButton(text="Open result")
         self.extend([
-            self.inputs, self.out_dir, self.model, self.tile_size, self.threshold, self.min_size, self.device,
-            self.compile, self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
+            self.inputs, self.out_dir, self.model, self.tile_size, self.threshold, self.min_size, self.orientations,
+            self.device, self.compile, self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
         ])
         self.inputs.changed.connect(self._update_default_output)
         self.run.changed.connect(self.start)
@@ -141,7 +141,8 @@ class BatchWidget(Container):
         self._worker = create_worker(
             guarded(predict_files_iter), model, files, Path(out_dir), stop=self._stop,
             tile_size=self.tile_size.value or None, threshold=self.threshold.value, min_size=self.min_size.value,
-            device=self.device.value, compile_network=self.compile.value, _start_thread=False, _ignore_errors=True,
+            device=self.device.value, compile_network=self.compile.value,
+            test_time_augmentation=self.orientations.value, _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self._on_progress, self._on_done, "the batch", self._on_finish)
         self._worker.start()

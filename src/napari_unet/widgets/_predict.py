@@ -62,6 +62,7 @@ def start_prediction(
     min_size: int = 10,
     device: str = "auto",
     diameter: float | None = None,
+    test_time_augmentation: bool = False,
     probability: bool = False,
     current_plane_only: bool = False,
     output=None,
@@ -81,6 +82,8 @@ def start_prediction(
         diameter: Typical object diameter in the image, in pixels; the image is rescaled
             so that its objects match the model's. Without it, the layer's pixel size
             (its scale) is used when both it and the model's pixel size are known.
+        test_time_augmentation: Average the predictions of each plane's eight
+            orientations (see :func:`~napari_unet.core.predict.predict_iter`).
         probability: Also add the foreground probability as an Image layer.
         current_plane_only: Predict only the plane the viewer shows, into ``output`` (or a
             new Labels layer).
@@ -123,7 +126,7 @@ def start_prediction(
     worker = create_worker(
         guarded(predict_iter), model, data, tile_size=tile_size, threshold=threshold, min_size=min_size, device=device,
         channel_axis=-1 if image.rgb else None, diameter=diameter or None, pixel_size=_pixel_size_for(image, model),
-        _start_thread=False, _ignore_errors=True,
+        test_time_augmentation=test_time_augmentation, _start_thread=False, _ignore_errors=True,
     )
     connect_worker(worker, show_plane, lambda _: None, "prediction", on_finish or (lambda: None))
     worker.start()
@@ -144,7 +147,7 @@ class PredictWidget(Container):
         self.output = None  # the Labels layer of the last prediction
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.model = ModelChooser(viewer, allow_scratch=False)
-        self.tile_size, self.threshold, self.min_size = prediction_settings(self.model)
+        self.tile_size, self.threshold, self.min_size, self.orientations = prediction_settings(self.model)
         self.diameter = FloatSpinBox(
             label="object diameter (px)", value=0.0, min=0.0, max=10_000.0, step=1.0,
             tooltip="Typical object diameter in this image, in pixels: the image is rescaled so that objects "
@@ -162,8 +165,7 @@ class PredictWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, max=1000)
         self.extend([
             self.image, self.model, self.tile_size, self.threshold, self.min_size, self.diameter, self.estimate,
-            self.probability,
-            self.current_plane_only, self.device, self.run, self.cancel, self.progress,
+            self.orientations, self.probability, self.current_plane_only, self.device, self.run, self.cancel, self.progress,
         ])
         self.run.changed.connect(self.start)
         self.cancel.changed.connect(self.stop)
@@ -204,7 +206,7 @@ class PredictWidget(Container):
         self._worker, self.output = start_prediction(
             self._viewer, image, model, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
             min_size=self.min_size.value, device=self.device.value, diameter=self.diameter.value,
-            probability=self.probability.value,
+            test_time_augmentation=self.orientations.value, probability=self.probability.value,
             current_plane_only=self.current_plane_only.value,
             output=self.output if self.current_plane_only.value else None,
             on_progress=self._on_progress, on_finish=self._on_finish,
