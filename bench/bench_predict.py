@@ -17,6 +17,11 @@ JSON object.
     python bench/bench_predict.py --device auto          # CUDA when there is one, 2048x2048
     python bench/bench_predict.py --quick                # 256x256, for smoke tests
     python bench/bench_predict.py --model nuclei --compile   # predict(..., compile_network=True)
+    python bench/bench_predict.py --model nuclei --tta       # test-time augmentation: 8 orientations
+
+With ``--tta`` the pipeline's FLOPs are those of the eight orientations' tiles, so its
+fraction of the matmul rate shows what averaging orientations costs beyond the network
+(turning, copying, summing); the peer stays one plain whole-image pass.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from napari_unet.core.device import autocast
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.normalize import as_planes
 from napari_unet.core.postprocess import foreground_probability, probabilities_to_labels
-from napari_unet.core.predict import _axis_tiling, default_tile_size, predict
+from napari_unet.core.predict import ORIENTATIONS, _axis_tiling, default_tile_size, predict
 from napari_unet.core.registry import load_model
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.targets import class_targets
@@ -63,6 +68,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA too (predict's default is float16)")
     parser.add_argument("--compile", action="store_true",
                         help="predict with compile_network=True (compiled once before the timed runs)")
+    parser.add_argument("--tta", action="store_true", help="predict with test_time_augmentation=True")
     args = parser.parse_args(argv)
     device = torch_device(parser, args)
     size = args.size or (256 if args.quick else 2048 if device.type == "cuda" else 1024)
@@ -86,7 +92,7 @@ def main(argv=None) -> dict:
 
     def ours(compile_network=args.compile):
         return timed_predict(model, image, tile_size=tile, batch_size=args.batch, device=device, amp=amp,
-                             compile_network=compile_network)
+                             compile_network=compile_network, test_time_augmentation=args.tta)
 
     # Warm-up on a small image: allocator, thread pool, kernels.
     small = image[:64, :64]
@@ -108,7 +114,8 @@ def main(argv=None) -> dict:
     rows = _axis_tiling(network, size, tile)
     cols = _axis_tiling(network, size, tile)
     tiles = rows.count * cols.count
-    tile_flops = tiles * forward_flops(model.config, rows.tile, cols.tile)
+    # (square images: every orientation is cut into the same tiles)
+    tile_flops = tiles * forward_flops(model.config, rows.tile, cols.tile) * (ORIENTATIONS if args.tta else 1)
     peer_flops = forward_flops(model.config, *padded.shape[-2:])
 
     # Interleaved: matmul, ours, matmul, peer, matmul, ... Each run is compared with the
@@ -142,9 +149,10 @@ def main(argv=None) -> dict:
     total_s, loop_s, post_s, peer_s = (statistics.median(v) for v in (totals, loops, posts, peers))
     mm_rate = statistics.median(mm_rates)
 
-    # Same result? Foreground probability of predict vs the center of the whole-image pass.
+    # Same result? Foreground probability of predict vs the center of the whole-image pass
+    # (not comparable with an average over orientations).
     whole = torch.softmax(logits.float(), dim=1)[0, 0, border : border + size, border : border + size]
-    difference = float(np.max(np.abs(prediction.probability - (1.0 - whole.cpu().numpy()))))
+    difference = None if args.tta else float(np.max(np.abs(prediction.probability - (1.0 - whole.cpu().numpy()))))
 
     # Post-processing of probabilities like a trained network's (from the ground truth):
     # an untrained network's output has few objects, which flatters post-processing.
@@ -197,6 +205,7 @@ def main(argv=None) -> dict:
         "model": args.model or "new default network",
         "amp": amp and device.type == "cuda",
         "compiled": args.compile,
+        "test_time_augmentation": args.tta,
         # The first prediction, compiling included, minus a compiled one.
         "compile_seconds": None if compile_s is None else round(compile_s - total_s, 1),
         # Paired: each compiled run against the uncompiled run just before it.
