@@ -160,7 +160,7 @@ def test_models_lists_description_training_data_scale_and_figures(tmp_path, monk
     model = Model.new(NetworkConfig(depth=2, base_width=4))
     model.description, model.training_data = "Test nuclei", "generated sample data"
     model.pixel_size, model.pixel_unit, model.object_diameter = (0.5, 0.5), "um", 17.25
-    model.evaluation, model.threshold = {"ap50_pooled": 0.91}, 0.65
+    model.evaluation, model.threshold = {"ap50_pooled": 0.91, "tta_ap50_pooled": 0.93}, 0.65
     model.save(tmp_path / "test-nuclei.safetensors")
     monkeypatch.setattr(registry, "_EMBEDDED", tmp_path)
 
@@ -168,11 +168,11 @@ def test_models_lists_description_training_data_scale_and_figures(tmp_path, monk
     text = capsys.readouterr().out
     for expected in ("test-nuclei: Test nuclei", "generated sample data", "pixel size 0.5 x 0.5 um",
                      "object diameter 17.2 px", "depth 2, base width 4", "threshold:       0.65",
-                     "ap50_pooled 0.91"):
+                     "validation:      ap50_pooled 0.91\n", "with --tta:      ap50_pooled 0.93\n"):
         assert expected in text
     assert main(["models", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert listed["test-nuclei"]["evaluation"] == {"ap50_pooled": 0.91}
+    assert listed["test-nuclei"]["evaluation"] == {"ap50_pooled": 0.91, "tta_ap50_pooled": 0.93}
     # Listed models are the ones --model and --init take by name.
     assert registry.load_model("test-nuclei").object_diameter == 17.25
 

@@ -410,9 +410,14 @@ def _describe_model(name: str, metadata: dict) -> str:
         lines.append(f"  network:         depth {network.get('depth')}, base width {network.get('base_width')}, "
                      f"{network.get('in_channels')} channel(s) in, {network.get('num_classes')} classes")
     lines.append(f"  threshold:       {metadata.get('threshold', 0.5):g} (post-processing, unless --threshold)")
-    if metadata.get("evaluation"):
-        figures = ", ".join(f"{key} {value}" for key, value in metadata["evaluation"].items())
-        lines.append(f"  validation:      {figures}")
+    evaluation = metadata.get("evaluation") or {}
+    # Figures measured with test-time augmentation (scripts/train_models.py) get a line of their own.
+    plain = {key: value for key, value in evaluation.items() if not key.startswith("tta_")}
+    averaged = {key[len("tta_"):]: value for key, value in evaluation.items() if key.startswith("tta_")}
+    if plain:
+        lines.append(f"  validation:      {', '.join(f'{key} {value}' for key, value in plain.items())}")
+    if averaged:
+        lines.append(f"  with --tta:      {', '.join(f'{key} {value}' for key, value in averaged.items())}")
     return "\n".join(lines)
 
 
