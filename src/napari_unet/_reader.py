@@ -25,31 +25,18 @@ import tifffile
 
 from .core.errors import InputError
 from .core.io import _UNIT_NAMES, TIFF_SUFFIXES, _pixel_size
+from .core.memory import total_memory
 
 __all__ = ["LAZY_BYTES", "get_reader", "read_tiffs"]
 
 LayerData = tuple[Any, dict[str, Any], str]
 
 
-def _total_memory() -> int | None:
-    """Physical memory of this machine in bytes, or None where it cannot be found."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        return int(psutil.virtual_memory().total)
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):  # Windows has no sysconf
-        return None
-
-
 def _default_lazy_bytes() -> int:
     # A quarter of memory leaves room for napari's own copies (contrast limits, thumbnails,
     # the float32 arrays that training and prediction make).
     limit = 2 * 2**30
-    memory = _total_memory()
+    memory = total_memory()
     return min(limit, memory // 4) if memory else limit
 
 

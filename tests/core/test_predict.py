@@ -525,14 +525,14 @@ def test_default_tile_size_is_the_gpu_one_on_a_gpu_and_as_much_as_memory_allows_
     per_pixel = 8 * 16 * 4  # bytes of feature maps per tile pixel
     for available, expected in [(64 * 2**30, CPU_TILE_SIZE), (4 * per_pixel * 1500**2, 1488),
                                 (2**30, GPU_TILE_SIZE), (None, GPU_TILE_SIZE)]:
-        monkeypatch.setattr(core_predict, "_available_memory", lambda available=available: available)
+        monkeypatch.setattr(core_predict, "available_memory", lambda available=available: available)
         assert default_tile_size(net, torch.device("cpu")) == expected
 
 
 def test_without_a_tile_size_a_cpu_predicts_a_2048_plane_in_one_pass(monkeypatch):
     from napari_unet.core import predict as core_predict
 
-    monkeypatch.setattr(core_predict, "_available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(core_predict, "available_memory", lambda: 64 * 2**30)
     net, calls = _network(depth=2, base_width=4), []
     monkeypatch.setattr(net, "forward", _forward_that_fits(net, 8, calls))
     plane = _random_plane((2048, 1100))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ import torch
 from .bundle import Model
 from .device import autocast, resolve_device, smaller_batch_after
 from .errors import InputError, InputWarning
+from .memory import available_memory
 from .model import UNet
 from .normalize import as_planes
 from .postprocess import foreground_probability, probabilities_to_labels
@@ -65,14 +65,6 @@ def _bytes_per_tile_pixel(network: UNet, bytes_per_value: int) -> int:
     return 8 * network.config.base_width * bytes_per_value
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory available now, where the system tells (Linux); else None."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def default_tile_size(network: UNet, device: torch.device) -> int:
     """Largest tile edge unless told otherwise.
 
@@ -82,7 +74,7 @@ def default_tile_size(network: UNet, device: torch.device) -> int:
     """
     if device.type != "cpu":
         return GPU_TILE_SIZE
-    available = _available_memory()
+    available = available_memory()
     if available is None:
         return GPU_TILE_SIZE
     edge = int(math.sqrt(available / 4 / _bytes_per_tile_pixel(network, 4))) // network.size_multiple * network.size_multiple
