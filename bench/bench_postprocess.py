@@ -1,21 +1,26 @@
 """Post-processing to labels: napari_unet's against the straightforward scikit-image version.
 
-Both turn the same three-class probabilities (background, interior, boundary; as the
-``nuclei`` model gives) of a generated 2048x2048 image of touching nuclei into instance
-labels: seeds are the connected components of the interior above the threshold, seeds
-under ``min_size`` pixels are removed, and the rest grow by up to 2 pixels over the
-boundary pixels whose foreground probability passes the threshold. The peer does it with
-``skimage.measure.label``, ``skimage.morphology.remove_small_objects`` and
-``skimage.segmentation.expand_labels`` (a distance transform of the whole plane), which is
-how one would write it; napari_unet's ``probabilities_to_labels`` looks up the nearest
-seed only at the pixels that grow. The probabilities are the one-hot targets of the
-ground truth, blurred so that they fall off like a network's. Headline:
+Both turn the same probabilities of a generated 2048x2048 image of touching nuclei into
+instance labels. Three classes (background, interior, boundary; as the ``nuclei`` model
+gives, threshold 0.65): seeds are the connected components of the interior above the
+threshold, seeds under ``min_size`` pixels are removed, and the rest grow by up to 2
+pixels over the boundary pixels whose foreground probability passes the threshold. Two
+classes (``--classes 2``; as ``em-neurites``, threshold 0.1, gap 1): seeds need 0.5, and
+grow by up to 2 pixels over the gaps between two objects (background with two objects
+within 2 pixels) and over the pixels above the threshold. The peer does it with
+``skimage.measure.label``, ``skimage.morphology.remove_small_objects``,
+``skimage.segmentation.expand_labels`` (a distance transform of the whole plane) and,
+for the gaps, scipy's maximum and minimum filters, which is how one would write it;
+napari_unet's ``probabilities_to_labels`` looks up the nearest seed only at the pixels
+that grow. The probabilities are the one-hot targets of the ground truth, blurred so
+that they fall off like a network's. Headline:
 ``speedup = peer_seconds / seconds``; ``differing_pixels`` counts the pixels whose labels
 differ (only where two seeds are equally near may they choose differently). Prints one
 JSON object.
 
-    python bench/bench_postprocess.py            # 2048x2048, about 2000 nuclei
-    python bench/bench_postprocess.py --quick    # 512x512
+    python bench/bench_postprocess.py                # 2048x2048, about 2000 nuclei, three classes
+    python bench/bench_postprocess.py --classes 2    # two classes
+    python bench/bench_postprocess.py --quick        # 512x512
 """
 
 from __future__ import annotations
@@ -37,14 +42,15 @@ from napari_unet.core.postprocess import foreground_probability, probabilities_t
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.targets import class_targets
 
-THRESHOLD = 0.65  # the nuclei model's
+THRESHOLDS = {3: 0.65, 2: 0.1}  # the nuclei and em-neurites models'
 MIN_SIZE = 10
-GROWTH = 2  # pixels a three-class seed grows over its boundary (gap 1)
+GAP = 1
+GROWTH = 2 * GAP  # pixels a seed grows
 
 
-def network_like_probabilities(labels: np.ndarray) -> np.ndarray:
-    """Three-class probabilities that fall off across borders as a network's do."""
-    one_hot = np.eye(3, dtype=np.float32)[class_targets(labels, 3)].transpose(2, 0, 1)
+def network_like_probabilities(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Probabilities that fall off across borders as a network's do."""
+    one_hot = np.eye(classes, dtype=np.float32)[class_targets(labels, classes, gap=GAP)].transpose(2, 0, 1)
     blurred = np.stack([ndimage.gaussian_filter(channel, 1.0) for channel in one_hot])
     return blurred / blurred.sum(axis=0, keepdims=True)
 
@@ -56,11 +62,25 @@ def _without_small(seeds: np.ndarray) -> np.ndarray:
     return remove_small_objects(seeds, min_size=MIN_SIZE)
 
 
-def straightforward_labels(probabilities: np.ndarray) -> np.ndarray:
+def _gaps(seeds: np.ndarray) -> np.ndarray:
+    """Background pixels with two different objects within the growth distance."""
+    size = 2 * GROWTH + 1
+    highest = ndimage.maximum_filter(seeds, size=size, mode="constant", cval=0)
+    above = int(seeds.max()) + 1
+    lowest = ndimage.minimum_filter(np.where(seeds == 0, above, seeds), size=size, mode="constant", cval=above)
+    return (seeds == 0) & (highest > 0) & (lowest < highest)
+
+
+def straightforward_labels(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     """The same post-processing written with scikit-image's functions."""
-    seeds = _without_small(label(probabilities[1] > THRESHOLD, connectivity=1))
+    two_classes = probabilities.shape[0] == 2
+    seed_level = max(threshold, 0.5) if two_classes else threshold
+    seeds = _without_small(label(probabilities[1] > seed_level, connectivity=1))
     seeds = relabel_sequential(seeds)[0].astype(np.int32)
-    grow = (seeds == 0) & (foreground_probability(probabilities) > THRESHOLD)
+    if two_classes:
+        grow = _gaps(seeds) | ((seeds == 0) & (probabilities[1] > threshold))
+    else:
+        grow = (seeds == 0) & (foreground_probability(probabilities) > threshold)
     labels = seeds.copy()
     labels[grow] = expand_labels(seeds, GROWTH)[grow]
     return labels
@@ -69,22 +89,24 @@ def straightforward_labels(probabilities: np.ndarray) -> np.ndarray:
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=None, help="image edge (default 2048)")
+    parser.add_argument("--classes", type=int, choices=(2, 3), default=3, help="classes of the network (default 3)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each (default 7)")
     parser.add_argument("--quick", action="store_true", help="512x512, for smoke tests")
     args = parser.parse_args()
     size = args.size or (512 if args.quick else 2048)
     _, truth = synthetic_nuclei((size, size), count=max(4, round(505 * size * size / 1024**2)), seed=0)
-    probabilities = network_like_probabilities(truth)
+    probabilities = network_like_probabilities(truth, args.classes)
+    threshold = THRESHOLDS[args.classes]
 
-    ours = probabilities_to_labels(probabilities, THRESHOLD, MIN_SIZE, gap=1)  # warm-up, and the result
-    peer = straightforward_labels(probabilities)
+    ours = probabilities_to_labels(probabilities, threshold, MIN_SIZE, gap=GAP)  # warm-up, and the result
+    peer = straightforward_labels(probabilities, threshold)
     seconds, peer_seconds = [], []
     for _ in range(args.repeats):  # interleaved, so that a change of load hits both
         start = time.perf_counter()
-        probabilities_to_labels(probabilities, THRESHOLD, MIN_SIZE, gap=1)
+        probabilities_to_labels(probabilities, threshold, MIN_SIZE, gap=GAP)
         seconds.append(time.perf_counter() - start)
         start = time.perf_counter()
-        straightforward_labels(probabilities)
+        straightforward_labels(probabilities, threshold)
         peer_seconds.append(time.perf_counter() - start)
 
     ours_s, peer_s = statistics.median(seconds), statistics.median(peer_seconds)
@@ -97,6 +119,8 @@ def main() -> dict:
         "objects": int(ours.max()),
         "peer_objects": int(peer.max()),
         "differing_pixels": int((ours != peer).sum()),
+        "classes": args.classes,
+        "threshold": threshold,
         "shape": [size, size],
         "seconds_all": [round(s, 4) for s in seconds],
         "peer_seconds_all": [round(s, 4) for s in peer_seconds],

@@ -274,3 +274,17 @@ def test_probabilities_brought_back_from_a_smaller_grid_grow_over_wider_boundari
     missing_unscaled = np.count_nonzero((large_labels > 0) & (unscaled == 0))
     assert missing_scaled < missing_unscaled / 2
     assert missing_scaled <= 0.05 * np.count_nonzero(large_labels)
+
+
+@pytest.mark.parametrize("shape", [(40, 53), (1, 30), (30, 1), (3, 3)])
+def test_window_extremes_equal_scipys_filters(shape):
+    from scipy import ndimage
+
+    from napari_unet.core.postprocess import _window_extreme
+
+    values = np.random.default_rng(sum(shape)).integers(0, 50, shape).astype(np.int32)
+    for size in (1, 3, 5, 9, 13, 17):  # the gap windows 4 * gap + 1, and sizes between
+        np.testing.assert_array_equal(_window_extreme(values, size, 0, np.maximum),
+                                      ndimage.maximum_filter(values, size=size, mode="constant", cval=0))
+        np.testing.assert_array_equal(_window_extreme(values, size, 99, np.minimum),
+                                      ndimage.minimum_filter(values, size=size, mode="constant", cval=99))
