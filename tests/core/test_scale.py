@@ -148,6 +148,24 @@ def test_estimated_diameter_follows_the_magnification(small_nuclei_model):
     assert prediction.scale == pytest.approx(small_nuclei_model.object_diameter / estimate)
 
 
+def test_the_estimate_predicts_each_scale_once(small_nuclei_model, monkeypatch):
+    from napari_unet.core import predict as core_predict
+
+    widths = []
+    original = core_predict.predict_probabilities
+
+    def recording(network, plane, *args, **kwargs):
+        widths.append(plane.shape[-1])
+        return original(network, plane, *args, **kwargs)
+
+    monkeypatch.setattr(core_predict, "predict_probabilities", recording)
+    image, _ = synthetic_nuclei((128, 128), count=14, seed=11)  # objects of about the model's size
+    assert estimate_diameter(small_nuclei_model, image, device="cpu") is not None
+    assert widths[:2] == [128, 64]  # the model's scale and half of it
+    # Checks at a scale within 10 % of one already predicted reuse that prediction.
+    assert all(abs(a / b - 1) >= 0.1 for i, a in enumerate(widths) for b in widths[:i]), widths
+
+
 def test_estimating_needs_a_model_that_knows_its_object_size():
     with pytest.raises(InputError, match="object size"):
         estimate_diameter(_model(), np.zeros((32, 32), np.float32), device="cpu")

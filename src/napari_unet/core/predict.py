@@ -472,13 +472,21 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
         raise InputError("this model does not record the object size it was trained on; it cannot estimate diameters")
 
     normalized = model.normalization(plane)
+    measurements: dict[float, float | None] = {}  # by scale factor
 
     def measured(factor: float) -> float | None:
+        # A scale within 10 % of one already predicted gives about the same objects: reuse
+        # it (a plane of objects near the model's size is then predicted twice, not three
+        # times).
+        for done, found in measurements.items():
+            if abs(factor / done - 1) < 0.1:
+                return found
         shape = scaled_shape(plane.shape[-2:], factor)
         probabilities = run_to_end(predict_probabilities(
             model.network, resize_plane(normalized, shape), tile_size, batch_size, device, amp))
         found = object_diameter(probabilities_to_labels(probabilities, threshold, min_size, model.gap))
-        return None if found is None else found / factor
+        measurements[factor] = None if found is None else found / factor
+        return measurements[factor]
 
     def checked(first: float, checks: int = 3) -> tuple[float, bool]:
         estimate = first
