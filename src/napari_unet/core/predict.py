@@ -476,8 +476,7 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
 
     def measured(factor: float) -> float | None:
         # A scale within 10 % of one already predicted gives about the same objects: reuse
-        # it (a plane of objects near the model's size is then predicted twice, not three
-        # times).
+        # it (objects near the model's size then cost two or three predictions, not four).
         for done, found in measurements.items():
             if abs(factor / done - 1) < 0.1:
                 return found
