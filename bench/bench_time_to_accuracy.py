@@ -2,7 +2,7 @@
 
 Fine-tunes the embedded ``nuclei`` model on 10 held-out DSB2018 images (never trained
 on: ``scripts/splits/dsb2018-validation.txt``) with the Train widget's fine-tuning
-settings (patch 256, batch 4, learning rate 0.0002, batch-norm statistics kept) for a
+settings (patch 256, batch 4, the core's learning rate, 0.0005 here, batch-norm statistics kept) for a
 fixed budget, validating every 10 steps on 20 other held-out images. Two kinds: the
 images as they are, and with inverted contrast (dark nuclei on a bright background, a
 kind the model never saw, where there is something to learn). The clock is the wall
@@ -42,7 +42,7 @@ TOLERANCE = 0.01
 def curve(model, train_pairs, validation_pairs, minutes: float, device: str) -> dict:
     """Fine-tune with validation every 10 steps; the AP50 curve and when it came within reach of its end."""
     config = TrainingConfig(max_minutes=minutes, epochs=10**6, steps_per_epoch=10, patch_size=256, batch_size=4,
-                            learning_rate=2e-4, device=device, seed=0)
+                            device=device, seed=0)
     samples = [TrainingSample(image, labels) for image, labels in train_pairs]
     validation = [TrainingSample(image, labels) for image, labels in validation_pairs]
     progress = []

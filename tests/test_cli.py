@@ -15,6 +15,7 @@ from napari_unet.core.bundle import Model
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.modelfile import load_model_file
 from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.train import STRIPE_FINE_TUNE_LEARNING_RATE
 
 TINY = ["--depth", "2", "--base-width", "4", "--patch-size", "32", "--batch-size", "2", "--device", "cpu"]
 
@@ -46,6 +47,7 @@ def test_train_predict_evaluate(sample_folder, tmp_path, capsys):
     assert summary["steps"] == 4 and summary["stop_reason"] == "epochs"
     assert model.is_file()
     assert summary["threshold"] == load_model_file(model).threshold  # the one prediction will use
+    assert load_model_file(model).training["learning_rate"] == 1e-3  # from scratch
 
     # Fine-tune the written model further: --init takes a path.
     again = tmp_path / "again.safetensors"
@@ -53,6 +55,8 @@ def test_train_predict_evaluate(sample_folder, tmp_path, capsys):
                  "--out", str(again), "--init", str(model), "--epochs", "1", "--steps-per-epoch", "2", *TINY]) == 0
     capsys.readouterr()
     assert load_model_file(again).training["freeze_norm"] is None  # kept, as fine-tuning does
+    # Three images leave none whole to validate on: the gentle fine-tuning step.
+    assert load_model_file(again).training["learning_rate"] == STRIPE_FINE_TUNE_LEARNING_RATE
     continued = tmp_path / "continued.safetensors"
     assert main(["train", "--images", str(sample_folder / "images"), "--labels", str(sample_folder / "labels"),
                  "--out", str(continued), "--init", str(model), "--train-norm", "--epochs", "1",

@@ -19,6 +19,9 @@ from napari_unet.core.predict import predict
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train import (
+    FINE_TUNE_LEARNING_RATE,
+    SCRATCH_LEARNING_RATE,
+    STRIPE_FINE_TUNE_LEARNING_RATE,
     TrainingConfig,
     TrainingSample,
     _clearly_better,
@@ -259,6 +262,29 @@ def test_fine_tuning_holds_out_a_whole_image_when_enough_remain(count, whole_pla
     else:  # a stripe of every image, removed from what it trains on
         assert len(validation) == count and all(plane[2].shape == (32, 4) for plane in validation)
         assert not any(mask[:, 36:].any() for _, _, _, mask in train_planes)
+
+
+@pytest.mark.parametrize(
+    ("start_from_a_model", "images", "separate_validation", "expected"),
+    [
+        (False, 2, False, SCRATCH_LEARNING_RATE),
+        (True, 4, False, FINE_TUNE_LEARNING_RATE),  # one image held out whole
+        (True, 2, False, STRIPE_FINE_TUNE_LEARNING_RATE),  # only stripes of the training images
+        (True, 2, True, FINE_TUNE_LEARNING_RATE),  # images of their own to validate on
+    ],
+)
+def test_without_a_learning_rate_the_step_suits_what_validation_can_see(
+        tiny_config, start_from_a_model, images, separate_validation, expected):
+    samples = [TrainingSample(*synthetic_nuclei((64, 64), count=6, seed=seed)) for seed in range(images)]
+    validation = [TrainingSample(*synthetic_nuclei((64, 64), count=6, seed=9))] if separate_validation else None
+    config = TrainingConfig(**{**FAST, "val_fraction": 0.1})
+    assert config.learning_rate is None
+    result = train(samples, model=Model.new(tiny_config) if start_from_a_model else None, network_config=tiny_config,
+                   config=config, validation_samples=validation)
+    assert result.model.training["learning_rate"] == expected  # the step used, recorded
+    given = train(samples, network_config=tiny_config, config=TrainingConfig(**{**FAST, "learning_rate": 0.02}))
+    assert given.model.training["learning_rate"] == 0.02
+
 
 @pytest.mark.parametrize(
     "labels_dtype", [bool, np.int64, np.float64, np.uint8]

@@ -129,22 +129,14 @@ def test_new_labels_layer_matches_the_image(make_napari_viewer):
     assert widget.labels_layer.value is layer
 
 
-def test_learning_rate_follows_the_start_unless_the_user_chose_one(make_napari_viewer):
+def test_learning_rate_is_the_cores_choice_until_the_user_sets_one(make_napari_viewer):
     from napari_unet.widgets import TrainWidget
-    from napari_unet.widgets._common import SCRATCH
-    from napari_unet.widgets._train import FINE_TUNE_LEARNING_RATE, SCRATCH_LEARNING_RATE
 
     widget = _docked(make_napari_viewer(), TrainWidget)
-    embedded = widget.start_from.source.value
-    assert embedded.startswith("embedded: ")
-    assert widget.learning_rate.value == pytest.approx(FINE_TUNE_LEARNING_RATE)
-    widget.start_from.source.value = SCRATCH
-    assert widget.learning_rate.value == pytest.approx(SCRATCH_LEARNING_RATE)
-    widget.start_from.source.value = embedded
-    assert widget.learning_rate.value == pytest.approx(FINE_TUNE_LEARNING_RATE)
-    widget.learning_rate.value = 0.001
-    widget.start_from.source.value = SCRATCH
-    assert widget.learning_rate.value == pytest.approx(0.001)
+    assert widget.learning_rate.value == 0 and "auto" in widget.learning_rate.label
+    assert widget._config().learning_rate is None  # the core chooses (test_train)
+    widget.learning_rate.value = 0.003
+    assert widget._config().learning_rate == pytest.approx(0.003)
 
 
 @pytest.mark.parametrize("widget_name", ["PredictWidget", "BatchWidget"])

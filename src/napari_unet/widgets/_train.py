@@ -27,7 +27,6 @@ from magicgui.widgets import (
 )
 
 from ._common import (
-    SCRATCH,
     ModelChooser,
     as_numpy,
     connect_worker,
@@ -51,14 +50,6 @@ CONVENTION = (
     "background; planes without labels are ignored. With a regions layer, only its rectangles count."
 )
 ONLY_THE_LAYERS_ABOVE = "training on: the image and labels above"
-
-#: Adam step sizes offered for a new network and for fine-tuning one. A trained model needs
-#: a gentler step: with 0.0005, 3 minutes on 5 DSB2018 images made the nuclei model worse
-#: on 75 others (AP50 0.792 -> 0.786); with 0.0002 it held (0.795), and still learned dark
-#: nuclei on a bright background (bench/bench_finetune.py).
-SCRATCH_LEARNING_RATE = 0.0005
-FINE_TUNE_LEARNING_RATE = 0.0002
-
 
 class TrainWidget(Container):
     """Dock widget that trains or fine-tunes a model on annotated layers.
@@ -97,8 +88,11 @@ class TrainWidget(Container):
         self.patch_size = SpinBox(label="patch size", value=256, min=32, max=2048, step=16,
                                   tooltip="Edge of the training patches in pixels; larger sees more context, costs more memory.")
         self.batch_size = SpinBox(label="batch size", value=4, min=1, max=256, tooltip="Patches per training step.")
-        self.learning_rate = FloatSpinBox(label="learning rate", value=FINE_TUNE_LEARNING_RATE, min=1e-6, max=1.0, step=0.0001,
-                                          tooltip="Adam step size; lower it to fine-tune gently.")
+        # 0 is "auto", the core's choice (core.train.TrainingConfig.learning_rate).
+        self.learning_rate = FloatSpinBox(
+            label="learning rate (0: auto)", value=0.0, min=0.0, max=1.0, step=0.0001,
+            tooltip="Adam step size. 0 (auto): 0.001 for a new network; 0.0005 to fine-tune, or 0.0002 with "
+            "fewer than 4 annotated images, where none is left whole to check that the model does not get worse.")
         self.learning_rate.native.setDecimals(6)
         self.w0 = FloatSpinBox(label="border weight w0", value=10.0, min=0.0, max=100.0,
                                tooltip="How much the gaps between touching objects count (U-Net paper: 10).")
@@ -130,8 +124,6 @@ class TrainWidget(Container):
         self.native.layout().addWidget(self.plot)
         self.device.tooltip = f"Found: {', '.join(self.device.choices[1:])}. auto uses CUDA, then MPS, then the CPU."
 
-        self._suggest_learning_rate(self.start_from.source.value)
-        self.start_from.source.changed.connect(self._suggest_learning_rate)
         self.new_labels.changed.connect(self._create_labels_layer)
         self.add_pair.changed.connect(self._add_pair)
         self.clear_pairs.changed.connect(self._clear_pairs)
@@ -144,11 +136,6 @@ class TrainWidget(Container):
         # The event outlives the widget's Python attributes, so connect it directly.
         stop = self._stop
         self.native.destroyed.connect(lambda *_: stop.set())
-
-    def _suggest_learning_rate(self, choice) -> None:
-        """The step size for a new network or for fine-tuning, unless the user chose their own."""
-        if any(np.isclose(self.learning_rate.value, (SCRATCH_LEARNING_RATE, FINE_TUNE_LEARNING_RATE))):
-            self.learning_rate.value = SCRATCH_LEARNING_RATE if choice == SCRATCH else FINE_TUNE_LEARNING_RATE
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -231,7 +218,7 @@ class TrainWidget(Container):
 
         return TrainingConfig(
             epochs=self.epochs.value, max_minutes=self.max_minutes.value, patch_size=self.patch_size.value,
-            batch_size=self.batch_size.value, learning_rate=self.learning_rate.value, w0=self.w0.value,
+            batch_size=self.batch_size.value, learning_rate=self.learning_rate.value or None, w0=self.w0.value,
             sigma=self.sigma.value, device=self.device.value, augment=AugmentConfig(strength=self.augment.value),
         )
 
