@@ -73,7 +73,7 @@ def fine_tune(model, images, labels, minutes: float, device: str, learning_rate:
     start = time.monotonic()
     result = run_to_end(train_iter(samples, model=model, config=config))
     return result.model, {"train_seconds": round(time.monotonic() - start, 1), "steps": result.model.training["steps"],
-                          "stop_reason": result.stop_reason}
+                          "learning_rate": result.model.training["learning_rate"], "stop_reason": result.stop_reason}
 
 
 def compare(model, kind: str, train_images, train_labels, test_images, test_labels, minutes, device,
@@ -129,7 +129,6 @@ def main() -> None:
                            args.learning_rate))
 
     report({"benchmark": "fine-tune nuclei on 5 images", "model": args.model, "minutes_per_kind": round(minutes, 2),
-            "learning_rate": args.learning_rate,
             "results": results, **environment(torch.device(device), args.quick)})
 
 
