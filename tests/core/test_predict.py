@@ -100,6 +100,33 @@ def test_stitched_tiles_equal_a_whole_image_pass(padding, depth, tile, batch_siz
     assert expected[1].std() > 1e-3
 
 
+def test_a_plane_stays_on_the_gpu_only_while_it_takes_a_quarter_of_its_free_memory(monkeypatch):
+    from napari_unet.core.predict import _stitching_device
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (16 * 2**20, 80 * 2**30))
+    assert _stitching_device(cuda, 2**20) == cuda  # 4 MiB of 16 free
+    assert _stitching_device(cuda, 2**20 + 1) == torch.device("cpu")
+    assert _stitching_device(torch.device("cpu"), 1) == torch.device("cpu")
+    assert _stitching_device(torch.device("mps"), 1) == torch.device("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("free_bytes", [None, 1024], ids=["stitched on the GPU", "stitched in main memory"])
+def test_tiles_predicted_on_a_gpu_equal_a_whole_image_pass(monkeypatch, free_bytes):
+    if free_bytes is not None:  # as if the plane were too large to stay on the GPU
+        total = torch.cuda.mem_get_info()[1]
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_bytes, total))
+    net = _network(depth=3)
+    plane = _random_plane((333, 517))
+    steps = []
+    result = run_to_end(predict_probabilities(net, plane, tile_size=128, batch_size=3, device="cuda", amp=False),
+                        steps.append)
+    assert len(steps) >= 4
+    np.testing.assert_allclose(result, _whole_image(net, plane), atol=1e-4, rtol=0)
+
+
 def test_results_do_not_depend_on_the_batch_size():
     net = _network()
     plane = _random_plane((90, 70), seed=3)

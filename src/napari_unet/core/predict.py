@@ -256,6 +256,21 @@ def _tiles_that_fit(network: UNet, tile_shape: tuple[int, int], device: torch.de
     return max(1, int(0.8 * free) // per_tile)
 
 
+def _stitching_device(device: torch.device, values: int) -> torch.device:
+    """Where a plane's padded input and its probabilities (``values`` float32 numbers) stay while its tiles are predicted.
+
+    On a GPU, the GPU itself when they take at most a quarter of its free memory: tiles
+    are then cut and stitched there and the probabilities come back in one copy per
+    plane, instead of every tile's, margins included, in copies that keep the GPU
+    waiting. Elsewhere, and for planes too large for that, main memory.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if 4 * values <= free // 4:
+            return device
+    return torch.device("cpu")
+
+
 def predict_probabilities(
     network: UNet,
     plane: np.ndarray,
@@ -290,10 +305,14 @@ def predict_probabilities(
     if tile_size is None:
         tile_size = default_tile_size(network, device)
     _, height, width = plane.shape
+    classes = network.config.num_classes
     rows = _axis_tiling(network, height, tile_size)
     cols = _axis_tiling(network, width, tile_size)
     padded = _mirror_pad(plane, ((0, 0), (rows.pad_before, rows.pad_after), (cols.pad_before, cols.pad_after)))
     padded = np.ascontiguousarray(padded, dtype=np.float32)
+    stitching = _stitching_device(device, padded.size + classes * height * width)
+    source = torch.from_numpy(padded).to(stitching)
+    result = torch.zeros((classes, height, width), dtype=torch.float32, device=stitching)
     windows = [(row, col) for row in range(rows.count) for col in range(cols.count)]
     if batch_size is None:
         batch_size = default_tiles_per_pass(device)
@@ -304,29 +323,30 @@ def predict_probabilities(
         example = torch.zeros((min(batch_size, len(windows)), plane.shape[0], rows.tile, cols.tile), device=device)
         example = example.contiguous(memory_format=torch.channels_last)
     runner = _inference_network(network, device, example, amp)
-    result = np.zeros((network.config.num_classes, height, width), np.float32)
     done = position = 0
     while position < len(windows):
         batch = windows[position : position + batch_size]
-        tiles = np.stack([padded[:, rows.starts[r] : rows.starts[r] + rows.tile,
-                                 cols.starts[c] : cols.starts[c] + cols.tile] for r, c in batch])
         try:
-            with torch.inference_mode(), autocast(device, amp):
-                logits = runner(torch.from_numpy(tiles).to(device).contiguous(memory_format=torch.channels_last))
-            probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            with torch.inference_mode():
+                tiles = torch.stack([source[:, rows.starts[r] : rows.starts[r] + rows.tile,
+                                            cols.starts[c] : cols.starts[c] + cols.tile] for r, c in batch])
+                with autocast(device, amp):
+                    logits = runner(tiles.to(device).contiguous(memory_format=torch.channels_last))
+                for (r, c), tile_logits in zip(batch, logits):
+                    (y, keep_h), (x, keep_w) = rows.kept[r], cols.kept[c]
+                    top, left = rows.keep_from[r], cols.keep_from[c]
+                    # Only the kept pixels are turned into probabilities and leave the device.
+                    kept = tile_logits[:, top : top + keep_h, left : left + keep_w]
+                    result[:, y : y + keep_h, x : x + keep_w] = torch.softmax(kept.float(), dim=0).to(stitching)
         except RuntimeError as error:
             batch_size = smaller_batch_after(error, len(batch), device, "tiles", (
                 f"the {device.type.upper()} ran out of memory for a single tile of "
                 f"{rows.tile}x{cols.tile} pixels; choose a smaller tile size"))
             continue
-        for (r, c), tile_probabilities in zip(batch, probabilities):
-            (y, keep_h), (x, keep_w) = rows.kept[r], cols.kept[c]
-            top, left = rows.keep_from[r], cols.keep_from[c]
-            result[:, y : y + keep_h, x : x + keep_w] = tile_probabilities[:, top : top + keep_h, left : left + keep_w]
         position += len(batch)
         done += 1
         yield done, done + math.ceil((len(windows) - position) / batch_size)
-    return result
+    return result.cpu().numpy()
 
 
 #: Orientations that test-time augmentation averages over: the quarter turns of a
