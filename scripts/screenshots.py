@@ -2,7 +2,9 @@
 
 Run it from the repository root under a virtual screen::
 
-    xvfb-run -a python scripts/screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/screenshots.py
+
+(xvfb-run's own screen, 1280x1024, is smaller than the windows shown.)
 
 It opens napari, loads the plugin's sample data, docks the widgets through the plugin
 manifest (as a user does from the Plugins menu), drives them the way a user would (a short
@@ -41,11 +43,11 @@ from PIL import Image  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 OUT_DIR = REPOSITORY / "docs" / "images"
-#: Window size of the single-widget screenshots. The Train widget needs about 890 pixels
-#: of height (it does not scroll), so the window cannot be lower than about 960 pixels.
-WINDOW_SIZE = (1400, 960)
+#: Window size of the single-widget screenshots: high enough for the whole Train widget,
+#: about 960 pixels with its plot (a lower window scrolls it).
+WINDOW_SIZE = (1400, 1080)
 #: Window size of the README screenshot, whose two docks stand side by side.
-WIDE_WINDOW_SIZE = (1800, 960)
+WIDE_WINDOW_SIZE = (1800, 1080)
 #: PNG files above this size are reduced (palette, then downscaling) so the docs stay light.
 MAX_BYTES = 400_000
 #: Training ends after this many epochs (of 8 steps each on the sample), about 20 s on an
@@ -235,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         # -- Predict -------------------------------------------------------------------
         predict_dock, predict = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")
         # napari stacks a new dock under the last one; put Predict beside Train instead,
-        # for the README screenshot below: the Train widget is about 890 pixels high and
-        # does not scroll, so two stacked docks would make the window taller than a screen.
+        # for the README screenshot below, so that both show whole.
         viewer.window._qt_window.splitDockWidget(train_dock, predict_dock, Qt.Orientation.Horizontal)
         train_dock.hide()
         settle(0.3)

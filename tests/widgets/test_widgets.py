@@ -133,7 +133,7 @@ def test_learning_rate_is_the_cores_choice_until_the_user_sets_one(make_napari_v
     from napari_unet.widgets import TrainWidget
 
     widget = _docked(make_napari_viewer(), TrainWidget)
-    assert widget.learning_rate.value == 0 and "auto" in widget.learning_rate.label
+    assert widget.learning_rate.value == 0 and widget.learning_rate.native.text() == "auto"
     assert widget._config().learning_rate is None  # the core chooses (test_train)
     widget.learning_rate.value = 0.003
     assert widget._config().learning_rate == pytest.approx(0.003)
@@ -380,6 +380,26 @@ def test_widgets_are_found_through_the_manifest_and_share_the_session(make_napar
                             "stop_reason": "stopped"})()
     )
     assert widgets["Predict"].model.source.value == "model trained in this session"
+
+
+def test_docks_scroll_in_a_window_lower_than_their_settings(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1200, 560)
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+    area = widget.native.findChild(QScrollArea)
+    assert area is not None  # the scroll area is inside what napari docked
+    contents = widget.contents.native
+    qtbot.waitUntil(lambda: area.viewport().height() > 0 and contents.height() > area.viewport().height(), timeout=5000)
+    # The settings scroll instead of stretching the window past the screen...
+    assert viewer.window._qt_window.height() < contents.minimumSizeHint().height()
+    assert area.verticalScrollBar().isVisible() and area.verticalScrollBar().maximum() > 0
+    # ... and the dock is wide enough for them once napari has styled them (nothing cut off at the right).
+    qtbot.waitUntil(lambda: area.viewport().width() >= contents.minimumSizeHint().width(), timeout=5000)
+    # napari still refreshes the layer choices of the docked widget.
+    layer = viewer.add_image(np.zeros((32, 32), np.float32), name="late image")
+    assert layer in widget.image.choices
 
 
 def test_importing_the_widgets_does_not_import_torch():

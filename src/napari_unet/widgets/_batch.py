@@ -17,9 +17,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
-    Label,
     LineEdit,
     ProgressBar,
     PushButton,
@@ -27,6 +25,7 @@ from magicgui.widgets import (
 
 from ._common import (
     ModelChooser,
+    ScrollingDock,
     connect_worker,
     device_choices,
     guarded,
@@ -34,6 +33,7 @@ from ._common import (
     report_error,
     show_error,
     show_info,
+    wrapped_label,
 )
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def default_output(inputs: str) -> Path | None:
     return folder / DEFAULT_OUTPUT
 
 
-class BatchWidget(Container):
+class BatchWidget(ScrollingDock):
     """Dock widget that runs :func:`~napari_unet.core.batch.predict_files_iter` in a worker.
 
     Args:
@@ -91,12 +91,12 @@ class BatchWidget(Container):
         self.run = PushButton(text="Run batch")
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, max=1000)
-        self.status = Label(value="")
+        self.status = wrapped_label()
         # Choices come from a callable: napari resets every combo box when layers change.
         self.results = ComboBox(label="result", choices=self._result_choices,
                                 tooltip="A finished output to open as a Labels layer.")
         self.open_result = PushButton(text="Open result")
-        self.extend([
+        self.contents.extend([
             self.inputs, self.out_dir, self.model, self.tile_size, self.threshold, self.min_size, self.orientations,
             self.device, self.compile, self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
         ])

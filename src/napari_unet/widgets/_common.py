@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
+from qtpy.QtCore import QEvent, QSize, Qt
+from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
     import napari
@@ -187,6 +189,64 @@ def prediction_settings(model: ModelChooser) -> tuple[SpinBox, FloatSpinBox, Spi
     model.on_change(follow_model)
     follow_model()
     return tile_size, threshold, min_size, orientations
+
+
+class _VerticalScrollArea(QScrollArea):
+    """Scrolls a widget up and down, at its natural height at the top, and is always wide enough for it."""
+
+    def __init__(self, widget: QWidget):
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        # A dock taller than the widget leaves the space below it empty, rather than
+        # spreading the widget's rows apart.
+        holder = QWidget()
+        layout = QVBoxLayout(holder)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(widget)
+        layout.addStretch()
+        self.setWidget(holder)
+        holder.installEventFilter(self)
+
+    def minimumSizeHint(self) -> QSize:
+        inner = self.widget().minimumSizeHint().width()
+        return QSize(inner + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth(),
+                     super().minimumSizeHint().height())
+
+    def eventFilter(self, watched, event) -> bool:
+        # napari's style sheet, applied once docked, widens the contents: ask the dock again.
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
+
+
+class ScrollingDock(Container):
+    """A dock widget whose contents scroll when they are taller than the window.
+
+    napari docks a magicgui widget's ``native`` QWidget, which for a container made with
+    ``scrollable=True`` is the contents without their scroll area (the area is left
+    behind and never shown), so such a widget neither scrolls nor fits its dock. Here the
+    docked widget is a plain one that holds a scroll area around an inner container,
+    :attr:`contents`, where subclasses put their widgets.
+    """
+
+    def __init__(self):
+        super().__init__(labels=False)
+        self.contents = Container()
+        self.margins = (0, 0, 0, 0)
+        self.native.layout().addWidget(_VerticalScrollArea(self.contents.native))
+
+    def reset_choices(self, *_) -> None:
+        """Update the layer choices; napari calls it whenever layers change."""
+        self.contents.reset_choices()
+
+
+def wrapped_label(value: str = "") -> Label:
+    """A label whose long lines wrap, so that a message never widens its dock past the window."""
+    label = Label(value=value)
+    label.native.setWordWrap(True)
+    return label
 
 
 def device_choices() -> list[str]:

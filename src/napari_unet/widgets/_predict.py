@@ -12,7 +12,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FloatSpinBox,
     ProgressBar,
     PushButton,
@@ -21,6 +20,7 @@ from magicgui.widgets import (
 
 from ._common import (
     ModelChooser,
+    ScrollingDock,
     as_numpy,
     connect_worker,
     device_choices,
@@ -133,7 +133,7 @@ def start_prediction(
     return worker, output
 
 
-class PredictWidget(Container):
+class PredictWidget(ScrollingDock):
     """Dock widget that segments the chosen image with the chosen model.
 
     Args:
@@ -163,7 +163,7 @@ class PredictWidget(Container):
         self.run = PushButton(text="Predict")
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, max=1000)
-        self.extend([
+        self.contents.extend([
             self.image, self.model, self.tile_size, self.threshold, self.min_size, self.diameter, self.estimate,
             self.orientations, self.probability, self.current_plane_only, self.device, self.run, self.cancel, self.progress,
         ])

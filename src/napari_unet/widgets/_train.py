@@ -17,9 +17,7 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FloatSpinBox,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -28,6 +26,7 @@ from magicgui.widgets import (
 
 from ._common import (
     ModelChooser,
+    ScrollingDock,
     as_numpy,
     connect_worker,
     device_choices,
@@ -39,6 +38,7 @@ from ._common import (
     show_error,
     show_info,
     spatial_shape,
+    wrapped_label,
 )
 from ._plot import TrainingPlot
 
@@ -51,7 +51,7 @@ CONVENTION = (
 )
 ONLY_THE_LAYERS_ABOVE = "training on: the image and labels above"
 
-class TrainWidget(Container):
+class TrainWidget(ScrollingDock):
     """Dock widget that trains or fine-tunes a model on annotated layers.
 
     Args:
@@ -59,8 +59,8 @@ class TrainWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        # Scrollable: the settings are taller than a laptop screen.
-        super().__init__(scrollable=True)
+        # Scrolling: the settings are taller than a laptop screen.
+        super().__init__()
         self._viewer = viewer
         self._worker = None
         self._stop = threading.Event()
@@ -77,9 +77,8 @@ class TrainWidget(Container):
         self.new_labels = PushButton(text="New labels layer for this image")
         self.add_pair = PushButton(text="Add pair")
         self.clear_pairs = PushButton(text="Clear pairs", tooltip="Train on the image and labels above only.")
-        self.pairs_label = Label(value=ONLY_THE_LAYERS_ABOVE)
-        self.convention = Label(value=CONVENTION)
-        self.convention.native.setWordWrap(True)
+        self.pairs_label = wrapped_label(ONLY_THE_LAYERS_ABOVE)
+        self.convention = wrapped_label(CONVENTION)
         self.start_from = ModelChooser(viewer, allow_scratch=True, label="start from")
         self.max_minutes = FloatSpinBox(label="time budget (min)", value=3.0, min=0.05, max=10_000, step=0.5,
                                         tooltip="Training stops after this time and keeps the best model.")
@@ -90,10 +89,11 @@ class TrainWidget(Container):
         self.batch_size = SpinBox(label="batch size", value=4, min=1, max=256, tooltip="Patches per training step.")
         # 0 is "auto", the core's choice (core.train.TrainingConfig.learning_rate).
         self.learning_rate = FloatSpinBox(
-            label="learning rate (0: auto)", value=0.0, min=0.0, max=1.0, step=0.0001,
-            tooltip="Adam step size. 0 (auto): 0.001 for a new network; 0.0005 to fine-tune, or 0.0002 with "
+            label="learning rate", value=0.0, min=0.0, max=1.0, step=0.0001,
+            tooltip="Adam step size. auto (0): 0.001 for a new network; 0.0005 to fine-tune, or 0.0002 with "
             "fewer than 4 annotated images, where none is left whole to check that the model does not get worse.")
         self.learning_rate.native.setDecimals(6)
+        self.learning_rate.native.setSpecialValueText("auto")  # shown at 0, the minimum
         self.w0 = FloatSpinBox(label="border weight w0", value=10.0, min=0.0, max=100.0,
                                tooltip="How much the gaps between touching objects count (U-Net paper: 10).")
         self.sigma = FloatSpinBox(label="border sigma (px)", value=5.0, min=0.5, max=50.0,
@@ -113,15 +113,15 @@ class TrainWidget(Container):
         self.stop = PushButton(text="Stop", enabled=False)
         self.save = PushButton(text="Save model...", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, max=1000)
-        self.status = Label(value="")
-        self.extend([
+        self.status = wrapped_label()
+        self.contents.extend([
             self.image, self.labels_layer, self.regions, self.new_labels, self.add_pair, self.clear_pairs, self.pairs_label,
             self.convention, self.start_from, self.max_minutes, self.epochs, self.patch_size, self.batch_size,
             self.learning_rate, self.w0, self.sigma, self.augment, self.diameter, self.device, self.predict_when_done,
             self.start, self.stop, self.save, self.progress, self.status,
         ])
         self.plot = TrainingPlot()
-        self.native.layout().addWidget(self.plot)
+        self.contents.native.layout().addWidget(self.plot)
         self.device.tooltip = f"Found: {', '.join(self.device.choices[1:])}. auto uses CUDA, then MPS, then the CPU."
 
         self.new_labels.changed.connect(self._create_labels_layer)
