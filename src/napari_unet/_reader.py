@@ -24,8 +24,9 @@ import numpy as np
 import tifffile
 
 from .core.errors import InputError
-from .core.io import _UNIT_NAMES, TIFF_SUFFIXES, _pixel_size
+from .core.io import TIFF_SUFFIXES, _pixel_size
 from .core.memory import total_memory
+from .core.units import length_unit
 
 __all__ = ["LAZY_BYTES", "get_reader", "read_tiffs"]
 
@@ -114,10 +115,10 @@ def _read_one(path: Path) -> LayerData:
             continue
         if axis in "YX" and pixel_size is not None:
             scale.append(float(pixel_size["YX".index(axis)]))
-            units.append(_length_unit(xy_unit))
+            units.append(_pint_unit(xy_unit))
         elif axis == "Z" and z_size is not None:
             scale.append(z_size)
-            units.append(_length_unit(z_unit))
+            units.append(_pint_unit(z_unit))
         else:
             scale.append(1.0)
             units.append("pixel")
@@ -138,17 +139,17 @@ def _z_spacing(tif: tifffile.TiffFile) -> tuple[float | None, str]:
         if size and float(size.group(1)) > 0:
             unit = re.search(r'PhysicalSizeZUnit="([^"]+)"', tif.ome_metadata)
             unit = unit.group(1) if unit else "um"  # the OME schema's default
-            return float(size.group(1)), _UNIT_NAMES.get(unit, unit)
+            return float(size.group(1)), length_unit(unit)
     if tif.is_imagej:
         metadata = tif.imagej_metadata or {}
         spacing = metadata.get("spacing")
         if spacing is not None and float(spacing) > 0:
             unit = str(metadata.get("unit", ""))
-            return float(spacing), _UNIT_NAMES.get(unit, unit)
+            return float(spacing), length_unit(unit)
     return None, ""
 
 
-def _length_unit(name: str) -> str:
+def _pint_unit(name: str) -> str:
     """The pint name of a unit of length, or "pixel" (napari's default) if it is not one."""
     if not name:
         return "pixel"

@@ -36,6 +36,7 @@ from .predict import PredictProgress, estimate_diameter, predict_iter
 from .progress import relay, run_to_end
 from .scale import scale_factor
 from .tiffstream import PageTiffWriter, TiffMetadata, TiffPageReader, partial_path
+from .units import in_unit
 
 __all__ = [
     "FileProgress", "FileResult", "BatchResult", "PlaneResult", "PlaneExecutor", "LocalExecutor",
@@ -315,10 +316,11 @@ def _resolve_options(model: Model, options: dict, first_unit: Unit | None, info:
         options["diameter"] = estimate
     if (options.get("diameter") is None and options.get("pixel_size") is None and model.pixel_size
             and info is not None and info.pixel_size is not None):
-        if info.unit and model.pixel_unit and info.unit != model.pixel_unit:
+        pixel_size = in_unit(info.pixel_size, info.unit, model.pixel_unit)
+        if pixel_size is None:
             logger.warning("%s: pixel size in %s, the model's in %s; not rescaled", name, info.unit, model.pixel_unit)
         else:
-            options["pixel_size"] = info.pixel_size
+            options["pixel_size"] = pixel_size
     return options
 
 

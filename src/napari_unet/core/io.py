@@ -9,21 +9,19 @@ from __future__ import annotations
 import glob
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
+from .atomic import replaced_atomically
 from .errors import InputError
+from .units import length_unit
 
 __all__ = ["TIFF_SUFFIXES", "ImageInfo", "collect_tiffs", "pair_by_name", "read_tiff", "write_tiff"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-
-#: Spellings of the micrometer that files use, all read and written as "um".
-_UNIT_NAMES = {"micron": "um", "\\u00B5m": "um", "\u00b5m": "um", "\u03bcm": "um"}
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,7 @@ def _pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None, str
         unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
         if "X" in sizes:
             unit = unit.group(1) if unit else "um"
-            return (sizes.get("Y", sizes["X"]), sizes["X"]), _UNIT_NAMES.get(unit, unit)
+            return (sizes.get("Y", sizes["X"]), sizes["X"]), length_unit(unit)
     page = tif.pages.first
     x_tag, y_tag = page.tags.get("XResolution"), page.tags.get("YResolution")
     if x_tag is None or y_tag is None:
@@ -126,7 +124,7 @@ def _pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None, str
             return (1e4 / y_res, 1e4 / x_res), "um"
         if code == 2:  # inch: a scanner or screen setting, not a microscope's
             return None, ""
-    unit = _UNIT_NAMES.get(unit, unit)
+    unit = length_unit(unit)
     return (1.0 / y_res, 1.0 / x_res), unit
 
 
@@ -153,7 +151,7 @@ def write_tiff(
         if options["metadata"]["axes"] is None:
             options["metadata"] = {}
     if pixel_size is not None:
-        unit = _UNIT_NAMES.get(unit, unit)
+        unit = length_unit(unit)
         options["resolution"] = (1.0 / pixel_size[1], 1.0 / pixel_size[0])
         if options.get("imagej"):
             options["metadata"]["unit"] = unit
@@ -161,12 +159,6 @@ def write_tiff(
             options["resolutionunit"] = "CENTIMETER" if unit == "um" else "NONE"
             if unit == "um":
                 options["resolution"] = (1e4 / pixel_size[1], 1e4 / pixel_size[0])
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
+    with replaced_atomically(path) as temporary:
         tifffile.imwrite(temporary, data, **options)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path

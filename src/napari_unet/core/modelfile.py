@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from .atomic import replaced_atomically
 from .bundle import Model
 from .errors import ModelFileError
 from .model import NetworkConfig, UNet
@@ -74,16 +74,10 @@ def save_model(model: Model, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.network.state_dict().items()}
     header = {_HEADER_KEY: json.dumps(_metadata(model))}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
+    with replaced_atomically(path) as temporary:
         save_file(tensors, temporary, metadata=header)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -17,6 +17,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from .augment import AugmentConfig, augment_batch
 from .bundle import Model
 from .device import autocast, resolve_device, smaller_batch_after
-from .errors import InputError
+from .errors import InputError, InputWarning
 from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
 from .normalize import as_planes
@@ -531,7 +532,8 @@ def train_iter(
     if not planes:
         raise InputError("nothing is annotated: draw labels in at least one plane (or region) first")
     if not any(labels[mask].any() for _, _, labels, mask in planes):
-        logger.warning("the annotations contain no object; the model can only learn background")
+        warnings.warn("the annotations contain no object: the model can only learn background",
+                      InputWarning, stacklevel=2)
     if validation_samples is None:
         # A model being fine-tuned is kept unless the new weights validate clearly better,
         # and only a plane it never trained on can show that they lost generality: a stripe

@@ -104,9 +104,8 @@ class BatchWidget(ScrollingDock):
         self.run.changed.connect(self.start)
         self.cancel.changed.connect(self.stop)
         self.open_result.changed.connect(self.open_selected)
-        # Closing napari mid-batch stops the worker at its next step.
-        stop = self._stop
-        self.native.destroyed.connect(lambda *_: stop.set())
+        # Closing the dock (or napari) mid-batch stops the worker at its next step.
+        self.when_closed(self._stop.set)
 
     def _update_default_output(self, *_):
         """Follow the inputs with the default output folder, unless the user chose another."""
@@ -186,17 +185,19 @@ class BatchWidget(ScrollingDock):
         self._worker = None
 
     def open_selected(self, *_):
-        """Open the chosen output as a Labels layer, with its pixel size as scale."""
+        """Open the chosen output as a Labels layer, placed as the plugin's reader places its input."""
+        from .._reader import read_tiffs
         from ..core.errors import NapariUnetError
-        from ..core.io import read_tiff
 
         if not self.results.value:
             show_error("run a batch first, then choose a result")
             return
         try:
-            labels, info = read_tiff(self.results.value)
+            [(labels, options, _)] = read_tiffs(self.results.value)
         except NapariUnetError as error:
             report_error(error, "opening the result")
             return
-        scale = (1.0,) * (labels.ndim - 2) + tuple(info.pixel_size or (1.0, 1.0))
-        return self._viewer.add_labels(labels, name=Path(self.results.value).stem, scale=scale)
+        # Label images have neither colour nor channels; the scale and units (Z included) stay.
+        options.pop("rgb", None)
+        options.pop("channel_axis", None)
+        return self._viewer.add_labels(labels, **options)

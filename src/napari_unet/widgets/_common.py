@@ -16,7 +16,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
-from qtpy.QtCore import QEvent, QSize, Qt
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
@@ -221,6 +221,20 @@ class _VerticalScrollArea(QScrollArea):
         return super().eventFilter(watched, event)
 
 
+class _UndockWatcher(QObject):
+    """Calls back when a widget is taken out of its parent (napari's dock closing)."""
+
+    def __init__(self, widget: QWidget, callback: Callable[[], None]):
+        super().__init__(widget)
+        self._callback = callback
+        widget.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange and watched.parentWidget() is None:
+            self._callback()
+        return False
+
+
 class ScrollingDock(Container):
     """A dock widget whose contents scroll when they are taller than the window.
 
@@ -240,6 +254,16 @@ class ScrollingDock(Container):
     def reset_choices(self, *_) -> None:
         """Update the layer choices; napari calls it whenever layers change."""
         self.contents.reset_choices()
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the user closes the dock, or napari closes.
+
+        Closing a dock takes the widget out of it without destroying it (the widget's
+        worker and signals keep it alive), so both are watched. ``callback`` should not
+        refer to the widget, which may be gone.
+        """
+        self.native.destroyed.connect(lambda *_: callback())
+        _UndockWatcher(self.native, callback)
 
 
 def wrapped_label(value: str = "") -> Label:
@@ -278,19 +302,27 @@ def geometry(layer) -> dict:
 
 
 def pixel_size(layer) -> tuple[tuple[float, float] | None, str]:
-    """The layer's physical pixel size ``(y, x)`` and unit, or None when it is 1 x 1 pixels."""
+    """The layer's physical pixel size ``(y, x)`` and the symbol of its unit, or None when it is 1 x 1 pixels."""
+    from ..core.units import length_unit
+
     scale = spatial_scale(layer)[-2:]
     if all(np.isclose(s, 1.0) for s in scale):
         return None, ""
     units = getattr(layer, "units", None)
-    unit = str(units[-1]) if units else ""
-    unit = {"micrometer": "um", "pixel": ""}.get(unit, unit)
-    return (scale[0], scale[1]), unit
+    return (scale[0], scale[1]), length_unit(str(units[-1]) if units else "")
 
 
-def as_numpy(data) -> np.ndarray:
-    """A numpy copy of layer data (dask or zarr arrays are read here)."""
-    return np.array(data)
+def pixels(layer, plane: tuple[int, ...] = ()) -> np.ndarray:
+    """A numpy copy of the layer's pixels at full resolution, or of one plane of them.
+
+    Dask or zarr arrays are read here; of a multiscale image, the finest level.
+
+    Args:
+        layer: An Image or Labels layer.
+        plane: Index of the plane along the leading axes (empty: all of it).
+    """
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return np.array(data[plane] if plane else data)
 
 
 def report_error(error: BaseException, doing: str) -> None:
@@ -348,6 +380,7 @@ def connect_worker(worker, on_yield: Callable | None, on_return: Callable, doing
 
 __all__ = [
     "ModelChooser",
+    "ScrollingDock",
     "SessionModels",
     "session_models",
     "device_choices",
@@ -355,7 +388,9 @@ __all__ = [
     "spatial_scale",
     "geometry",
     "pixel_size",
-    "as_numpy",
+    "pixels",
+    "prediction_settings",
+    "wrapped_label",
     "report_error",
     "connect_worker",
     "guarded",

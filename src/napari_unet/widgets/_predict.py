@@ -21,12 +21,12 @@ from magicgui.widgets import (
 from ._common import (
     ModelChooser,
     ScrollingDock,
-    as_numpy,
     connect_worker,
     device_choices,
     geometry,
     guarded,
     pixel_size,
+    pixels,
     prediction_settings,
     report_error,
     show_error,
@@ -49,8 +49,22 @@ def _current_plane(viewer: napari.viewer.Viewer, layer) -> tuple[int, ...]:
 
 
 def _pixel_size_for(image, model) -> tuple[float, float] | None:
-    """The layer's pixel size, when the model records one to compare it with."""
-    return pixel_size(image)[0] if model.pixel_size else None
+    """The layer's pixel size in the model's unit, when the model records one to compare it with.
+
+    Raises:
+        InputError: If the layer's unit cannot be converted to the model's.
+    """
+    from ..core.errors import InputError
+    from ..core.units import in_unit
+
+    size, unit = pixel_size(image)
+    if size is None or not model.pixel_size:
+        return None
+    converted = in_unit(size, unit, model.pixel_unit)
+    if converted is None:
+        raise InputError(f"the layer {image.name} has its pixel size in {unit}, the model in {model.pixel_unit}; "
+                         "give the objects' diameter in pixels instead")
+    return converted
 
 
 def start_prediction(
@@ -100,7 +114,7 @@ def start_prediction(
 
     shape = spatial_shape(image)
     plane_index = _current_plane(viewer, image) if current_plane_only else ()
-    data = as_numpy(image.data[plane_index]) if plane_index else as_numpy(image.data)
+    data = pixels(image, plane_index)
     placement = geometry(image)
     if output is None or output not in viewer.layers or tuple(output.data.shape) != shape:
         output = viewer.add_labels(np.zeros(shape, np.int32), name=f"{image.name} prediction", **placement)
@@ -145,6 +159,8 @@ class PredictWidget(ScrollingDock):
         self._viewer = viewer
         self._worker = None
         self.output = None  # the Labels layer of the last prediction
+        self._output_image = None  # the image layer it segments
+        self._cancelled = False
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.model = ModelChooser(viewer, allow_scratch=False)
         self.tile_size, self.threshold, self.min_size, self.orientations = prediction_settings(self.model)
@@ -170,6 +186,7 @@ class PredictWidget(ScrollingDock):
         self.run.changed.connect(self.start)
         self.cancel.changed.connect(self.stop)
         self.estimate.changed.connect(self.estimate_diameter)
+        self.when_closed(self.stop)  # a prediction of a closed dock has nowhere to go
 
     def _image_and_model(self, doing: str, check_scale: bool = False):
         """The chosen image layer and model, or None after telling the user what is wrong.
@@ -203,12 +220,16 @@ class PredictWidget(ScrollingDock):
         image, model = chosen
         self.run.enabled, self.cancel.enabled = False, True
         self.progress.value = 0
+        self._cancelled = False
+        # One plane goes into the last prediction layer only if that segments the same image.
+        same_image = self.output is not None and self._output_image is image
+        self._output_image = image
         self._worker, self.output = start_prediction(
             self._viewer, image, model, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
             min_size=self.min_size.value, device=self.device.value, diameter=self.diameter.value,
             test_time_augmentation=self.orientations.value, probability=self.probability.value,
             current_plane_only=self.current_plane_only.value,
-            output=self.output if self.current_plane_only.value else None,
+            output=self.output if self.current_plane_only.value and same_image else None,
             on_progress=self._on_progress, on_finish=self._on_finish,
         )
 
@@ -223,7 +244,7 @@ class PredictWidget(ScrollingDock):
             return
         image, model = chosen
         plane_index = _current_plane(self._viewer, image)
-        plane = as_numpy(image.data[plane_index]) if plane_index else as_numpy(image.data)
+        plane = pixels(image, plane_index)
         self.run.enabled = self.estimate.enabled = False
         self._worker = create_worker(
             guarded(estimate_diameter), model, plane, channel_axis=-1 if image.rgb else None,
@@ -243,6 +264,7 @@ class PredictWidget(ScrollingDock):
     def stop(self, *_):
         """Cancel the prediction after the current batch of tiles."""
         if self._worker is not None:
+            self._cancelled = True
             self._worker.quit()
 
     def _on_progress(self, progress):
@@ -252,3 +274,7 @@ class PredictWidget(ScrollingDock):
     def _on_finish(self):
         self.run.enabled, self.estimate.enabled, self.cancel.enabled = True, True, False
         self._worker = None
+        if self._cancelled:
+            self._cancelled = False
+            name = self.output.name if self.output is not None else "the prediction layer"
+            show_info(f"prediction cancelled: the planes not predicted yet are empty in {name}")

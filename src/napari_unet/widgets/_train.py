@@ -27,12 +27,12 @@ from magicgui.widgets import (
 from ._common import (
     ModelChooser,
     ScrollingDock,
-    as_numpy,
     connect_worker,
     device_choices,
     geometry,
     guarded,
     pixel_size,
+    pixels,
     report_error,
     session_models,
     show_error,
@@ -67,6 +67,7 @@ class TrainWidget(ScrollingDock):
         self._pairs: list[tuple] = []
         self.model = None  # the last model trained here
         self._predict_diameter = None  # object diameter to predict the trained image with
+        self._trained_image = None  # the image layer predicted when training is done
 
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.labels_layer = create_widget(annotation="napari.layers.Labels", label="labels")
@@ -133,9 +134,7 @@ class TrainWidget(ScrollingDock):
         self.stop.changed.connect(self.stop_training)
         self.save.changed.connect(self._save_dialog)
         # Closing the dock widget (or napari) ends training cleanly after the current step.
-        # The event outlives the widget's Python attributes, so connect it directly.
-        stop = self._stop
-        self.native.destroyed.connect(lambda *_: stop.set())
+        self.when_closed(self._stop.set)
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -192,7 +191,7 @@ class TrainWidget(ScrollingDock):
                     f"the labels layer {labels.name} (shape {labels.data.shape}) does not match the image "
                     f"{image.name} (shape {spatial_shape(image)}); create a labels layer for this image"
                 )
-            label_data = as_numpy(labels.data)
+            label_data = pixels(labels)
             regions = self.regions.value
             if regions is not None:
                 # Corners in the image's data coordinates; a 2D regions layer over a stack
@@ -208,9 +207,36 @@ class TrainWidget(ScrollingDock):
                 mask = labelled_planes_mask(label_data)
             if not mask.any():
                 raise InputError(f"nothing is annotated in {labels.name}: paint at least one object first")
-            image_data = as_numpy(image.data)
+            image_data = pixels(image)
             samples.append(TrainingSample(image_data, label_data, mask, name=image.name))
         return samples
+
+    def _pixel_size(self) -> tuple[tuple[float, float] | None, str]:
+        """The pixel size and unit of the training images, which must all have the same.
+
+        Raises:
+            InputError: If two training images have different pixel sizes: the model would
+                learn objects at two scales and record only one of them.
+        """
+        from ..core.errors import InputError
+        from ..core.units import in_unit
+
+        pairs = self._training_pairs()
+        first, (size, unit) = pairs[0][0], pixel_size(pairs[0][0])
+        for image, _ in pairs[1:]:
+            other, other_unit = pixel_size(image)
+            same = (size is None and other is None) or (
+                size is not None and other is not None
+                and np.allclose(in_unit(other, other_unit, unit) or (np.inf, np.inf), size, rtol=0.01))
+            if not same:
+                def described(value, value_unit):
+                    return "none" if value is None else f"{value[0]:g} x {value[1]:g} {value_unit}".rstrip()
+
+                raise InputError(
+                    f"the images {first.name} and {image.name} have different pixel sizes "
+                    f"({described(size, unit)} and {described(other, other_unit)}); "
+                    "train on images of one pixel size together")
+        return size, unit
 
     def _config(self):
         from ..core.augment import AugmentConfig
@@ -235,18 +261,19 @@ class TrainWidget(ScrollingDock):
 
         try:
             samples = self._samples()
+            size, unit = self._pixel_size()
             model = self.start_from.load()
             config = self._config()
         except NapariUnetError as error:
             report_error(error, "training")
             return
-        size, unit = pixel_size(self._training_pairs()[0][0])
         # From scratch on a CPU a lighter network trains in minutes; a GPU takes the paper's size.
         on_gpu = resolve_device(config.device).type != "cpu"
         network = NetworkConfig() if on_gpu else NetworkConfig(depth=3, base_width=16)
         # A fine-tuned model keeps its own object size; predicting this image needs the same rescaling.
         diameter = self.diameter.value or None
         self._predict_diameter = diameter if model is not None else None
+        self._trained_image = self._training_pairs()[0][0]
         self._stop.clear()
         self.plot.clear()
         self.progress.value = 0
@@ -284,15 +311,22 @@ class TrainWidget(ScrollingDock):
         self.status.value = f"step {progress.step}, loss {progress.loss:.4f}{best}, {progress.elapsed:.0f} s"
 
     def _on_trained(self, result):
+        if result.model.training["steps"] == 0:
+            # Stopped before the first step: nothing was learned, so nothing replaces the
+            # session's model (an untrained network, or a copy of the one started from).
+            self.status.value = "stopped before the first step; nothing trained"
+            show_info("training stopped before its first step; no new model")
+            return
         self.model = result.model
         session_models(self._viewer).set_latest(result.model)
         self.progress.value = 1000
         self.status.value = f"done ({result.stop_reason}) after {result.model.training['steps']} steps"
         show_info(f"training finished ({result.stop_reason}); the model is kept for this session")
-        if self.predict_when_done.value and self.image.value is not None:
+        image = self._trained_image
+        if self.predict_when_done.value and image is not None and image in self._viewer.layers:
             from ._predict import start_prediction
 
-            start_prediction(self._viewer, self.image.value, result.model, device=self.device.value,
+            start_prediction(self._viewer, image, result.model, device=self.device.value,
                              diameter=self._predict_diameter)
 
     # -- saving ---------------------------------------------------------------------------
@@ -302,9 +336,11 @@ class TrainWidget(ScrollingDock):
         if self.model is None:
             show_error("train a model first")
             return None
+        from ..core.errors import NapariUnetError
+
         try:
             written = self.model.save(path)
-        except OSError as error:
+        except (OSError, NapariUnetError) as error:
             report_error(error, "saving the model")
             return None
         show_info(f"model saved to {written}")
