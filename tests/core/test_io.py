@@ -306,3 +306,40 @@ def test_many_missing_partners_are_summarized(tmp_path):
     with pytest.raises(InputError, match=r"6 image\(s\).*\.\.\.") as raised:
         pair_by_name(images, [tmp_path / "x.tif"])
     assert "3.tif" not in str(raised.value)
+
+
+def test_written_files_are_readable_as_the_umask_allows_and_leave_no_temporary_file(tmp_path):
+    import os
+
+    from napari_unet.core.bundle import Model
+    from napari_unet.core.model import NetworkConfig
+
+    previous = os.umask(0o022)
+    try:
+        tiff = write_tiff(tmp_path / "labels.tif", np.zeros((8, 8), np.uint16))
+        model = Model.new(NetworkConfig(depth=2, base_width=4)).save(tmp_path / "model.safetensors")
+    finally:
+        os.umask(previous)
+    # A colleague can open a shared model or result (mkstemp would have made them 0600).
+    assert (tiff.stat().st_mode & 0o777) == 0o644 and (model.stat().st_mode & 0o777) == 0o644
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["labels.tif", "model.safetensors"]
+
+
+def test_a_folder_is_not_overwritten_by_a_file(tmp_path):
+    (tmp_path / "out.tif").mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        write_tiff(tmp_path / "out.tif", np.zeros((8, 8), np.uint16))
+    assert (tmp_path / "out.tif").is_dir() and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = write_tiff(tmp_path / "labels.tif", np.ones((8, 8), np.uint16))
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tifffile, "imwrite", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_tiff(path, np.zeros((8, 8), np.uint16))
+    np.testing.assert_array_equal(tifffile.imread(path), 1)
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.tif"]

@@ -133,18 +133,14 @@ def test_saving_over_a_model_replaces_it(tmp_path):
 
 @pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
 def test_a_failed_save_keeps_the_previous_file(tmp_path, monkeypatch, error):
-    import safetensors.torch
-
     path = tmp_path / "model.safetensors"
     save_model(_model(seed=1), path)
     before = path.read_bytes()
 
-    def failing_save_file(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
-            handle.write(b"\x00partial data" * 10)
+    def failing_sync(descriptor):  # the new weights are written, not yet on disk
         raise error
 
-    monkeypatch.setattr(safetensors.torch, "save_file", failing_save_file)
+    monkeypatch.setattr(os, "fsync", failing_sync)
     with pytest.raises(type(error)):
         save_model(_model(seed=2), path)
     assert path.read_bytes() == before
@@ -154,14 +150,10 @@ def test_a_failed_save_keeps_the_previous_file(tmp_path, monkeypatch, error):
 
 
 def test_a_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
-    import safetensors.torch
-
-    def failing_save_file(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
-            handle.write(b"partial")
+    def failing_sync(descriptor):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", failing_save_file)
+    monkeypatch.setattr(os, "fsync", failing_sync)
     with pytest.raises(OSError):
         save_model(_model(), tmp_path / "new.safetensors")
     assert _files(tmp_path) == []

@@ -66,7 +66,7 @@ def save_model(model: Model, path: str | os.PathLike) -> Path:
     Returns:
         The path written.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     if not path.suffix:
@@ -74,10 +74,12 @@ def save_model(model: Model, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.network.state_dict().items()}
     header = {_HEADER_KEY: json.dumps(_metadata(model))}
-    with replaced_atomically(path) as temporary:
-        save_file(tensors, temporary, metadata=header)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
+    # Written through a file opened here: safetensors' own save_file makes a file that
+    # only its owner may read.
+    with replaced_atomically(path) as temporary, open(temporary, "wb") as file:
+        file.write(save(tensors, metadata=header))
+        file.flush()
+        os.fsync(file.fileno())
     return path
 
 

@@ -1,0 +1,38 @@
+"""Units of length: the names files and napari use, and conversions between them."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_unet.core.units import in_unit, length_unit
+
+
+@pytest.mark.parametrize(("name", "symbol"), [
+    ("micrometer", "um"), ("micron", "um"), ("microns", "um"), ("\u00b5m", "um"), ("\u03bcm", "um"),
+    ("\\u00B5m", "um"), ("um", "um"), (" UM ", "um"), ("nanometer", "nm"), ("nanometers", "nm"), ("nm", "nm"),
+    ("millimeter", "mm"), ("metre", "m"), ("\u00c5", "angstrom"), ("angstrom", "angstrom"),
+    ("pixel", ""), ("", ""), (None, ""), ("furlong", "furlong"),
+])
+def test_every_usual_name_of_a_unit_gives_its_symbol(name, symbol):
+    assert length_unit(name) == symbol
+
+
+@pytest.mark.parametrize(("size", "unit", "target", "expected"), [
+    ((4.0, 4.0), "nanometer", "um", (0.004, 0.004)),
+    ((0.004, 0.002), "um", "nm", (4.0, 2.0)),
+    ((0.5, 0.5), "micron", "um", (0.5, 0.5)),
+    ((2.0, 2.0), "mm", "um", (2000.0, 2000.0)),
+    ((10.0, 10.0), "angstrom", "nm", (1.0, 1.0)),
+])
+def test_pixel_sizes_are_converted_between_units(size, unit, target, expected):
+    assert in_unit(size, unit, target) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("unit", "target"), [("", "um"), ("nm", ""), ("pixel", "nm"), ("", "")])
+def test_a_missing_unit_is_taken_to_be_the_other_one(unit, target):
+    assert in_unit((0.3, 0.4), unit, target) == (0.3, 0.4)
+
+
+def test_units_that_cannot_be_converted_give_none():
+    assert in_unit((1.0, 1.0), "furlong", "um") is None
+    assert in_unit((1.0, 1.0), "um", "second") is None
