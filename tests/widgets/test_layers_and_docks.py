@@ -318,9 +318,13 @@ def test_saved_models_are_readable_as_the_umask_allows_and_a_folder_is_an_error(
     assert stat.S_IMODE(os.stat(written).st_mode) == 0o644
     assert load_model_file(written).config == widget.model.config
 
-    assert widget.save_model(tmp_path) is None  # a folder chosen by mistake
-    assert any(str(tmp_path) in text and "folder" in text for text in _errors(notifications)), notifications
-    assert tmp_path.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+    folder = tmp_path / "models.safetensors"  # a folder chosen by mistake in the file dialog
+    folder.mkdir()
+    assert widget.save_model(folder) is None
+    assert any(str(folder) in text and "folder" in text for text in _errors(notifications)), notifications
+    # Nothing written or left behind: the folder stays a folder, no partial file beside it.
+    assert folder.is_dir() and not any(folder.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "models.safetensors"]
 
 
 # -- Batch widget -----------------------------------------------------------------------
