@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -56,10 +57,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 0 or more, not {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, not {text}")
     return value
 
 
@@ -67,6 +82,13 @@ def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability, from 0 to 1, not {text}")
     return value
 
 
@@ -109,16 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning rate: constant (default), or cosine decay over the epochs or time budget")
     train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                        help="adam (default) or sgd with momentum 0.99 as in the U-Net paper")
-    train.add_argument("--w0", type=float, default=10.0, help="height of the border weight between touching objects (default: 10)")
+    train.add_argument("--w0", type=_non_negative_float, default=10.0, help="height of the border weight between touching objects (default: 10)")
     train.add_argument("--sigma", type=_positive_float, default=5.0, help="width of the border weight in pixels (default: 5)")
-    train.add_argument("--dice-weight", type=float, default=0.0, help="add a Dice loss with this weight (default: 0, off)")
+    train.add_argument("--dice-weight", type=_non_negative_float, default=0.0, help="add a Dice loss with this weight (default: 0, off)")
     train.add_argument("--val-fraction", type=_fraction, default=0.1,
                        help="share of images kept for validation (default: 0.1; fine-tuning holds out at least one "
                             "of 4 or more; ignored with --val-images)")
     train.add_argument("--val-images", help="images to validate on, never trained on (TIFF file, folder or glob)")
     train.add_argument("--val-labels", help="labels of --val-images, same names")
     train.add_argument("--patience", type=_positive_int, help="stop after this many validations without improvement")
-    train.add_argument("--augment", type=float, default=1.0, help="augmentation strength, 0 = off (default: 1)")
+    train.add_argument("--augment", type=_non_negative_float, default=1.0, help="augmentation strength, 0 = off (default: 1)")
     train.add_argument("--depth", type=_positive_int, default=4, help="poolings of a new network (default: 4)")
     train.add_argument("--base-width", type=_positive_int, default=32, help="channels of a new network's first level (default: 32)")
     train.add_argument("--classes", type=int, choices=(2, 3), default=2,
@@ -129,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--pixel-size", type=_positive_float, nargs=2, metavar=("Y", "X"),
                        help="pixel size of the images (default: read from the TIFFs)")
     train.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     train.set_defaults(handler=_train)
 
     predict = commands.add_parser(
@@ -149,11 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=_positive_int,
                          help="most tiles per forward pass (default: 1 on a CPU, 4 on a GPU, fewer when its memory "
                          "is short)")
-    predict.add_argument("--threshold", type=_fraction,
+    predict.add_argument("--threshold", type=_probability,
                          help="probability threshold of the post-processing; higher separates touching objects "
                          "more, lower keeps fainter ones or, under 0.5 with a two-class model, wider outlines "
                          "(default: the model's own, chosen on its validation images)")
-    predict.add_argument("--min-size", type=int, default=10, help="smallest object kept, in pixels (default: 10)")
+    predict.add_argument("--min-size", type=_non_negative_int, default=10, help="smallest object kept, in pixels (default: 10)")
     predict.add_argument("--diameter", type=_diameter, metavar="PIXELS|auto",
                          help="typical object diameter in the images, in pixels, or 'auto' to estimate it from each "
                          "file's first plane; planes are rescaled so objects match the model's (default: the files' "
@@ -201,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--out", required=True, help="folder to write images/ and labels/ into")
     sample.add_argument("--count", type=_positive_int, default=8, help="number of images (default: 8)")
-    sample.add_argument("--size", type=_positive_int, default=256, help="image edge in pixels (default: 256)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sample.add_argument("--size", type=int, choices=range(32, 4097), metavar="32..4096", default=256,
+                        help="image edge in pixels (default: 256)")
+    sample.add_argument("--overwrite", action="store_true", help="replace sample files that exist (default: refuse)")
+    sample.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     sample.set_defaults(handler=_sample)
     return parser
 
@@ -212,29 +236,51 @@ def _train(args) -> int:
     from .core.errors import InputError
     from .core.io import collect_tiffs, pair_by_name, read_tiff
     from .core.model import NetworkConfig
+    from .core.modelfile import MODEL_SUFFIX
     from .core.progress import run_to_end
     from .core.registry import load_model
     from .core.train import TrainingConfig, TrainingSample, train_iter
+    from .core.units import in_unit
 
     if (args.val_images is None) != (args.val_labels is None):
         raise InputError("--val-images and --val-labels go together")
+    out = Path(args.out)
+    # Checked before any work: the model file is written during training (checkpoints),
+    # and must never replace an image, a label file or a folder.
+    if out.suffix and out.suffix.lower() != MODEL_SUFFIX:
+        raise InputError(f"--out names the model file to write, ending in {MODEL_SUFFIX}, not {out.name}")
+    if out.with_suffix(MODEL_SUFFIX).is_dir():
+        raise InputError(f"--out is a folder ({out}); give the model file's name")
     pixel_size, unit = args.pixel_size, "um" if args.pixel_size else ""
+    first = ""  # the file the pixel size comes from
 
     def read_samples(images: str, labels: str) -> list[TrainingSample]:
-        nonlocal pixel_size, unit
+        nonlocal pixel_size, unit, first
         samples = []
         for image_path, labels_path in pair_by_name(collect_tiffs(images), collect_tiffs(labels)):
+            if image_path.resolve() == labels_path.resolve():
+                raise InputError(f"{image_path} is given as both image and labels; --labels names the label files")
             image, info = read_tiff(image_path)
             samples.append(TrainingSample(image, read_tiff(labels_path)[0], name=image_path.name))
-            if pixel_size is None and info.pixel_size is not None:
-                pixel_size, unit = info.pixel_size, info.unit
+            if args.pixel_size or info.pixel_size is None:
+                continue
+            if pixel_size is None:
+                pixel_size, unit, first = info.pixel_size, info.unit, image_path.name
+            elif not math.isclose(float(sum(in_unit(info.pixel_size, info.unit, unit) or (math.inf,))),
+                                  float(sum(pixel_size)), rel_tol=0.01):
+                # The model would learn objects at two scales and record one of them.
+                raise InputError(f"{first} and {image_path.name} have different pixel sizes ({pixel_size[0]:g} "
+                                 f"{unit} and {info.pixel_size[0]:g} {info.unit}); train images of one pixel "
+                                 "size together, or give --pixel-size")
         return samples
 
     samples = read_samples(args.images, args.labels)
     validation = None if args.val_images is None else read_samples(args.val_images, args.val_labels)
     model = None if args.init == "scratch" else load_model(args.init)
+    budget_only = args.max_minutes and not args.epochs  # then the time budget ends training
     config = TrainingConfig(
-        epochs=args.epochs or (10**9 if args.max_minutes else 50), max_minutes=args.max_minutes, steps_per_epoch=args.steps_per_epoch,
+        epochs=args.epochs or (10**9 if budget_only else 50), max_minutes=args.max_minutes,
+        steps_per_epoch=args.steps_per_epoch,
         patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
         schedule=args.schedule, optimizer=args.optimizer, w0=args.w0, sigma=args.sigma, dice_weight=args.dice_weight,
         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, device=args.device,
@@ -252,10 +298,15 @@ def _train(args) -> int:
         note = f"loss {update.loss:.4f}"
         if update.best_score is not None:
             note += f" best {update.best_score:.3f}"
-        progress.update(update.step, update.total_steps, note)
+        if budget_only:  # the bar counts seconds of the budget, not a step count that never ends
+            budget = 60 * args.max_minutes
+            progress.update(min(round(update.elapsed), round(budget)), round(budget), f"s, step {update.step}, {note}")
+            where = f"step {update.step} ({update.elapsed:.0f} of {budget:.0f} s)"
+        else:
+            progress.update(update.step, update.total_steps, note)
+            where = f"step {update.step}/{update.total_steps}"
         if update.validation is not None and not progress.active:
-            print(f"step {update.step}/{update.total_steps} {note} val {json.dumps(_rounded(update.validation))}",
-                  file=sys.stderr)
+            print(f"{where} {note} val {json.dumps(_rounded(update.validation))}", file=sys.stderr)
 
     try:
         generator = train_iter(samples, model=model, config=config, network_config=network, stop=stop,
@@ -265,10 +316,17 @@ def _train(args) -> int:
     finally:
         progress.close()
         signal.signal(signal.SIGINT, previous)
+    if result.model.training["steps"] == 0:
+        print(f"napari-unet: training stopped before its first step; {args.out} was not written", file=sys.stderr)
+        return 130 if stop.is_set() else EXIT_FAILED
     path = result.model.save(args.out)
+    if result.unchanged:
+        print(f"napari-unet: no training step validated clearly better than {args.init} on the held-out "
+              f"images; {path} holds it unchanged", file=sys.stderr)
     last = result.history[-1] if result.history else {}
     print(json.dumps({"model": str(path), "stop_reason": result.stop_reason, "steps": result.model.training["steps"],
-                      "threshold": result.model.threshold, "last_validation": _rounded(last)}))
+                      "unchanged": result.unchanged, "threshold": result.model.threshold,
+                      "last_validation": _rounded(last)}))
     return 0
 
 
@@ -289,10 +347,15 @@ def _predict(args) -> int:
     from contextlib import nullcontext
 
     from .core.batch import predict_files_iter
+    from .core.device import resolve_device
+    from .core.errors import InputError
     from .core.io import collect_tiffs
     from .core.progress import run_to_end
     from .core.registry import load_model
 
+    resolve_device(args.device)  # an unavailable device is one usage error, not a failure per file
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out is the folder to write results into, and {args.out} is a file")
     model = load_model(args.model)
     # The same file given twice (a folder and a glob) is segmented once.
     files = list({path.resolve(): path for spec in args.inputs for path in collect_tiffs(spec)}.values())
@@ -349,15 +412,20 @@ def _predict(args) -> int:
 def _evaluate(args) -> int:
     import numpy as np
 
+    from .core.atomic import replaced_atomically
     from .core.errors import InputError
-    from .core.io import collect_tiffs, pair_by_name, read_tiff
+    from .core.io import collect_tiffs, pair_by_name
     from .core.metrics import average_precision, isbi_scores, pixel_scores
 
-    pairs = pair_by_name(collect_tiffs(args.gt), collect_tiffs(args.pred))
+    if args.json and Path(args.json).suffix.lower() != ".json":
+        raise InputError(f"--json names the JSON file to write, ending in .json, not {args.json}")
+    pairs = pair_by_name(collect_tiffs(args.gt), collect_tiffs(args.pred), "ground-truth file(s) have no prediction")
     truths, predictions = [], []
     for truth_path, prediction_path in pairs:
-        truth, _ = read_tiff(truth_path)
-        prediction, _ = read_tiff(prediction_path)
+        # Binary masks count their connected components as objects, as training does;
+        # probabilities (fractions) are not labels and are refused.
+        truth = _instances(truth_path, "ground truth")
+        prediction = _instances(prediction_path, "prediction")
         if truth.shape != prediction.shape:
             raise InputError(f"{prediction_path.name}: shape {prediction.shape} differs from ground truth {truth.shape}")
         truths.extend(truth.reshape(-1, *truth.shape[-2:]))
@@ -376,8 +444,21 @@ def _evaluate(args) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        with replaced_atomically(args.json) as temporary:
+            temporary.write_text(text + "\n")
     return 0
+
+
+def _instances(path: Path, what: str):
+    """The instance labels of a label TIFF (see :func:`~napari_unet.core.targets.as_instance_labels`)."""
+    from .core.errors import InputError
+    from .core.io import read_tiff
+    from .core.targets import as_instance_labels
+
+    try:
+        return as_instance_labels(read_tiff(path)[0])
+    except InputError as error:
+        raise InputError(f"{path} ({what}): {error}") from None
 
 
 def _models(args) -> int:
@@ -424,10 +505,15 @@ def _describe_model(name: str, metadata: dict) -> str:
 
 
 def _sample(args) -> int:
+    from .core.errors import InputError
     from .core.io import write_tiff
     from .core.synthetic import synthetic_nuclei
 
     out = Path(args.out)
+    names = [f"nuclei_{index:03d}.tif" for index in range(args.count)]
+    existing = [out / kind / name for kind in ("images", "labels") for name in names if (out / kind / name).exists()]
+    if existing and not args.overwrite:
+        raise InputError(f"{existing[0]} exists (and {len(existing) - 1} more); choose another --out or add --overwrite")
     for index in range(args.count):
         image, labels = synthetic_nuclei((args.size, args.size), count=max(4, args.size**2 // 2200), seed=args.seed + index)
         write_tiff(out / "images" / f"nuclei_{index:03d}.tif", image)
@@ -440,6 +526,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    if not args.verbose:
+        # tifffile logs the damage it recovers from (the core reports it in one line) and
+        # Dask its cluster's life; both only with -v.
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+        for name in ("distributed", "dask"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     warnings.showwarning = lambda message, category, *rest, **kw: print(f"napari-unet: warning: {message}", file=sys.stderr)
     from .core.errors import NapariUnetError
 
@@ -450,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except FloatingPointError as error:
         print(f"napari-unet: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except MemoryError:
+        print("napari-unet: error: out of memory; use smaller images, patches, tiles or batches", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)

@@ -7,8 +7,10 @@ interrupted run never leaves a truncated file that looks finished.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from .atomic import replaced_atomically
 from .errors import InputError
 from .units import length_unit
 
-__all__ = ["TIFF_SUFFIXES", "ImageInfo", "collect_tiffs", "pair_by_name", "read_tiff", "write_tiff"]
+__all__ = ["TIFF_SUFFIXES", "ImageInfo", "TiffErrors", "collect_tiffs", "pair_by_name", "read_tiff", "write_tiff"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -60,8 +62,14 @@ def collect_tiffs(spec: str | os.PathLike) -> list[Path]:
     return files
 
 
-def pair_by_name(images: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
+def pair_by_name(images: list[Path], labels: list[Path], missing: str = "image(s) have no label file"
+                 ) -> list[tuple[Path, Path]]:
     """Pair image and label files with the same name (single files pair with each other).
+
+    Args:
+        images: The files that each need a partner.
+        labels: Their partners.
+        missing: What the error says of images without a partner, before "of the same name".
 
     Raises:
         InputError: If an image has no label file.
@@ -69,11 +77,31 @@ def pair_by_name(images: list[Path], labels: list[Path]) -> list[tuple[Path, Pat
     if len(images) == 1 and len(labels) == 1:
         return [(images[0], labels[0])]
     by_stem = {p.stem: p for p in labels}
-    missing = [p.name for p in images if p.stem not in by_stem]
-    if missing:
-        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
-        raise InputError(f"{len(missing)} image(s) have no label file of the same name: {shown}")
+    unpaired = [p.name for p in images if p.stem not in by_stem]
+    if unpaired:
+        shown = ", ".join(unpaired[:3]) + (" ..." if len(unpaired) > 3 else "")
+        raise InputError(f"{len(unpaired)} {missing} of the same name: {shown}")
     return [(p, by_stem[p.stem]) for p in images]
+
+
+class TiffErrors(logging.Handler):
+    """Collects the errors that tifffile logs (instead of raising) in this thread, within a block."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+        self._thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self._thread:
+            self.messages.append(record.getMessage())
+
+    def __enter__(self) -> TiffErrors:
+        logging.getLogger("tifffile").addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        logging.getLogger("tifffile").removeHandler(self)
 
 
 def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
@@ -86,10 +114,14 @@ def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     if not path.is_file():
         raise InputError(f"file not found: {path}")
     try:
-        with tifffile.TiffFile(path) as tif:
+        with TiffErrors() as damage, tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             data = series.asarray()
             info = ImageInfo(series.axes, *_pixel_size(tif))
+        if damage.messages:
+            # tifffile recovers from a truncated or damaged file with a smaller or
+            # differently shaped series: a stack read as one plane, without a word.
+            raise ValueError(f"damaged or truncated: {damage.messages[0]}")
     except Exception as error:  # tifffile and its codecs report damage with many types
         raise InputError(f"{path} is not a readable TIFF file ({error})") from error
     return data, info

@@ -17,7 +17,13 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .errors import InputError
+
 __all__ = ["NetworkConfig", "UNet"]
+
+#: Most poolings and first-level channels a network may have.
+MAX_DEPTH = 7
+MAX_BASE_WIDTH = 256
 
 
 @dataclass(frozen=True)
@@ -45,13 +51,18 @@ class NetworkConfig:
 
     def __post_init__(self):
         if self.padding not in ("same", "valid"):
-            raise ValueError(f"padding must be 'same' or 'valid', not {self.padding!r}")
+            raise InputError(f"padding must be 'same' or 'valid', not {self.padding!r}")
         if self.num_classes not in (2, 3):
-            raise ValueError(f"num_classes must be 2 or 3, not {self.num_classes}")
+            raise InputError(f"num_classes must be 2 or 3, not {self.num_classes}")
         if self.depth < 1 or self.base_width < 1 or self.in_channels < 1:
-            raise ValueError("depth, base_width and in_channels must be positive")
+            raise InputError("depth, base_width and in_channels must be positive")
+        # Each level doubles the channels: depth 8 of width 32 already has 8192 at the
+        # bottom, far beyond any U-Net that fits a GPU.
+        if self.depth > MAX_DEPTH or self.base_width > MAX_BASE_WIDTH:
+            raise InputError(f"depth is at most {MAX_DEPTH} and base width at most {MAX_BASE_WIDTH} "
+                             f"(the U-Net paper: depth 4, width 64), not {self.depth} and {self.base_width}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+            raise InputError(f"dropout must be in [0, 1), not {self.dropout}")
 
     def to_dict(self) -> dict:
         return asdict(self)

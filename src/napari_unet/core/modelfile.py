@@ -12,6 +12,7 @@ it is complete, so an interrupted save never destroys the previous model.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -140,24 +141,59 @@ def load_model_file(path: str | os.PathLike) -> Model:
     try:
         config = NetworkConfig.from_dict(metadata["network"])
         normalization = Normalization.from_dict(metadata["normalization"])
-        network = UNet(config)
+    except Exception as error:  # missing, mistyped or impossible values
+        raise ModelFileError(f"{path} has a damaged header (its network or normalization: {error})") from error
+    network = UNet(config)
+    try:
         tensors = load_file(str(path), device="cpu")
-        network.load_state_dict(tensors, strict=True)
-    except Exception as error:
-        raise ModelFileError(f"{path} is damaged: its weights do not match its architecture ({error})") from error
-    pixel_size = metadata.get("pixel_size")
+    except Exception as error:  # safetensors reports corruption with several types
+        raise ModelFileError(f"{path} is damaged: its weights cannot be read") from error
+    # Compared here rather than by a strict load, whose error lists every tensor name.
+    expected = network.state_dict()
+    missing = [key for key in expected if key not in tensors]
+    unexpected = [key for key in tensors if key not in expected]
+    reshaped = [key for key, value in expected.items() if key in tensors and tensors[key].shape != value.shape]
+    if missing or unexpected or reshaped:
+        raise ModelFileError(f"{path} is damaged: its weights do not match its architecture ({len(missing)} "
+                             f"missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape)")
+    network.load_state_dict(tensors)
+    pixel_size = _field(metadata, "pixel_size", (list, type(None)), path)
+    if pixel_size is not None and not (len(pixel_size) == 2 and all(_is_number(v) and v > 0 for v in pixel_size)):
+        raise ModelFileError(f"{path} has a damaged header (pixel size {pixel_size!r})")
+    diameter = _field(metadata, "object_diameter", (int, float, type(None)), path)
+    if diameter is not None and not (_is_number(diameter) and diameter > 0):
+        raise ModelFileError(f"{path} has a damaged header (object diameter {diameter!r})")
+    gap = _field(metadata, "gap", int, path, 1)
+    if isinstance(gap, bool) or gap < 0:
+        raise ModelFileError(f"{path} has a damaged header (gap {gap!r})")
     return Model(
         network=network,
         normalization=normalization,
-        gap=int(metadata.get("gap", 1)),
+        gap=gap,
         threshold=recorded_threshold(metadata, path),
-        name=metadata.get("name", ""),
-        description=metadata.get("description", ""),
-        pixel_size=tuple(pixel_size) if pixel_size else None,
-        pixel_unit=metadata.get("pixel_unit", ""),
-        object_diameter=metadata.get("object_diameter"),
-        history=list(metadata.get("history", [])),
-        training=dict(metadata.get("training", {})),
-        training_data=metadata.get("training_data", ""),
-        evaluation=dict(metadata.get("evaluation", {})),
+        name=_field(metadata, "name", str, path, ""),
+        description=_field(metadata, "description", str, path, ""),
+        pixel_size=tuple(float(v) for v in pixel_size) if pixel_size else None,
+        pixel_unit=_field(metadata, "pixel_unit", str, path, ""),
+        object_diameter=float(diameter) if diameter is not None else None,
+        history=list(_field(metadata, "history", list, path, [])),
+        training=dict(_field(metadata, "training", dict, path, {})),
+        training_data=_field(metadata, "training_data", str, path, ""),
+        evaluation=dict(_field(metadata, "evaluation", dict, path, {})),
     )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _field(metadata: dict, key: str, kind, path: Path, default=None):
+    """``metadata[key]`` (``default`` when absent), which must be of ``kind``.
+
+    Raises:
+        ModelFileError: If the value has another type (a damaged or hand-edited header).
+    """
+    value = metadata.get(key, default)
+    if not isinstance(value, kind):
+        raise ModelFileError(f"{path} has a damaged header ({key} {value!r})")
+    return value

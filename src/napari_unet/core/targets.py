@@ -17,6 +17,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from .errors import InputError
+
 __all__ = [
     "as_instance_labels",
     "touching_borders",
@@ -45,10 +47,10 @@ def as_instance_labels(labels: np.ndarray) -> np.ndarray:
         return ndimage.label(labels)[0]
     if not np.issubdtype(labels.dtype, np.integer):
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise ValueError("labels must hold whole numbers (0 = background, 1..N = objects)")
+            raise InputError("labels must hold whole numbers (0 = background, 1..N = objects)")
         labels = labels.astype(np.int64)
     if labels.size and labels.min() < 0:
-        raise ValueError("labels must not be negative (0 = background, 1..N = objects)")
+        raise InputError("labels must not be negative (0 = background, 1..N = objects)")
     objects = labels[labels > 0]
     if objects.size and objects.min() == objects.max():
         # One value for all objects: a mask, whose touching objects could never be told apart.

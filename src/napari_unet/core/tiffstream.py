@@ -9,10 +9,8 @@ interrupted run leaves a hidden ``.NAME.partial`` file, never a truncated ``NAME
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-import threading
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,7 @@ import numpy as np
 import tifffile
 
 from .errors import InputError
-from .io import ImageInfo, _pixel_size
+from .io import ImageInfo, TiffErrors, _pixel_size
 
 __all__ = ["TiffMetadata", "TiffPageReader", "PageTiffWriter", "partial_path"]
 
@@ -80,7 +78,7 @@ class TiffPageReader:
             raise InputError(f"file not found: {self.path}")
         self._tif = None
         try:
-            with _TiffErrors() as damage:
+            with TiffErrors() as damage:
                 self._tif = tifffile.TiffFile(self.path)
                 series = self._tif.series[0]
             if damage.messages:
@@ -138,26 +136,6 @@ class TiffPageReader:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-class _TiffErrors(logging.Handler):
-    """Collects the errors that tifffile logs (instead of raising) in this thread, within a block."""
-
-    def __init__(self):
-        super().__init__(logging.ERROR)
-        self.messages: list[str] = []
-        self._thread = threading.get_ident()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self._thread:
-            self.messages.append(record.getMessage())
-
-    def __enter__(self) -> _TiffErrors:
-        logging.getLogger("tifffile").addHandler(self)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        logging.getLogger("tifffile").removeHandler(self)
 
 
 def _metadata(tif: tifffile.TiffFile, page) -> TiffMetadata:

@@ -75,6 +75,9 @@ FINE_TUNE_LEARNING_RATE = 5e-4
 #: 75 other images from 0.792 to 0.786; 0.0002 held it, 0.795), so the step stays gentle.
 STRIPE_FINE_TUNE_LEARNING_RATE = 2e-4
 
+#: Largest training patch edge: a batch of larger ones outgrows any GPU's memory.
+MAX_PATCH_SIZE = 2048
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -140,8 +143,9 @@ class TrainingConfig:
             raise InputError(f"optimizer must be 'adam' or 'sgd', not {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine"):
             raise InputError(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.patch_size < 8:
-            raise InputError("epochs and batch size must be at least 1 and the patch size at least 8")
+        if self.epochs < 1 or self.batch_size < 1 or not 8 <= self.patch_size <= MAX_PATCH_SIZE:
+            raise InputError(f"epochs and batch size must be at least 1 and the patch size from 8 to "
+                             f"{MAX_PATCH_SIZE}, not {self.patch_size}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise InputError("the time budget must be positive")
         if not 0 <= self.val_fraction < 1:
@@ -191,11 +195,15 @@ class TrainingResult:
         model: The trained model, holding the best validated weights.
         history: One dict per validation.
         stop_reason: "epochs", "time budget", "early stopping" or "stopped".
+        unchanged: Fine-tuning gave the model back as it came (no weights validated
+            clearly better); its name and figures then stay.
     """
 
     model: Model
     history: list[dict]
     stop_reason: str
+    #: Fine-tuning gave the model back as it came: no weights validated clearly better.
+    unchanged: bool = False
 
 
 @dataclass
@@ -519,6 +527,12 @@ def train_iter(
     torch.manual_seed(config.seed)
     fine_tuning = model is not None
     model = model.copy() if fine_tuning else Model.new(network_config or NetworkConfig())
+    identity = (model.name, model.training_data, model.evaluation)
+    if fine_tuning:
+        # New weights are another model: the name and the figures were the given model's.
+        model.name, model.evaluation = "", {}
+        model.training_data = f"fine-tuned from {identity[0] or 'a model'} on {len(samples)} image(s)" + (
+            f"; before that: {identity[1]}" if identity[1] else "")
     device = resolve_device(config.device)
     network = model.network.to(device)
 
@@ -577,6 +591,7 @@ def train_iter(
     batch_size = config.batch_size  # halved if the device runs out of memory
     history: list[dict] = []
     best_score, best_rank, best_state = None, None, None
+    best_is_given = False
     given = None  # the given model's validation, while it is the best candidate
     start = time.monotonic()
     if fine_tuning and validation_planes:
@@ -584,6 +599,7 @@ def train_iter(
         # make the validation images better gives it back unchanged.
         validation = validate(model, validation_planes, device, config.amp)
         best_score, best_rank, best_state = validation["score"], _rank(validation), copy.deepcopy(_cpu_state(network))
+        best_is_given = True
         # A model that matches no validation object cannot be made worse: nothing to protect.
         given = None if validation.get("ap50") == 0 else validation
         history.append({"step": 0, "epoch": 0, "loss": None, "seconds": round(time.monotonic() - start, 2), **validation})
@@ -631,6 +647,7 @@ def train_iter(
                 if improved:
                     best_score, best_rank, given = validation["score"], _rank(validation), None
                     best_state = copy.deepcopy(_cpu_state(network))
+                    best_is_given = False
                 validations_without_gain = 0 if gained else validations_without_gain + 1
             history.append(record)
             if checkpoint is not None and (not validation_planes or improved):
@@ -655,14 +672,16 @@ def train_iter(
 
     if best_state is not None:
         network.load_state_dict(best_state)
-    if validation_planes:
+    if validation_planes and not best_is_given:
         threshold = _tuned_threshold(model, validation_planes, device, config.amp)
         if threshold != model.threshold:
             logger.info("post-processing threshold %.2f -> %.2f (best on the validation images)", model.threshold, threshold)
         model.threshold = threshold
     network.to("cpu").eval()
     _record(model, history, dict(config.to_dict(), stop_reason=stop_reason, steps=step, batch_size=batch_size), diameter, pixel_size, pixel_unit)
-    return TrainingResult(model=model, history=history, stop_reason=stop_reason)
+    if best_is_given:
+        model.name, model.training_data, model.evaluation = identity
+    return TrainingResult(model=model, history=history, stop_reason=stop_reason, unchanged=best_is_given)
 
 
 def _record(model: Model, history: list[dict], training: dict, diameter, pixel_size, pixel_unit) -> None:

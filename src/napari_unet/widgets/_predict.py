@@ -262,9 +262,9 @@ class PredictWidget(ScrollingDock):
         show_info(f"estimated object diameter: {diameter:.1f} px")
 
     def stop(self, *_):
-        """Cancel the prediction after the current batch of tiles."""
+        """Cancel the prediction (or diameter estimate) after the current batch of tiles."""
         if self._worker is not None:
-            self._cancelled = True
+            self._cancelled = self.cancel.enabled  # only a prediction can be cancelled by the user
             self._worker.quit()
 
     def _on_progress(self, progress):

@@ -64,6 +64,7 @@ class TrainWidget(ScrollingDock):
         self._viewer = viewer
         self._worker = None
         self._stop = threading.Event()
+        self._closed = threading.Event()  # the dock was closed
         self._pairs: list[tuple] = []
         self.model = None  # the last model trained here
         self._predict_diameter = None  # object diameter to predict the trained image with
@@ -133,8 +134,10 @@ class TrainWidget(ScrollingDock):
         self.start.changed.connect(self.start_training)
         self.stop.changed.connect(self.stop_training)
         self.save.changed.connect(self._save_dialog)
-        # Closing the dock widget (or napari) ends training cleanly after the current step.
-        self.when_closed(self._stop.set)
+        # Closing the dock widget (or napari) ends training cleanly after the current step,
+        # and nothing is predicted after it.
+        stop, closed = self._stop, self._closed
+        self.when_closed(lambda: (closed.set(), stop.set()))
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -321,9 +324,15 @@ class TrainWidget(ScrollingDock):
         session_models(self._viewer).set_latest(result.model)
         self.progress.value = 1000
         self.status.value = f"done ({result.stop_reason}) after {result.model.training['steps']} steps"
-        show_info(f"training finished ({result.stop_reason}); the model is kept for this session")
+        if result.unchanged:
+            self.status.value += "; no clear gain, the starting model is kept"
+            show_info(f"training finished ({result.stop_reason}) without validating clearly better on the held-out "
+                      "image(s): the starting model is kept as it was, for this session")
+        else:
+            show_info(f"training finished ({result.stop_reason}); the model is kept for this session")
         image = self._trained_image
-        if self.predict_when_done.value and image is not None and image in self._viewer.layers:
+        wanted = self.predict_when_done.value and not self._closed.is_set()
+        if wanted and image is not None and image in self._viewer.layers:
             from ._predict import start_prediction
 
             start_prediction(self._viewer, image, result.model, device=self.device.value,

@@ -1,0 +1,175 @@
+"""The command line refuses what would damage the user's files, and says so in one line.
+
+Each case comes from a review that tried to break the command line as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_unet.core.train as core_train
+from napari_unet.cli import main
+from napari_unet.core.bundle import Model
+from napari_unet.core.model import NetworkConfig
+from napari_unet.core.modelfile import load_model_file
+from napari_unet.core.synthetic import synthetic_nuclei
+
+TINY = ["--depth", "2", "--base-width", "4", "--patch-size", "32", "--batch-size", "2", "--device", "cpu"]
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """One image and its labels, in images/ and labels/."""
+    image, labels = synthetic_nuclei((64, 64), count=6, seed=0)
+    for kind, data in (("images", image), ("labels", labels.astype(np.uint16))):
+        (tmp_path / kind).mkdir()
+        tifffile.imwrite(tmp_path / kind / "a.tif", data)
+    return tmp_path / "images", tmp_path / "labels"
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and not any("Traceback" in line for line in err)
+    return err[-1]
+
+
+def _train(pair, *extra):
+    images, labels = pair
+    return main(["train", "--images", str(images), "--labels", str(labels), *extra])
+
+
+def test_train_never_writes_its_model_over_an_image_or_into_a_folder(pair, tmp_path, capsys):
+    image = pair[0] / "a.tif"
+    before = image.read_bytes()
+    assert _train(pair, "--out", str(image), "--epochs", "1", *TINY) == 2
+    assert "ending in .safetensors" in _error_line(capsys)
+    assert image.read_bytes() == before
+    (tmp_path / "models.safetensors").mkdir()
+    assert _train(pair, "--out", str(tmp_path / "models.safetensors"), "--epochs", "1", *TINY) == 2
+    assert "is a folder" in _error_line(capsys)
+
+
+def test_stopped_before_the_first_step_the_model_file_is_left_as_it_was(pair, tmp_path, capsys, monkeypatch):
+    out = Model.new(NetworkConfig(depth=2, base_width=4)).save(tmp_path / "model.safetensors")
+    before = out.read_bytes()
+
+    real = core_train.train_iter
+
+    def stopped_at_once(samples, stop=None, **kwargs):
+        stop.set()  # as Ctrl-C before the first step does
+        return (yield from real(samples, stop=stop, **kwargs))
+
+    monkeypatch.setattr(core_train, "train_iter", stopped_at_once)
+    assert _train(pair, "--out", str(out), "--epochs", "1", *TINY) == 130
+    assert "before its first step" in _error_line(capsys)
+    assert out.read_bytes() == before
+
+
+def test_images_of_different_pixel_sizes_are_not_trained_together(pair, capsys, tmp_path):
+    images, labels = pair
+    image, label = tifffile.imread(images / "a.tif"), tifffile.imread(labels / "a.tif")
+    tifffile.imwrite(images / "a.tif", image, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um"})
+    tifffile.imwrite(images / "b.tif", image, imagej=True, resolution=(4.0, 4.0), metadata={"unit": "um"})
+    tifffile.imwrite(labels / "b.tif", label)
+    assert _train(pair, "--out", str(tmp_path / "m.safetensors"), "--epochs", "1", *TINY) == 2
+    assert "different pixel sizes" in _error_line(capsys)
+    # The same pixel size in another unit is the same pixel size.
+    tifffile.imwrite(images / "b.tif", image, imagej=True, resolution=(0.002, 0.002), metadata={"unit": "nm"})
+    assert _train(pair, "--out", str(tmp_path / "m.safetensors"), "--epochs", "1", "--steps-per-epoch", "1",
+                  "--val-fraction", "0", *TINY) == 0
+    assert load_model_file(tmp_path / "m.safetensors").pixel_size == pytest.approx((0.5, 0.5))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--seed", "-1"], "--seed"), (["--w0", "nan"], "--w0"), (["--augment", "-1"], "--augment"),
+    (["--dice-weight", "-0.5"], "--dice-weight"), (["--depth", "12"], "depth is at most"),
+    (["--patch-size", "100000"], "patch size from 8 to"),
+])
+def test_impossible_training_settings_are_refused(pair, tmp_path, capsys, flags, message):
+    settings = list(TINY)
+    if flags[0] in settings:  # the flag under test replaces TINY's
+        position = settings.index(flags[0])
+        del settings[position : position + 2]
+    try:
+        code = _train(pair, "--out", str(tmp_path / "m.safetensors"), *settings, *flags)
+    except SystemExit as exit:  # argparse's refusal of a flag's value
+        code = exit.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_labels_that_are_not_whole_numbers_are_one_line(pair, tmp_path, capsys):
+    tifffile.imwrite(pair[1] / "a.tif", np.full((64, 64), 0.5, np.float32))
+    assert _train(pair, "--out", str(tmp_path / "m.safetensors"), "--epochs", "1", *TINY) == 2
+    assert "whole numbers" in _error_line(capsys)
+
+
+def test_the_same_files_as_images_and_labels_are_refused(pair, tmp_path, capsys):
+    images, _ = pair
+    assert main(["train", "--images", str(images), "--labels", str(images), "--out", str(tmp_path / "m"), *TINY]) == 2
+    assert "both image and labels" in _error_line(capsys)
+
+
+def test_a_fine_tuned_model_is_not_named_and_scored_as_the_one_it_started_from(pair, tmp_path, capsys):
+    parent = Model.new(NetworkConfig(depth=2, base_width=4), name="nuclei", training_data="DSB2018",
+                       evaluation={"ap50_pooled": 0.86}).save(tmp_path / "parent.safetensors")
+    assert _train(pair, "--out", str(tmp_path / "child.safetensors"), "--init", str(parent), "--epochs", "1",
+                  "--steps-per-epoch", "2", "--val-fraction", "0", *TINY) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["unchanged"] is False
+    child = load_model_file(tmp_path / "child.safetensors")
+    assert child.name == "" and child.evaluation == {}
+    assert "fine-tuned from nuclei on 1 image(s)" in child.training_data and "DSB2018" in child.training_data
+
+
+def test_evaluate_never_writes_its_json_over_a_label_file(pair, capsys):
+    labels = pair[1] / "a.tif"
+    before = labels.read_bytes()
+    assert main(["evaluate", "--pred", str(labels), "--gt", str(labels), "--json", str(labels)]) == 2
+    assert "ending in .json" in _error_line(capsys)
+    assert labels.read_bytes() == before
+
+
+def test_evaluate_counts_the_objects_of_a_binary_mask_and_refuses_probabilities(pair, tmp_path, capsys):
+    labels = tifffile.imread(pair[1] / "a.tif")
+    tifffile.imwrite(tmp_path / "mask.tif", ((labels > 0) * 255).astype(np.uint8))
+    from scipy import ndimage
+
+    components = ndimage.label(labels > 0)[0]
+    tifffile.imwrite(tmp_path / "components.tif", components.astype(np.uint16))
+    assert main(["evaluate", "--pred", str(tmp_path / "components.tif"), "--gt", str(tmp_path / "mask.tif"),
+                 "--json", str(tmp_path / "scores.json")]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "scores.json").read_text())["ap_pooled"][0] == 1.0
+    tifffile.imwrite(tmp_path / "probability.tif", np.random.default_rng(0).random((64, 64)).astype(np.float32))
+    assert main(["evaluate", "--pred", str(tmp_path / "probability.tif"), "--gt", str(tmp_path / "mask.tif")]) == 2
+    assert "whole numbers" in _error_line(capsys)
+
+
+def test_predict_into_a_file_or_on_a_missing_device_is_one_line(pair, tmp_path, capsys):
+    model = Model.new(NetworkConfig(depth=2, base_width=4)).save(tmp_path / "m.safetensors")
+    (tmp_path / "taken.tif").write_bytes(b"a file")
+    assert main(["predict", "--model", str(model), str(pair[0]), "--out", str(tmp_path / "taken.tif")]) == 2
+    assert "is a file" in _error_line(capsys)
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["predict", "--model", str(model), str(pair[0]), "--out", str(tmp_path / "o"), "--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "CUDA" in err[0]
+        assert not (tmp_path / "o").exists()
+
+
+def test_sample_does_not_overwrite_files_without_being_asked(tmp_path, capsys):
+    assert main(["sample", "--out", str(tmp_path), "--count", "1", "--size", "64"]) == 0
+    written = tmp_path / "labels" / "nuclei_000.tif"
+    tifffile.imwrite(written, np.zeros((8, 8), np.uint16))  # the user's own file by that name
+    assert main(["sample", "--out", str(tmp_path), "--count", "1", "--size", "64"]) == 2
+    assert "--overwrite" in _error_line(capsys)
+    assert tifffile.imread(written).shape == (8, 8)
+    assert main(["sample", "--out", str(tmp_path), "--count", "1", "--size", "64", "--overwrite"]) == 0
+    assert tifffile.imread(written).shape == (64, 64)
