@@ -343,3 +343,22 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         write_tiff(path, np.zeros((8, 8), np.uint16))
     np.testing.assert_array_equal(tifffile.imread(path), 1)
     assert [p.name for p in tmp_path.iterdir()] == ["labels.tif"]
+
+
+def test_a_truncated_stack_is_refused_not_read_as_one_plane(tmp_path):
+    tifffile.imwrite(tmp_path / "whole.tif", np.arange(12 * 64 * 64, dtype=np.uint16).reshape(12, 64, 64),
+                     photometric="minisblack")
+    content = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(content[: len(content) // 2])
+    with pytest.raises(InputError, match="cut.tif"):
+        read_tiff(tmp_path / "cut.tif")
+
+
+@pytest.mark.parametrize("compression", ["lzw", "jpeg", "deflate"])
+def test_compressed_tiffs_of_common_exporters_are_read(tmp_path, compression):
+    image = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "image.tif", image, compression=compression, photometric="minisblack")
+    data, _ = read_tiff(tmp_path / "image.tif")
+    assert data.shape == (64, 64)
+    if compression != "jpeg":  # lossy
+        np.testing.assert_array_equal(data, image)

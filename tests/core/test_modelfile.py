@@ -384,3 +384,19 @@ def test_shipped_models_are_valid():
     for name, metadata in shipped.items():
         assert metadata["format"] == FORMAT_NAME
         assert isinstance(load_model(name), Model)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("object_diameter", "big"), ("object_diameter", -3), ("gap", "x"), ("gap", True), ("training", [1, 2]),
+    ("pixel_size", "abc"), ("pixel_size", [0.5]), ("name", 7), ("evaluation", "good"), ("network", {"depth": "4"}),
+])
+def test_a_hand_edited_header_is_one_plain_error(tmp_path, key, value):
+    from safetensors.torch import load_file
+
+    path = save_model(_model(), tmp_path / "m.safetensors")
+    metadata = read_metadata(path)
+    metadata[key] = value
+    _rewrite(path, load_file(str(path)), metadata)
+    with pytest.raises(ModelFileError, match="damaged header") as raised:
+        load_model_file(path)
+    assert len(str(raised.value).splitlines()) == 1 and len(str(raised.value)) < 300

@@ -158,6 +158,7 @@ def test_fine_tuning_that_only_hurts_gives_the_model_back_unchanged(nuclei, tiny
     image, labels = nuclei
     config = TrainingConfig(**dict(FAST, epochs=2))
     model = train([TrainingSample(image, labels)], network_config=tiny_config, config=config).model
+    model.name, model.evaluation = "nuclei-like", {"ap50_pooled": 0.9}
     before = _weights(model)
     # Annotations that say every nucleus is background, validated against the real ones.
     misled = train([TrainingSample(image, np.zeros_like(labels))], model=model,
@@ -165,6 +166,10 @@ def test_fine_tuning_that_only_hurts_gives_the_model_back_unchanged(nuclei, tiny
                    validation_samples=[TrainingSample(image, labels)])
     assert misled.history[0]["step"] == 0 and misled.history[-1]["iou"] < misled.history[0]["iou"]
     assert _same_weights(_weights(misled.model), before)
+    # All of it unchanged, and said so: its name, figures and threshold still hold.
+    assert misled.unchanged
+    assert (misled.model.name, misled.model.evaluation, misled.model.threshold) == (
+        "nuclei-like", {"ap50_pooled": 0.9}, model.threshold)
 
 
 @pytest.mark.parametrize(("errors", "objects", "replaces"), [
