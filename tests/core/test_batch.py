@@ -229,28 +229,18 @@ def test_auto_diameter_is_estimated_once_per_file_and_used_for_all_its_planes(tm
     assert diameters == [10.0] * 4
 
 
-def test_the_files_pixel_size_is_used_when_the_model_records_one(tmp_path, model, monkeypatch):
-    model.pixel_size, model.pixel_unit = (0.5, 0.5), "um"
+@pytest.mark.parametrize(("model_unit", "expected"), [("um", 0.25), ("nm", 250.0), ("mm", 0.00025)])
+def test_the_files_pixel_size_is_used_in_the_models_unit_when_the_model_records_one(
+        tmp_path, model, monkeypatch, model_unit, expected):
+    model.pixel_size, model.pixel_unit = (expected * 2, expected * 2), model_unit
     _write(tmp_path / "a.tif", "hyperstack")  # 0.25 um pixels
     seen = []
     real = batch.predict_iter
     monkeypatch.setattr(batch, "predict_iter",
                         lambda *args, **kwargs: seen.append(kwargs["pixel_size"]) or real(*args, **kwargs))
     predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", **OPTIONS)
-    assert seen == [pytest.approx((0.25, 0.25))] * 8
+    assert seen == [pytest.approx((expected, expected))] * 8
     assert tifffile.imread(tmp_path / "out" / "a.tif").shape == (2, 2, 2, 36, 28)
-
-
-@pytest.mark.parametrize(("model_unit", "expected"), [("nm", (250.0, 250.0)), ("mm", (0.00025, 0.00025))])
-def test_the_files_pixel_size_is_converted_to_the_models_unit(tmp_path, model, monkeypatch, model_unit, expected):
-    model.pixel_size, model.pixel_unit = (expected[0] * 2, expected[1] * 2), model_unit
-    _write(tmp_path / "a.tif", "hyperstack")  # 0.25 um pixels
-    seen = []
-    real = batch.predict_iter
-    monkeypatch.setattr(batch, "predict_iter",
-                        lambda *args, **kwargs: seen.append(kwargs["pixel_size"]) or real(*args, **kwargs))
-    predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", **OPTIONS)
-    assert seen == [pytest.approx(expected)] * 8
 
 
 def test_settings_the_model_cannot_use_are_refused_before_any_work(tmp_path, model):

@@ -16,39 +16,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.core.bundle import Model
-from napari_unet.core.model import NetworkConfig
 from napari_unet.core.synthetic import synthetic_nuclei
 
+from .helpers import docked, fast_settings, tiny_model, tiny_model_in_session
+
 pytestmark = pytest.mark.slow
-
-
-def _docked(viewer, widget_class):
-    """The widget docked in the viewer, as napari does it (so its layer lists follow the viewer)."""
-    widget = widget_class(viewer)
-    viewer.window.add_dock_widget(widget)
-    return widget
-
-
-def _fast_settings(widget, minutes=0.05):
-    widget.max_minutes.value = minutes
-    widget.patch_size.value = 48
-    widget.batch_size.value = 2
-    widget.device.value = "cpu"
-
-
-def _tiny_model(**kwargs):
-    """An untrained network; three classes, so that any threshold finds seeds."""
-    return Model.new(NetworkConfig(depth=2, base_width=4, num_classes=3), **kwargs)
-
-
-def _tiny_model_in_session(viewer, **kwargs):
-    """An untrained network as the session's model."""
-    from napari_unet.widgets._common import session_models
-
-    model = _tiny_model(**kwargs)
-    session_models(viewer).set_latest(model)
-    return model
 
 
 def _nuclei(viewer, name="nuclei", seed=1, **placement):
@@ -63,10 +35,10 @@ def _train_widget(viewer, image, labels, minutes=0.05):
     from napari_unet.widgets import TrainWidget
     from napari_unet.widgets._common import SESSION
 
-    widget = _docked(viewer, TrainWidget)
+    widget = docked(viewer, TrainWidget)
     widget.image.value, widget.labels_layer.value = image, labels
     widget.start_from.source.value = SESSION
-    _fast_settings(widget, minutes)
+    fast_settings(widget, minutes)
     return widget
 
 
@@ -97,8 +69,8 @@ def test_current_plane_of_another_image_goes_into_a_new_layer_not_the_last_image
     for name, seed in (("A", 1), ("B", 2)):
         image, _ = synthetic_nuclei((64, 64), count=5, seed=seed)
         viewer.add_image(np.stack([image, image[::-1]]), name=name)
-    _tiny_model_in_session(viewer)
-    widget = _docked(viewer, PredictWidget)
+    tiny_model_in_session(viewer)
+    widget = docked(viewer, PredictWidget)
     widget.device.value = "cpu"
     widget.threshold.value = 0.01  # an untrained model: make sure something is found
     widget.image.value = viewer.layers["A"]
@@ -137,8 +109,8 @@ def test_pixel_size_in_nanometers_is_converted_to_the_models_micrometers(make_na
     # that ignores the pixel size would not do (and one that ignores the unit refuses:
     # 4 nm read as 4 um is a 500x resize).
     layer = viewer.add_image(image, name="em", scale=(4.0, 4.0), units=("nanometer", "nanometer"))
-    model = _tiny_model_in_session(viewer, pixel_size=(0.008, 0.008), pixel_unit="um")
-    widget = _docked(viewer, PredictWidget)
+    model = tiny_model_in_session(viewer, pixel_size=(0.008, 0.008), pixel_unit="um")
+    widget = docked(viewer, PredictWidget)
     widget.device.value = "cpu"
     widget.probability.value = True
     _predict(widget, qtbot)
@@ -159,8 +131,8 @@ def test_pixel_size_in_a_unit_that_is_no_length_is_an_error_and_adds_no_layer(ma
     image, _ = synthetic_nuclei((64, 64), count=5, seed=1)
     # The model's number, in a unit it cannot be converted from.
     viewer.add_image(image, name="timed", scale=(0.008, 0.008), units=("second", "second"))
-    _tiny_model_in_session(viewer, pixel_size=(0.008, 0.008), pixel_unit="um")
-    widget = _docked(viewer, PredictWidget)
+    tiny_model_in_session(viewer, pixel_size=(0.008, 0.008), pixel_unit="um")
+    widget = docked(viewer, PredictWidget)
     widget.device.value = "cpu"
     widget.start()
     assert any("second" in text and "um" in text for text in _errors(notifications)), notifications
@@ -176,8 +148,8 @@ def test_a_multiscale_layer_is_predicted_at_full_resolution(make_napari_viewer, 
     viewer = make_napari_viewer()
     image, _ = synthetic_nuclei((64, 64), count=5, seed=1)
     viewer.add_image([image, image[::2, ::2]], name="pyramid", multiscale=True)
-    model = _tiny_model_in_session(viewer)
-    widget = _docked(viewer, PredictWidget)
+    model = tiny_model_in_session(viewer)
+    widget = docked(viewer, PredictWidget)
     widget.device.value = "cpu"
     widget.threshold.value = 0.3  # an untrained model: make sure something is found
     _predict(widget, qtbot)
@@ -194,8 +166,8 @@ def test_cancelling_a_prediction_says_so(make_napari_viewer, qtbot, one_torch_th
     viewer = make_napari_viewer()
     image, _ = synthetic_nuclei((64, 64), count=5, seed=1)
     viewer.add_image(np.stack([image] * 4), name="stack")
-    _tiny_model_in_session(viewer)
-    widget = _docked(viewer, PredictWidget)
+    tiny_model_in_session(viewer)
+    widget = docked(viewer, PredictWidget)
     widget.device.value = "cpu"
     widget.start()
     widget.cancel.clicked.emit()  # as the user clicking Cancel
@@ -215,7 +187,7 @@ def test_stop_before_the_first_step_keeps_the_sessions_model(make_napari_viewer,
 
     viewer = make_napari_viewer()
     image, labels = _nuclei(viewer)
-    earlier = _tiny_model_in_session(viewer)
+    earlier = tiny_model_in_session(viewer)
     widget = _train_widget(viewer, image, labels, minutes=5)
     widget.model = earlier  # a model trained here before, still to be saved
     widget.start_from.source.value = SCRATCH
@@ -236,7 +208,7 @@ def test_predict_when_done_predicts_the_trained_image_after_the_choice_changed(m
     viewer = make_napari_viewer()
     image, labels = _nuclei(viewer, "trained")
     _nuclei(viewer, "other", seed=2)
-    _tiny_model_in_session(viewer)
+    tiny_model_in_session(viewer)
     widget = _train_widget(viewer, image, labels)
     widget.start_training()
     widget.image.value = viewer.layers["other"]  # the user looks at another image meanwhile
@@ -255,7 +227,7 @@ def test_regions_without_any_labelled_object_warn(make_napari_viewer, qtbot, one
     # in it the model can learn nothing else, and the user should hear why.
     viewer.add_shapes([np.array([[0.0, 0.0], [0.0, 50.0], [50.0, 50.0], [50.0, 0.0]])], shape_type="rectangle",
                       name="regions")
-    _tiny_model_in_session(viewer)
+    tiny_model_in_session(viewer)
     widget = _train_widget(viewer, viewer.layers["image"], viewer.layers["empty"])
     widget.regions.value = viewer.layers["regions"]
     widget.predict_when_done.value = False
@@ -268,7 +240,7 @@ def test_regions_without_any_labelled_object_warn(make_napari_viewer, qtbot, one
 def test_closing_the_train_dock_ends_its_training(make_napari_viewer, qtbot, one_torch_thread):
     viewer = make_napari_viewer()
     image, labels = _nuclei(viewer)
-    _tiny_model_in_session(viewer)
+    tiny_model_in_session(viewer)
     widget = _train_widget(viewer, image, labels, minutes=30)
     widget.predict_when_done.value = False
     widget.start_training()
@@ -286,7 +258,7 @@ def test_closing_the_train_dock_ends_its_training(make_napari_viewer, qtbot, one
 def test_pairs_of_different_pixel_sizes_are_refused(make_napari_viewer, qtbot, notifications):
     viewer = make_napari_viewer()
     pairs = [_nuclei(viewer, "fine", seed=1, scale=(0.25, 0.25)), _nuclei(viewer, "coarse", seed=2, scale=(0.5, 0.5))]
-    _tiny_model_in_session(viewer)
+    tiny_model_in_session(viewer)
     widget = _train_widget(viewer, *pairs[0])
     widget.predict_when_done.value = False
     for image, labels in pairs:
@@ -307,8 +279,8 @@ def test_saved_models_are_readable_as_the_umask_allows_and_a_folder_is_an_error(
     from napari_unet.core.modelfile import load_model_file
     from napari_unet.widgets import TrainWidget
 
-    widget = _docked(make_napari_viewer(), TrainWidget)
-    widget.model = _tiny_model()
+    widget = docked(make_napari_viewer(), TrainWidget)
+    widget.model = tiny_model()
     previous = os.umask(0o022)
     try:
         written = widget.save_model(tmp_path / "model.safetensors")
@@ -339,9 +311,9 @@ def test_opened_batch_result_keeps_the_z_spacing_and_units(make_napari_viewer, q
     image, _ = synthetic_nuclei((48, 48), count=3, seed=1)
     tifffile.imwrite(folder / "stack.tif", np.stack([image, image[::-1]]), imagej=True,
                      resolution=(1 / 0.3, 1 / 0.3), metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"})
-    model_file = _tiny_model().save(tmp_path / "tiny.safetensors")
+    model_file = tiny_model().save(tmp_path / "tiny.safetensors")
     viewer = make_napari_viewer()
-    widget = _docked(viewer, BatchWidget)
+    widget = docked(viewer, BatchWidget)
     widget.model.source.value = FILE
     widget.model.path.value = model_file
     widget.inputs.value = str(folder)

@@ -15,6 +15,8 @@ from napari_unet.core.bundle import Model
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.synthetic import synthetic_nuclei
 
+from .helpers import docked, fast_settings, tiny_model_in_session
+
 pytestmark = pytest.mark.slow
 
 
@@ -27,37 +29,14 @@ def viewer_with_nuclei(make_napari_viewer):
     return viewer
 
 
-def _docked(viewer, widget_class):
-    """The widget docked in the viewer, as napari does it (so its layer lists follow the viewer)."""
-    widget = widget_class(viewer)
-    viewer.window.add_dock_widget(widget)
-    return widget
-
-
-def _fast_settings(widget, minutes=0.05):
-    widget.max_minutes.value = minutes
-    widget.patch_size.value = 48
-    widget.batch_size.value = 2
-    widget.device.value = "cpu"
-
-
-def _tiny_model_in_session(viewer):
-    """An untrained network as the session's model; three classes, so that any threshold finds seeds."""
-    from napari_unet.widgets._common import session_models
-
-    model = Model.new(NetworkConfig(depth=2, base_width=4, num_classes=3))
-    session_models(viewer).set_latest(model)
-    return model
-
-
 def test_train_then_predict_when_done(viewer_with_nuclei, qtbot, notifications):
     from napari_unet.widgets import TrainWidget
 
     viewer = viewer_with_nuclei
-    widget = _docked(viewer, TrainWidget)
+    widget = docked(viewer, TrainWidget)
     widget.image.value = viewer.layers["nuclei"]
     widget.labels_layer.value = viewer.layers["truth"]
-    _fast_settings(widget)
+    fast_settings(widget)
     widget.start_training()
     assert not widget.start.enabled and widget.stop.enabled
     qtbot.waitUntil(lambda: widget.model is not None and widget.start.enabled, timeout=60_000)
@@ -78,10 +57,10 @@ def test_stop_ends_training_within_two_seconds_and_keeps_a_model(viewer_with_nuc
     from napari_unet.widgets import TrainWidget
 
     viewer = viewer_with_nuclei
-    widget = _docked(viewer, TrainWidget)
+    widget = docked(viewer, TrainWidget)
     widget.image.value = viewer.layers["nuclei"]
     widget.labels_layer.value = viewer.layers["truth"]
-    _fast_settings(widget, minutes=30)
+    fast_settings(widget, minutes=30)
     widget.start_training()
     qtbot.waitUntil(lambda: len(widget.plot.series["loss"]) >= 3, timeout=60_000)
     pressed = time.monotonic()
@@ -97,11 +76,11 @@ def test_ui_stays_responsive_while_training(viewer_with_nuclei, qtbot):
     from napari_unet.widgets import TrainWidget
 
     viewer = viewer_with_nuclei
-    widget = _docked(viewer, TrainWidget)
+    widget = docked(viewer, TrainWidget)
     widget.image.value = viewer.layers["nuclei"]
     widget.labels_layer.value = viewer.layers["truth"]
     widget.predict_when_done.value = False
-    _fast_settings(widget, minutes=0.1)
+    fast_settings(widget, minutes=0.1)
     ticks = []
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.monotonic()))
@@ -121,7 +100,7 @@ def test_new_labels_layer_matches_the_image(make_napari_viewer):
 
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((3, 40, 50), np.uint16), name="stack", scale=(2.0, 0.3, 0.3))
-    widget = _docked(viewer, TrainWidget)
+    widget = docked(viewer, TrainWidget)
     widget.new_labels.clicked.emit()
     layer = viewer.layers["stack labels"]
     assert layer.data.shape == (3, 40, 50)
@@ -132,7 +111,7 @@ def test_new_labels_layer_matches_the_image(make_napari_viewer):
 def test_learning_rate_is_the_cores_choice_until_the_user_sets_one(make_napari_viewer):
     from napari_unet.widgets import TrainWidget
 
-    widget = _docked(make_napari_viewer(), TrainWidget)
+    widget = docked(make_napari_viewer(), TrainWidget)
     assert widget.learning_rate.value == 0 and widget.learning_rate.native.text() == "auto"
     assert widget._config().learning_rate is None  # the core chooses (test_train)
     widget.learning_rate.value = 0.003
@@ -149,7 +128,7 @@ def test_threshold_follows_the_model_unless_the_user_chose_one(make_napari_viewe
         model = Model.new(NetworkConfig(depth=1, base_width=2), threshold=threshold)
         files[threshold] = model.save(tmp_path / f"model-{threshold}.safetensors")
     viewer = make_napari_viewer()
-    widget = _docked(viewer, getattr(widgets, widget_name))
+    widget = docked(viewer, getattr(widgets, widget_name))
     widget.model.source.value = "model file..."
     widget.model.path.value = files[0.35]
     assert widget.threshold.value == pytest.approx(0.35)
@@ -170,7 +149,7 @@ def test_training_pairs_can_be_added_cleared_and_follow_deleted_layers(make_napa
     for seed in (1, 2):
         image, labels = synthetic_nuclei((48, 48), count=4, seed=seed)
         layers.append((viewer.add_image(image, name=f"image {seed}"), viewer.add_labels(labels, name=f"labels {seed}")))
-    widget = _docked(viewer, TrainWidget)
+    widget = docked(viewer, TrainWidget)
     for image, labels in layers:
         widget.image.value, widget.labels_layer.value = image, labels
         widget.add_pair.clicked.emit()
@@ -190,7 +169,7 @@ def test_training_mistakes_are_notifications_and_change_nothing(make_napari_view
     from napari_unet.widgets import TrainWidget
 
     viewer = make_napari_viewer()
-    widget = _docked(viewer, TrainWidget)
+    widget = docked(viewer, TrainWidget)
     widget.start_training()  # no layers at all
     image, labels = synthetic_nuclei((64, 64), count=5, seed=1)
     viewer.add_image(image, name="image")
@@ -216,7 +195,7 @@ def test_regions_layer_limits_training_to_rectangles(viewer_with_nuclei, qtbot):
     # A rectangle in world coordinates over the upper left of the image.
     viewer.add_shapes([np.array([[3.0, 4.0], [3.0, 28.0], [27.0, 28.0], [27.0, 4.0]])], shape_type="rectangle",
                       name="annotated")
-    widget = _docked(viewer, TrainWidget)
+    widget = docked(viewer, TrainWidget)
     widget.image.value = viewer.layers["nuclei"]
     widget.labels_layer.value = viewer.layers["truth"]
     widget.regions.value = viewer.layers["annotated"]
@@ -234,7 +213,7 @@ def test_a_2d_rectangle_over_a_stack_annotates_every_plane(make_napari_viewer):
     viewer.add_labels(np.stack([labels] * 3), name="labels")
     viewer.add_shapes([np.array([[0.0, 0.0], [0.0, 20.0], [20.0, 20.0], [20.0, 0.0]])], shape_type="rectangle",
                       name="annotated", ndim=2)
-    widget = _docked(viewer, TrainWidget)
+    widget = docked(viewer, TrainWidget)
     widget.image.value = viewer.layers["stack"]
     widget.labels_layer.value = viewer.layers["labels"]
     widget.regions.value = viewer.layers["annotated"]
@@ -246,7 +225,7 @@ def test_save_model_writes_a_loadable_file(viewer_with_nuclei, tmp_path):
     from napari_unet.core.modelfile import load_model_file
     from napari_unet.widgets import TrainWidget
 
-    widget = _docked(viewer_with_nuclei, TrainWidget)
+    widget = docked(viewer_with_nuclei, TrainWidget)
     assert widget.save_model(tmp_path / "none.safetensors") is None
     widget.model = Model.new(NetworkConfig(depth=2, base_width=4), pixel_size=(0.5, 0.5))
     written = widget.save_model(tmp_path / "model.safetensors")
@@ -259,8 +238,8 @@ def test_predict_a_stack_plane_by_plane_and_the_current_plane(make_napari_viewer
     viewer = make_napari_viewer()
     image, _ = synthetic_nuclei((64, 72), count=6, seed=2)
     viewer.add_image(np.stack([image] * 3), name="stack", scale=(1.0, 0.4, 0.4))
-    _tiny_model_in_session(viewer)
-    widget = _docked(viewer, PredictWidget)
+    tiny_model_in_session(viewer)
+    widget = docked(viewer, PredictWidget)
     assert widget.model.source.value == "model trained in this session"
     widget.image.value = viewer.layers["stack"]
     widget.probability.value = True
@@ -293,8 +272,8 @@ def test_predict_with_eight_orientations_gives_the_cores_averaged_labels(make_na
     viewer = make_napari_viewer()
     image, _ = synthetic_nuclei((64, 72), count=6, seed=2)
     viewer.add_image(image, name="nuclei")
-    model = _tiny_model_in_session(viewer)
-    widget = _docked(viewer, PredictWidget)
+    model = tiny_model_in_session(viewer)
+    widget = docked(viewer, PredictWidget)
     widget.image.value = viewer.layers["nuclei"]
     widget.device.value = "cpu"
     widget.orientations.value = widget.probability.value = True
@@ -314,8 +293,8 @@ def test_predict_rgb_with_a_one_channel_model_warns_and_works(make_napari_viewer
     viewer = make_napari_viewer()
     image, _ = synthetic_nuclei((48, 48), count=4, seed=3, dtype=np.uint8)
     viewer.add_image(np.stack([image, image, image], axis=-1), name="rgb", rgb=True)
-    _tiny_model_in_session(viewer)
-    widget = _docked(viewer, PredictWidget)
+    tiny_model_in_session(viewer)
+    widget = docked(viewer, PredictWidget)
     widget.image.value = viewer.layers["rgb"]
     widget.device.value = "cpu"
     widget.start()
@@ -331,7 +310,7 @@ def test_unreadable_model_file_is_a_notification(make_napari_viewer, tmp_path, n
     viewer.add_image(np.zeros((32, 32), np.uint8), name="image")
     fake = tmp_path / "broken.safetensors"
     fake.write_bytes(b"definitely not a model")
-    widget = _docked(viewer, PredictWidget)
+    widget = docked(viewer, PredictWidget)
     widget.model.source.value = "model file..."
     widget.model.path.value = fake
     widget.start()
@@ -349,9 +328,9 @@ def test_batch_widget_segments_a_folder_and_reports_failures(make_napari_viewer,
     tifffile.imwrite(folder / "b.tif", np.stack([image, image]))
     (folder / "c.tif").write_bytes(b"II*\x00broken")
     viewer = make_napari_viewer()
-    model = _tiny_model_in_session(viewer)
+    model = tiny_model_in_session(viewer)
     model.save(tmp_path / "tiny.safetensors")
-    widget = _docked(viewer, BatchWidget)
+    widget = docked(viewer, BatchWidget)
     widget.inputs.value = str(folder)
     widget.out_dir.value = tmp_path / "out"
     widget.device.value = "cpu"
@@ -419,8 +398,8 @@ def test_out_of_memory_during_prediction_is_a_plain_message(make_napari_viewer, 
     monkeypatch.setattr(core_predict, "predict_iter", out_of_memory)
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32), np.uint8), name="image")
-    model = _tiny_model_in_session(viewer)
-    widget = _docked(viewer, PredictWidget)
+    model = tiny_model_in_session(viewer)
+    widget = docked(viewer, PredictWidget)
     widget.start()
     qtbot.waitUntil(lambda: widget.run.enabled, timeout=10_000)
     errors = [text for severity, text in notifications if severity == "error"]
