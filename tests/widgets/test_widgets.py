@@ -354,9 +354,10 @@ def test_widgets_are_found_through_the_manifest_and_share_the_session(make_napar
         _, widgets[name] = viewer.window.add_plugin_dock_widget("napari-unet", name)
         assert type(widgets[name]).__name__ == f"{name}Widget"
     # A model trained in the Train widget is offered by the Predict widget of the same viewer.
+    from napari_unet.core.train import TrainingResult
+
     widgets["Train"]._on_trained(
-        type("Result", (), {"model": Model.new(NetworkConfig(depth=2, base_width=4), training={"steps": 1}),
-                            "stop_reason": "stopped"})()
+        TrainingResult(Model.new(NetworkConfig(depth=2, base_width=4), training={"steps": 1}), [], "stopped")
     )
     assert widgets["Predict"].model.source.value == "model trained in this session"
 
