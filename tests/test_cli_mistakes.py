@@ -173,3 +173,17 @@ def test_sample_does_not_overwrite_files_without_being_asked(tmp_path, capsys):
     assert tifffile.imread(written).shape == (8, 8)
     assert main(["sample", "--out", str(tmp_path), "--count", "1", "--size", "64", "--overwrite"]) == 0
     assert tifffile.imread(written).shape == (64, 64)
+
+
+def test_a_truncated_stack_is_reported_in_one_line_not_segmented_as_fewer_planes(tmp_path, capsys):
+    model = Model.new(NetworkConfig(depth=2, base_width=4)).save(tmp_path / "m.safetensors")
+    tifffile.imwrite(tmp_path / "whole.tif", np.zeros((12, 32, 32), np.uint16), photometric="minisblack")
+    content = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cut.tif").write_bytes(content[: len(content) // 2])
+    assert main(["predict", "--model", str(model), str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "damaged or truncated" in err and not (tmp_path / "out" / "cut.tif").exists()
+    # tifffile's own log lines stay off the screen without -v; the one-line report says it all.
+    assert "tifffile" not in err.lower().replace("tifffile.tiff", "")

@@ -527,9 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     if not args.verbose:
-        # tifffile logs the damage it recovers from (the core reports it in one line) and
-        # Dask its cluster's life; both only with -v.
-        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+        # tifffile logs the damage it recovers from, which the core collects and reports
+        # in one line (so its records must still be made: no level is raised here), and
+        # Dask its cluster's life; both reach the screen only with -v.
+        tifffile_log = logging.getLogger("tifffile")
+        tifffile_log.propagate = False
+        tifffile_log.addHandler(logging.NullHandler())
         for name in ("distributed", "dask"):
             logging.getLogger(name).setLevel(logging.ERROR)
     warnings.showwarning = lambda message, category, *rest, **kw: print(f"napari-unet: warning: {message}", file=sys.stderr)

@@ -278,6 +278,7 @@ class TrainWidget(ScrollingDock):
         self._predict_diameter = diameter if model is not None else None
         self._trained_image = self._training_pairs()[0][0]
         self._stop.clear()
+        self._closed.clear()  # a training started here runs in a dock that is open again
         self.plot.clear()
         self.progress.value = 0
         self.status.value = "preparing..."
