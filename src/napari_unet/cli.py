@@ -532,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         # Dask its cluster's life; both reach the screen only with -v.
         tifffile_log = logging.getLogger("tifffile")
         tifffile_log.propagate = False
-        tifffile_log.addHandler(logging.NullHandler())
+        if not any(isinstance(handler, logging.NullHandler) for handler in tifffile_log.handlers):
+            tifffile_log.addHandler(logging.NullHandler())
         for name in ("distributed", "dask"):
             logging.getLogger(name).setLevel(logging.ERROR)
     warnings.showwarning = lambda message, category, *rest, **kw: print(f"napari-unet: warning: {message}", file=sys.stderr)
