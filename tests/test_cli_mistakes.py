@@ -164,6 +164,12 @@ def test_predict_into_a_file_or_on_a_missing_device_is_one_line(pair, tmp_path, 
         assert not (tmp_path / "o").exists()
 
 
+def test_sample_sizes_beyond_a_plane_of_4096_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--out", str(tmp_path), "--size", "100000"])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("must be from 32 to 4096 pixels, not 100000")
+
+
 def test_sample_does_not_overwrite_files_without_being_asked(tmp_path, capsys):
     assert main(["sample", "--out", str(tmp_path), "--count", "1", "--size", "64"]) == 0
     written = tmp_path / "labels" / "nuclei_000.tif"

@@ -92,6 +92,13 @@ def _probability(text: str) -> float:
     return value
 
 
+def _sample_size(text: str) -> int:
+    value = int(text)
+    if not 32 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"must be from 32 to 4096 pixels, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-unet",
@@ -223,8 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--out", required=True, help="folder to write images/ and labels/ into")
     sample.add_argument("--count", type=_positive_int, default=8, help="number of images (default: 8)")
-    sample.add_argument("--size", type=int, choices=range(32, 4097), metavar="32..4096", default=256,
-                        help="image edge in pixels (default: 256)")
+    sample.add_argument("--size", type=_sample_size, default=256, help="image edge in pixels, 32 to 4096 (default: 256)")
     sample.add_argument("--overwrite", action="store_true", help="replace sample files that exist (default: refuse)")
     sample.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     sample.set_defaults(handler=_sample)
