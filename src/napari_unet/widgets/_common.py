@@ -70,7 +70,9 @@ class ModelChooser(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, allow_scratch: bool, label: str = "model"):
-        super().__init__(labels=True, layout="vertical")
+        # The label goes into the label column of the widget that holds the chooser, lined
+        # up with the other settings' labels (a label column of its own would not be).
+        super().__init__(labels=False, layout="vertical", label=label)
         self._session = session_models(viewer)
         self._allow_scratch = allow_scratch
         self.source = ComboBox(label=label, choices=self._choices, tooltip=(
