@@ -362,3 +362,12 @@ def test_compressed_tiffs_of_common_exporters_are_read(tmp_path, compression):
     assert data.shape == (64, 64)
     if compression != "jpeg":  # lossy
         np.testing.assert_array_equal(data, image)
+
+
+@pytest.mark.parametrize(("unit", "expected"), [("micron", ((1.0, 1.0), "um")), ("pixel", (None, "")), (None, (None, ""))])
+def test_one_pixel_per_unit_is_a_pixel_size_only_in_a_unit_of_length(tmp_path, unit, expected):
+    metadata = {"unit": unit} if unit else {}
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((8, 8), np.uint8), imagej=True, resolution=(1.0, 1.0),
+                     metadata=metadata)
+    info = read_tiff(tmp_path / "a.tif")[1]
+    assert (info.pixel_size, info.unit) == expected

@@ -327,3 +327,16 @@ def test_opened_batch_result_keeps_the_z_spacing_and_units(make_napari_viewer, q
     assert layer.data.shape == (2, 48, 48)
     assert tuple(layer.scale) == pytest.approx((2.0, 0.3, 0.3))
     assert [str(unit) for unit in layer.units] == ["micrometer"] * 3
+
+
+@pytest.mark.parametrize(("scale", "units", "expected"), [
+    ((1.0, 1.0), ("micrometer", "micrometer"), ((1.0, 1.0), "um")),  # calibrated at 1 um
+    ((1.0, 1.0), None, (None, "")),  # napari's default: nobody calibrated it
+    ((0.5, 0.5), None, ((0.5, 0.5), "")),
+])
+def test_a_layer_of_one_micrometer_pixels_has_a_pixel_size(make_napari_viewer, scale, units, expected):
+    from napari_unet.widgets._common import pixel_size
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((8, 8), np.float32), scale=scale, **({"units": units} if units else {}))
+    assert pixel_size(layer) == expected

@@ -19,7 +19,7 @@ import tifffile
 
 from .atomic import replaced_atomically
 from .errors import InputError
-from .units import length_unit
+from .units import is_length, length_unit
 
 __all__ = ["TIFF_SUFFIXES", "ImageInfo", "TiffErrors", "collect_tiffs", "pair_by_name", "read_tiff", "write_tiff"]
 
@@ -146,9 +146,11 @@ def _pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None, str
         y_res = y_tag.value[0] / y_tag.value[1]
     except (TypeError, ZeroDivisionError, IndexError):
         return None, ""
-    if x_res <= 0 or y_res <= 0 or (x_res == 1 and y_res == 1):
-        return None, ""  # 1 pixel per unit is the writers' default, not a measurement
     unit = (tif.imagej_metadata or {}).get("unit", "") if tif.is_imagej else ""
+    # 1 pixel per unit is the writers' default, not a measurement, unless a unit of
+    # length says so (ImageJ's "micron" at 1 pixel per micron).
+    if x_res <= 0 or y_res <= 0 or (x_res == 1 and y_res == 1 and not is_length(unit)):
+        return None, ""
     if not unit:
         resolution_unit = page.tags.get("ResolutionUnit")
         code = int(resolution_unit.value) if resolution_unit is not None else 1

@@ -7,7 +7,7 @@ to one symbol per unit here, and pixel sizes are converted between them.
 
 from __future__ import annotations
 
-__all__ = ["length_unit", "in_unit"]
+__all__ = ["length_unit", "is_length", "in_unit"]
 
 #: Micrometers per unit, by symbol.
 _MICROMETERS = {"pm": 1e-6, "angstrom": 1e-4, "nm": 1e-3, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
@@ -42,6 +42,11 @@ def length_unit(name: str | None) -> str:
         return lower
     singular = lower[:-1] if lower.endswith("s") and lower[:-1] in _SYMBOLS else lower
     return _SYMBOLS.get(singular, text)
+
+
+def is_length(name: str | None) -> bool:
+    """Whether ``name`` is a unit of length that pixel sizes can be converted from and to."""
+    return length_unit(name) in _MICROMETERS
 
 
 def in_unit(pixel_size: tuple[float, float], unit: str | None, target: str | None) -> tuple[float, float] | None:

@@ -304,14 +304,19 @@ def geometry(layer) -> dict:
 
 
 def pixel_size(layer) -> tuple[tuple[float, float] | None, str]:
-    """The layer's physical pixel size ``(y, x)`` and the symbol of its unit, or None when it is 1 x 1 pixels."""
-    from ..core.units import length_unit
+    """The layer's physical pixel size ``(y, x)`` and the symbol of its unit.
+
+    None when the scale is 1 x 1 in napari's default unit, "pixel" (a layer nobody
+    calibrated); 1 x 1 micrometers is a pixel size.
+    """
+    from ..core.units import is_length, length_unit
 
     scale = spatial_scale(layer)[-2:]
-    if all(np.isclose(s, 1.0) for s in scale):
-        return None, ""
     units = getattr(layer, "units", None)
-    return (scale[0], scale[1]), length_unit(str(units[-1]) if units else "")
+    unit = length_unit(str(units[-1]) if units else "")
+    if all(np.isclose(s, 1.0) for s in scale) and not is_length(unit):
+        return None, ""
+    return (scale[0], scale[1]), unit
 
 
 def pixels(layer, plane: tuple[int, ...] = ()) -> np.ndarray:
