@@ -334,10 +334,14 @@ class TrainWidget(ScrollingDock):
         image = self._trained_image
         wanted = self.predict_when_done.value and not self._closed.is_set()
         if wanted and image is not None and image in self._viewer.layers:
+            from ..core.errors import NapariUnetError
             from ._predict import start_prediction
 
-            start_prediction(self._viewer, image, result.model, device=self.device.value,
-                             diameter=self._predict_diameter)
+            try:
+                start_prediction(self._viewer, image, result.model, device=self.device.value,
+                                 diameter=self._predict_diameter)
+            except NapariUnetError as error:  # a layer the model cannot rescale, for one
+                report_error(error, "the prediction of the trained image")
 
     # -- saving ---------------------------------------------------------------------------
 
