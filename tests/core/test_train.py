@@ -460,3 +460,20 @@ def test_out_of_memory_with_one_patch_says_to_choose_smaller_patches(nuclei, tin
     monkeypatch.setattr(model.network, "forward", never_fits)
     with pytest.raises(InputError, match="smaller patch size"):
         train([TrainingSample(image, labels)], model=model, config=TrainingConfig(**dict(FAST, batch_size=1)))
+
+
+def test_fine_tuning_converts_the_images_pixel_size_to_the_models_unit(nuclei, tiny_config, monkeypatch):
+    import napari_unet.core.train as core_train
+
+    image, labels = nuclei
+    model = Model.new(tiny_config, pixel_size=(0.008, 0.008), pixel_unit="um", object_diameter=12.0)
+    factors = []
+    real = core_train.scale_factor
+    monkeypatch.setattr(core_train, "scale_factor",
+                        lambda *args: factors.append(real(*args)) or factors[-1])
+    config = TrainingConfig(**FAST)
+    result = train([TrainingSample(image, labels)], model=model, config=config, pixel_size=(4.0, 4.0), pixel_unit="nm")
+    # 4 nm pixels are half the model's 8 nm: the images are halved, as prediction would.
+    assert factors == [0.5] and result.model.pixel_size == (0.008, 0.008) and result.model.pixel_unit == "um"
+    with pytest.raises(InputError, match="give the objects' diameter"):
+        train([TrainingSample(image, labels)], model=model, config=config, pixel_size=(4.0, 4.0), pixel_unit="s")
