@@ -246,7 +246,7 @@ def _train(args) -> int:
     from .core.progress import run_to_end
     from .core.registry import load_model
     from .core.train import TrainingConfig, TrainingSample, train_iter
-    from .core.units import in_unit
+    from .core.units import same_pixel_size
 
     if (args.val_images is None) != (args.val_labels is None):
         raise InputError("--val-images and --val-labels go together")
@@ -272,8 +272,7 @@ def _train(args) -> int:
                 continue
             if pixel_size is None:
                 pixel_size, unit, first = info.pixel_size, info.unit, image_path.name
-            elif not math.isclose(float(sum(in_unit(info.pixel_size, info.unit, unit) or (math.inf,))),
-                                  float(sum(pixel_size)), rel_tol=0.01):
+            elif not same_pixel_size(pixel_size, unit, info.pixel_size, info.unit):
                 # The model would learn objects at two scales and record one of them.
                 raise InputError(f"{first} and {image_path.name} have different pixel sizes ({pixel_size[0]:g} "
                                  f"{unit} and {info.pixel_size[0]:g} {info.unit}); train images of one pixel "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from napari_unet.core.units import in_unit, length_unit
+from napari_unet.core.units import in_unit, length_unit, same_pixel_size
 
 
 @pytest.mark.parametrize(("name", "symbol"), [
@@ -36,3 +36,16 @@ def test_a_missing_unit_is_taken_to_be_the_other_one(unit, target):
 def test_units_that_cannot_be_converted_give_none():
     assert in_unit((1.0, 1.0), "furlong", "um") is None
     assert in_unit((1.0, 1.0), "um", "second") is None
+
+
+@pytest.mark.parametrize(("size", "unit", "other", "other_unit", "same"), [
+    ((0.5, 0.5), "um", (500.0, 500.0), "nm", True),
+    ((0.5, 0.5), "um", (0.502, 0.5), "um", True),  # within 1 %
+    ((0.5, 0.6), "um", (0.6, 0.5), "um", False),  # each axis on its own
+    ((0.5, 0.5), "um", (0.25, 0.25), "um", False),
+    ((0.5, 0.5), "um", (0.5, 0.5), "second", False),
+    ((0.5, 0.5), "um", None, "", False),
+    (None, "", None, "", True),
+])
+def test_pixel_sizes_are_the_same_once_in_one_unit(size, unit, other, other_unit, same):
+    assert same_pixel_size(size, unit, other, other_unit) is same

@@ -122,7 +122,7 @@ def recorded_threshold(metadata: dict, path: str | os.PathLike = "the model file
         ModelFileError: If the recorded value is not a probability.
     """
     threshold = metadata.get("threshold", 0.5)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+    if not _is_number(threshold) or not 0 <= threshold <= 1:
         raise ModelFileError(f"{path} has a damaged header (post-processing threshold {threshold!r})")
     return float(threshold)
 

@@ -7,7 +7,9 @@ to one symbol per unit here, and pixel sizes are converted between them.
 
 from __future__ import annotations
 
-__all__ = ["length_unit", "is_length", "in_unit"]
+import math
+
+__all__ = ["length_unit", "is_length", "in_unit", "same_pixel_size"]
 
 #: Micrometers per unit, by symbol.
 _MICROMETERS = {"pm": 1e-6, "angstrom": 1e-4, "nm": 1e-3, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
@@ -66,3 +68,12 @@ def in_unit(pixel_size: tuple[float, float], unit: str | None, target: str | Non
         return None
     factor = _MICROMETERS[unit] / _MICROMETERS[target]
     return (float(pixel_size[0]) * factor, float(pixel_size[1]) * factor)
+
+
+def same_pixel_size(size: tuple[float, float] | None, unit: str | None,
+                    other: tuple[float, float] | None, other_unit: str | None) -> bool:
+    """Whether two pixel sizes (None: unknown) are the same, within 1 %, once in one unit."""
+    if size is None or other is None:
+        return size is None and other is None
+    converted = in_unit(other, other_unit, unit)
+    return converted is not None and all(math.isclose(a, b, rel_tol=0.01) for a, b in zip(converted, size))

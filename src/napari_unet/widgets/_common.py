@@ -75,7 +75,7 @@ class ModelChooser(Container):
         super().__init__(labels=False, layout="vertical", label=label)
         self._session = session_models(viewer)
         self._allow_scratch = allow_scratch
-        self.source = ComboBox(label=label, choices=self._choices, tooltip=(
+        self.source = ComboBox(choices=self._choices, tooltip=(
             "Embedded models are shipped with napari-unet; the session's model is the last one "
             "trained in this napari window; a model file is a .safetensors file saved earlier."))
         self.path = FileEdit(label="model file", mode="r", filter="*.safetensors", visible=False)

@@ -222,16 +222,13 @@ class TrainWidget(ScrollingDock):
                 learn objects at two scales and record only one of them.
         """
         from ..core.errors import InputError
-        from ..core.units import in_unit
+        from ..core.units import same_pixel_size
 
         pairs = self._training_pairs()
         first, (size, unit) = pairs[0][0], pixel_size(pairs[0][0])
         for image, _ in pairs[1:]:
             other, other_unit = pixel_size(image)
-            same = (size is None and other is None) or (
-                size is not None and other is not None
-                and np.allclose(in_unit(other, other_unit, unit) or (np.inf, np.inf), size, rtol=0.01))
-            if not same:
+            if not same_pixel_size(size, unit, other, other_unit):
                 def described(value, value_unit):
                     return "none" if value is None else f"{value[0]:g} x {value[1]:g} {value_unit}".rstrip()
 
