@@ -519,10 +519,10 @@ def _sample(args) -> int:
     existing = [out / kind / name for kind in ("images", "labels") for name in names if (out / kind / name).exists()]
     if existing and not args.overwrite:
         raise InputError(f"{existing[0]} exists (and {len(existing) - 1} more); choose another --out or add --overwrite")
-    for index in range(args.count):
+    for index, name in enumerate(names):
         image, labels = synthetic_nuclei((args.size, args.size), count=max(4, args.size**2 // 2200), seed=args.seed + index)
-        write_tiff(out / "images" / f"nuclei_{index:03d}.tif", image)
-        write_tiff(out / "labels" / f"nuclei_{index:03d}.tif", labels.astype("uint16"))
+        write_tiff(out / "images" / name, image)
+        write_tiff(out / "labels" / name, labels.astype("uint16"))
     print(f"wrote {args.count} images to {out / 'images'} and their labels to {out / 'labels'}")
     return 0
 

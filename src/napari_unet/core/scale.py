@@ -19,13 +19,33 @@ import torch.nn.functional as F
 
 from .bundle import Model
 from .errors import InputError
+from .units import in_unit
 
-__all__ = ["scale_factor", "scaled_shape", "resize_plane", "resize_labels", "equivalent_diameters", "object_diameter"]
+__all__ = ["pixel_size_for_model", "scale_factor", "scaled_shape", "resize_plane", "resize_labels", "equivalent_diameters", "object_diameter"]
 
 #: Factors this close to 1 are not worth a resampling (and the blur it brings).
 NEGLIGIBLE = 0.05
 #: Resizing further than this loses the objects (or the memory).
 LARGEST_FACTOR = 8.0
+
+
+def pixel_size_for_model(model: Model, pixel_size: tuple[float, float] | None, unit: str | None
+                         ) -> tuple[float, float] | None:
+    """Images' pixel size, given in ``unit``, in the model's unit, for :func:`scale_factor`.
+
+    Returns:
+        None when the pixel size is unknown or the model records none to compare it with.
+
+    Raises:
+        InputError: If the unit cannot be converted to the model's.
+    """
+    if pixel_size is None or not model.pixel_size:
+        return None
+    converted = in_unit(pixel_size, unit, model.pixel_unit)
+    if converted is None:
+        raise InputError(f"the images' pixel size is in {unit} and the model's in {model.pixel_unit}; "
+                         "give the objects' diameter in pixels instead")
+    return converted
 
 
 def scale_factor(

@@ -35,9 +35,15 @@ from .normalize import as_planes
 from .postprocess import choose_threshold, enough_to_choose, probabilities_to_labels
 from .predict import predict_probabilities
 from .progress import run_to_end
-from .scale import equivalent_diameters, resize_labels, resize_plane, scale_factor, scaled_shape
+from .scale import (
+    equivalent_diameters,
+    pixel_size_for_model,
+    resize_labels,
+    resize_plane,
+    scale_factor,
+    scaled_shape,
+)
 from .targets import as_instance_labels, border_weights, class_targets
-from .units import in_unit
 
 __all__ = ["TrainingSample", "TrainingConfig", "TrainingProgress", "TrainingResult", "train_iter", "train", "tune_threshold"]
 
@@ -540,13 +546,7 @@ def train_iter(
     factor = 1.0
     if fine_tuning:
         # Fine-tuning: bring the new images to the scale the model already knows.
-        comparable = None
-        if pixel_size is not None and model.pixel_size:
-            comparable = in_unit(pixel_size, pixel_unit, model.pixel_unit)
-            if comparable is None:
-                raise InputError(f"the images' pixel size is in {pixel_unit} and the model's in "
-                                 f"{model.pixel_unit}; give the objects' diameter in pixels instead")
-        factor = scale_factor(model, diameter, comparable)
+        factor = scale_factor(model, diameter, pixel_size_for_model(model, pixel_size, pixel_unit))
         if factor != 1.0 and model.pixel_size:
             pixel_size, pixel_unit = model.pixel_size, model.pixel_unit
     planes = [_resized(plane, factor) for plane in _split_planes(samples, model.config.in_channels)]

@@ -54,17 +54,9 @@ def _pixel_size_for(image, model) -> tuple[float, float] | None:
     Raises:
         InputError: If the layer's unit cannot be converted to the model's.
     """
-    from ..core.errors import InputError
-    from ..core.units import in_unit
+    from ..core.scale import pixel_size_for_model
 
-    size, unit = pixel_size(image)
-    if size is None or not model.pixel_size:
-        return None
-    converted = in_unit(size, unit, model.pixel_unit)
-    if converted is None:
-        raise InputError(f"the layer {image.name} has its pixel size in {unit}, the model in {model.pixel_unit}; "
-                         "give the objects' diameter in pixels instead")
-    return converted
+    return pixel_size_for_model(model, *pixel_size(image))
 
 
 def start_prediction(
