@@ -115,7 +115,7 @@ def test_an_interrupted_run_leaves_no_finished_looking_output_and_the_rerun_comp
     _write(tmp_path / "a.tif", "multipage")
     data = _write(tmp_path / "b.tif", "hyperstack")
     files = [tmp_path / "a.tif", tmp_path / "b.tif"]
-    real = batch.predict_iter
+    real = batch._only_plane
     calls = []
 
     def failing(*args, **kwargs):
@@ -124,12 +124,12 @@ def test_an_interrupted_run_leaves_no_finished_looking_output_and_the_rerun_comp
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "predict_iter", failing)
+    monkeypatch.setattr(batch, "_only_plane", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         predict_files(model, files, tmp_path / "out", **OPTIONS)
     assert _files_in(tmp_path / "out") == ["a.tif"]  # no b.tif, and no partial file either
 
-    monkeypatch.setattr(batch, "predict_iter", real)
+    monkeypatch.setattr(batch, "_only_plane", real)
     result = predict_files(model, files, tmp_path / "out", **OPTIONS)
     assert [(item.skipped, item.planes) for item in result.files] == [(True, 0), (False, 8)]
     assert _files_in(tmp_path / "out") == ["a.tif", "b.tif"]
@@ -219,14 +219,15 @@ def test_auto_diameter_is_estimated_once_per_file_and_used_for_all_its_planes(tm
     model.object_diameter = 12.0
     _write(tmp_path / "a.tif", "multipage")
     _write(tmp_path / "b.tif", "single")
-    estimates, diameters = [], []
+    estimates, factors = [], []
     monkeypatch.setattr(batch, "estimate_diameter", lambda *args, **kwargs: estimates.append(kwargs) or 10.0)
-    real = batch.predict_iter
-    monkeypatch.setattr(batch, "predict_iter",
-                        lambda *args, **kwargs: diameters.append(kwargs["diameter"]) or real(*args, **kwargs))
-    predict_files(model, [tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path / "out", diameter="auto", **OPTIONS)
+    real = batch.predict_planes_iter
+    monkeypatch.setattr(batch, "predict_planes_iter",  # called once per file, with the scale of all its planes
+                        lambda model, planes, factor, **kwargs: factors.append(factor) or real(model, planes, factor, **kwargs))
+    result = predict_files(model, [tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path / "out", diameter="auto", **OPTIONS)
     assert len(estimates) == 2 and estimates[0]["threshold"] == OPTIONS["threshold"]
-    assert diameters == [10.0] * 4
+    assert factors == [pytest.approx(12.0 / 10.0)] * 2
+    assert [item.planes for item in result.files] == [3, 1]
 
 
 @pytest.mark.parametrize(("model_unit", "expected"), [("um", 0.25), ("nm", 250.0), ("mm", 0.00025)])
@@ -234,12 +235,12 @@ def test_the_files_pixel_size_is_used_in_the_models_unit_when_the_model_records_
         tmp_path, model, monkeypatch, model_unit, expected):
     model.pixel_size, model.pixel_unit = (expected * 2, expected * 2), model_unit
     _write(tmp_path / "a.tif", "hyperstack")  # 0.25 um pixels
-    seen = []
-    real = batch.predict_iter
-    monkeypatch.setattr(batch, "predict_iter",
-                        lambda *args, **kwargs: seen.append(kwargs["pixel_size"]) or real(*args, **kwargs))
+    factors = []
+    real = batch.predict_planes_iter
+    monkeypatch.setattr(batch, "predict_planes_iter",
+                        lambda model, planes, factor, **kwargs: factors.append(factor) or real(model, planes, factor, **kwargs))
     predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", **OPTIONS)
-    assert seen == [pytest.approx((expected, expected))] * 8
+    assert factors == [pytest.approx(0.5)]  # the file's pixels are half the model's, once converted to its unit
     assert tifffile.imread(tmp_path / "out" / "a.tif").shape == (2, 2, 2, 36, 28)
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
+from napari_unet.core import predict as core_predict
 from napari_unet.core.bundle import Model
 from napari_unet.core.errors import InputError, InputWarning
 from napari_unet.core.model import NetworkConfig, UNet
@@ -248,6 +251,63 @@ def test_stacks_go_plane_by_plane(shape):
         np.testing.assert_array_equal(flat_labels[index], alone.labels)
 
 
+def _labelling_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("napari-unet-labels")]
+
+
+def test_a_planes_labels_are_made_while_the_next_plane_goes_through_the_network(monkeypatch):
+    model = _model()
+    labels_started, network_went_on = threading.Event(), threading.Event()
+    model.network.register_forward_pre_hook(lambda module, inputs: network_went_on.set() if labels_started.is_set() else None)
+    waited = []
+    real = core_predict.probabilities_to_labels
+
+    def labels_waiting_for_the_next_plane(*args, **kwargs):
+        # Done one after the other, the first plane's labels would wait here in vain: the
+        # network would go on to the next plane only after them.
+        if not labels_started.is_set():
+            labels_started.set()
+            waited.append(network_went_on.wait(timeout=10))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core_predict, "probabilities_to_labels", labels_waiting_for_the_next_plane)
+    stack = (np.random.default_rng(3).random((3, 40, 50)) * 1000).astype(np.uint16)
+    result = predict(model, stack, tile_size=64, device="cpu")
+    assert waited == [True]
+    monkeypatch.setattr(core_predict, "probabilities_to_labels", real)
+    for index in range(3):
+        np.testing.assert_array_equal(result.labels[index], predict(model, stack[index], tile_size=64, device="cpu").labels)
+    assert not _labelling_threads()
+
+
+def test_progress_stays_in_order_when_labels_take_longer_than_the_next_plane(monkeypatch):
+    model = _model()
+    real = core_predict.probabilities_to_labels
+    monkeypatch.setattr(core_predict, "probabilities_to_labels", lambda *a, **k: time.sleep(0.2) or real(*a, **k))
+    stack = np.random.default_rng(4).random((3, 100, 100)).astype(np.float32)
+    progress: list[PredictProgress] = []
+    predict(model, stack, on_progress=progress.append, tile_size=48, batch_size=1, device="cpu")
+    tiles = progress[0].total
+    assert tiles > 2
+    assert progress == [PredictProgress(plane, 3, done, tiles) for plane in range(3) for done in range(1, tiles + 1)]
+    assert [item.plane for item in progress if item.labels is not None] == [0, 1, 2]
+
+
+def test_a_failure_while_making_labels_stops_the_prediction(monkeypatch):
+    model = _model()
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(core_predict, "probabilities_to_labels", failing)
+    with pytest.raises(MemoryError, match="simulated"):
+        predict(model, np.zeros((4, 30, 30), np.float32), device="cpu")
+    assert len(calls) == 1  # the next plane's labels were not started
+    assert not _labelling_threads()
+
+
 def _dihedral_group() -> list:
     """The eight distinct orientations of a plane, as transposes and flips of its last two axes."""
     flips = [lambda a: a, lambda a: a[..., ::-1, :], lambda a: a[..., ::-1], lambda a: a[..., ::-1, ::-1]]
@@ -298,6 +358,7 @@ def test_predict_iter_stops_when_the_generator_is_closed():
     with pytest.raises(StopIteration):
         next(generator)
     assert len(calls) == 1  # no further tile was predicted
+    assert not _labelling_threads()
 
 
 def test_predict_iter_returns_a_prediction():

@@ -85,13 +85,13 @@ def test_cancel_discards_the_file_being_segmented_and_a_rerun_completes(batch_wi
     for name in ("a.tif", "b.tif"):
         tifffile.imwrite(folder / name, np.stack([synthetic_nuclei((24, 24), count=2, seed=s)[0] for s in range(6)]),
                          photometric="minisblack")
-    real = batch.predict_iter
+    real = batch._only_plane
 
     def slow(*args, **kwargs):
         time.sleep(0.1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "predict_iter", slow)
+    monkeypatch.setattr(batch, "_only_plane", slow)
     widget = batch_widget
     widget.inputs.value = str(folder)
     widget.out_dir.value = tmp_path / "out"  # a folder of the user's choice stays
@@ -107,7 +107,7 @@ def test_cancel_discards_the_file_being_segmented_and_a_rerun_completes(batch_wi
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(finished)
     assert len(finished) < 2
 
-    monkeypatch.setattr(batch, "predict_iter", real)
+    monkeypatch.setattr(batch, "_only_plane", real)
     widget.start()
     qtbot.waitUntil(lambda: widget.run.enabled and not widget.result.cancelled, timeout=60_000)
     assert [item.skipped for item in widget.result.files] == [name in finished for name in ("a.tif", "b.tif")]

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -32,8 +32,9 @@ import numpy as np
 from .bundle import Model
 from .errors import InputError, NapariUnetError
 from .io import ImageInfo
-from .predict import PredictProgress, estimate_diameter, predict_iter
-from .progress import relay, run_to_end
+from .normalize import as_planes
+from .predict import PredictProgress, estimate_diameter, predict_iter, predict_planes_iter
+from .progress import run_to_end
 from .scale import scale_factor
 from .tiffstream import PageTiffWriter, TiffMetadata, TiffPageReader, partial_path
 from .units import in_unit
@@ -151,17 +152,33 @@ def predict_plane(model: Model, pixels: np.ndarray, channel_axis: int | None, op
 
 
 class LocalExecutor:
-    """Predicts the units one after the other in this process, reporting every batch of tiles."""
+    """Predicts the units one after the other in this process, reporting every batch of tiles.
+
+    A unit's labels are made while the next unit goes through the network
+    (:func:`~napari_unet.core.predict.predict_planes_iter`).
+    """
 
     def predict_units(self, model: Model, units: Iterable[Unit], options: dict,
                       probability: bool) -> Iterator[tuple[int, int, int] | PlaneResult]:
-        for index, (pixels, channel_axis) in enumerate(units):
-            # The same computation as predict_plane, unrolled to report tile batches.
-            prediction = yield from relay(
-                predict_iter(model, pixels, channel_axis=channel_axis, **options),
-                lambda progress, index=index: (index, progress.done, progress.total),
-            )
-            yield PlaneResult(index, prediction.labels, prediction.probability if probability else None)
+        options = dict(options)
+        factor = scale_factor(model, options.pop("diameter", None), options.pop("pixel_size", None))
+        # The same computation as predict_plane, over the whole stream of units.
+        planes = (_only_plane(model, pixels, channel_axis) for pixels, channel_axis in units)
+        with closing(predict_planes_iter(model, planes, factor, **options)) as planes_done:
+            for index, done, total, finished in planes_done:
+                if finished is None:
+                    yield index, done, total
+                else:
+                    labels, plane_probability = finished
+                    yield PlaneResult(index, labels, plane_probability if probability else None)
+
+
+def _only_plane(model: Model, pixels: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """The ``(channels, H, W)`` plane of a unit."""
+    planes, _ = as_planes(pixels, model.config.in_channels, channel_axis)
+    if len(planes) != 1:
+        raise ValueError(f"a unit must be one plane, not {len(planes)}")
+    return planes[0]
 
 
 @dataclass(frozen=True)

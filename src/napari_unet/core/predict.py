@@ -21,7 +21,9 @@ import logging
 import math
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +39,7 @@ from .postprocess import foreground_probability, probabilities_to_labels
 from .progress import run_to_end
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape
 
-__all__ = ["PredictProgress", "Prediction", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_iter", "predict", "estimate_diameter"]
+__all__ = ["PredictProgress", "Prediction", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
 
 logger = logging.getLogger(__name__)
 
@@ -390,6 +392,99 @@ def _averaged_over_orientations(network: UNet, plane: np.ndarray, orientations: 
     return summed / np.float32(orientations)
 
 
+def _checked_options(model: Model, tile_size: int | None, batch_size: int | None, threshold: float | None) -> float:
+    """The threshold to use (the model's unless given), after refusing options no prediction can take."""
+    if (tile_size is not None and tile_size < 1) or (batch_size is not None and batch_size < 1):
+        raise InputError("tile size and batch size must be positive")
+    threshold = model.threshold if threshold is None else threshold
+    if not 0 <= threshold <= 1:
+        raise InputError(f"the threshold is a probability, between 0 and 1, not {threshold}")
+    return threshold
+
+
+def _labelled(probabilities: np.ndarray, shape: tuple[int, int], threshold: float, min_size: int, gap: int,
+              pixel_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and foreground probability of a plane, from its network output, on the plane's own grid."""
+    probabilities = resize_plane(probabilities, shape)
+    return probabilities_to_labels(probabilities, threshold, min_size, gap, pixel_scale), foreground_probability(probabilities)
+
+
+def predict_planes_iter(
+    model: Model,
+    planes: Iterable[np.ndarray],
+    factor: float = 1.0,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    threshold: float | None = None,
+    min_size: int = 10,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    compile_network: bool = False,
+    test_time_augmentation: bool = False,
+) -> Iterator[tuple[int, int, int, tuple[np.ndarray, np.ndarray] | None]]:
+    """Predict a stream of planes, post-processing each while the network works on the next.
+
+    On a GPU the network's part of a plane is over in a few milliseconds, and what is
+    left is the CPU's: turning probabilities into labels took as long as the network's
+    tiles (a 2048x2048 plane on an H200). So each plane's labels are made in a second
+    thread while the next plane goes through the network. Progress stays in order: the
+    tile batches of a plane are reported once the plane before it is finished.
+
+    Args:
+        model: The model.
+        planes: ``(channels, H, W)`` planes, as :func:`~napari_unet.core.normalize.as_planes`
+            makes them; their sizes may differ.
+        factor: Scale of the planes for the network (see
+            :func:`~napari_unet.core.scale.scale_factor`); results are brought back.
+        tile_size, batch_size, threshold, min_size, device, amp, compile_network,
+            test_time_augmentation: As for :func:`predict_iter`.
+
+    Yields:
+        ``(plane, done, total, None)`` as the tile batches of a plane are done, and
+        ``(plane, total, total, (labels, probability))`` once the plane is finished.
+    """
+    threshold = _checked_options(model, tile_size, batch_size, threshold)
+    options = {"tile_size": tile_size, "batch_size": batch_size, "device": device, "amp": amp,
+               "compile_network": compile_network}
+    pending = None  # (plane, tile batches, future labels) of the plane being post-processed
+    held: list = []  # progress of the plane in the network, reported once the plane before it is done
+
+    def reported():
+        """The plane being post-processed, once it is done, then the progress held back."""
+        nonlocal pending
+        if pending is not None:
+            plane_index, batches, labelled = pending
+            pending = None
+            yield plane_index, batches, batches, labelled.result()
+        yield from held
+        held.clear()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-labels") as labelling:
+        try:
+            for index, plane in enumerate(planes):
+                shape = plane.shape[-2:]
+                normalized = resize_plane(model.normalization(plane), scaled_shape(shape, factor))
+                tiles = (_averaged_over_orientations(model.network, normalized, ORIENTATIONS, **options)
+                         if test_time_augmentation else predict_probabilities(model.network, normalized, **options))
+                while True:
+                    try:
+                        done, total = next(tiles)
+                    except StopIteration as finished:
+                        probabilities = finished.value
+                        break
+                    if done < total:
+                        held.append((index, done, total, None))
+                    if pending is None or pending[2].done():
+                        yield from reported()
+                yield from reported()
+                pending = (index, total, labelling.submit(
+                    _labelled, probabilities, shape, threshold, min_size, model.gap, 1 / factor))
+            yield from reported()
+        finally:
+            if pending is not None:  # stopped or failed: nobody wants these labels
+                pending[2].cancel()
+
+
 def predict_iter(
     model: Model,
     image: np.ndarray,
@@ -438,11 +533,7 @@ def predict_iter(
             rotated versions of its input: more accurate outlines for eight times the
             network's work.
     """
-    if (tile_size is not None and tile_size < 1) or (batch_size is not None and batch_size < 1):
-        raise InputError("tile size and batch size must be positive")
-    threshold = model.threshold if threshold is None else threshold
-    if not 0 <= threshold <= 1:
-        raise InputError(f"the threshold is a probability, between 0 and 1, not {threshold}")
+    threshold = _checked_options(model, tile_size, batch_size, threshold)
     planes, stack_shape = as_planes(image, model.config.in_channels, channel_axis)
     height, width = planes.shape[-2:]
     if isinstance(diameter, str):
@@ -450,26 +541,18 @@ def predict_iter(
             raise InputError(f"the diameter must be a number of pixels or 'auto', not {diameter!r}")
         diameter = _estimate_plane_diameter(model, planes[0], tile_size, batch_size, device, amp, threshold, min_size)
     factor = scale_factor(model, diameter, pixel_size)
-    network_shape = scaled_shape((height, width), factor)
     labels = np.zeros((len(planes), height, width), np.int32)
     probability = np.zeros((len(planes), height, width), np.float32)
-    options = {"tile_size": tile_size, "batch_size": batch_size, "device": device, "amp": amp,
-               "compile_network": compile_network}
-    for index, plane in enumerate(planes):
-        normalized = resize_plane(model.normalization(plane), network_shape)
-        tiles = (_averaged_over_orientations(model.network, normalized, ORIENTATIONS, **options)
-                 if test_time_augmentation else predict_probabilities(model.network, normalized, **options))
-        while True:
-            try:
-                done, total = next(tiles)
-            except StopIteration as finished:
-                probabilities = resize_plane(finished.value, (height, width))
-                break
-            if done < total:
+    planes_done = predict_planes_iter(
+        model, planes, factor, tile_size=tile_size, batch_size=batch_size, threshold=threshold, min_size=min_size,
+        device=device, amp=amp, compile_network=compile_network, test_time_augmentation=test_time_augmentation)
+    with closing(planes_done):
+        for index, done, total, finished in planes_done:
+            if finished is not None:
+                labels[index], probability[index] = finished
+                yield PredictProgress(index, len(planes), total, total, labels[index], probability[index])
+            else:
                 yield PredictProgress(index, len(planes), done, total)
-        probability[index] = foreground_probability(probabilities)
-        labels[index] = probabilities_to_labels(probabilities, threshold, min_size, model.gap, 1 / factor)
-        yield PredictProgress(index, len(planes), total, total, labels[index], probability[index])
     shape = stack_shape + (height, width)
     if diameter is None and model.object_diameter:
         diameter = model.object_diameter / factor

@@ -1,8 +1,8 @@
 """Helpers for the core's long work, which is written as generators.
 
 A long operation yields progress objects and returns its result, so that a caller can
-show progress and stop it between steps. These helpers run such a generator to the end,
-or relay one generator's progress from inside another.
+show progress and stop it between steps. :func:`run_to_end` runs such a generator to the
+end.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import TypeVar
 
-__all__ = ["run_to_end", "relay"]
+__all__ = ["run_to_end"]
 
 Result = TypeVar("Result")
 
@@ -30,15 +30,3 @@ def run_to_end(generator: Generator[object, None, Result], on_progress: Callable
         if on_progress is not None:
             on_progress(progress)
 
-
-def relay(generator: Generator[object, None, Result], wrap: Callable) -> Generator[object, None, Result]:
-    """Yield ``wrap(progress)`` for each progress of ``generator``; return its return value.
-
-    Use it as ``result = yield from relay(inner, wrap)``.
-    """
-    while True:
-        try:
-            progress = next(generator)
-        except StopIteration as finished:
-            return finished.value
-        yield wrap(progress)
