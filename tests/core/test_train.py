@@ -24,8 +24,11 @@ from napari_unet.core.train import (
     STRIPE_FINE_TUNE_LEARNING_RATE,
     TrainingConfig,
     TrainingSample,
+    _BatchesAhead,
     _clearly_better,
     _loss,
+    _PatchSampler,
+    _prepare_plane,
     _validation_split,
     train,
     train_iter,
@@ -477,3 +480,49 @@ def test_fine_tuning_converts_the_images_pixel_size_to_the_models_unit(nuclei, t
     assert factors == [0.5] and result.model.pixel_size == (0.008, 0.008) and result.model.pixel_unit == "um"
     with pytest.raises(InputError, match="give the objects' diameter"):
         train([TrainingSample(image, labels)], model=model, config=config, pixel_size=(4.0, 4.0), pixel_unit="s")
+
+
+def _patch_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("napari-unet-patches")]
+
+
+def test_batches_drawn_ahead_are_the_samplers_own_in_its_order(nuclei, tiny_config):
+    image, labels = nuclei
+    model, config = Model.new(tiny_config), TrainingConfig(**FAST)
+    plane = _prepare_plane(model, config, image[None].astype(np.float32), labels, np.ones(labels.shape, bool), 48)
+    direct = _PatchSampler([plane], 48, np.random.default_rng(3))
+    ahead = _BatchesAhead(_PatchSampler([plane], 48, np.random.default_rng(3)))
+    try:
+        for expected in (direct(4), direct(4)):
+            for part, drawn in zip(expected, ahead(4)):
+                np.testing.assert_array_equal(part, drawn)
+        # Drawn at 4 before the batch size was halved: cut to 2.
+        expected = direct(4)
+        drawn = ahead(2)
+        assert all(len(part) == 2 for part in drawn)
+        np.testing.assert_array_equal(expected[0][:2], drawn[0])
+        assert _patch_threads()
+    finally:
+        ahead.close()
+    assert not _patch_threads()
+
+
+def test_training_leaves_no_thread_behind_when_done_or_closed(nuclei, tiny_config):
+    image, labels = nuclei
+    train([TrainingSample(image, labels)], model=Model.new(tiny_config), config=TrainingConfig(**FAST))
+    assert not _patch_threads()
+    generator = train_iter([TrainingSample(image, labels)], model=Model.new(tiny_config), config=TrainingConfig(**FAST))
+    next(generator)
+    generator.close()
+    assert not _patch_threads()
+
+
+def test_a_diverging_training_stops_with_a_plain_error(nuclei, tiny_config, monkeypatch):
+    from napari_unet.core import train as core_train
+
+    image, labels = nuclei
+    real = core_train._loss
+    monkeypatch.setattr(core_train, "_loss", lambda *args: real(*args) * float("nan"))
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train([TrainingSample(image, labels)], model=Model.new(tiny_config), config=TrainingConfig(**FAST))
+    assert not _patch_threads()

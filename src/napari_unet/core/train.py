@@ -19,6 +19,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -345,6 +346,32 @@ class _PatchSampler:
         return images, targets, weights, masks
 
 
+class _BatchesAhead:
+    """Batches of a :class:`_PatchSampler`, each drawn in a second thread during the step before.
+
+    On a GPU the step is short and the CPU's sampling of the next batch would leave the
+    GPU idle; drawn ahead, it overlaps the step (the main thread waits for the GPU with
+    the interpreter lock released). Batches come in the sampler's own order, so a seed
+    gives the same patches.
+    """
+
+    def __init__(self, sampler: _PatchSampler):
+        self._sampler = sampler
+        self._drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-patches")
+        self._next: Future | None = None
+
+    def __call__(self, batch_size: int) -> tuple[np.ndarray, ...]:
+        if self._next is None:
+            self._next = self._drawing.submit(self._sampler, batch_size)
+        batch = self._next.result()
+        self._next = self._drawing.submit(self._sampler, batch_size)
+        # A batch drawn before running out of memory halved the batch size is cut to it.
+        return tuple(part[:batch_size] for part in batch)
+
+    def close(self) -> None:
+        self._drawing.shutdown(wait=True, cancel_futures=True)
+
+
 def _loss(logits, target, weights, mask, dice_weight: float) -> torch.Tensor:
     """Weighted cross-entropy over annotated pixels (plus soft Dice of the foreground)."""
     mask = mask.float()
@@ -383,8 +410,6 @@ def _step(network, optimizer, scaler, batch, config: TrainingConfig, device, gen
     with autocast(device, config.amp):
         logits = network(images)
     loss = _loss(logits, targets, weights, masks, config.dice_weight)
-    if not torch.isfinite(loss):
-        raise FloatingPointError("training diverged (the loss is not a number); try a lower learning rate")
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
@@ -578,7 +603,7 @@ def train_iter(
     # Room around the patch for rotation, zoom, shift and deformation to pull in real context.
     window = input_size + 2 * (input_size // 4 + int(3 * config.augment.elastic_sigma))
     prepared = [_prepare_plane(model, config, image, labels, mask, window) for _, image, labels, mask in train_planes]
-    sampler = _PatchSampler(prepared, window, rng)
+    batches = _BatchesAhead(_PatchSampler(prepared, window, rng))
     annotated = sum(len(p.centers) for p in prepared)
     steps_per_epoch = config.steps_per_epoch or max(8, math.ceil(annotated / (output_size**2 * config.batch_size)))
     total_steps = config.epochs * steps_per_epoch
@@ -613,69 +638,76 @@ def train_iter(
     validations_without_gain = 0
     stop_reason = "epochs"
     step = 0
-    while step < total_steps:
-        if stop is not None and stop.is_set():
-            stop_reason = "stopped"
-            break
-        if config.schedule == "cosine":
-            _set_learning_rate(optimizer, config, step / total_steps, time.monotonic() - start)
-        network.train()
-        if freeze_norm:
-            for module in network.modules():
-                if isinstance(module, torch.nn.BatchNorm2d):
-                    module.eval()
-        try:
-            loss = _step(network, optimizer, scaler, sampler(batch_size), config, device, generator,
-                         input_size, output_size)
-        except RuntimeError as error:
-            optimizer.zero_grad(set_to_none=True)
-            batch_size = smaller_batch_after(error, batch_size, device, "patches", (
-                f"the {device.type.upper()} ran out of memory training on a single patch of "
-                f"{input_size}x{input_size} pixels; choose a smaller patch size"))
-            continue
-        step += 1
-        loss_value = loss.item()
+    try:
+        while step < total_steps:
+            if stop is not None and stop.is_set():
+                stop_reason = "stopped"
+                break
+            if config.schedule == "cosine":
+                _set_learning_rate(optimizer, config, step / total_steps, time.monotonic() - start)
+            network.train()
+            if freeze_norm:
+                for module in network.modules():
+                    if isinstance(module, torch.nn.BatchNorm2d):
+                        module.eval()
+            try:
+                loss = _step(network, optimizer, scaler, batches(batch_size), config, device, generator,
+                             input_size, output_size)
+            except RuntimeError as error:
+                optimizer.zero_grad(set_to_none=True)
+                batch_size = smaller_batch_after(error, batch_size, device, "patches", (
+                    f"the {device.type.upper()} ran out of memory training on a single patch of "
+                    f"{input_size}x{input_size} pixels; choose a smaller patch size"))
+                continue
+            step += 1
+            # Read after the whole step is queued: a check between forward and backward
+            # would make the CPU wait for the GPU halfway through every step.
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError("training diverged (the loss is not a number); try a lower learning rate")
 
-        validation = None
-        # The last step of a time budget is validated like the end of an epoch: with a
-        # decaying learning rate the last weights are often the best ones.
-        out_of_time = config.max_minutes is not None and time.monotonic() - start >= 60 * config.max_minutes
-        if step % steps_per_epoch == 0 or step == total_steps or out_of_time:
-            elapsed = time.monotonic() - start
-            record = {"step": step, "epoch": step // steps_per_epoch, "loss": loss_value, "seconds": round(elapsed, 2)}
-            if validation_planes:
-                validation = validate(model, validation_planes, device, config.amp)
-                record.update(validation)
-                gained = best_rank is None or (_rank(validation) > best_rank and _clearly_better(validation, given))
-                # On a tie the later, longer-trained weights are kept (small validation sets
-                # often reach a perfect score early), but a tie is no gain for patience,
-                # and does not replace the model being fine-tuned.
-                improved = gained or (_rank(validation) == best_rank and given is None)
-                if improved:
-                    best_score, best_rank, given = validation["score"], _rank(validation), None
-                    best_state = copy.deepcopy(_cpu_state(network))
-                    best_is_given = False
-                validations_without_gain = 0 if gained else validations_without_gain + 1
-            history.append(record)
-            if checkpoint is not None and (not validation_planes or improved):
-                training = dict(config.to_dict(), stop_reason="checkpoint", steps=step, batch_size=batch_size)
-                _save_checkpoint(model, checkpoint, history, training, diameter, pixel_size, pixel_unit)
-            logger.info("step %d: %s", step, record)
-        yield TrainingProgress(
-            step=step,
-            total_steps=total_steps,
-            epoch=step // steps_per_epoch,
-            loss=loss_value,
-            elapsed=time.monotonic() - start,
-            validation=validation,
-            best_score=best_score,
-        )
-        if config.patience is not None and validations_without_gain >= config.patience:
-            stop_reason = "early stopping"
-            break
-        if out_of_time and step < total_steps:
-            stop_reason = "time budget"
-            break
+            validation = None
+            # The last step of a time budget is validated like the end of an epoch: with a
+            # decaying learning rate the last weights are often the best ones.
+            out_of_time = config.max_minutes is not None and time.monotonic() - start >= 60 * config.max_minutes
+            if step % steps_per_epoch == 0 or step == total_steps or out_of_time:
+                elapsed = time.monotonic() - start
+                record = {"step": step, "epoch": step // steps_per_epoch, "loss": loss_value, "seconds": round(elapsed, 2)}
+                if validation_planes:
+                    validation = validate(model, validation_planes, device, config.amp)
+                    record.update(validation)
+                    gained = best_rank is None or (_rank(validation) > best_rank and _clearly_better(validation, given))
+                    # On a tie the later, longer-trained weights are kept (small validation sets
+                    # often reach a perfect score early), but a tie is no gain for patience,
+                    # and does not replace the model being fine-tuned.
+                    improved = gained or (_rank(validation) == best_rank and given is None)
+                    if improved:
+                        best_score, best_rank, given = validation["score"], _rank(validation), None
+                        best_state = copy.deepcopy(_cpu_state(network))
+                        best_is_given = False
+                    validations_without_gain = 0 if gained else validations_without_gain + 1
+                history.append(record)
+                if checkpoint is not None and (not validation_planes or improved):
+                    training = dict(config.to_dict(), stop_reason="checkpoint", steps=step, batch_size=batch_size)
+                    _save_checkpoint(model, checkpoint, history, training, diameter, pixel_size, pixel_unit)
+                logger.info("step %d: %s", step, record)
+            yield TrainingProgress(
+                step=step,
+                total_steps=total_steps,
+                epoch=step // steps_per_epoch,
+                loss=loss_value,
+                elapsed=time.monotonic() - start,
+                validation=validation,
+                best_score=best_score,
+            )
+            if config.patience is not None and validations_without_gain >= config.patience:
+                stop_reason = "early stopping"
+                break
+            if out_of_time and step < total_steps:
+                stop_reason = "time budget"
+                break
+    finally:
+        batches.close()
 
     if best_state is not None:
         network.load_state_dict(best_state)
