@@ -603,7 +603,7 @@ def train_iter(
     # Room around the patch for rotation, zoom, shift and deformation to pull in real context.
     window = input_size + 2 * (input_size // 4 + int(3 * config.augment.elastic_sigma))
     prepared = [_prepare_plane(model, config, image, labels, mask, window) for _, image, labels, mask in train_planes]
-    batches = _BatchesAhead(_PatchSampler(prepared, window, rng))
+    sampler = _PatchSampler(prepared, window, rng)
     annotated = sum(len(p.centers) for p in prepared)
     steps_per_epoch = config.steps_per_epoch or max(8, math.ceil(annotated / (output_size**2 * config.batch_size)))
     total_steps = config.epochs * steps_per_epoch
@@ -638,6 +638,7 @@ def train_iter(
     validations_without_gain = 0
     stop_reason = "epochs"
     step = 0
+    batches = _BatchesAhead(sampler)
     try:
         while step < total_steps:
             if stop is not None and stop.is_set():
