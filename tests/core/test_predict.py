@@ -280,6 +280,28 @@ def test_a_planes_labels_are_made_while_the_next_plane_goes_through_the_network(
     assert not _labelling_threads()
 
 
+def test_where_two_planes_work_would_not_fit_in_memory_labels_are_made_before_the_next_plane(monkeypatch):
+    model = _model()
+    events = []
+    model.network.register_forward_pre_hook(lambda module, inputs: events.append("network"))
+    real = core_predict.probabilities_to_labels
+
+    def slow_labels(*args, **kwargs):  # long enough for the next plane to start, were it allowed to
+        time.sleep(0.05)
+        labels = real(*args, **kwargs)
+        events.append("labels")
+        return labels
+
+    monkeypatch.setattr(core_predict, "probabilities_to_labels", slow_labels)
+    # A quarter of 256 KiB is less than two 40x50 planes' work (2 x 9 values of 4 bytes a pixel).
+    monkeypatch.setattr(core_predict, "available_memory", lambda: 2**18)
+    stack = np.random.default_rng(5).random((3, 40, 50)).astype(np.float32)
+    result = predict(model, stack, tile_size=64, device="cpu")
+    assert events == ["network", "labels"] * 3
+    monkeypatch.undo()
+    np.testing.assert_array_equal(result.labels, predict(model, stack, tile_size=64, device="cpu").labels)
+
+
 def test_progress_stays_in_order_when_labels_take_longer_than_the_next_plane(monkeypatch):
     model = _model()
     real = core_predict.probabilities_to_labels

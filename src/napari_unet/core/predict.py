@@ -409,6 +409,19 @@ def _labelled(probabilities: np.ndarray, shape: tuple[int, int], threshold: floa
     return probabilities_to_labels(probabilities, threshold, min_size, gap, pixel_scale), foreground_probability(probabilities)
 
 
+def _room_for_another_plane(model: Model, shape: tuple[int, int]) -> bool:
+    """Whether making a plane's labels while the next is predicted leaves memory to spare.
+
+    Making labels holds the plane's probabilities, its labels and foreground probability,
+    and about five plane-sized temporaries of post-processing; overlapping them with the
+    next plane holds a second set. Both sets must fit in a quarter of the memory
+    available, as the tile size's feature maps must (:func:`default_tile_size`).
+    """
+    available = available_memory()
+    per_plane = (model.config.num_classes + 7) * 4 * shape[0] * shape[1]
+    return available is None or 2 * per_plane <= available / 4
+
+
 def predict_planes_iter(
     model: Model,
     planes: Iterable[np.ndarray],
@@ -427,8 +440,9 @@ def predict_planes_iter(
     On a GPU the network's part of a plane is over in a few milliseconds, and what is
     left is the CPU's: turning probabilities into labels took as long as the network's
     tiles (a 2048x2048 plane on an H200). So each plane's labels are made in a second
-    thread while the next plane goes through the network. Progress stays in order: the
-    tile batches of a plane are reported once the plane before it is finished.
+    thread while the next plane goes through the network, where memory allows two planes'
+    work at once (:func:`_room_for_another_plane`). Progress stays in order: the tile
+    batches of a plane are reported once the plane before it is finished.
 
     Args:
         model: The model.
@@ -463,6 +477,8 @@ def predict_planes_iter(
         try:
             for index, plane in enumerate(planes):
                 shape = plane.shape[-2:]
+                if pending is not None and not _room_for_another_plane(model, shape):
+                    yield from reported()  # one plane's work at a time where two would not fit
                 normalized = resize_plane(model.normalization(plane), scaled_shape(shape, factor))
                 tiles = (_averaged_over_orientations(model.network, normalized, ORIENTATIONS, **options)
                          if test_time_augmentation else predict_probabilities(model.network, normalized, **options))
