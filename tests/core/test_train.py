@@ -526,3 +526,18 @@ def test_a_diverging_training_stops_with_a_plain_error(nuclei, tiny_config, monk
     with pytest.raises(FloatingPointError, match="diverged"):
         train([TrainingSample(image, labels)], model=Model.new(tiny_config), config=TrainingConfig(**FAST))
     assert not _patch_threads()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_same_seed_trains_the_same_weights(nuclei, tiny_config):
+    image, labels = nuclei
+
+    def trained(seed: int) -> dict:
+        torch.manual_seed(0)  # the same initial weights
+        model = Model.new(tiny_config)
+        return _weights(train([TrainingSample(image, labels)], model=model,
+                              config=TrainingConfig(**dict(FAST, seed=seed))).model)
+
+    first = trained(seed=0)
+    assert _same_weights(first, trained(seed=0))
+    assert not _same_weights(first, trained(seed=1))
