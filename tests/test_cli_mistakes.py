@@ -193,3 +193,17 @@ def test_a_truncated_stack_is_reported_in_one_line_not_segmented_as_fewer_planes
     assert "damaged or truncated" in err and not (tmp_path / "out" / "cut.tif").exists()
     # tifffile's own log lines stay off the screen without -v; the one-line report says it all.
     assert "tifffile" not in err.lower().replace("tifffile.tiff", "")
+
+
+def test_evaluate_splits_a_binary_mask_stack_plane_by_plane(tmp_path, capsys):
+    # Cells of one plane overlap cells of the next: counted in 3D they would be one object.
+    planes = [synthetic_nuclei((64, 64), count=6, seed=seed)[1] for seed in (1, 2)]
+    tifffile.imwrite(tmp_path / "mask.tif", np.stack([(plane > 0) * 255 for plane in planes]).astype(np.uint8))
+    from scipy import ndimage
+
+    tifffile.imwrite(tmp_path / "labels.tif", np.stack([ndimage.label(plane > 0)[0] for plane in planes]).astype(np.uint16))
+    assert main(["evaluate", "--pred", str(tmp_path / "labels.tif"), "--gt", str(tmp_path / "mask.tif")]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["planes"] == 2 and result["ap_pooled"][0] == 1.0 and result["v_rand"] == 1.0
+    assert captured.err.strip().startswith("2 plane(s) of 1 image(s): AP50 1.000")

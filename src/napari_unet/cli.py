@@ -419,7 +419,7 @@ def _evaluate(args) -> int:
 
     from .core.atomic import replaced_atomically
     from .core.errors import InputError
-    from .core.io import collect_tiffs, pair_by_name
+    from .core.io import collect_tiffs, pair_by_name, read_tiff
     from .core.metrics import average_precision, isbi_scores, pixel_scores
 
     if args.json and Path(args.json).suffix.lower() != ".json":
@@ -427,14 +427,11 @@ def _evaluate(args) -> int:
     pairs = pair_by_name(collect_tiffs(args.gt), collect_tiffs(args.pred), "ground-truth file(s) have no prediction")
     truths, predictions = [], []
     for truth_path, prediction_path in pairs:
-        # Binary masks count their connected components as objects, as training does;
-        # probabilities (fractions) are not labels and are refused.
-        truth = _instances(truth_path, "ground truth")
-        prediction = _instances(prediction_path, "prediction")
+        truth, prediction = read_tiff(truth_path)[0], read_tiff(prediction_path)[0]
         if truth.shape != prediction.shape:
             raise InputError(f"{prediction_path.name}: shape {prediction.shape} differs from ground truth {truth.shape}")
-        truths.extend(truth.reshape(-1, *truth.shape[-2:]))
-        predictions.extend(prediction.reshape(-1, *prediction.shape[-2:]))
+        truths.extend(_instance_planes(truth, truth_path, "ground truth"))
+        predictions.extend(_instance_planes(prediction, prediction_path, "prediction"))
     pixels = pixel_scores(np.concatenate([p.ravel() for p in predictions]), np.concatenate([t.ravel() for t in truths]))
     instances = average_precision(truths, predictions)
     result = {
@@ -448,20 +445,28 @@ def _evaluate(args) -> int:
     }
     text = json.dumps(result, indent=2)
     print(text)
+    print(f"{result['planes']} plane(s) of {result['images']} image(s): AP50 {instances['ap_pooled'][0]:.3f}, "
+          f"AP75 {instances['ap_pooled'][5]:.3f}, mean AP 0.5-0.95 {result['mean_ap_0.5_0.95']:.3f}, "
+          f"pixel IoU {pixels['iou']:.3f}, pixel error {result['pixel_error']:.4f}, V_rand {result['v_rand']:.3f}",
+          file=sys.stderr)
     if args.json:
         with replaced_atomically(args.json) as temporary:
             temporary.write_text(text + "\n")
     return 0
 
 
-def _instances(path: Path, what: str):
-    """The instance labels of a label TIFF (see :func:`~napari_unet.core.targets.as_instance_labels`)."""
+def _instance_planes(labels, path: Path, what: str) -> list:
+    """The planes of a label image, each as instance labels, as training reads them.
+
+    Binary masks count their connected components as objects plane by plane (a stack's
+    cells would otherwise join across planes); probabilities (fractions) are not labels
+    and are refused. See :func:`~napari_unet.core.targets.as_instance_labels`.
+    """
     from .core.errors import InputError
-    from .core.io import read_tiff
     from .core.targets import as_instance_labels
 
     try:
-        return as_instance_labels(read_tiff(path)[0])
+        return [as_instance_labels(plane) for plane in labels.reshape(-1, *labels.shape[-2:])]
     except InputError as error:
         raise InputError(f"{path} ({what}): {error}") from None
 
