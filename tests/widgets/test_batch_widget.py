@@ -68,6 +68,11 @@ def test_batch_segments_a_folder_into_labels_beside_it_and_opens_a_result(batch_
     assert any(severity == "error" and "c_broken.tif" in text for severity, text in notifications)
     assert widget.progress.value == 1000 and "2 of 3 file(s) segmented" in widget.status.value
 
+    # A rerun keeps what is there and says so.
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled and widget.result is not None and bool(widget.result.skipped), timeout=60_000)
+    assert "0 of 3 file(s) segmented, 2 skipped (their outputs exist)" in widget.status.value
+
     widget.results.value = str(out / "a_hyper.tif")
     layer = widget.open_selected()
     assert layer.data.shape == (2, 2, 40, 32) and tuple(layer.scale) == pytest.approx((1, 1, 0.25, 0.25))

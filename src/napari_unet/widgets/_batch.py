@@ -161,9 +161,11 @@ class BatchWidget(ScrollingDock):
 
     def _on_done(self, result):
         self.result = result
-        done = [item for item in result.files if item.output is not None]
+        segmented = [item for item in result.files if item.output is not None and not item.skipped]
         self.results.reset_choices()
-        message = f"{len(done)} of {len(result.files)} file(s) segmented"
+        message = f"{len(segmented)} of {len(result.files)} file(s) segmented"
+        if result.skipped:
+            message += f", {len(result.skipped)} skipped (their outputs exist)"
         if result.cancelled:
             message = f"cancelled: {message}"
         if result.failed:
