@@ -43,8 +43,8 @@ EM_VALIDATION_SLICES = (16, 17, 18, 19)
 RECIPES = {
     "nuclei": {
         "description": "Fluorescence nuclei (DAPI/Hoechst-like), 3 classes: background, interior, boundary",
-        "training_data": "DSB2018 stage1_train fluorescence images (BBBC038, CC0), fixed split of "
-        f"{NUCLEI_VALIDATION_COUNT} validation images (scripts/splits/dsb2018-validation.txt)",
+        "training_data": "DSB2018 stage1_train fluorescence images (BBBC038, CC0), except the "
+        f"{NUCLEI_VALIDATION_COUNT} held out for validation (scripts/splits/dsb2018-validation.txt)",
         "train": ["--classes", "3", "--depth", "4", "--base-width", "16", "--patch-size", "192",
                   "--batch-size", "8", "--learning-rate", "0.001", "--schedule", "cosine",
                   "--steps-per-epoch", "250", "--seed", "0"],

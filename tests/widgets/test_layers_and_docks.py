@@ -340,3 +340,16 @@ def test_a_layer_of_one_micrometer_pixels_has_a_pixel_size(make_napari_viewer, s
     viewer = make_napari_viewer()
     layer = viewer.add_image(np.zeros((8, 8), np.float32), scale=scale, **({"units": units} if units else {}))
     assert pixel_size(layer) == expected
+
+
+def test_every_setting_explains_itself_on_hover(make_napari_viewer):
+    from magicgui.widgets import Label, ProgressBar, PushButton
+
+    from napari_unet.widgets import BatchWidget, PredictWidget, TrainWidget
+
+    viewer = make_napari_viewer()
+    for widget_class in (TrainWidget, PredictWidget, BatchWidget):
+        widget = docked(viewer, widget_class)
+        silent = [item.label or getattr(item, "text", "") for item in widget.contents
+                  if not item.tooltip and not isinstance(item, (PushButton, Label, ProgressBar))]
+        assert silent == [], f"{widget_class.__name__}: settings without a tooltip"

@@ -27,7 +27,7 @@ from ._common import (
     ModelChooser,
     ScrollingDock,
     connect_worker,
-    device_choices,
+    device_choice,
     guarded,
     prediction_settings,
     report_error,
@@ -84,7 +84,7 @@ class BatchWidget(ScrollingDock):
                                 "Files already there are kept and not segmented again.")
         self.model = ModelChooser(viewer, allow_scratch=False)
         self.tile_size, self.threshold, self.min_size, self.orientations = prediction_settings(self.model)
-        self.device = ComboBox(label="device", choices=device_choices())
+        self.device = device_choice()
         self.compile = CheckBox(label="compile network", value=False,
                                 tooltip="Compile the network before the first plane (torch.compile): about 8 % "
                                 "faster on a CPU after 10-25 s per image size; worth it for long batches.")

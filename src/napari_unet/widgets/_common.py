@@ -72,12 +72,12 @@ class ModelChooser(Container):
     def __init__(self, viewer: napari.viewer.Viewer, allow_scratch: bool, label: str = "model"):
         # The label goes into the label column of the widget that holds the chooser, lined
         # up with the other settings' labels (a label column of its own would not be).
-        super().__init__(labels=False, layout="vertical", label=label)
+        explanation = ("Embedded models are shipped with napari-unet; the session's model is the last one "
+                       "trained in this napari window; a model file is a .safetensors file saved earlier.")
+        super().__init__(labels=False, layout="vertical", label=label, tooltip=explanation)
         self._session = session_models(viewer)
         self._allow_scratch = allow_scratch
-        self.source = ComboBox(choices=self._choices, tooltip=(
-            "Embedded models are shipped with napari-unet; the session's model is the last one "
-            "trained in this napari window; a model file is a .safetensors file saved earlier."))
+        self.source = ComboBox(choices=self._choices, tooltip=explanation)
         self.path = FileEdit(label="model file", mode="r", filter="*.safetensors", visible=False)
         self.extend([self.source, self.path])
         self.margins = (0, 0, 0, 0)
@@ -275,11 +275,14 @@ def wrapped_label(value: str = "") -> Label:
     return label
 
 
-def device_choices() -> list[str]:
-    """"auto" first, then the devices found on this machine (imports torch)."""
+def device_choice() -> ComboBox:
+    """The device setting: "auto" first, then the devices found on this machine (imports torch)."""
     from ..core.device import available_devices
 
-    return available_devices()
+    choices = available_devices()
+    return ComboBox(label="device", choices=choices, tooltip=(
+        f"Where to compute. Found on this computer: {', '.join(choices[1:])}. "
+        "auto takes a CUDA GPU, then Apple MPS, then the CPU."))
 
 
 def spatial_shape(layer) -> tuple[int, ...]:
@@ -390,7 +393,7 @@ __all__ = [
     "ScrollingDock",
     "SessionModels",
     "session_models",
-    "device_choices",
+    "device_choice",
     "spatial_shape",
     "spatial_scale",
     "geometry",

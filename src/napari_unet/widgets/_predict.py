@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
-    ComboBox,
     FloatSpinBox,
     ProgressBar,
     PushButton,
@@ -22,7 +21,7 @@ from ._common import (
     ModelChooser,
     ScrollingDock,
     connect_worker,
-    device_choices,
+    device_choice,
     geometry,
     guarded,
     pixel_size,
@@ -153,7 +152,8 @@ class PredictWidget(ScrollingDock):
         self.output = None  # the Labels layer of the last prediction
         self._output_image = None  # the image layer it segments
         self._cancelled = False
-        self.image = create_widget(annotation="napari.layers.Image", label="image")
+        self.image = create_widget(annotation="napari.layers.Image", label="image",
+                                   options={"tooltip": "The image layer to segment."})
         self.model = ModelChooser(viewer, allow_scratch=False)
         self.tile_size, self.threshold, self.min_size, self.orientations = prediction_settings(self.model)
         self.diameter = FloatSpinBox(
@@ -164,10 +164,11 @@ class PredictWidget(ScrollingDock):
         )
         self.estimate = PushButton(text="Estimate diameter",
                                    tooltip="Estimate the object diameter from a first prediction of the plane on screen.")
-        self.probability = CheckBox(text="also add the probability layer", value=False)
+        self.probability = CheckBox(text="also add the probability layer", value=False,
+                                    tooltip="Also add the foreground probability as a hidden image layer.")
         self.current_plane_only = CheckBox(text="predict current plane only", value=False,
                                            tooltip="Fast feedback: only the plane on screen, into the last prediction layer.")
-        self.device = ComboBox(label="device", choices=device_choices())
+        self.device = device_choice()
         self.run = PushButton(text="Predict")
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, max=1000)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
-    ComboBox,
     FloatSpinBox,
     ProgressBar,
     PushButton,
@@ -28,7 +27,7 @@ from ._common import (
     ModelChooser,
     ScrollingDock,
     connect_worker,
-    device_choices,
+    device_choice,
     geometry,
     guarded,
     pixel_size,
@@ -70,8 +69,10 @@ class TrainWidget(ScrollingDock):
         self._predict_diameter = None  # object diameter to predict the trained image with
         self._trained_image = None  # the image layer predicted when training is done
 
-        self.image = create_widget(annotation="napari.layers.Image", label="image")
-        self.labels_layer = create_widget(annotation="napari.layers.Labels", label="labels")
+        self.image = create_widget(annotation="napari.layers.Image", label="image",
+                                   options={"tooltip": "The image layer to train on."})
+        self.labels_layer = create_widget(annotation="napari.layers.Labels", label="labels", options={
+            "tooltip": "Its annotation: a Labels layer of the same shape, every object with its own value."})
         self.regions = create_widget(
             annotation="napari.layers.Shapes", label="regions", options={"nullable": True},
         )
@@ -108,9 +109,9 @@ class TrainWidget(ScrollingDock):
             "rescaled so that objects match the starting model's. 0: no rescaling (or the layer's pixel size, "
             "when the model records one).",
         )
-        self.device = ComboBox(label="device", choices=device_choices(),
-                               tooltip="auto uses a CUDA GPU, then Apple MPS, then the CPU.")
-        self.predict_when_done = CheckBox(text="predict the image when done", value=True)
+        self.device = device_choice()
+        self.predict_when_done = CheckBox(text="predict the image when done", value=True,
+                                          tooltip="Segment the trained image with the new model as soon as training ends.")
         self.start = PushButton(text="Start training")
         self.stop = PushButton(text="Stop", enabled=False)
         self.save = PushButton(text="Save model...", enabled=False)
@@ -124,7 +125,6 @@ class TrainWidget(ScrollingDock):
         ])
         self.plot = TrainingPlot()
         self.contents.native.layout().addWidget(self.plot)
-        self.device.tooltip = f"Found: {', '.join(self.device.choices[1:])}. auto uses CUDA, then MPS, then the CPU."
 
         self.new_labels.changed.connect(self._create_labels_layer)
         self.add_pair.changed.connect(self._add_pair)
