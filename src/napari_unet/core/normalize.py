@@ -146,7 +146,8 @@ def as_planes(
             if in_channels == 1 and channels in (3, 4):
                 warnings.warn(
                     f"the image has {channels} colour channels and the model takes one; "
-                    "it was converted to gray",
+                    "it was converted to gray (if they are planes of a stack, save the file as a "
+                    "stack: tifffile writes 3 or 4 planes as RGB unless given photometric='minisblack')",
                     InputWarning,
                     stacklevel=2,
                 )
