@@ -326,8 +326,7 @@ def _train(args) -> int:
         return 130 if stop.is_set() else EXIT_FAILED
     path = result.model.save(args.out)
     if result.unchanged:
-        print(f"napari-unet: no training step validated clearly better than {args.init} on the held-out "
-              f"images; {path} holds it unchanged", file=sys.stderr)
+        print(f"napari-unet: {result.why_unchanged()} ({args.init}); {path} holds it unchanged", file=sys.stderr)
     last = result.history[-1] if result.history else {}
     print(json.dumps({"model": str(path), "stop_reason": result.stop_reason, "steps": result.model.training["steps"],
                       "unchanged": result.unchanged, "threshold": result.model.threshold,

@@ -23,6 +23,7 @@ from napari_unet.core.train import (
     SCRATCH_LEARNING_RATE,
     STRIPE_FINE_TUNE_LEARNING_RATE,
     TrainingConfig,
+    TrainingResult,
     TrainingSample,
     _BatchesAhead,
     _clearly_better,
@@ -173,6 +174,15 @@ def test_fine_tuning_that_only_hurts_gives_the_model_back_unchanged(nuclei, tiny
     assert misled.unchanged
     assert (misled.model.name, misled.model.evaluation, misled.model.threshold) == (
         "nuclei-like", {"ap50_pooled": 0.9}, model.threshold)
+    assert misled.starting_score == misled.history[0]["score"] < 1.0
+    assert f"than the starting model (score {misled.starting_score:.3f})" in misled.why_unchanged()
+
+
+def test_a_starting_model_without_an_error_is_said_to_leave_nothing_to_gain(nuclei, tiny_config):
+    result = TrainingResult(Model.new(tiny_config), [{"step": 0, "score": 1.0}, {"step": 5, "score": 0.9}],
+                            "time budget", unchanged=True)
+    assert "already segments the held-out annotations without an error" in result.why_unchanged()
+    assert TrainingResult(Model.new(tiny_config), [{"step": 5, "score": 0.9}], "epochs").starting_score is None
 
 
 @pytest.mark.parametrize(("errors", "objects", "replaces"), [

@@ -213,6 +213,20 @@ class TrainingResult:
     #: Fine-tuning gave the model back as it came: no weights validated clearly better.
     unchanged: bool = False
 
+    @property
+    def starting_score(self) -> float | None:
+        """Validation score of the model fine-tuning started from (None: not validated)."""
+        first = self.history[0] if self.history else {}
+        return first.get("score") if first.get("step") == 0 else None
+
+    def why_unchanged(self) -> str:
+        """Why fine-tuning gave the model back, in words (for an ``unchanged`` result)."""
+        if self.starting_score == 1.0:
+            return ("the starting model already segments the held-out annotations without an error, "
+                    "so training had nothing to gain")
+        score = "" if self.starting_score is None else f" (score {self.starting_score:.3f})"
+        return f"no training step validated clearly better than the starting model{score} on the held-out annotations"
+
 
 @dataclass
 class _Plane:

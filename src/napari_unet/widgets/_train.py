@@ -324,8 +324,8 @@ class TrainWidget(ScrollingDock):
         self.status.value = f"done ({result.stop_reason}) after {result.model.training['steps']} steps"
         if result.unchanged:
             self.status.value += "; no clear gain, the starting model is kept"
-            show_info(f"training finished ({result.stop_reason}) without validating clearly better on the held-out "
-                      "image(s): the starting model is kept as it was, for this session")
+            show_info(f"training finished ({result.stop_reason}): {result.why_unchanged()}; the starting model is "
+                      "kept as it was, for this session")
         else:
             show_info(f"training finished ({result.stop_reason}); the model is kept for this session")
         image = self._trained_image
