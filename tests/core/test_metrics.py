@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_unet.core.errors import InputError
 from napari_unet.core.metrics import (
     DEFAULT_THRESHOLDS,
     MatchCounts,
@@ -14,6 +15,7 @@ from napari_unet.core.metrics import (
     match_counts,
     pixel_scores,
 )
+from napari_unet.core.synthetic import synthetic_nuclei
 
 
 def three_squares() -> np.ndarray:
@@ -340,3 +342,24 @@ def test_isbi_scores_pool_planes_and_refuse_mismatches():
         isbi_scores(truth, prediction[:, :, :3])
     with pytest.raises(ValueError, match="planes"):
         isbi_scores(truth, prediction[:1])
+
+
+def test_a_stack_is_scored_plane_by_plane_as_prediction_numbers_its_objects():
+    # Prediction numbers objects per plane: object 1 of plane 0 is not object 1 of plane 1.
+    planes = [synthetic_nuclei((64, 64), count=6, seed=seed)[1] for seed in (1, 2)]
+    predicted = np.stack(planes)
+    truth = predicted.copy()  # the same objects, numbered through the stack
+    truth[1][truth[1] > 0] += truth[0].max()
+    assert np.isin(predicted[1][predicted[1] > 0], predicted[0][predicted[0] > 0]).any()
+    for scores in (average_precision(truth, predicted), average_precision([truth], [predicted])):
+        assert scores["ap_pooled"][0] == 1.0 and scores["tp"][0] == sum(len(np.unique(p)) - 1 for p in planes)
+    assert isbi_scores(truth, predicted)["v_rand"] == 1.0
+
+
+def test_a_binary_mask_counts_its_connected_components_as_objects():
+    labels = three_squares()
+    mask = (labels > 0).astype(np.uint8) * 255
+    assert average_precision(mask, labels)["ap_pooled"][0] == 1.0
+    assert isbi_scores(mask, labels)["v_rand"] == 1.0
+    with pytest.raises(InputError, match="shape"):
+        average_precision(mask, labels[:-1])

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .errors import InputError
+from .targets import as_instance_labels
+
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "pixel_scores",
@@ -41,7 +44,7 @@ def pixel_scores(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray | N
     pred = np.asarray(prediction) > 0
     true = np.asarray(truth) > 0
     if pred.shape != true.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {true.shape}")
+        raise InputError(f"prediction shape {pred.shape} differs from ground truth {true.shape}")
     if mask is not None:
         pred, true = pred[mask], true[mask]
     intersection = np.count_nonzero(pred & true)
@@ -67,7 +70,7 @@ def iou_matrix(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     truth = np.asarray(truth)
     prediction = np.asarray(prediction)
     if truth.shape != prediction.shape:
-        raise ValueError(f"prediction shape {prediction.shape} differs from ground truth {truth.shape}")
+        raise InputError(f"prediction shape {prediction.shape} differs from ground truth {truth.shape}")
     true_ids, n_true = _relabel(truth)
     pred_ids, n_pred = _relabel(prediction)
     overlap = np.bincount(
@@ -143,9 +146,13 @@ def average_precision(
 ) -> dict:
     """Instance AP of a set of images, pooled and as the per-image mean.
 
+    Each plane is an image of its own: a stack (or a list of stacks) is scored plane by
+    plane, as prediction numbers its objects per plane. A binary mask (one value for all
+    objects) counts its connected components as objects, as training does.
+
     Args:
-        truths: Ground-truth label images (or one label image).
-        predictions: Predicted label images, in the same order.
+        truths: Ground-truth label images: one image, a stack, or a list of them.
+        predictions: Predicted label images, in the same order and shapes.
         thresholds: IoU thresholds.
 
     Returns:
@@ -154,13 +161,15 @@ def average_precision(
         paper's figure); "mean" averages the per-image APs (the Data Science Bowl's score
         when averaged over the thresholds 0.5 to 0.95).
     """
-    if isinstance(truths, np.ndarray):
-        truths, predictions = [truths], [predictions]
+    truths, predictions = _label_planes(truths), _label_planes(predictions)
     if len(truths) != len(predictions):
-        raise ValueError(f"{len(truths)} ground-truth images but {len(predictions)} predictions")
+        raise InputError(f"{len(truths)} ground-truth planes but {len(predictions)} predictions")
+    for truth, prediction in zip(truths, predictions):
+        if truth.shape != prediction.shape:
+            raise InputError(f"prediction shape {prediction.shape} differs from ground truth {truth.shape}")
     per_image = [match_counts(t, p, thresholds) for t, p in zip(truths, predictions)]
     if not per_image:
-        raise ValueError("no images to evaluate")
+        raise InputError("no images to evaluate")
     pooled = per_image[0]
     for counts in per_image[1:]:
         pooled = pooled + counts
@@ -194,14 +203,14 @@ def isbi_scores(truths, predictions) -> dict:
     Returns:
         ``{"pixel_error", "v_rand", "v_rand_split", "v_rand_merge"}``.
     """
-    truths, predictions = _planes(truths), _planes(predictions)
+    truths, predictions = _label_planes(truths), _label_planes(predictions)
     if len(truths) != len(predictions):
-        raise ValueError(f"{len(truths)} ground-truth planes but {len(predictions)} predictions")
+        raise InputError(f"{len(truths)} ground-truth planes but {len(predictions)} predictions")
     wrong = pixels = 0
     joint = true_squares = predicted_squares = 0.0
     for truth, prediction in zip(truths, predictions):
         if truth.shape != prediction.shape:
-            raise ValueError(f"prediction shape {prediction.shape} differs from ground truth {truth.shape}")
+            raise InputError(f"prediction shape {prediction.shape} differs from ground truth {truth.shape}")
         wrong += int(np.count_nonzero((truth > 0) != (prediction > 0)))
         pixels += truth.size
         foreground = truth > 0
@@ -224,10 +233,12 @@ def isbi_scores(truths, predictions) -> dict:
     }
 
 
-def _planes(images) -> list[np.ndarray]:
+def _label_planes(images) -> list[np.ndarray]:
+    """The 2D instance label planes of one image, a stack, or a list of them."""
     if isinstance(images, np.ndarray):
         images = [images]
-    return [plane for image in images for plane in np.asarray(image).reshape(-1, *np.shape(image)[-2:])]
+    return [as_instance_labels(plane) for image in images
+            for plane in np.asarray(image).reshape(-1, *np.shape(image)[-2:])]
 
 
 def _sum_of_squares(counts: np.ndarray) -> float:
