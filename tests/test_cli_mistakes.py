@@ -87,7 +87,7 @@ def test_images_of_different_pixel_sizes_are_not_trained_together(pair, capsys, 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--seed", "-1"], "--seed"), (["--w0", "nan"], "--w0"), (["--augment", "-1"], "--augment"),
     (["--dice-weight", "-0.5"], "--dice-weight"), (["--depth", "12"], "depth is at most"),
-    (["--patch-size", "100000"], "patch size from 8 to"),
+    (["--patch-size", "100000"], "patch size must be from 8 to"),
 ])
 def test_impossible_training_settings_are_refused(pair, tmp_path, capsys, flags, message):
     settings = list(TINY)

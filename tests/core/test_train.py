@@ -551,3 +551,13 @@ def test_the_same_seed_trains_the_same_weights(nuclei, tiny_config):
     first = trained(seed=0)
     assert _same_weights(first, trained(seed=0))
     assert not _same_weights(first, trained(seed=1))
+
+
+@pytest.mark.parametrize(("setting", "said"), [
+    ({"epochs": 0}, "epochs must be at least 1, not 0"),
+    ({"batch_size": 0}, "batch size must be at least 1, not 0"),
+    ({"patch_size": 4}, "patch size must be from 8 to 2048, not 4"),
+])
+def test_each_bad_setting_is_named_with_its_value(setting, said):
+    with pytest.raises(InputError, match=said):
+        TrainingConfig(**setting)

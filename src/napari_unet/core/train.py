@@ -151,9 +151,12 @@ class TrainingConfig:
             raise InputError(f"optimizer must be 'adam' or 'sgd', not {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine"):
             raise InputError(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 1 or not 8 <= self.patch_size <= MAX_PATCH_SIZE:
-            raise InputError(f"epochs and batch size must be at least 1 and the patch size from 8 to "
-                             f"{MAX_PATCH_SIZE}, not {self.patch_size}")
+        if self.epochs < 1:
+            raise InputError(f"epochs must be at least 1, not {self.epochs}")
+        if self.batch_size < 1:
+            raise InputError(f"the batch size must be at least 1, not {self.batch_size}")
+        if not 8 <= self.patch_size <= MAX_PATCH_SIZE:
+            raise InputError(f"the patch size must be from 8 to {MAX_PATCH_SIZE}, not {self.patch_size}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise InputError("the time budget must be positive")
         if not 0 <= self.val_fraction < 1:
