@@ -36,11 +36,13 @@ _API = {
     "PredictProgress": "napari_unet.core.predict",
     "predict": "napari_unet.core.predict",
     "predict_iter": "napari_unet.core.predict",
+    "estimate_diameter": "napari_unet.core.predict",
     "load_model": "napari_unet.core.registry",
     "embedded_models": "napari_unet.core.registry",
     "save_model": "napari_unet.core.modelfile",
     "average_precision": "napari_unet.core.metrics",
     "pixel_scores": "napari_unet.core.metrics",
+    "isbi_scores": "napari_unet.core.metrics",
     "synthetic_nuclei": "napari_unet.core.synthetic",
     "NapariUnetError": "napari_unet.core.errors",
     "InputError": "napari_unet.core.errors",
@@ -66,11 +68,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs only
     from .core.augment import AugmentConfig
     from .core.bundle import Model
     from .core.errors import InputError, ModelFileError, NapariUnetError
-    from .core.metrics import average_precision, pixel_scores
+    from .core.metrics import average_precision, isbi_scores, pixel_scores
     from .core.model import NetworkConfig, UNet
     from .core.modelfile import save_model
     from .core.normalize import Normalization
-    from .core.predict import Prediction, PredictProgress, predict, predict_iter
+    from .core.predict import Prediction, PredictProgress, estimate_diameter, predict, predict_iter
     from .core.registry import embedded_models, load_model
     from .core.synthetic import synthetic_nuclei
     from .core.train import (

@@ -287,3 +287,11 @@ def test_boolean_images_become_numbers():
     out, _ = as_planes(image, 1)
     assert np.issubdtype(out.dtype, np.number)
     assert out[0, 0, 3, 4] == 1 and out.sum() == 1
+
+
+def test_channels_last_of_a_multichannel_model_need_their_axis_and_the_error_says_so():
+    image = np.random.default_rng(0).random((32, 40, 2)).astype(np.float32)
+    with pytest.raises(InputError, match="channel_axis=-1"):
+        as_planes(image, 2)
+    planes, stack_shape = as_planes(image, 2, channel_axis=-1)
+    assert planes.shape == (1, 2, 32, 40) and stack_shape == ()

@@ -162,8 +162,9 @@ def as_planes(
         axes = [axis for axis in range(image.ndim - 2) if image.shape[axis] == in_channels]
         if not axes:
             raise InputError(
-                f"the model takes {in_channels} channels but no axis of the image "
-                f"(shape {image.shape}) has that length"
+                f"the model takes {in_channels} channels but no leading axis of the image "
+                f"(shape {image.shape}) has that length; give the channel axis (channel_axis=-1 "
+                f"for channels last)"
             )
         image = np.moveaxis(image, axes[0], -3)
     stack_shape = image.shape[:-3]
