@@ -328,3 +328,9 @@ def test_a_two_worker_dask_cluster_gives_the_labels_of_one_process(tmp_path, mod
 
     data = _planes(3)
     np.testing.assert_array_equal(predict_array(model, data, executor=dask_cluster, **OPTIONS), _expected(model, data))
+
+
+def test_an_array_out_path_must_name_a_tiff(tmp_path, model):
+    with pytest.raises(InputError, match=r"must end in \.tif or \.tiff"):
+        predict_array(model, _planes(2), tmp_path / "labels.npy", **OPTIONS)
+    assert not list(tmp_path.iterdir())

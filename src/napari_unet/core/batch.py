@@ -531,8 +531,9 @@ def predict_array_iter(
         model: The model.
         array: Anything sliced like a numpy array whose last two axes are height and width.
         out: Where the labels go: an array of the result's shape that takes item
-            assignment (a Zarr array, a numpy memmap), or a TIFF path written page by
-            page and renamed when complete; None for a new int32 numpy array (in memory).
+            assignment (a Zarr array, a numpy memmap), or a TIFF path (ending in .tif or
+            .tiff) written page by page and renamed when complete; None for a new int32
+            numpy array (in memory).
         channel_axis: The axis holding the channels, for a model that takes several.
         executor: Where planes are predicted (default: this process).
         stop: When set, prediction ends at the next progress step and returns None
@@ -544,11 +545,14 @@ def predict_array_iter(
         ``out`` (the array, or the TIFF path), or the new labels array.
 
     Raises:
-        InputError: If ``out`` has the wrong shape or its dtype cannot hold the labels.
+        InputError: If ``out`` has the wrong shape, its dtype cannot hold the labels, or
+            it is a path that does not name a TIFF file.
     """
     shape = tuple(array.shape)
     if len(shape) < 2:
         raise InputError(f"an image needs at least two axes (height, width), got shape {shape}")
+    if isinstance(out, str | os.PathLike) and Path(out).suffix.lower() not in (".tif", ".tiff"):
+        raise InputError(f"a path given as out is written as a TIFF file and must end in .tif or .tiff, not {out}")
     axes = "Q" * (len(shape) - 2) + "YX"
     if channel_axis is not None and channel_axis < 0:
         channel_axis += len(shape)
