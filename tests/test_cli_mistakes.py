@@ -207,3 +207,16 @@ def test_evaluate_splits_a_binary_mask_stack_plane_by_plane(tmp_path, capsys):
     result = json.loads(captured.out)
     assert result["planes"] == 2 and result["ap_pooled"][0] == 1.0 and result["v_rand"] == 1.0
     assert captured.err.strip().startswith("2 plane(s) of 1 image(s): AP50 1.000")
+
+
+def test_train_takes_the_objects_diameter_to_fine_tune_at_the_models_scale(pair, tmp_path, capsys, monkeypatch):
+    parent = Model.new(NetworkConfig(depth=2, base_width=4), object_diameter=12.0).save(tmp_path / "parent.safetensors")
+    factors = []
+    real = core_train.scale_factor
+    monkeypatch.setattr(core_train, "scale_factor", lambda *args: factors.append(real(*args)) or factors[-1])
+    assert _train(pair, "--out", str(tmp_path / "child.safetensors"), "--init", str(parent), "--diameter", "24",
+                  "--epochs", "1", "--steps-per-epoch", "1", "--val-fraction", "0", *TINY) == 0
+    assert factors == [0.5]  # 24-pixel objects halved to the model's 12
+    with pytest.raises(SystemExit) as refused:
+        _train(pair, "--out", str(tmp_path / "other.safetensors"), "--diameter", "-3", *TINY)
+    assert refused.value.code == 2 and "must be a positive number" in capsys.readouterr().err

@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="convolution padding of a new network (default: same)")
     train.add_argument("--pixel-size", type=_positive_float, nargs=2, metavar=("Y", "X"),
                        help="pixel size of the images (default: read from the TIFFs)")
+    train.add_argument("--diameter", type=_positive_float, metavar="PX",
+                       help="with --init: typical object diameter in the images, in pixels; they are rescaled so that "
+                       "objects match the model's (default: from the pixel sizes when both are known, else none)")
     train.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
     train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     train.set_defaults(handler=_train)
@@ -316,7 +319,7 @@ def _train(args) -> int:
     try:
         generator = train_iter(samples, model=model, config=config, network_config=network, stop=stop,
                                pixel_size=pixel_size, pixel_unit=unit, checkpoint=args.out,
-                               validation_samples=validation)
+                               validation_samples=validation, diameter=args.diameter)
         result = run_to_end(generator, show)
     finally:
         progress.close()

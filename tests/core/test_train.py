@@ -561,3 +561,27 @@ def test_the_same_seed_trains_the_same_weights(nuclei, tiny_config):
 def test_each_bad_setting_is_named_with_its_value(setting, said):
     with pytest.raises(InputError, match=said):
         TrainingConfig(**setting)
+
+
+def test_fine_tuning_with_nothing_left_to_validate_on_warns(nuclei, tiny_config):
+    image, labels = nuclei
+    mask = np.zeros(labels.shape, bool)
+    mask[:, :60] = True  # a rectangle on the left: the held-out right-most tenth holds no annotation
+    with pytest.warns(InputWarning, match="cannot check that the model gets better"):
+        train([TrainingSample(image, labels, mask)], model=Model.new(tiny_config),
+              config=TrainingConfig(**dict(FAST, val_fraction=0.1)))
+
+
+def test_the_unlabelled_planes_of_a_stack_are_ignored_unless_a_mask_says_otherwise(tiny_config):
+    from napari_unet.core.train import _split_planes
+
+    pairs = [synthetic_nuclei((64, 64), count=6, seed=seed) for seed in range(3)]
+    image = np.stack([image for image, _ in pairs])
+    labels = np.stack([labels for _, labels in pairs])
+    labels[1] = 0  # plane 1 not annotated: its nuclei must not be taught as background
+    planes = list(_split_planes([TrainingSample(image, labels)], 1))
+    assert len(planes) == 2 and all(mask.all() for *_, mask in planes)
+    everything = list(_split_planes([TrainingSample(image, labels, np.ones(labels.shape, bool))], 1))
+    assert len(everything) == 3
+    single = list(_split_planes([TrainingSample(image[1], labels[1])], 1))  # a 2D image counts whole
+    assert len(single) == 1 and single[0][3].all()
