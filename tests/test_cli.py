@@ -214,3 +214,13 @@ def test_help_explains_every_flag():
     text = subprocess.run([sys.executable, "-m", "napari_unet", "predict", "--help"], capture_output=True, text=True,
                           check=True).stdout
     assert "usage: napari-unet predict" in text and "--tile-size" in text
+
+
+def test_output_read_by_a_reader_that_stops_early_ends_quietly():
+    # As in `napari-unet models --json | head -1`: the reader has gone before the output is written.
+    child = subprocess.Popen([sys.executable, "-m", "napari_unet", "models", "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()
+    error = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 0
+    assert "Traceback" not in error and "BrokenPipe" not in error

@@ -7,9 +7,11 @@ shows progress, and turns the core's errors into one line and a non-zero exit co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -565,6 +567,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of the output went away (`napari-unet models | head`): nothing to say.
+        # Python would report the pipe again when flushing stdout at exit; point it nowhere.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
