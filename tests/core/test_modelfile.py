@@ -400,3 +400,17 @@ def test_a_hand_edited_header_is_one_plain_error(tmp_path, key, value):
     with pytest.raises(ModelFileError, match="damaged header") as raised:
         load_model_file(path)
     assert len(str(raised.value).splitlines()) == 1 and len(str(raised.value)) < 300
+
+
+def test_a_model_is_saved_only_under_a_model_files_name_and_found_without_its_suffix(tmp_path, monkeypatch):
+    model = Model.new(NetworkConfig(depth=1, base_width=4))
+    image = tmp_path / "cells.tif"
+    image.write_bytes(b"an image")
+    for wrong in (image, tmp_path):  # would replace an image; a folder is not a file name
+        with pytest.raises(ModelFileError):
+            save_model(model, wrong)
+    assert image.read_bytes() == b"an image" and sorted(p.name for p in tmp_path.iterdir()) == ["cells.tif"]
+    saved = save_model(model, tmp_path / "run")
+    assert saved.name == "run.safetensors"
+    monkeypatch.chdir(tmp_path)
+    assert registry.load_model("run").config == model.config  # found as save_model named it

@@ -585,3 +585,12 @@ def test_the_unlabelled_planes_of_a_stack_are_ignored_unless_a_mask_says_otherwi
     assert len(everything) == 3
     single = list(_split_planes([TrainingSample(image[1], labels[1])], 1))  # a 2D image counts whole
     assert len(single) == 1 and single[0][3].all()
+
+
+def test_a_checkpoint_that_is_not_a_model_files_name_is_refused_before_training(nuclei, tiny_config, tmp_path):
+    image, labels = nuclei
+    for wrong in (tmp_path / "labels.tif", tmp_path):
+        with pytest.raises(InputError, match="checkpoint is a model file"):
+            train([TrainingSample(image, labels)], network_config=tiny_config, config=TrainingConfig(**FAST),
+                  checkpoint=wrong)
+    assert list(tmp_path.iterdir()) == []

@@ -62,16 +62,24 @@ def save_model(model: Model, path: str | os.PathLike) -> Path:
 
     Args:
         model: The model to save.
-        path: Target file; ``.safetensors`` is appended when it has no suffix.
+        path: Target file, ending in ``.safetensors`` (appended when it has no suffix).
+
+    Raises:
+        ModelFileError: If ``path`` is a folder or ends in another suffix.
 
     Returns:
         The path written.
     """
     from safetensors.torch import save
 
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder; give the model file's name")
     if not path.suffix:
         path = path.with_suffix(MODEL_SUFFIX)
+    elif path.suffix.lower() != MODEL_SUFFIX:
+        # A model written under another name could replace an image or a label file.
+        raise ModelFileError(f"a model file's name ends in {MODEL_SUFFIX}, not {path.suffix} ({path})")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.network.state_dict().items()}
     header = {_HEADER_KEY: json.dumps(_metadata(model))}

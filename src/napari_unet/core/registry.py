@@ -32,7 +32,7 @@ def embedded_models() -> dict[str, dict]:
 
 
 def load_model(name_or_path: str | os.PathLike) -> Model:
-    """Load an embedded model by name, or a model file by path.
+    """Load an embedded model by name, or a model file by path (``.safetensors`` may be left out).
 
     Raises:
         ModelFileError: If there is no such embedded model or file, or the file is not a
@@ -45,5 +45,7 @@ def load_model(name_or_path: str | os.PathLike) -> Model:
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return load_model_file(path)
+    if path.name and not path.suffix and path.with_suffix(MODEL_SUFFIX).is_file():  # as save_model names it
+        return load_model_file(path.with_suffix(MODEL_SUFFIX))
     names = ", ".join(embedded_models()) or "none yet"
     raise ModelFileError(f"no model file {text!r} and no embedded model of that name (embedded: {names})")

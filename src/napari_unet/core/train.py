@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from .device import autocast, resolve_device, smaller_batch_after
 from .errors import InputError, InputWarning
 from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
+from .modelfile import MODEL_SUFFIX
 from .normalize import as_planes
 from .postprocess import choose_threshold, enough_to_choose, probabilities_to_labels
 from .predict import predict_probabilities
@@ -577,6 +579,8 @@ def train_iter(
         InputError: If there is nothing annotated to train on, or the data do not fit.
     """
     config = config or TrainingConfig()
+    if checkpoint is not None and (Path(checkpoint).is_dir() or Path(checkpoint).suffix.lower() not in ("", MODEL_SUFFIX)):
+        raise InputError(f"the checkpoint is a model file, named like NAME{MODEL_SUFFIX}, not {checkpoint}")
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     fine_tuning = model is not None
