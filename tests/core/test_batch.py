@@ -334,3 +334,22 @@ def test_an_array_out_path_must_name_a_tiff(tmp_path, model):
     with pytest.raises(InputError, match=r"must end in \.tif or \.tiff"):
         predict_array(model, _planes(2), tmp_path / "labels.npy", **OPTIONS)
     assert not list(tmp_path.iterdir())
+
+
+def test_files_are_given_as_the_command_line_takes_them_and_models_by_name(tmp_path, model, monkeypatch):
+    from napari_unet.core import registry
+
+    (tmp_path / "in").mkdir()
+    _write(tmp_path / "in" / "a.tif", "single")
+    _write(tmp_path / "in" / "b.tif", "multipage")
+    expected = ["a.tif", "b.tif"]
+    for spec in (tmp_path / "in", str(tmp_path / "in" / "*.tif"), [tmp_path / "in"]):
+        result = predict_files(model, spec, tmp_path / "out", overwrite=True, **OPTIONS)
+        assert sorted(item.path.name for item in result.files) == expected
+    one = predict_files(model, tmp_path / "in" / "a.tif", tmp_path / "one", **OPTIONS)  # one file alone
+    assert [item.path.name for item in one.files] == ["a.tif"] and not one.failed
+    monkeypatch.setattr(registry, "load_model", lambda name: model if name == "mine" else None)
+    named = predict_files("mine", tmp_path / "in" / "a.tif", tmp_path / "named", **OPTIONS)
+    np.testing.assert_array_equal(tifffile.imread(named.files[0].output), tifffile.imread(one.files[0].output))
+    with pytest.raises(InputError, match="a model is a Model"):
+        predict_files(42, tmp_path / "in", tmp_path / "never", **OPTIONS)

@@ -650,3 +650,12 @@ def test_without_a_tile_size_a_cpu_predicts_a_2048_plane_in_one_pass(monkeypatch
     assert calls == [1]
     tiled = run_to_end(predict_probabilities(_network(depth=2, base_width=4), plane, tile_size=1024, device="cpu"))
     np.testing.assert_allclose(result, tiled, atol=2e-5, rtol=0)
+
+
+def test_a_model_can_be_given_by_its_files_path(tmp_path):
+    model = _model()
+    path = model.save(tmp_path / "tiny.safetensors")
+    image = np.random.default_rng(9).random((40, 50)).astype(np.float32)
+    np.testing.assert_array_equal(predict(str(path), image, device="cpu").labels, predict(model, image, device="cpu").labels)
+    with pytest.raises(InputError, match="a model is a Model"):
+        predict(None, image, device="cpu")

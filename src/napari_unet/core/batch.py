@@ -16,6 +16,7 @@ labels. :func:`predict_array_iter` does the same for a numpy, Zarr or Dask array
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
@@ -31,10 +32,11 @@ import numpy as np
 
 from .bundle import Model
 from .errors import InputError, NapariUnetError
-from .io import ImageInfo
+from .io import ImageInfo, collect_tiffs
 from .normalize import as_planes
 from .predict import PredictProgress, estimate_diameter, predict_iter, predict_planes_iter
 from .progress import run_to_end
+from .registry import as_model
 from .scale import scale_factor
 from .tiffstream import PageTiffWriter, TiffMetadata, TiffPageReader, partial_path
 from .units import in_unit
@@ -370,7 +372,7 @@ def _count_units(path: Path, in_channels: int) -> int:
 
 def predict_files_iter(
     model: Model,
-    files: Sequence[str | os.PathLike],
+    files: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     probability: bool = False,
     overwrite: bool = False,
@@ -388,7 +390,9 @@ def predict_files_iter(
 
     Args:
         model: The model.
-        files: Input TIFF files (single images, stacks, ImageJ hyperstacks, OME-TIFF, BigTIFF).
+        files: Input TIFF files (single images, stacks, ImageJ hyperstacks, OME-TIFF, BigTIFF),
+            folders of them or glob patterns, as on the command line; one of these alone
+            or a list.
         out_dir: Folder for the label files (created if needed); see :func:`output_paths`.
         probability: Also write ``NAME_probability.tif`` with the foreground probability.
         overwrite: Segment inputs whose outputs exist instead of skipping them.
@@ -404,7 +408,10 @@ def predict_files_iter(
     Raises:
         InputError: If outputs would overwrite inputs or each other (checked before any work).
     """
-    files = [Path(f) for f in files]
+    model = as_model(model)
+    if isinstance(files, str | os.PathLike):
+        files = [files]
+    files = [path for spec in files for path in _input_files(spec)]
     targets = output_paths(files, out_dir, probability)
     _check_options(model, predict_options)
     executor = executor or LocalExecutor()
@@ -448,7 +455,15 @@ def predict_files_iter(
     return result
 
 
-def predict_files(model: Model, files: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+def _input_files(spec: str | os.PathLike) -> list[Path]:
+    """The TIFF files of a folder or glob pattern, as the command line takes them; a file itself."""
+    path = Path(spec).expanduser()
+    if path.is_dir() or (not path.exists() and glob.has_magic(str(spec))):
+        return collect_tiffs(spec)
+    return [path]  # a missing file is reported with the others' results
+
+
+def predict_files(model: Model, files: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                   on_progress=None, **kwargs) -> BatchResult:
     """Synchronous :func:`predict_files_iter`; ``on_progress`` is called with each :class:`FileProgress`."""
     return run_to_end(predict_files_iter(model, files, out_dir, **kwargs), on_progress)
@@ -548,6 +563,7 @@ def predict_array_iter(
         InputError: If ``out`` has the wrong shape, its dtype cannot hold the labels, or
             it is a path that does not name a TIFF file.
     """
+    model = as_model(model)
     shape = tuple(array.shape)
     if len(shape) < 2:
         raise InputError(f"an image needs at least two axes (height, width), got shape {shape}")

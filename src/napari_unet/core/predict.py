@@ -37,6 +37,7 @@ from .model import UNet
 from .normalize import as_planes
 from .postprocess import foreground_probability, probabilities_to_labels
 from .progress import run_to_end
+from .registry import as_model
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape
 
 __all__ = ["PredictProgress", "Prediction", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
@@ -524,7 +525,7 @@ def predict_iter(
     match the model's training data, and the results are resized back to the input grid.
 
     Args:
-        model: The model.
+        model: The model, or an embedded model's name or a model file's path.
         image: 2D image, RGB image or stack, any numeric dtype.
         tile_size: Largest tile edge in pixels, context included (None: 1024 on a GPU,
             up to 2048 on a CPU as memory allows).
@@ -549,6 +550,7 @@ def predict_iter(
             rotated versions of its input: more accurate outlines for eight times the
             network's work.
     """
+    model = as_model(model)
     threshold = _checked_options(model, tile_size, batch_size, threshold)
     planes, stack_shape = as_planes(image, model.config.in_channels, channel_axis)
     height, width = planes.shape[-2:]
@@ -636,6 +638,7 @@ def estimate_diameter(model: Model, image: np.ndarray, channel_axis: int | None 
     Returns:
         The median diameter of the objects found, or None when none were found.
     """
+    model = as_model(model)
     planes, _ = as_planes(image, model.config.in_channels, channel_axis)
     options = {"tile_size": None, "batch_size": None, "device": "auto", "amp": True, "threshold": None, "min_size": 10}
     options.update(kwargs)

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 
 from .bundle import Model
-from .errors import ModelFileError
+from .errors import InputError, ModelFileError
 from .modelfile import MODEL_SUFFIX, load_model_file, read_metadata
 
-__all__ = ["DEFAULT_MODEL", "embedded_models", "load_model"]
+__all__ = ["DEFAULT_MODEL", "as_model", "embedded_models", "load_model"]
 
 _EMBEDDED = Path(__file__).resolve().parent.parent / "models"
 
@@ -49,3 +49,17 @@ def load_model(name_or_path: str | os.PathLike) -> Model:
         return load_model_file(path.with_suffix(MODEL_SUFFIX))
     names = ", ".join(embedded_models()) or "none yet"
     raise ModelFileError(f"no model file {text!r} and no embedded model of that name (embedded: {names})")
+
+
+def as_model(model: Model | str | os.PathLike) -> Model:
+    """``model`` itself, or the model that a name or path stands for (see :func:`load_model`).
+
+    Raises:
+        InputError: If ``model`` is neither a model nor a name or path.
+        ModelFileError: If the name or path leads to no usable model.
+    """
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, str | os.PathLike):
+        return load_model(model)
+    raise InputError(f"a model is a Model, an embedded model's name or a model file's path, not {type(model).__name__}")

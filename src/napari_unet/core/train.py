@@ -39,6 +39,7 @@ from .normalize import as_planes
 from .postprocess import choose_threshold, enough_to_choose, probabilities_to_labels
 from .predict import predict_probabilities
 from .progress import run_to_end
+from .registry import as_model
 from .scale import (
     equivalent_diameters,
     pixel_size_for_model,
@@ -559,7 +560,8 @@ def train_iter(
 
     Args:
         samples: Annotated images.
-        model: Model to fine-tune; None trains a new one from scratch.
+        model: Model to fine-tune (or an embedded model's name or a model file's path);
+            None trains a new one from scratch.
         config: Training settings.
         network_config: Architecture when training from scratch.
         stop: Set this event to end training after the current step; the best model so
@@ -579,6 +581,7 @@ def train_iter(
         InputError: If there is nothing annotated to train on, or the data do not fit.
     """
     config = config or TrainingConfig()
+    model = None if model is None else as_model(model)
     if checkpoint is not None and (Path(checkpoint).is_dir() or Path(checkpoint).suffix.lower() not in ("", MODEL_SUFFIX)):
         raise InputError(f"the checkpoint is a model file, named like NAME{MODEL_SUFFIX}, not {checkpoint}")
     rng = np.random.default_rng(config.seed)
