@@ -528,7 +528,10 @@ def predict_iter(
         model: The model, or an embedded model's name or a model file's path.
         image: 2D image, RGB image or stack, any numeric dtype.
         tile_size: Largest tile edge in pixels, context included (None: 1024 on a GPU,
-            up to 2048 on a CPU as memory allows).
+            up to 2048 on a CPU as memory allows). Sizes under four times the network's
+            context (``model.network.context``, its receptive-field radius on the
+            pooling grid) are raised to that, so that a tile keeps at least half of what
+            it computes.
         batch_size: Most tiles per forward pass (None: 1 on a CPU, 4 on a GPU).
         threshold: Probability threshold of the post-processing (see
             :func:`~napari_unet.core.postprocess.probabilities_to_labels`); None: the
