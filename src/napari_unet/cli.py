@@ -244,10 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from .core.augment import AugmentConfig
-    from .core.errors import InputError
+    from .core.errors import InputError, ModelFileError
     from .core.io import collect_tiffs, pair_by_name, read_tiff
     from .core.model import NetworkConfig
-    from .core.modelfile import MODEL_SUFFIX
+    from .core.modelfile import model_file_path
     from .core.progress import run_to_end
     from .core.registry import load_model
     from .core.train import TrainingConfig, TrainingSample, train_iter
@@ -255,13 +255,12 @@ def _train(args) -> int:
 
     if (args.val_images is None) != (args.val_labels is None):
         raise InputError("--val-images and --val-labels go together")
-    out = Path(args.out)
     # Checked before any work: the model file is written during training (checkpoints),
     # and must never replace an image, a label file or a folder.
-    if out.suffix and out.suffix.lower() != MODEL_SUFFIX:
-        raise InputError(f"--out names the model file to write, ending in {MODEL_SUFFIX}, not {out.name}")
-    if out.with_suffix(MODEL_SUFFIX).is_dir():
-        raise InputError(f"--out is a folder ({out}); give the model file's name")
+    try:
+        model_file_path(args.out)
+    except ModelFileError as error:
+        raise InputError(f"--out names the model file to write: {error}") from None
     pixel_size, unit = args.pixel_size, "um" if args.pixel_size else ""
     first = ""  # the file the pixel size comes from
 
@@ -460,17 +459,12 @@ def _evaluate(args) -> int:
 
 
 def _instance_planes(labels, path: Path, what: str) -> list:
-    """The planes of a label image, each as instance labels, as training reads them.
-
-    Binary masks count their connected components as objects plane by plane (a stack's
-    cells would otherwise join across planes); probabilities (fractions) are not labels
-    and are refused. See :func:`~napari_unet.core.targets.as_instance_labels`.
-    """
+    """The planes of a label image as the metrics score them, refused with the file's name."""
     from .core.errors import InputError
-    from .core.targets import as_instance_labels
+    from .core.metrics import label_planes
 
     try:
-        return [as_instance_labels(plane) for plane in labels.reshape(-1, *labels.shape[-2:])]
+        return label_planes(labels)
     except InputError as error:
         raise InputError(f"{path} ({what}): {error}") from None
 

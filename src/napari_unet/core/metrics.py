@@ -24,6 +24,7 @@ __all__ = [
     "match_counts",
     "average_precision",
     "isbi_scores",
+    "label_planes",
 ]
 
 #: IoU thresholds 0.5, 0.55, ..., 0.95.
@@ -161,7 +162,7 @@ def average_precision(
         paper's figure); "mean" averages the per-image APs (the Data Science Bowl's score
         when averaged over the thresholds 0.5 to 0.95).
     """
-    truths, predictions = _label_planes(truths), _label_planes(predictions)
+    truths, predictions = label_planes(truths), label_planes(predictions)
     if len(truths) != len(predictions):
         raise InputError(f"{len(truths)} ground-truth planes but {len(predictions)} predictions")
     for truth, prediction in zip(truths, predictions):
@@ -203,7 +204,7 @@ def isbi_scores(truths, predictions) -> dict:
     Returns:
         ``{"pixel_error", "v_rand", "v_rand_split", "v_rand_merge"}``.
     """
-    truths, predictions = _label_planes(truths), _label_planes(predictions)
+    truths, predictions = label_planes(truths), label_planes(predictions)
     if len(truths) != len(predictions):
         raise InputError(f"{len(truths)} ground-truth planes but {len(predictions)} predictions")
     wrong = pixels = 0
@@ -233,8 +234,12 @@ def isbi_scores(truths, predictions) -> dict:
     }
 
 
-def _label_planes(images) -> list[np.ndarray]:
-    """The 2D instance label planes of one image, a stack, or a list of them."""
+def label_planes(images) -> list[np.ndarray]:
+    """The 2D instance label planes of one image, a stack, or a list of them, as the metrics score them.
+
+    Binary masks (one value for all objects) become their connected components, plane by
+    plane (see :func:`~napari_unet.core.targets.as_instance_labels`).
+    """
     if isinstance(images, np.ndarray):
         images = [images]
     return [as_instance_labels(plane) for image in images

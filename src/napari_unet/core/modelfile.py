@@ -22,7 +22,7 @@ from .errors import ModelFileError
 from .model import NetworkConfig, UNet
 from .normalize import Normalization
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MODEL_SUFFIX", "save_model", "load_model_file", "read_metadata", "recorded_threshold"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MODEL_SUFFIX", "model_file_path", "save_model", "load_model_file", "read_metadata", "recorded_threshold"]
 
 FORMAT_NAME = "napari-unet model"
 FORMAT_VERSION = 1
@@ -57,6 +57,21 @@ def _metadata(model: Model) -> dict:
     }
 
 
+def model_file_path(path: str | os.PathLike) -> Path:
+    """The file a model given ``path`` is written to: ``.safetensors`` appended when it has no suffix.
+
+    Raises:
+        ModelFileError: If ``path`` (or that file) is a folder, or ends in another suffix:
+            a model written under another name could replace an image or a label file.
+    """
+    path = Path(path).expanduser()
+    if path.suffix and path.suffix.lower() != MODEL_SUFFIX:
+        raise ModelFileError(f"a model file's name is ending in {MODEL_SUFFIX}, not {path.name}")
+    if path.is_dir() or path.with_suffix(MODEL_SUFFIX).is_dir():
+        raise ModelFileError(f"{path} is a folder; give the model file's name")
+    return path if path.suffix else path.with_suffix(MODEL_SUFFIX)
+
+
 def save_model(model: Model, path: str | os.PathLike) -> Path:
     """Write ``model`` to ``path`` atomically.
 
@@ -72,14 +87,7 @@ def save_model(model: Model, path: str | os.PathLike) -> Path:
     """
     from safetensors.torch import save
 
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise ModelFileError(f"{path} is a folder; give the model file's name")
-    if not path.suffix:
-        path = path.with_suffix(MODEL_SUFFIX)
-    elif path.suffix.lower() != MODEL_SUFFIX:
-        # A model written under another name could replace an image or a label file.
-        raise ModelFileError(f"a model file's name ends in {MODEL_SUFFIX}, not {path.suffix} ({path})")
+    path = model_file_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.network.state_dict().items()}
     header = {_HEADER_KEY: json.dumps(_metadata(model))}

@@ -21,7 +21,6 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,10 +30,10 @@ from .annotation import labelled_planes_mask
 from .augment import AugmentConfig, augment_batch
 from .bundle import Model
 from .device import autocast, resolve_device, smaller_batch_after
-from .errors import InputError, InputWarning
+from .errors import InputError, InputWarning, ModelFileError
 from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
-from .modelfile import MODEL_SUFFIX
+from .modelfile import model_file_path
 from .normalize import as_planes
 from .postprocess import choose_threshold, enough_to_choose, probabilities_to_labels
 from .predict import predict_probabilities
@@ -582,8 +581,11 @@ def train_iter(
     """
     config = config or TrainingConfig()
     model = None if model is None else as_model(model)
-    if checkpoint is not None and (Path(checkpoint).is_dir() or Path(checkpoint).suffix.lower() not in ("", MODEL_SUFFIX)):
-        raise InputError(f"the checkpoint is a model file, named like NAME{MODEL_SUFFIX}, not {checkpoint}")
+    if checkpoint is not None:
+        try:
+            model_file_path(checkpoint)  # refused before any work, not at the first checkpoint
+        except ModelFileError as error:
+            raise InputError(f"the checkpoint is a model file: {error}") from None
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     fine_tuning = model is not None
