@@ -66,7 +66,7 @@ def model_file_path(path: str | os.PathLike) -> Path:
     """
     path = Path(path).expanduser()
     if path.suffix and path.suffix.lower() != MODEL_SUFFIX:
-        raise ModelFileError(f"a model file's name is ending in {MODEL_SUFFIX}, not {path.name}")
+        raise ModelFileError(f"a model file needs a name ending in {MODEL_SUFFIX}, not {path.name}")
     if path.is_dir() or path.with_suffix(MODEL_SUFFIX).is_dir():
         raise ModelFileError(f"{path} is a folder; give the model file's name")
     return path if path.suffix else path.with_suffix(MODEL_SUFFIX)
