@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass, field
 
@@ -403,6 +404,38 @@ def _checked_options(model: Model, tile_size: int | None, batch_size: int | None
     return threshold
 
 
+class _InThread:
+    """One call running in a thread of its own, which ends with the call.
+
+    Not a pool: a pool's idle thread lives as long as the generator that owns it, and a
+    generator that a caller drops without closing it (a napari worker that was quit)
+    lives until the garbage collector finds it.
+    """
+
+    def __init__(self, function: Callable, *args):
+        self._result: Future = Future()
+        self._thread = threading.Thread(target=self._run, args=(function, args), name="napari-unet-labels",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, function: Callable, args: tuple) -> None:
+        try:
+            self._result.set_result(function(*args))
+        except BaseException as error:  # noqa: BLE001 - handed to whoever asks for the result
+            self._result.set_exception(error)
+
+    def done(self) -> bool:
+        return self._result.done()
+
+    def result(self):
+        """The call's return value (or its exception, raised here), once it has ended."""
+        self.wait()
+        return self._result.result()
+
+    def wait(self) -> None:
+        self._thread.join()
+
+
 def _labelled(probabilities: np.ndarray, shape: tuple[int, int], threshold: float, min_size: int, gap: int,
               pixel_scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Labels and foreground probability of a plane, from its network output, on the plane's own grid."""
@@ -461,7 +494,7 @@ def predict_planes_iter(
     threshold = _checked_options(model, tile_size, batch_size, threshold)
     options = {"tile_size": tile_size, "batch_size": batch_size, "device": device, "amp": amp,
                "compile_network": compile_network}
-    pending = None  # (plane, tile batches, future labels) of the plane being post-processed
+    pending = None  # (plane, tile batches, labels in the making) of the plane being post-processed
     held: list = []  # progress of the plane in the network, reported once the plane before it is done
 
     def reported():
@@ -474,32 +507,31 @@ def predict_planes_iter(
         yield from held
         held.clear()
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-labels") as labelling:
-        try:
-            for index, plane in enumerate(planes):
-                shape = plane.shape[-2:]
-                if pending is not None and not _room_for_another_plane(model, shape):
-                    yield from reported()  # one plane's work at a time where two would not fit
-                normalized = resize_plane(model.normalization(plane), scaled_shape(shape, factor))
-                tiles = (_averaged_over_orientations(model.network, normalized, ORIENTATIONS, **options)
-                         if test_time_augmentation else predict_probabilities(model.network, normalized, **options))
-                while True:
-                    try:
-                        done, total = next(tiles)
-                    except StopIteration as finished:
-                        probabilities = finished.value
-                        break
-                    if done < total:
-                        held.append((index, done, total, None))
-                    if pending is None or pending[2].done():
-                        yield from reported()
-                yield from reported()
-                pending = (index, total, labelling.submit(
-                    _labelled, probabilities, shape, threshold, min_size, model.gap, 1 / factor))
+    try:
+        for index, plane in enumerate(planes):
+            shape = plane.shape[-2:]
+            if pending is not None and not _room_for_another_plane(model, shape):
+                yield from reported()  # one plane's work at a time where two would not fit
+            normalized = resize_plane(model.normalization(plane), scaled_shape(shape, factor))
+            tiles = (_averaged_over_orientations(model.network, normalized, ORIENTATIONS, **options)
+                     if test_time_augmentation else predict_probabilities(model.network, normalized, **options))
+            while True:
+                try:
+                    done, total = next(tiles)
+                except StopIteration as finished:
+                    probabilities = finished.value
+                    break
+                if done < total:
+                    held.append((index, done, total, None))
+                if pending is None or pending[2].done():
+                    yield from reported()
             yield from reported()
-        finally:
-            if pending is not None:  # stopped or failed: nobody wants these labels
-                pending[2].cancel()
+            pending = (index, total, _InThread(
+                _labelled, probabilities, shape, threshold, min_size, model.gap, 1 / factor))
+        yield from reported()
+    finally:
+        if pending is not None:  # stopped or failed: nobody wants these labels; let them finish
+            pending[2].wait()
 
 
 def predict_iter(
