@@ -12,7 +12,12 @@ peak RSS of the long stack over peak RSS of the short one (1.0 means flat; the i
 for "a small constant"). Then the short stack again on a local Dask cluster of
 ``--workers`` single-threaded worker processes (``--dask-stack large`` for the long one):
 planes/s, the peak RSS of the driving process and of each worker, and whether its labels
-equal the single-process ones bit for bit. Prints one JSON object.
+equal the single-process ones bit for bit. Last, the short stack's planes as a folder of
+single-plane files (as many experiments store them), in one process and on Dask:
+``folder_vs_stack`` = planes/s of the folder over planes/s of the same planes in one
+stack (1.0 means files cost nothing more than planes; the engine predicts across file
+boundaries, so that one file's labels are made while the next goes through the network).
+Prints one JSON object.
 
     python bench/bench_batch.py --threads 1            # 2 GB and 50 MB stacks (about 10 minutes on 2 busy cores)
     python bench/bench_batch.py --large-mb 512         # a 512 MB long stack instead of 2 GB
@@ -75,8 +80,19 @@ def write_stack(path: Path, megabytes: float, plane: int = PLANE) -> int:
     return planes
 
 
+def write_folder(stack: Path, folder: Path) -> int:
+    """Write each page of ``stack`` as a file of its own in ``folder``; returns the files written."""
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffFile(stack) as tif:
+        for index, page in enumerate(tif.pages):
+            tifffile.imwrite(folder / f"plane_{index:05d}.tif", page.asarray())
+    return index + 1
+
+
 def _segment(path: str, out: str, threads: int | None, workers: int | None, queue) -> None:
-    """Child process: segment one stack and put its figures in ``queue``."""
+    """Child process: segment one stack (or a folder of files) and put its figures in ``queue``."""
     import torch
 
     from napari_unet.core.batch import predict_files
@@ -105,15 +121,15 @@ def _segment(path: str, out: str, threads: int | None, workers: int | None, queu
         start = time.perf_counter()
         result = predict_files(model, [path], out, **OPTIONS)
         seconds = time.perf_counter() - start
-    item = result.files[0]
-    if item.error:
-        raise RuntimeError(item.error)
+    if result.failed:
+        raise RuntimeError(result.failed[0].error)
+    planes = sum(item.planes for item in result.files)
     figures.update({
-        "planes": item.planes,
+        "planes": planes,
         "seconds": round(seconds, 2),
-        "planes_per_s": round(item.planes / seconds, 3),
-        "megapixels_per_s": round(item.planes * PLANE * PLANE / seconds / 1e6, 3),
-        "objects": item.objects,
+        "planes_per_s": round(planes / seconds, 3),
+        "megapixels_per_s": round(planes * PLANE * PLANE / seconds / 1e6, 3),
+        "objects": sum(item.objects for item in result.files),
         "baseline_rss_mb": round(baseline, 1),
         "peak_rss_mb": round(_memory_mb()["peak"], 1),
     })
@@ -185,6 +201,17 @@ def main(argv=None) -> dict:
             dask["identical_to_single_process"] = _same_labels(folder / "out" / target.name,
                                                                folder / "dask" / target.name)
             result["dask"] = dask
+        planes = write_folder(stacks["small"], folder / "planes")
+        result["folder"] = {"files": planes, **segment_in_child(folder / "planes", folder / "folder", args.threads)}
+        result["folder_vs_stack"] = round(result["folder"]["planes_per_s"] / result["small"]["planes_per_s"], 3)
+        if args.workers:
+            dask = segment_in_child(folder / "planes", folder / "dask_folder", None, args.workers)
+            dask["workers"] = args.workers
+            dask["speedup_over_single_process"] = round(dask["planes_per_s"] / result["folder"]["planes_per_s"], 3)
+            dask["identical_to_single_process"] = all(
+                _same_labels(folder / "folder" / name, folder / "dask_folder" / name)
+                for name in sorted(path.name for path in (folder / "planes").iterdir()))
+            result["dask_folder"] = dask
         import torch
 
         result.update({"plane": [PLANE, PLANE], "network": NETWORK, "torch": torch.__version__,

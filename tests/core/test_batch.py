@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from napari_unet.core import batch
+from napari_unet.core import predict as core_predict
 from napari_unet.core.batch import output_paths, predict_array, predict_files, predict_files_iter
 from napari_unet.core.bundle import Model
 from napari_unet.core.errors import InputError
@@ -189,6 +190,75 @@ def test_corrupt_inputs_are_reported_and_the_others_still_run(tmp_path, model):
     assert all(b.planes_done >= a.planes_done for a, b in zip(progress, progress[1:]))
 
 
+def test_a_files_labels_are_made_while_the_next_file_goes_through_the_network(tmp_path, model, monkeypatch):
+    # A folder of single-plane images gains from the overlap only if it runs across files.
+    planes = _planes(3)
+    for name, plane in zip("abc", planes):
+        tifffile.imwrite(tmp_path / f"{name}.tif", plane)
+    labels_started, network_went_on = threading.Event(), threading.Event()
+    model.network.register_forward_pre_hook(lambda module, inputs: network_went_on.set() if labels_started.is_set() else None)
+    waited = []
+    real = core_predict.probabilities_to_labels
+
+    def labels_waiting_for_the_next_file(*args, **kwargs):
+        # One file after the other, the first file's labels would wait here in vain.
+        if not labels_started.is_set():
+            labels_started.set()
+            waited.append(network_went_on.wait(timeout=10))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core_predict, "probabilities_to_labels", labels_waiting_for_the_next_file)
+    result = predict_files(model, tmp_path / "*.tif", tmp_path / "out", **OPTIONS)
+    assert waited == [True]
+    assert [item.planes for item in result.files] == [1, 1, 1] and not result.failed
+    monkeypatch.undo()
+    for name, plane in zip("abc", planes):
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}.tif"), _expected(model, plane))
+
+
+def test_a_file_that_fails_in_the_network_fails_alone_and_the_files_around_it_are_finished(tmp_path, model):
+    _write(tmp_path / "a.tif", "single")
+    broken = _planes(3).astype(np.float32)
+    broken[1] = np.nan  # "no finite pixel values", found only when the plane is normalized
+    tifffile.imwrite(tmp_path / "b.tif", broken, photometric="minisblack")
+    data = {"a": tifffile.imread(tmp_path / "a.tif"), "c": _write(tmp_path / "c.tif", "multipage"),
+            "d": _write(tmp_path / "d.tif", "single")}
+    progress = []
+    result = predict_files(model, tmp_path, tmp_path / "out", on_progress=progress.append, **OPTIONS)
+    assert [item.path.name for item in result.files] == ["a.tif", "b.tif", "c.tif", "d.tif"]
+    assert [item.path.name for item in result.failed] == ["b.tif"] and "finite" in result.failed[0].error
+    assert _files_in(tmp_path / "out") == ["a.tif", "c.tif", "d.tif"]  # no partial file of b.tif or any other
+    for name, pixels in data.items():
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}.tif"), _expected(model, pixels))
+    assert progress[-1].planes_done == progress[-1].planes_total == 5
+    assert all(b.planes_done >= a.planes_done for a, b in zip(progress, progress[1:]))
+
+
+def test_a_file_with_more_objects_than_uint16_can_number_is_redone_in_uint32(tmp_path, model, monkeypatch):
+    data = _write(tmp_path / "a.tif", "multipage")
+    other = synthetic_nuclei((40, 30), count=4, seed=9)[0].astype(np.uint16)
+    tifffile.imwrite(tmp_path / "b.tif", other)
+    real = core_predict.probabilities_to_labels
+
+    def crowded(probabilities, *args, **kwargs):  # a.tif's planes (36 x 28) get an object numbered 70000
+        labels = real(probabilities, *args, **kwargs)
+        if labels.shape == (36, 28):
+            labels[0, 0] = 70000
+        return labels
+
+    monkeypatch.setattr(core_predict, "probabilities_to_labels", crowded)
+    result = predict_files(model, [tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path / "out", **OPTIONS)
+    assert not result.failed and [item.planes for item in result.files] == [3, 1]
+    labels = tifffile.imread(tmp_path / "out" / "a.tif")
+    assert labels.dtype == np.uint32 and (labels[:, 0, 0] == 70000).all()
+    assert tifffile.imread(tmp_path / "out" / "b.tif").dtype == np.uint16
+    monkeypatch.undo()
+    expected = _expected(model, data)
+    np.testing.assert_array_equal(labels[:, 1:], expected[:, 1:])
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "b.tif"), _expected(model, other))
+    assert _files_in(tmp_path / "out") == ["a.tif", "b.tif"]
+
+
 def test_reruns_skip_finished_outputs_unless_overwrite(tmp_path, model, monkeypatch):
     _write(tmp_path / "a.tif", "single")
     predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", **OPTIONS)
@@ -215,18 +285,26 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, model):
         output_paths([tmp_path / "x" / "cells.tif", tmp_path / "x" / "cells.tiff"], tmp_path / "out")
 
 
+def _record_factors(monkeypatch, factors):
+    """Note the scale at which each plane goes through the network."""
+    real = batch.predict_planes_iter
+
+    def recording(model, planes, **kwargs):
+        return real(model, ((plane, factors.append(factor) or factor) for plane, factor in planes), **kwargs)
+
+    monkeypatch.setattr(batch, "predict_planes_iter", recording)
+
+
 def test_auto_diameter_is_estimated_once_per_file_and_used_for_all_its_planes(tmp_path, model, monkeypatch):
     model.object_diameter = 12.0
     _write(tmp_path / "a.tif", "multipage")
     _write(tmp_path / "b.tif", "single")
     estimates, factors = [], []
     monkeypatch.setattr(batch, "estimate_diameter", lambda *args, **kwargs: estimates.append(kwargs) or 10.0)
-    real = batch.predict_planes_iter
-    monkeypatch.setattr(batch, "predict_planes_iter",  # called once per file, with the scale of all its planes
-                        lambda model, planes, factor, **kwargs: factors.append(factor) or real(model, planes, factor, **kwargs))
+    _record_factors(monkeypatch, factors)
     result = predict_files(model, [tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path / "out", diameter="auto", **OPTIONS)
     assert len(estimates) == 2 and estimates[0]["threshold"] == OPTIONS["threshold"]
-    assert factors == [pytest.approx(12.0 / 10.0)] * 2
+    assert factors == [pytest.approx(12.0 / 10.0)] * 4
     assert [item.planes for item in result.files] == [3, 1]
 
 
@@ -236,11 +314,9 @@ def test_the_files_pixel_size_is_used_in_the_models_unit_when_the_model_records_
     model.pixel_size, model.pixel_unit = (expected * 2, expected * 2), model_unit
     _write(tmp_path / "a.tif", "hyperstack")  # 0.25 um pixels
     factors = []
-    real = batch.predict_planes_iter
-    monkeypatch.setattr(batch, "predict_planes_iter",
-                        lambda model, planes, factor, **kwargs: factors.append(factor) or real(model, planes, factor, **kwargs))
+    _record_factors(monkeypatch, factors)
     predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", **OPTIONS)
-    assert factors == [pytest.approx(0.5)]  # the file's pixels are half the model's, once converted to its unit
+    assert factors == [pytest.approx(0.5)] * 8  # the file's pixels are half the model's, once converted to its unit
     assert tifffile.imread(tmp_path / "out" / "a.tif").shape == (2, 2, 2, 36, 28)
 
 
@@ -328,6 +404,31 @@ def test_a_two_worker_dask_cluster_gives_the_labels_of_one_process(tmp_path, mod
 
     data = _planes(3)
     np.testing.assert_array_equal(predict_array(model, data, executor=dask_cluster, **OPTIONS), _expected(model, data))
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_works_on_several_single_plane_files_at_once(tmp_path, model, dask_cluster, monkeypatch):
+    planes = _planes(3)
+    for name, plane in zip("acd", planes):
+        tifffile.imwrite(tmp_path / f"{name}.tif", plane)
+    # Fails once c.tif and d.tif are already on the cluster: they must be done again, whole.
+    tifffile.imwrite(tmp_path / "b_broken.tif", np.full((36, 28), np.nan, np.float32))
+    client = dask_cluster.client
+    submitted = []
+    real_submit = client.submit
+    monkeypatch.setattr(client, "submit", lambda *args, **kwargs: submitted.append(1) or real_submit(*args, **kwargs))
+    generator = predict_files_iter(model, tmp_path, tmp_path / "out", executor=dask_cluster, **OPTIONS)
+    next(generator)
+    # Two workers, a window of four planes: every file's plane was sent before the first came back.
+    assert len(submitted) == 4
+    with pytest.raises(StopIteration) as finished:
+        while True:
+            next(generator)
+    result = finished.value.value
+    assert [item.path.name for item in result.failed] == ["b_broken.tif"] and "finite" in result.failed[0].error
+    assert _files_in(tmp_path / "out") == ["a.tif", "c.tif", "d.tif"]
+    for name, plane in zip("acd", planes):
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}.tif"), _expected(model, plane))
 
 
 def test_an_array_out_path_must_name_a_tiff(tmp_path, model):

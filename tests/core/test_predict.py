@@ -330,6 +330,20 @@ def test_a_failure_while_making_labels_stops_the_prediction(monkeypatch):
     assert not _labelling_threads()
 
 
+def test_a_plane_that_fails_is_raised_once_the_plane_before_it_is_given_out():
+    # The batch engine charges an error to the first plane it has no result for.
+    model = _model()
+    planes = [np.random.default_rng(6).random((1, 30, 30)).astype(np.float32), np.full((1, 30, 30), np.nan, np.float32)]
+    given = []
+    with pytest.raises(InputError, match="no finite pixel values"):
+        for index, _done, _total, finished in core_predict.predict_planes_iter(
+                model, ((plane, 1.0) for plane in planes), device="cpu"):
+            if finished is not None:
+                given.append(index)
+    assert given == [0]
+    assert not _labelling_threads()
+
+
 def _dihedral_group() -> list:
     """The eight distinct orientations of a plane, as transposes and flips of its last two axes."""
     flips = [lambda a: a, lambda a: a[..., ::-1, :], lambda a: a[..., ::-1], lambda a: a[..., ::-1, ::-1]]

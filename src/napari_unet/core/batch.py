@@ -10,7 +10,10 @@ and the others still run; no input is ever written over.
 Planes are predicted by an executor: :class:`LocalExecutor` in this process, or
 :class:`~napari_unet.core.distributed.DaskExecutor` on a Dask cluster. Both call
 :func:`~napari_unet.core.predict.predict_iter` on the same planes, so they give the same
-labels. :func:`predict_array_iter` does the same for a numpy, Zarr or Dask array.
+labels. The executor gets one stream of planes across all files: the next file is read
+and predicted while the last planes of one are finished, and a folder of single-plane
+images keeps a cluster as busy as a stack does. A file that fails drops out of the
+stream alone; files after it that had started are done again. :func:`predict_array_iter` does the same for a numpy, Zarr or Dask array.
 :func:`predict_files` and :func:`predict_array` are the plain synchronous wrappers.
 """
 
@@ -22,11 +25,12 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -34,7 +38,7 @@ from .bundle import Model
 from .errors import InputError, NapariUnetError
 from .io import ImageInfo, collect_tiffs
 from .normalize import as_planes
-from .predict import PredictProgress, estimate_diameter, predict_iter, predict_planes_iter
+from .predict import PredictProgress, _checked_options, estimate_diameter, predict_iter, predict_planes_iter
 from .progress import run_to_end
 from .registry import as_model
 from .scale import scale_factor
@@ -42,14 +46,30 @@ from .tiffstream import PageTiffWriter, TiffMetadata, TiffPageReader, partial_pa
 from .units import in_unit
 
 __all__ = [
-    "FileProgress", "FileResult", "BatchResult", "PlaneResult", "PlaneExecutor", "LocalExecutor",
+    "FileProgress", "FileResult", "BatchResult", "Unit", "PlaneResult", "PlaneExecutor", "LocalExecutor",
     "output_paths", "predict_plane", "predict_files_iter", "predict_files", "predict_array_iter", "predict_array",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: One unit of prediction: the pixels of one output plane and the axis holding their channels.
-Unit = tuple[np.ndarray, "int | None"]
+#: Keywords of :func:`~napari_unet.core.predict.predict_iter` that each input may set for itself.
+_SCALE_OPTIONS = ("diameter", "pixel_size")
+
+
+class Unit(NamedTuple):
+    """One unit of prediction: the pixels of one output plane, and how to read them.
+
+    Attributes:
+        pixels: The plane, with its channel axis if it has one.
+        channel_axis: The channel axis of ``pixels``, or None.
+        scale: The object size of the input it comes from: ``diameter`` and
+            ``pixel_size`` keywords of :func:`~napari_unet.core.predict.predict_iter`
+            (empty for none).
+    """
+
+    pixels: np.ndarray
+    channel_axis: int | None
+    scale: dict
 
 
 @dataclass(frozen=True)
@@ -130,12 +150,21 @@ class PlaneResult:
 
 
 class PlaneExecutor(Protocol):
-    """Predicts a stream of units in order (see :class:`LocalExecutor`)."""
+    """Predicts a stream of units in order (see :class:`LocalExecutor`).
+
+    The stream runs across the files of a batch, so that the next file's planes are
+    read and predicted while the last planes of one are finished.
+    """
 
     def predict_units(
         self, model: Model, units: Iterable[Unit], options: dict, probability: bool
     ) -> Iterator[tuple[int, int, int] | PlaneResult]:
-        """Yield ``(index, done, total)`` progress within a unit and a :class:`PlaneResult` per unit, in order."""
+        """Yield ``(index, done, total)`` progress within a unit and a :class:`PlaneResult` per unit, in order.
+
+        ``options`` are the predict options of all units, but the object size, which
+        each unit carries. When a unit fails, its error is raised only once the results
+        of the units before it are given: an error belongs to the first unit without one.
+        """
 
 
 def predict_plane(model: Model, pixels: np.ndarray, channel_axis: int | None, options: dict,
@@ -162,11 +191,10 @@ class LocalExecutor:
 
     def predict_units(self, model: Model, units: Iterable[Unit], options: dict,
                       probability: bool) -> Iterator[tuple[int, int, int] | PlaneResult]:
-        options = dict(options)
-        factor = scale_factor(model, options.pop("diameter", None), options.pop("pixel_size", None))
         # The same computation as predict_plane, over the whole stream of units.
-        planes = (_only_plane(model, pixels, channel_axis) for pixels, channel_axis in units)
-        with closing(predict_planes_iter(model, planes, factor, **options)) as planes_done:
+        planes = ((_only_plane(model, unit.pixels, unit.channel_axis), scale_factor(model, **unit.scale))
+                  for unit in units)
+        with closing(predict_planes_iter(model, planes, **options)) as planes_done:
             for index, done, total, finished in planes_done:
                 if finished is None:
                     yield index, done, total
@@ -305,7 +333,20 @@ def _first_clash(paths: list[tuple[Path, Path | None]]) -> tuple[int, int, Path]
 
 
 class _LabelsOverflow(InputError):
-    """A plane has more objects than the labels' integer type can number."""
+    """A plane of ``job`` has more objects than the labels' integer type can number."""
+
+    def __init__(self, job: _Job, message: str):
+        super().__init__(message)
+        self.job = job
+
+
+class _UnitFailed(Exception):
+    """The executor failed on a unit of ``job``; ``error`` says why."""
+
+    def __init__(self, job: _Job, error: NapariUnetError):
+        super().__init__(str(error))
+        self.job = job
+        self.error = error
 
 
 class _Stopped(Exception):
@@ -316,8 +357,8 @@ class _Stopped(Exception):
 _ESTIMATE_OPTIONS = ("tile_size", "batch_size", "device", "amp", "threshold", "min_size")
 
 
-def _resolve_options(model: Model, options: dict, first_unit: Unit | None, info: ImageInfo | None,
-                     name: str) -> dict:
+def _resolve_options(model: Model, options: dict, first_unit: tuple[np.ndarray, int | None] | None,
+                     info: ImageInfo | None, name: str) -> dict:
     """The predict options for one input, the same for all its planes and on every executor.
 
     ``diameter="auto"`` is estimated once, from the input's first plane (as
@@ -327,7 +368,7 @@ def _resolve_options(model: Model, options: dict, first_unit: Unit | None, info:
     """
     options = dict(options)
     if options.get("diameter") == "auto" and first_unit is not None:
-        pixels, channel_axis = first_unit
+        pixels, channel_axis = first_unit[:2]
         estimate = estimate_diameter(model, pixels, channel_axis=channel_axis,
                                      **{key: options[key] for key in _ESTIMATE_OPTIONS if key in options})
         logger.info("%s: estimated object diameter %s", name, "none (no objects)" if estimate is None
@@ -347,8 +388,10 @@ def _check_options(model: Model, options: dict) -> None:
     """Refuse a diameter or pixel size that the model cannot use before any work starts.
 
     Raises:
-        InputError: As :func:`~napari_unet.core.scale.scale_factor` does.
+        InputError: As :func:`~napari_unet.core.scale.scale_factor` does, or for a tile
+            size, batch size or threshold no prediction takes.
     """
+    _checked_options(model, options.get("tile_size"), options.get("batch_size"), options.get("threshold"))
     diameter, pixel_size = options.get("diameter"), options.get("pixel_size")
     if diameter == "auto":
         if not model.object_diameter:
@@ -415,44 +458,49 @@ def predict_files_iter(
     targets = output_paths(files, out_dir, probability)
     _check_options(model, predict_options)
     executor = executor or LocalExecutor()
-    result = BatchResult()
     finished = [labels.exists() and (prob is None or prob.exists()) and not overwrite for labels, prob in targets]
-    counts = [0 if done else _count_units(path, model.config.in_channels) for path, done in zip(files, finished)]
-    planes_total = sum(counts)
-    planes_done = 0
+    tally = _Tally()
+    skipped, jobs = [], []
     for index, (path, (labels_path, probability_path)) in enumerate(zip(files, targets)):
-        if stop is not None and stop.is_set():
-            result.cancelled = True
-            return result
         if finished[index]:
-            result.files.append(FileResult(path, labels_path, skipped=True))
-            continue
-        start = time.monotonic()
+            skipped.append((index, FileResult(path, labels_path, skipped=True)))
+        else:
+            jobs.append(_FileJob(index, path, labels_path, probability_path,
+                                 _count_units(path, model.config.in_channels), tally))
+    tally.total = sum(job.count for job in jobs)
+    shared_options = {key: value for key, value in predict_options.items() if key not in _SCALE_OPTIONS}
 
-        def wrap(progress: PredictProgress, written: int, index=index, path=path, before=planes_done,
-                 total=planes_total) -> FileProgress:
-            return FileProgress(index, len(files), path, progress, before + written, total)
+    def progress(job: _FileJob, plane: PredictProgress) -> FileProgress:
+        return FileProgress(job.index, len(files), job.path, plane, tally.done, tally.total)
 
+    cancelled = False
+    first = 0  # the first job of the next stream
+    while first < len(jobs) and not cancelled:
+        owners: deque = deque()
+        units = _file_units(model, jobs[first:], predict_options, owners)
         try:
-            try:
-                planes, objects = yield from _predict_file(
-                    model, path, labels_path, probability_path, np.uint16, executor, predict_options, wrap, stop)
-            except _LabelsOverflow:
-                # Rare enough (over 65535 objects in one plane) to redo the file rather than
-                # choose uint32, which ImageJ cannot open, for every file.
-                planes, objects = yield from _predict_file(
-                    model, path, labels_path, probability_path, np.uint32, executor, predict_options, wrap, stop)
+            if stop is not None and stop.is_set():
+                raise _Stopped
+            yield from _predict_jobs(model, units, owners, executor, shared_options, probability, progress, stop)
+            first = len(jobs)
+        except _LabelsOverflow as overflow:
+            # Rare enough (over 65535 objects in one plane) to redo the file rather than
+            # choose uint32, which ImageJ cannot open, for every file.
+            overflow.job.label_dtype = np.uint32
+            first = jobs.index(overflow.job)
+        except _UnitFailed as failed:
+            logger.info("failed: %s", failed.error)
+            failed.job.fail(failed.error)
+            first = jobs.index(failed.job) + 1
         except _Stopped:
-            result.cancelled = True
-            return result
-        except NapariUnetError as error:
-            logger.info("failed: %s", error)
-            result.files.append(FileResult(path, None, error=str(error), seconds=time.monotonic() - start))
-            planes_total -= counts[index]
-            continue
-        planes_done += planes
-        result.files.append(FileResult(path, labels_path, planes, objects, time.monotonic() - start))
-    return result
+            cancelled = True
+        finally:
+            units.close()
+            # Files the stream had started but not finished: written again by the next stream, if any.
+            for job in jobs:
+                job.abort()
+    results = skipped + [(job.index, job.result) for job in jobs if job.result is not None]
+    return BatchResult([result for _, result in sorted(results, key=lambda item: item[0])], cancelled)
 
 
 def _input_files(spec: str | os.PathLike) -> list[Path]:
@@ -469,63 +517,191 @@ def predict_files(model: Model, files: str | os.PathLike | Sequence[str | os.Pat
     return run_to_end(predict_files_iter(model, files, out_dir, **kwargs), on_progress)
 
 
-def _predict_file(model, path, labels_path, probability_path, label_dtype, executor, options, wrap, stop):
-    """Stream one file through the executor into its outputs; returns (planes, objects)."""
-    with TiffPageReader(path) as reader, ExitStack() as outputs:
-        plan = _plan_units(str(path), reader.axes, reader.leading_shape, reader.page_axes, reader.page_shape,
-                           model.config.in_channels)
+@dataclass
+class _Tally:
+    """Planes of a batch written so far and planes in all, for its progress."""
 
-        def unit(number: int) -> Unit:
-            pages = [reader.read_page(page) for page in plan.page_indices(number)]
-            return (pages[0] if len(pages) == 1 else np.stack(pages)), plan.unit_channel_axis
-
-        options = _resolve_options(model, options, unit(0) if options.get("diameter") == "auto" else None,
-                                   reader.info, str(path))
-        out_shape = plan.out_leading_shape + tuple(reader.page_shape[i] for i, a in enumerate(reader.page_axes)
-                                                   if a in "YX")
-        writers = [outputs.enter_context(PageTiffWriter(labels_path, out_shape, plan.out_axes, label_dtype,
-                                                        reader.metadata))]
-        if probability_path is not None:
-            writers.append(outputs.enter_context(
-                PageTiffWriter(probability_path, out_shape, plan.out_axes, np.float32, reader.metadata)))
-        units = (unit(number) for number in range(plan.units))
-        objects = yield from _stream(model, units, plan.units, executor, options, writers, wrap, stop)
-        for writer in writers:
-            writer.commit()
-    return plan.units, objects
+    done: int = 0
+    total: int = 0
 
 
-def _stream(model, units, count, executor, options, writers, wrap, stop=None):
-    """Predict ``count`` units and write each result as it comes; returns the objects found.
+class _Job:
+    """Where the units of one input go as their results come back.
 
-    ``wrap(progress, written)`` makes what is yielded from a plane's progress and the
-    number of planes written so far.
+    Args:
+        writers: The labels' writer, then the probability's if it is asked for.
     """
-    objects = 0
-    written = 0
-    probability = len(writers) > 1
+
+    def __init__(self, writers: Sequence = ()):
+        self.writers = list(writers)
+        self.units = 0  # planned; set before the first unit is handed out
+        self.written = 0
+        self.objects = 0
+        self.error: str | None = None
+
+    def write(self, result: PlaneResult) -> None:
+        """Write the next unit's labels (and probability).
+
+        Raises:
+            _LabelsOverflow: If the labels' type cannot number the plane's objects.
+        """
+        top = int(result.labels.max(initial=0))
+        dtype = self.writers[0].dtype
+        if np.issubdtype(dtype, np.integer) and top > np.iinfo(dtype).max:
+            raise _LabelsOverflow(self, f"a plane has {top} objects, more than {dtype} labels can number")
+        self.writers[0].write(result.labels)
+        if len(self.writers) > 1:
+            self.writers[1].write(result.probability)
+        self.objects += top
+        self.written += 1
+
+    def complete(self) -> None:
+        """Called once every unit is written."""
+
+
+class _FileJob(_Job):
+    """An input file of a batch: its outputs, written under temporary names until complete.
+
+    Args:
+        index: Its place among the batch's inputs.
+        path: The input.
+        labels_path, probability_path: Its outputs (see :func:`output_paths`).
+        count: Its units, counted from its header before the batch started.
+        tally: The batch's progress, which its planes count in.
+    """
+
+    def __init__(self, index: int, path: Path, labels_path: Path, probability_path: Path | None, count: int,
+                 tally: _Tally):
+        super().__init__()
+        self.index = index
+        self.path = path
+        self.labels_path = labels_path
+        self.probability_path = probability_path
+        self.count = count
+        self.tally = tally
+        self.label_dtype = np.uint16
+        self.result: FileResult | None = None
+        self._outputs = ExitStack()
+        self._started = 0.0
+
+    def read_units(self, model: Model, options: dict, owners: deque) -> Iterator[Unit]:
+        """Open the outputs, then read the units one by one, noting each in ``owners`` as it is handed out.
+
+        Raises:
+            NapariUnetError: If the file cannot be read or given to the model.
+        """
+        self._started = time.monotonic()
+        with TiffPageReader(self.path) as reader:
+            plan = _plan_units(str(self.path), reader.axes, reader.leading_shape, reader.page_axes,
+                               reader.page_shape, model.config.in_channels)
+
+            def unit(number: int) -> tuple[np.ndarray, int | None]:
+                pages = [reader.read_page(page) for page in plan.page_indices(number)]
+                return (pages[0] if len(pages) == 1 else np.stack(pages)), plan.unit_channel_axis
+
+            first = unit(0) if options.get("diameter") == "auto" else None
+            resolved = _resolve_options(model, options, first, reader.info, str(self.path))
+            scale = {key: resolved[key] for key in _SCALE_OPTIONS if resolved.get(key) is not None}
+            out_shape = plan.out_leading_shape + tuple(
+                reader.page_shape[i] for i, axis in enumerate(reader.page_axes) if axis in "YX")
+            targets = [(self.labels_path, self.label_dtype)]
+            if self.probability_path is not None:
+                targets.append((self.probability_path, np.float32))
+            self.writers = [self._outputs.enter_context(PageTiffWriter(path, out_shape, plan.out_axes, dtype,
+                                                                       reader.metadata))
+                            for path, dtype in targets]
+            self.units = plan.units
+            for number in range(plan.units):
+                pixels, channel_axis = first if first is not None else unit(number)
+                first = None
+                owners.append((self, number))
+                yield Unit(pixels, channel_axis, scale)
+
+    def write(self, result: PlaneResult) -> None:
+        super().write(result)
+        self.tally.done += 1
+
+    def complete(self) -> None:
+        for writer in self.writers:
+            writer.commit()
+        self._outputs.close()
+        self.result = FileResult(self.path, self.labels_path, self.written, self.objects,
+                                 time.monotonic() - self._started)
+
+    def fail(self, error: NapariUnetError) -> None:
+        """Give up this file: its outputs are discarded and its planes leave the batch's total."""
+        self.abort()
+        self.error = str(error)
+        self.tally.total -= self.count
+        self.result = FileResult(self.path, None, error=self.error, seconds=time.monotonic() - self._started)
+
+    def abort(self) -> None:
+        """Discard the outputs of a file not finished (nor failed), so that it can be done again."""
+        if self.result is None:
+            self._outputs.close()  # the writers delete their partial files
+            self._outputs = ExitStack()
+            self.tally.done -= self.written
+            self.writers, self.units, self.written, self.objects = [], 0, 0, 0
+
+
+def _file_units(model: Model, jobs: Sequence[_FileJob], options: dict, owners: deque) -> Iterator[Unit]:
+    """The units of the jobs' files, in order; a file that cannot be read fails and the next one goes on."""
+    for job in jobs:
+        try:
+            yield from job.read_units(model, options, owners)
+        except NapariUnetError as error:
+            logger.info("failed: %s", error)
+            job.fail(error)
+
+
+def _predict_jobs(model: Model, units: Iterable[Unit], owners: deque, executor: PlaneExecutor, options: dict,
+                  probability: bool, progress: Callable, stop: threading.Event | None):
+    """Stream units through the executor into their jobs, in one go across the jobs.
+
+    Args:
+        model: The model.
+        units: The units of all jobs, in order; each is noted in ``owners`` as
+            ``(job, unit number)`` when it is handed out.
+        owners: The units handed out whose results have not come back, oldest first.
+        executor: Where the units are predicted.
+        options: Predict options shared by all units.
+        probability: Also write each unit's probability (the jobs have a second writer).
+        progress: Makes what is yielded from a job and a :class:`PredictProgress` in it.
+        stop: Ends the stream at the next step when set.
+
+    Raises:
+        _UnitFailed: If the executor failed on a unit.
+        _LabelsOverflow: If a job's labels type cannot number a plane's objects.
+        _Stopped: If ``stop`` was set.
+    """
+    given = 0  # results given by the executor
     events = executor.predict_units(model, units, options, probability)
     try:
         for event in events:
             if isinstance(event, PlaneResult):
-                top = int(event.labels.max(initial=0))
-                if np.issubdtype(writers[0].dtype, np.integer) and top > np.iinfo(writers[0].dtype).max:
-                    raise _LabelsOverflow(f"a plane has {top} objects, more than {writers[0].dtype} labels can number")
-                objects += top
-                writers[0].write(event.labels)
-                if probability:
-                    writers[1].write(event.probability)
-                written += 1
-                yield wrap(PredictProgress(event.index, count, 1, 1), written)
+                job, number = owners.popleft()
+                given += 1
+                if job.error is None:  # else its file failed while being read
+                    job.write(event)
+                    if job.written == job.units:
+                        job.complete()
+                    yield progress(job, PredictProgress(number, job.units, 1, 1))
             else:
-                unit, done, total = event
-                yield wrap(PredictProgress(unit, count, done, total), written)
+                index, done, total = event
+                job, number = owners[index - given]
+                if job.error is None:
+                    yield progress(job, PredictProgress(number, job.units, done, total))
             if stop is not None and stop.is_set():
                 raise _Stopped
+    except _LabelsOverflow:
+        raise
+    except NapariUnetError as error:
+        if not owners:
+            raise
+        raise _UnitFailed(owners[0][0], error) from error
     finally:
-        # Stopped, failed or closed: let the executor drop the planes nobody will write.
+        # Stopped, failed or closed: let the executor drop the units nobody will write.
         events.close()
-    return objects
 
 
 def predict_array_iter(
@@ -577,29 +753,44 @@ def predict_array_iter(
     out_shape = plan.out_leading_shape + shape[-2:]
     executor = executor or LocalExecutor()
 
-    def unit(number: int) -> Unit:
+    def unit(number: int) -> tuple[np.ndarray, int | None]:
         index = list(np.unravel_index(number, plan.out_leading_shape)) if plan.out_leading_shape else []
         if plan.channel_leading_axis is not None:
             index.insert(plan.channel_leading_axis, slice(None))
         return np.asarray(array[tuple(index)]), plan.unit_channel_axis
 
-    options = _resolve_options(model, predict_options, unit(0) if predict_options.get("diameter") == "auto" else None,
-                               None, "the array")
-    units = (unit(number) for number in range(plan.units))
+    first = unit(0) if predict_options.get("diameter") == "auto" else None
+    resolved = _resolve_options(model, predict_options, first, None, "the array")
+    scale = {key: resolved[key] for key in _SCALE_OPTIONS if resolved.get(key) is not None}
+    shared_options = {key: value for key, value in predict_options.items() if key not in _SCALE_OPTIONS}
+    owners: deque = deque()
 
-    def wrap(progress, _written):
-        return progress
+    def units(job: _Job) -> Iterator[Unit]:
+        nonlocal first
+        for number in range(plan.units):
+            pixels, unit_channel_axis = first if first is not None else unit(number)
+            first = None
+            owners.append((job, number))
+            yield Unit(pixels, unit_channel_axis, scale)
+
+    def stream(writer) -> Iterator[PredictProgress]:
+        job = _Job([writer])
+        job.units = plan.units
+        try:
+            yield from _predict_jobs(model, units(job), owners, executor, shared_options, False,
+                                     lambda _job, plane: plane, stop)
+        except _UnitFailed as failed:
+            raise failed.error from None
 
     try:
         if out is None or not isinstance(out, str | os.PathLike):
             labels = np.zeros(out_shape, np.int32) if out is None else out
             if tuple(labels.shape) != out_shape:
                 raise InputError(f"the labels array has shape {tuple(labels.shape)}; it needs {out_shape}")
-            yield from _stream(model, units, plan.units, executor, options,
-                               [_ArrayPlanes(labels, plan.out_leading_shape)], wrap, stop)
+            yield from stream(_ArrayPlanes(labels, plan.out_leading_shape))
             return labels
         with PageTiffWriter(out, out_shape, plan.out_axes, np.uint32, TiffMetadata()) as writer:
-            yield from _stream(model, units, plan.units, executor, options, [writer], wrap, stop)
+            yield from stream(writer)
             return writer.commit()
     except _Stopped:
         return None

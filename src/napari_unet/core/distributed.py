@@ -5,7 +5,8 @@ each task then carries one plane and refers to the model already on its worker. 
 run :func:`~napari_unet.core.batch.predict_plane`, the computation of the single-process
 path, so the labels are the same. Files are still read and written by the process that
 drives the batch, in order, with a bounded number of planes in flight, so memory stays
-flat there too.
+flat there too; the window runs across files, so that a folder of single-plane images
+keeps every worker busy.
 
 Dask is imported only when an executor is made: the core works without it.
 """
@@ -84,9 +85,8 @@ class DaskExecutor:
                     unit = next(units, None)
                     if unit is None:
                         break
-                    pixels, channel_axis = unit
-                    pending.append(self.client.submit(predict_plane, model_future, pixels, channel_axis, options,
-                                                      probability, pure=False))
+                    pending.append(self.client.submit(predict_plane, model_future, unit.pixels, unit.channel_axis,
+                                                      {**options, **unit.scale}, probability, pure=False))
                 if not pending:
                     return
                 labels, probability_plane = pending.popleft().result()

@@ -458,8 +458,7 @@ def _room_for_another_plane(model: Model, shape: tuple[int, int]) -> bool:
 
 def predict_planes_iter(
     model: Model,
-    planes: Iterable[np.ndarray],
-    factor: float = 1.0,
+    planes: Iterable[tuple[np.ndarray, float]],
     tile_size: int | None = None,
     batch_size: int | None = None,
     threshold: float | None = None,
@@ -476,14 +475,15 @@ def predict_planes_iter(
     tiles (a 2048x2048 plane on an H200). So each plane's labels are made in a second
     thread while the next plane goes through the network, where memory allows two planes'
     work at once (:func:`_room_for_another_plane`). Progress stays in order: the tile
-    batches of a plane are reported once the plane before it is finished.
+    batches of a plane are reported once the plane before it is finished. Failures too:
+    when a plane cannot be read or predicted, the plane before it is given out first, so
+    that an error always belongs to the first plane not given out.
 
     Args:
         model: The model.
         planes: ``(channels, H, W)`` planes, as :func:`~napari_unet.core.normalize.as_planes`
-            makes them; their sizes may differ.
-        factor: Scale of the planes for the network (see
-            :func:`~napari_unet.core.scale.scale_factor`); results are brought back.
+            makes them (their sizes may differ), each with its scale for the network
+            (see :func:`~napari_unet.core.scale.scale_factor`); results are brought back.
         tile_size, batch_size, threshold, min_size, device, amp, compile_network,
             test_time_augmentation: As for :func:`predict_iter`.
 
@@ -508,7 +508,7 @@ def predict_planes_iter(
         held.clear()
 
     try:
-        for index, plane in enumerate(planes):
+        for index, (plane, factor) in enumerate(planes):
             shape = plane.shape[-2:]
             if pending is not None and not _room_for_another_plane(model, shape):
                 yield from reported()  # one plane's work at a time where two would not fit
@@ -529,6 +529,12 @@ def predict_planes_iter(
             pending = (index, total, _InThread(
                 _labelled, probabilities, shape, threshold, min_size, model.gap, 1 / factor))
         yield from reported()
+    except Exception:
+        if pending is not None:
+            plane_index, batches, labelled = pending
+            pending = None
+            yield plane_index, batches, batches, labelled.result()
+        raise
     finally:
         if pending is not None:  # stopped or failed: nobody wants these labels; let them finish
             pending[2].wait()
@@ -597,8 +603,9 @@ def predict_iter(
     labels = np.zeros((len(planes), height, width), np.int32)
     probability = np.zeros((len(planes), height, width), np.float32)
     planes_done = predict_planes_iter(
-        model, planes, factor, tile_size=tile_size, batch_size=batch_size, threshold=threshold, min_size=min_size,
-        device=device, amp=amp, compile_network=compile_network, test_time_augmentation=test_time_augmentation)
+        model, ((plane, factor) for plane in planes), tile_size=tile_size, batch_size=batch_size, threshold=threshold,
+        min_size=min_size, device=device, amp=amp, compile_network=compile_network,
+        test_time_augmentation=test_time_augmentation)
     with closing(planes_done):
         for index, done, total, finished in planes_done:
             if finished is not None:
