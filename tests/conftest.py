@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,35 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def first_labels_wait_for_the_network(monkeypatch):
+    """Make a prediction's first labels wait (10 s at most) until a network runs again.
+
+    Returns a function that does it for a network and returns the list that gets True
+    if the network ran. Done one after the other, the first plane's labels would wait
+    in vain: the network would go on to the next plane only once they are made.
+    """
+    from napari_unet.core import predict as core_predict
+
+    def watch(network) -> list[bool]:
+        labels_started, network_went_on = threading.Event(), threading.Event()
+        network.register_forward_pre_hook(
+            lambda module, inputs: network_went_on.set() if labels_started.is_set() else None)
+        waited: list[bool] = []
+        real = core_predict.probabilities_to_labels
+
+        def labels_waiting_for_the_network(*args, **kwargs):
+            if not labels_started.is_set():
+                labels_started.set()
+                waited.append(network_went_on.wait(timeout=10))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(core_predict, "probabilities_to_labels", labels_waiting_for_the_network)
+        return waited
+
+    return watch
 
 
 @pytest.fixture

@@ -190,24 +190,13 @@ def test_corrupt_inputs_are_reported_and_the_others_still_run(tmp_path, model):
     assert all(b.planes_done >= a.planes_done for a, b in zip(progress, progress[1:]))
 
 
-def test_a_files_labels_are_made_while_the_next_file_goes_through_the_network(tmp_path, model, monkeypatch):
+def test_a_files_labels_are_made_while_the_next_file_goes_through_the_network(
+        tmp_path, model, monkeypatch, first_labels_wait_for_the_network):
     # A folder of single-plane images gains from the overlap only if it runs across files.
     planes = _planes(3)
     for name, plane in zip("abc", planes):
         tifffile.imwrite(tmp_path / f"{name}.tif", plane)
-    labels_started, network_went_on = threading.Event(), threading.Event()
-    model.network.register_forward_pre_hook(lambda module, inputs: network_went_on.set() if labels_started.is_set() else None)
-    waited = []
-    real = core_predict.probabilities_to_labels
-
-    def labels_waiting_for_the_next_file(*args, **kwargs):
-        # One file after the other, the first file's labels would wait here in vain.
-        if not labels_started.is_set():
-            labels_started.set()
-            waited.append(network_went_on.wait(timeout=10))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(core_predict, "probabilities_to_labels", labels_waiting_for_the_next_file)
+    waited = first_labels_wait_for_the_network(model.network)
     result = predict_files(model, tmp_path / "*.tif", tmp_path / "out", **OPTIONS)
     assert waited == [True]
     assert [item.planes for item in result.files] == [1, 1, 1] and not result.failed

@@ -255,26 +255,14 @@ def _labelling_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("napari-unet-labels")]
 
 
-def test_a_planes_labels_are_made_while_the_next_plane_goes_through_the_network(monkeypatch):
+def test_a_planes_labels_are_made_while_the_next_plane_goes_through_the_network(
+        monkeypatch, first_labels_wait_for_the_network):
     model = _model()
-    labels_started, network_went_on = threading.Event(), threading.Event()
-    model.network.register_forward_pre_hook(lambda module, inputs: network_went_on.set() if labels_started.is_set() else None)
-    waited = []
-    real = core_predict.probabilities_to_labels
-
-    def labels_waiting_for_the_next_plane(*args, **kwargs):
-        # Done one after the other, the first plane's labels would wait here in vain: the
-        # network would go on to the next plane only after them.
-        if not labels_started.is_set():
-            labels_started.set()
-            waited.append(network_went_on.wait(timeout=10))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(core_predict, "probabilities_to_labels", labels_waiting_for_the_next_plane)
+    waited = first_labels_wait_for_the_network(model.network)
     stack = (np.random.default_rng(3).random((3, 40, 50)) * 1000).astype(np.uint16)
     result = predict(model, stack, tile_size=64, device="cpu")
     assert waited == [True]
-    monkeypatch.setattr(core_predict, "probabilities_to_labels", real)
+    monkeypatch.undo()
     for index in range(3):
         np.testing.assert_array_equal(result.labels[index], predict(model, stack[index], tile_size=64, device="cpu").labels)
     assert not _labelling_threads()
