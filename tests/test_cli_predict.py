@@ -93,17 +93,21 @@ def test_progress_shows_files_planes_and_throughput(tmp_path, model_file, inputs
     assert "file 2/2 plane 6/6" in shown and "planes/s b_hyper.tif" in shown and "] 8/8 " in shown
 
 
-@pytest.mark.parametrize("diameter", ["12", "auto"])
-def test_diameter_is_a_number_or_auto(tmp_path, model_file, inputs, diameter, monkeypatch):
+@pytest.mark.parametrize("diameter", ["24", "auto"])
+def test_diameter_is_a_number_or_auto_and_each_files_is_shown(tmp_path, model_file, inputs, diameter, monkeypatch,
+                                                              capsys):
     from napari_unet.core import batch
 
     # An untrained model's objects are noise, so its estimate could be anything: stand in
     # for it and check that "auto" reaches the estimate, once per file.
     estimated = []
-    monkeypatch.setattr(batch, "estimate_diameter", lambda *args, **kwargs: estimated.append(1) or 12.0)
+    monkeypatch.setattr(batch, "estimate_diameter", lambda *args, **kwargs: estimated.append(1) or 24.0)
     assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "out"),
                  "--diameter", diameter, *FAST]) == 0
     assert len(estimated) == (2 if diameter == "auto" else 0)
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["file", "planes", "objects", "diameter", "scale", "seconds", "output"]
+    assert len(rows) == 2 and all(row.split()[3:5] == ["24.0", "0.5"] for row in rows)  # the model's 12 px / 24 px
 
 
 def test_diameter_mistakes_are_one_line_and_exit_code_2(tmp_path, inputs, capsys):

@@ -393,18 +393,7 @@ def _predict(args) -> int:
     finally:
         progress.close()
     seconds = time.monotonic() - start
-    rows = [("file", "planes", "objects", "seconds", "output")]
-    for item in result.files:
-        if item.error:
-            rows.append((item.path.name, "-", "-", f"{item.seconds:.1f}", "FAILED"))
-        elif item.skipped:
-            rows.append((item.path.name, "-", "-", "-", f"{item.output} (exists, skipped)"))
-        else:
-            rows.append((item.path.name, str(item.planes), str(item.objects), f"{item.seconds:.1f}", str(item.output)))
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
-    for row in rows:
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:4], widths[1:])]
-        print("  ".join(cells + [row[4]]).rstrip())
+    print(_results_table(result.files))
     planes = sum(item.planes for item in result.files)
     print(f"{planes} plane(s) in {seconds:.1f} s ({planes / max(seconds, 1e-9):.2f} planes/s); "
           f"{len(result.skipped)} skipped", file=sys.stderr)
@@ -415,6 +404,34 @@ def _predict(args) -> int:
         print(f"napari-unet: {len(result.failed)} of {len(files)} input(s) failed", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _results_table(files) -> str:
+    """One line per input of a batch; the diameter and scale columns only when some input was rescaled."""
+    diameters = any(item.diameter is not None for item in files)
+    scales = any(item.scale != 1.0 for item in files)
+    header = ["file", "planes", "objects"] + ["diameter"] * diameters + ["scale"] * scales + ["seconds", "output"]
+    rows = [header]
+    for item in files:
+        if item.error or item.skipped:
+            cells = [item.path.name, "-", "-"] + ["-"] * (diameters + scales)
+            cells += [f"{item.seconds:.1f}" if item.error else "-",
+                      "FAILED" if item.error else f"{item.output} (exists, skipped)"]
+        else:
+            cells = [item.path.name, str(item.planes), str(item.objects)]
+            if diameters:
+                cells.append("-" if item.diameter is None else f"{item.diameter:.1f}")
+            if scales:
+                cells.append(f"{item.scale:.3g}")
+            cells += [f"{item.seconds:.1f}", str(item.output)]
+        rows.append(cells)
+    numbers = len(header) - 2  # the columns right-aligned: all but the file and the output
+    widths = [max(len(row[column]) for row in rows) for column in range(numbers + 1)]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:-1], widths[1:])]
+        lines.append("  ".join(cells + [row[-1]]).rstrip())
+    return "\n".join(lines)
 
 
 def _evaluate(args) -> int:

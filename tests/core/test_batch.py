@@ -294,7 +294,7 @@ def test_auto_diameter_is_estimated_once_per_file_and_used_for_all_its_planes(tm
     result = predict_files(model, [tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path / "out", diameter="auto", **OPTIONS)
     assert len(estimates) == 2 and estimates[0]["threshold"] == OPTIONS["threshold"]
     assert factors == [pytest.approx(12.0 / 10.0)] * 4
-    assert [item.planes for item in result.files] == [3, 1]
+    assert [(item.planes, item.diameter, item.scale) for item in result.files] == [(3, 10.0, 1.2), (1, 10.0, 1.2)]
 
 
 @pytest.mark.parametrize(("model_unit", "expected"), [("um", 0.25), ("nm", 250.0), ("mm", 0.00025)])

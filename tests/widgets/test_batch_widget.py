@@ -62,6 +62,7 @@ def test_batch_segments_a_folder_into_labels_beside_it_and_opens_a_result(batch_
     assert widget.tile_size.value == 0 and "auto" in widget.tile_size.label
     assert (seen["threshold"], seen["min_size"], seen["tile_size"], seen["device"]) == (0.55, 3, None, "cpu")
     assert seen["compile_network"] is False and seen["test_time_augmentation"] is False
+    assert seen["diameter"] is None and seen["probability"] is False
     out = tmp_path / "in" / "labels"
     assert sorted(p.name for p in out.iterdir()) == ["a_hyper.tif", "b_single.tif"]
     assert [item.path.name for item in widget.result.failed] == ["c_broken.tif"]
@@ -118,6 +119,35 @@ def test_cancel_discards_the_file_being_segmented_and_a_rerun_completes(batch_wi
     assert [item.skipped for item in widget.result.files] == [name in finished for name in ("a.tif", "b.tif")]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "b.tif"]
     assert tifffile.imread(tmp_path / "out" / "b.tif").shape == (6, 24, 24)
+
+
+def test_each_files_diameter_can_be_estimated_and_probabilities_written(batch_widget, qtbot, tmp_path, notifications,
+                                                                       monkeypatch):
+    from napari_unet.core import batch
+    from napari_unet.widgets._common import session_models
+
+    _inputs(tmp_path / "in")
+    widget = batch_widget
+    widget.inputs.value = str(tmp_path / "in")
+    widget.estimate_diameter.value = True
+    assert not widget.diameter.enabled  # the estimate replaces it
+    widget.start()  # the session's model does not record the object size it learnt
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=30_000)
+    assert any(severity == "error" and "cannot estimate diameters" in text for severity, text in notifications)
+    assert not (tmp_path / "in" / "labels").exists()
+
+    session_models(widget._viewer).set_latest(Model.new(NetworkConfig(depth=1, base_width=4), object_diameter=12.0))
+    # An untrained network's objects are noise: stand in for its estimate.
+    monkeypatch.setattr(batch, "estimate_diameter", lambda *args, **kwargs: 24.0)
+    widget.probability.value = True
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled and widget.result is not None, timeout=60_000)
+    segmented = [item for item in widget.result.files if item.output is not None]
+    assert [(item.diameter, item.scale) for item in segmented] == [(24.0, 0.5), (24.0, 0.5)]
+    assert "estimated diameters 24.0 px" in widget.status.value
+    assert sorted(p.name for p in (tmp_path / "in" / "labels").iterdir()) == [
+        "a_hyper.tif", "a_hyper_probability.tif", "b_single.tif", "b_single_probability.tif"]
+    assert tifffile.imread(tmp_path / "in" / "labels" / "b_single.tif").shape == (40, 32)  # back on the file's grid
 
 
 def test_batch_mistakes_are_notifications(batch_widget, tmp_path, notifications):

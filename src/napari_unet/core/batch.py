@@ -113,6 +113,10 @@ class FileResult:
         seconds: Time spent on this input.
         error: Why the input failed, in plain words.
         skipped: The output existed already and was kept.
+        diameter: The object diameter its planes were rescaled for, in pixels (given,
+            or estimated with ``diameter="auto"``); None if none was.
+        scale: How much its planes were enlarged for the network (below 1: shrunk), from
+            the diameter or pixel size; 1.0 if they were not rescaled.
     """
 
     path: Path
@@ -122,6 +126,8 @@ class FileResult:
     seconds: float = 0.0
     error: str | None = None
     skipped: bool = False
+    diameter: float | None = None
+    scale: float = 1.0
 
 
 @dataclass
@@ -580,6 +586,8 @@ class _FileJob(_Job):
         self.count = count
         self.tally = tally
         self.label_dtype = np.uint16
+        self.diameter: float | None = None
+        self.scale = 1.0
         self.result: FileResult | None = None
         self._outputs = ExitStack()
         self._started = 0.0
@@ -602,6 +610,7 @@ class _FileJob(_Job):
             first = unit(0) if options.get("diameter") == "auto" else None
             resolved = _resolve_options(model, options, first, reader.info, str(self.path))
             scale = {key: resolved[key] for key in _SCALE_OPTIONS if resolved.get(key) is not None}
+            self.diameter, self.scale = scale.get("diameter"), scale_factor(model, **scale)
             out_shape = plan.out_leading_shape + tuple(
                 reader.page_shape[i] for i, axis in enumerate(reader.page_axes) if axis in "YX")
             targets = [(self.labels_path, self.label_dtype)]
@@ -626,7 +635,7 @@ class _FileJob(_Job):
             writer.commit()
         self._outputs.close()
         self.result = FileResult(self.path, self.labels_path, self.written, self.objects,
-                                 time.monotonic() - self._started)
+                                 time.monotonic() - self._started, diameter=self.diameter, scale=self.scale)
 
     def fail(self, error: NapariUnetError) -> None:
         """Give up this file: its outputs are discarded and its planes leave the batch's total."""

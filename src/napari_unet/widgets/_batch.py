@@ -18,6 +18,7 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     FileEdit,
+    FloatSpinBox,
     LineEdit,
     ProgressBar,
     PushButton,
@@ -84,6 +85,18 @@ class BatchWidget(ScrollingDock):
                                 "Files already there are kept and not segmented again.")
         self.model = ModelChooser(viewer, allow_scratch=False)
         self.tile_size, self.threshold, self.min_size, self.orientations = prediction_settings(self.model)
+        self.diameter = FloatSpinBox(
+            label="object diameter (px)", value=0.0, min=0.0, max=10_000.0, step=1.0,
+            tooltip="Typical object diameter in the files, in pixels: planes are rescaled so that objects match "
+            "the model's, and the labels are brought back to the files' grid. 0: each file's pixel size when the "
+            "model records one, else no rescaling.")
+        self.estimate_diameter = CheckBox(
+            label="estimate diameter per file", value=False,
+            tooltip="Estimate each file's object diameter from a first prediction of its first plane (a few "
+            "predictions of that plane more per file), instead of the diameter above.")
+        self.probability = CheckBox(
+            label="write probabilities", value=False,
+            tooltip="Also write NAME_probability.tif, the foreground probability (float32), beside each label file.")
         self.device = device_choice()
         self.compile = CheckBox(label="compile network", value=False,
                                 tooltip="Compile the network before the first plane (torch.compile): about 8 % "
@@ -98,9 +111,10 @@ class BatchWidget(ScrollingDock):
         self.open_result = PushButton(text="Open result")
         self.contents.extend([
             self.inputs, self.out_dir, self.model, self.tile_size, self.threshold, self.min_size, self.orientations,
-            self.device, self.compile, self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
+            self.diameter, self.estimate_diameter, self.probability, self.device, self.compile, self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
         ])
         self.inputs.changed.connect(self._update_default_output)
+        self.estimate_diameter.changed.connect(lambda estimate: setattr(self.diameter, "enabled", not estimate))
         self.run.changed.connect(self.start)
         self.cancel.changed.connect(self.stop)
         self.open_result.changed.connect(self.open_selected)
@@ -138,9 +152,10 @@ class BatchWidget(ScrollingDock):
         self._stop.clear()
         self._started = time.monotonic()
         self._worker = create_worker(
-            guarded(predict_files_iter), model, files, Path(out_dir), stop=self._stop,
-            tile_size=self.tile_size.value or None, threshold=self.threshold.value, min_size=self.min_size.value,
-            device=self.device.value, compile_network=self.compile.value,
+            guarded(predict_files_iter), model, files, Path(out_dir), probability=self.probability.value,
+            stop=self._stop, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
+            min_size=self.min_size.value, device=self.device.value, compile_network=self.compile.value,
+            diameter="auto" if self.estimate_diameter.value else (self.diameter.value or None),
             test_time_augmentation=self.orientations.value, _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self._on_progress, self._on_done, "the batch", self._on_finish)
@@ -166,6 +181,10 @@ class BatchWidget(ScrollingDock):
         message = f"{len(segmented)} of {len(result.files)} file(s) segmented"
         if result.skipped:
             message += f", {len(result.skipped)} skipped (their outputs exist)"
+        diameters = sorted(item.diameter for item in segmented if item.diameter is not None)
+        if diameters and self.estimate_diameter.value:
+            low, high = diameters[0], diameters[-1]
+            message += f"; estimated diameters {low:.1f} px" if low == high else f"; estimated diameters {low:.1f} to {high:.1f} px"
         if result.cancelled:
             message = f"cancelled: {message}"
         if result.failed:
