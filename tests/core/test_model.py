@@ -313,3 +313,55 @@ def test_gradients_reach_every_parameter(padding):
         assert torch.isfinite(parameter.grad).all(), name
         assert parameter.grad.abs().sum() > 0, name
 
+
+
+def _trained_looking(network: UNet) -> UNet:
+    """``network`` with batch-norm statistics and biases that are not the initial ones, as after training."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.bias is not None:
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+    return network.eval()
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_the_cpu_inference_copy_computes_what_the_network_does(padding, batch_norm):
+    from napari_unet.core import onednn
+
+    network = _trained_looking(UNet(NetworkConfig(depth=3, base_width=8, padding=padding, batch_norm=batch_norm)))
+    size = network.valid_input_size(61)
+    image = torch.rand(2, 1, size, size + 8 if padding == "same" else size)
+    copy = network.inference_copy(torch.device("cpu"))
+    # Where this PyTorch has oneDNN's fused convolutions (x86 and ARM builds do), the copy uses them.
+    fused = onednn.available()
+    assert any(type(module).__name__ == "_FusedUpConcat" for module in copy.modules()) == fused
+    with torch.inference_mode():
+        expected = network(image)
+        torch.testing.assert_close(copy(image.to(memory_format=torch.channels_last)), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(network.inference_copy(torch.device("cpu"), fuse=False)(image), expected,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_without_a_usable_fused_operator_the_plain_blocks_remain(monkeypatch):
+    from napari_unet.core import onednn
+
+    def broken():
+        raise RuntimeError("simulated: no such operator in this PyTorch")
+
+    onednn.available.cache_clear()
+    monkeypatch.setattr(onednn, "_pointwise", broken)
+    try:
+        state = torch.random.get_rng_state()
+        assert not onednn.available()
+        assert torch.equal(torch.random.get_rng_state(), state)  # the check does not move the user's seed
+        copy = UNet(NetworkConfig(depth=2, base_width=4)).inference_copy(torch.device("cpu"))
+        assert not any("Fused" in type(module).__name__ for module in copy.modules())
+    finally:
+        onednn.available.cache_clear()

@@ -101,11 +101,16 @@ class UpConcat(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
-        dy = (skip.shape[-2] - x.shape[-2]) // 2
-        dx = (skip.shape[-1] - x.shape[-1]) // 2
-        if dy or dx:  # only with "valid" padding, as in the paper's Fig. 1
-            skip = skip[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
-        return self.conv(torch.cat([skip, x], dim=1))
+        return self.conv(torch.cat([cropped_like(skip, x), x], dim=1))
+
+
+def cropped_like(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The center of ``skip`` of ``x``'s height and width."""
+    dy = (skip.shape[-2] - x.shape[-2]) // 2
+    dx = (skip.shape[-1] - x.shape[-1]) // 2
+    if dy or dx:  # only with "valid" padding, as in the paper's Fig. 1
+        skip = skip[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
+    return skip
 
 
 class UNet(nn.Module):
@@ -161,13 +166,19 @@ class UNet(nn.Module):
             x = block(x, skip)
         return self.head(x)
 
-    def inference_copy(self, device: torch.device) -> UNet:
+    def inference_copy(self, device: torch.device, fuse: bool = True) -> UNet:
         """An eval-mode copy on ``device`` that computes the same, faster.
 
         Batch norm is folded into the convolution before it (one pass over the
         activations fewer), and on the CPU and CUDA the copy works in channels-last
         layout, which oneDNN and cuDNN convolve without reordering: about 1.5 times
-        faster on a 2-core CPU. Channels-last input suits it best.
+        faster on a 2-core CPU. Channels-last input suits it best. On the CPU each ReLU
+        and concatenation is also fused into a convolution where PyTorch allows it
+        (:mod:`~napari_unet.core.onednn`).
+
+        Args:
+            device: Where the copy runs.
+            fuse: Fuse on the CPU (False: the plain blocks, for a compiler that fuses itself).
         """
         network = copy.deepcopy(self).eval()
         for block in network.modules():
@@ -180,6 +191,11 @@ class UNet(nn.Module):
         network = network.to(device)
         if device.type in ("cpu", "cuda"):
             network = network.to(memory_format=torch.channels_last)
+        if fuse and device.type == "cpu":
+            from . import onednn
+
+            if onednn.available():
+                network = onednn.with_fused_blocks(network)
         return network
 
     @property

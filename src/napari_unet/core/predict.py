@@ -221,7 +221,8 @@ def _inference_network(network: UNet, device: torch.device, compiled_for: torch.
     kind = (str(device), compiled_for is not None)
     versions = tuple(tensor._version for tensor in network.state_dict().values())
     if kind not in copies or copies[kind][0] != versions:
-        copy = network.inference_copy(device)
+        # The compiler fuses the plain blocks itself.
+        copy = network.inference_copy(device, fuse=compiled_for is None)
         if compiled_for is not None:
             copy = _compiled(copy, compiled_for, device, amp)
         copies[kind] = (versions, copy)
