@@ -16,8 +16,8 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 # The fine-tuning and time-to-accuracy scripts train for minutes even when quick.
-QUICK_SCRIPTS = ["bench_augment", "bench_batch", "bench_interactive", "bench_postprocess", "bench_predict",
-                 "bench_train_step", "bench_weights", "bench_monai"]
+QUICK_SCRIPTS = ["bench_augment", "bench_batch", "bench_cpu_fusion", "bench_interactive", "bench_postprocess",
+                 "bench_predict", "bench_train_step", "bench_weights", "bench_monai"]
 
 
 @pytest.mark.slow
