@@ -248,6 +248,39 @@ def test_a_file_with_more_objects_than_uint16_can_number_is_redone_in_uint32(tmp
     assert _files_in(tmp_path / "out") == ["a.tif", "b.tif"]
 
 
+def test_a_file_that_could_not_be_read_fails_once_when_a_file_before_it_is_redone(tmp_path, model, monkeypatch):
+    from napari_unet.core import tiffstream
+
+    tifffile.imwrite(tmp_path / "a.tif", _planes(1)[0])
+    tifffile.imwrite(tmp_path / "b.tif", _planes(3, shape=(40, 30)), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "c.tif", _planes(1)[0])
+    real_read, real_labels = tiffstream.TiffPageReader.read_page, core_predict.probabilities_to_labels
+    reads_of_b = []
+
+    def read_page(reader, index):
+        if reader.path.name == "b.tif":
+            reads_of_b.append(index)
+            raise InputError(f"{reader.path}: page {index + 1} is damaged (simulated)")
+        return real_read(reader, index)
+
+    def crowded(probabilities, *args, **kwargs):  # a.tif (36 x 28) is redone in uint32, after b.tif was read
+        labels = real_labels(probabilities, *args, **kwargs)
+        if labels.shape == (36, 28) and not crowded.done:
+            labels[0, 0], crowded.done = 70000, True
+        return labels
+
+    crowded.done = False
+    monkeypatch.setattr(tiffstream.TiffPageReader, "read_page", read_page)
+    monkeypatch.setattr(core_predict, "probabilities_to_labels", crowded)
+    progress = []
+    result = predict_files(model, tmp_path, tmp_path / "out", on_progress=progress.append, **OPTIONS)
+    assert [(item.path.name, item.error is None) for item in result.files] == [("a.tif", True), ("b.tif", False),
+                                                                              ("c.tif", True)]
+    assert "damaged" in result.files[1].error and reads_of_b == [0]
+    assert _files_in(tmp_path / "out") == ["a.tif", "c.tif"]  # no partial file of b.tif
+    assert progress[-1].planes_done == progress[-1].planes_total == 2 and progress[-1].fraction == 1.0
+
+
 def test_reruns_skip_finished_outputs_unless_overwrite(tmp_path, model, monkeypatch):
     _write(tmp_path / "a.tif", "single")
     predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", **OPTIONS)

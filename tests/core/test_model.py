@@ -355,7 +355,7 @@ def test_without_a_usable_fused_operator_the_plain_blocks_remain(monkeypatch):
     def broken():
         raise RuntimeError("simulated: no such operator in this PyTorch")
 
-    onednn.available.cache_clear()
+    onednn._check.cache_clear()
     monkeypatch.setattr(onednn, "_pointwise", broken)
     try:
         state = torch.random.get_rng_state()
@@ -364,4 +364,4 @@ def test_without_a_usable_fused_operator_the_plain_blocks_remain(monkeypatch):
         copy = UNet(NetworkConfig(depth=2, base_width=4)).inference_copy(torch.device("cpu"))
         assert not any("Fused" in type(module).__name__ for module in copy.modules())
     finally:
-        onednn.available.cache_clear()
+        onednn._check.cache_clear()

@@ -81,7 +81,10 @@ class FileProgress:
         files: Inputs in the batch.
         path: The file being segmented.
         plane: Progress within the file (``plane.planes`` output planes).
-        planes_done: Planes written so far in this batch, all files together.
+        planes_done: Planes written so far in this batch, all files together. It goes
+            back when a file is done again: after a plane had more objects than uint16
+            labels number, or, on a cluster, when a file before it failed while it was
+            already being predicted.
         planes_total: Planes of the whole batch, counted from the files' headers when it
             started (inputs to skip or that cannot be read count none).
     """
@@ -98,7 +101,7 @@ class FileProgress:
         """Share of the batch's planes done, counting the current plane's tiles."""
         plane = self.plane
         within = plane.done / plane.total if plane.total and plane.done < plane.total else 0.0
-        return min(1.0, (self.planes_done + within) / self.planes_total) if self.planes_total else 0.0
+        return max(0.0, min(1.0, (self.planes_done + within) / self.planes_total)) if self.planes_total else 0.0
 
 
 @dataclass(frozen=True)
@@ -590,6 +593,7 @@ class _FileJob(_Job):
         self.scale = 1.0
         self.result: FileResult | None = None
         self._outputs = ExitStack()
+        self._layout: tuple = ()  # shape, axes and metadata of the outputs, known once the file is read
         self._started = 0.0
 
     def read_units(self, model: Model, options: dict, owners: deque) -> Iterator[Unit]:
@@ -611,14 +615,11 @@ class _FileJob(_Job):
             resolved = _resolve_options(model, options, first, reader.info, str(self.path))
             scale = {key: resolved[key] for key in _SCALE_OPTIONS if resolved.get(key) is not None}
             self.diameter, self.scale = scale.get("diameter"), scale_factor(model, **scale)
+            if plan.units == 0:
+                raise InputError(f"{self.path}: no planes to segment")
             out_shape = plan.out_leading_shape + tuple(
                 reader.page_shape[i] for i, axis in enumerate(reader.page_axes) if axis in "YX")
-            targets = [(self.labels_path, self.label_dtype)]
-            if self.probability_path is not None:
-                targets.append((self.probability_path, np.float32))
-            self.writers = [self._outputs.enter_context(PageTiffWriter(path, out_shape, plan.out_axes, dtype,
-                                                                       reader.metadata))
-                            for path, dtype in targets]
+            self._layout = (out_shape, plan.out_axes, reader.metadata)
             self.units = plan.units
             for number in range(plan.units):
                 pixels, channel_axis = first if first is not None else unit(number)
@@ -627,6 +628,15 @@ class _FileJob(_Job):
                 yield Unit(pixels, channel_axis, scale)
 
     def write(self, result: PlaneResult) -> None:
+        if not self.writers:
+            # Opened with the first result, not when the file is read: an executor may read
+            # many files ahead (a Dask cluster's window), and only those being written hold files.
+            out_shape, axes, metadata = self._layout
+            targets = [(self.labels_path, self.label_dtype)]
+            if self.probability_path is not None:
+                targets.append((self.probability_path, np.float32))
+            self.writers = [self._outputs.enter_context(PageTiffWriter(path, out_shape, axes, dtype, metadata))
+                            for path, dtype in targets]
         super().write(result)
         self.tally.done += 1
 
@@ -639,6 +649,8 @@ class _FileJob(_Job):
 
     def fail(self, error: NapariUnetError) -> None:
         """Give up this file: its outputs are discarded and its planes leave the batch's total."""
+        if self.result is not None:  # failed already, or finished
+            return
         self.abort()
         self.error = str(error)
         self.tally.total -= self.count
@@ -656,6 +668,8 @@ class _FileJob(_Job):
 def _file_units(model: Model, jobs: Sequence[_FileJob], options: dict, owners: deque) -> Iterator[Unit]:
     """The units of the jobs' files, in order; a file that cannot be read fails and the next one goes on."""
     for job in jobs:
+        if job.result is not None:  # failed while an earlier stream read it
+            continue
         try:
             yield from job.read_units(model, options, owners)
         except NapariUnetError as error:

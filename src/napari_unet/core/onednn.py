@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 
 import torch
 from torch import nn
@@ -104,15 +105,26 @@ def with_fused_blocks(network: UNet) -> UNet:
     return network
 
 
-@functools.cache
+_checking = threading.Lock()
+
+
 def available() -> bool:
-    """Whether this PyTorch has the fused operator and it gives the plain blocks' output."""
+    """Whether this PyTorch has the fused operator and it gives the plain blocks' output (checked once)."""
+    with _checking:  # once, even when the first predictions start in several threads at a time
+        return _check()
+
+
+@functools.cache
+def _check() -> bool:
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
         return False
     cpu = torch.device("cpu")
     try:
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():  # the user's random state stays as it was
-            torch.manual_seed(0)
+        # The check's networks and image come from the CPU generator, saved and restored
+        # around it (and seeded alone: torch.manual_seed would also reseed the GPUs'),
+        # so that the user's random numbers stay as they were.
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.default_generator.manual_seed(0)
             for padding in ("same", "valid"):
                 network = UNet(NetworkConfig(depth=2, base_width=4, padding=padding))
                 plain = network.inference_copy(cpu, fuse=False)

@@ -460,6 +460,7 @@ def _room_for_another_plane(model: Model, shape: tuple[int, int]) -> bool:
 def predict_planes_iter(
     model: Model,
     planes: Iterable[tuple[np.ndarray, float]],
+    *,
     tile_size: int | None = None,
     batch_size: int | None = None,
     threshold: float | None = None,

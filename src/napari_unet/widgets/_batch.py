@@ -78,6 +78,7 @@ class BatchWidget(ScrollingDock):
         self._stop = threading.Event()
         self._started = 0.0
         self._default_out: Path | None = None
+        self._estimating = False  # whether the running batch estimates each file's diameter
         self.result = None
         self.inputs = LineEdit(label="inputs", tooltip="A folder of TIFF files, a TIFF file, or a glob like /data/*.tif")
         self.out_dir = FileEdit(label="output folder", mode="d", value=None, nullable=True,
@@ -151,11 +152,12 @@ class BatchWidget(ScrollingDock):
         self.status.value = f"{len(files)} file(s)"
         self._stop.clear()
         self._started = time.monotonic()
+        self._estimating = self.estimate_diameter.value
         self._worker = create_worker(
             guarded(predict_files_iter), model, files, Path(out_dir), probability=self.probability.value,
             stop=self._stop, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
             min_size=self.min_size.value, device=self.device.value, compile_network=self.compile.value,
-            diameter="auto" if self.estimate_diameter.value else (self.diameter.value or None),
+            diameter="auto" if self._estimating else (self.diameter.value or None),
             test_time_augmentation=self.orientations.value, _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self._on_progress, self._on_done, "the batch", self._on_finish)
@@ -182,7 +184,7 @@ class BatchWidget(ScrollingDock):
         if result.skipped:
             message += f", {len(result.skipped)} skipped (their outputs exist)"
         diameters = sorted(item.diameter for item in segmented if item.diameter is not None)
-        if diameters and self.estimate_diameter.value:
+        if diameters and self._estimating:
             low, high = diameters[0], diameters[-1]
             message += f"; estimated diameters {low:.1f} px" if low == high else f"; estimated diameters {low:.1f} to {high:.1f} px"
         if result.cancelled:
