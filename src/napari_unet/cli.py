@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="output folder (created if needed; never an input's file)")
     predict.add_argument("--tile-size", type=_positive_int,
                          help="largest tile edge in pixels (default: 1024 on a GPU; on a CPU up to 2048, as memory "
-                         "allows, so that planes up to 2048x2048 go through the network in one pass)")
+                         "allows, so that planes up to 2048x2048 go through the network in one pass; at least 4 "
+                         "times the network's context, 448 for the embedded models)")
     predict.add_argument("--batch-size", type=_positive_int,
                          help="most tiles per forward pass (default: 1 on a CPU, 4 on a GPU, fewer when its memory "
                          "is short)")

@@ -196,6 +196,17 @@ def test_tile_size_smaller_than_the_context_still_works():
     np.testing.assert_allclose(result, _whole_image(net, plane), atol=2e-5, rtol=0)
 
 
+def test_a_tile_size_below_the_smallest_tile_is_raised_with_a_warning():
+    model = _model()
+    smallest = core_predict.smallest_tile(model.network)
+    image = _random_plane((60, 45))[0]
+    with pytest.warns(InputWarning, match=f"tile size 8 is raised to {smallest}"):
+        predict(model, image, tile_size=8, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predict(model, image, tile_size=smallest, device="cpu")
+
+
 @pytest.mark.parametrize("settings", [{"tile_size": 0}, {"batch_size": 0}, {"tile_size": -5}])
 def test_non_positive_tile_or_batch_size_is_an_input_error(settings):
     with pytest.raises(InputError):

@@ -160,6 +160,15 @@ class _AxisTiling:
         return len(self.starts)
 
 
+def smallest_tile(network: UNet) -> int:
+    """The smallest tile edge prediction uses; smaller tile sizes are raised to it.
+
+    A tile keeps at least half of its length (it gives up its context, ``network.context``
+    on each side), or it would spend most of its work on context.
+    """
+    return max(4 * network.context, 2 * network.context + network.size_multiple)
+
+
 def _axis_tiling(network: UNet, length: int, tile_size: int) -> _AxisTiling:
     multiple = network.size_multiple
     context = network.context
@@ -167,9 +176,7 @@ def _axis_tiling(network: UNet, length: int, tile_size: int) -> _AxisTiling:
     padded = network.valid_input_size(length + 2 * border)
     # A "same" network's output covers the whole tile; a "valid" one's starts after the context.
     same = network.config.padding == "same"
-    # A tile keeps at least half of its length (2 * context), or it would spend most of
-    # its work on context; smaller requests are raised to that.
-    largest_tile = max(tile_size, 4 * context, 2 * context + multiple)
+    largest_tile = max(tile_size, smallest_tile(network))
     if padded <= largest_tile:  # one tile: the whole-image pass itself
         return _AxisTiling(padded, border, padded - border - length, (0,), ((0, length),),
                            (border if same else 0,))
@@ -396,9 +403,16 @@ def _averaged_over_orientations(network: UNet, plane: np.ndarray, orientations: 
 
 
 def _checked_options(model: Model, tile_size: int | None, batch_size: int | None, threshold: float | None) -> float:
-    """The threshold to use (the model's unless given), after refusing options no prediction can take."""
+    """The threshold to use (the model's unless given), after refusing options no prediction can take.
+
+    A tile size under the network's smallest tile is raised to it, with a warning.
+    """
     if (tile_size is not None and tile_size < 1) or (batch_size is not None and batch_size < 1):
         raise InputError("tile size and batch size must be positive")
+    if tile_size is not None and tile_size < smallest_tile(model.network):
+        warnings.warn(f"tile size {tile_size} is raised to {smallest_tile(model.network)}, the smallest this "
+                      f"model uses: a tile gives up {model.network.context} pixels of context on each side",
+                      InputWarning, stacklevel=3)
     threshold = model.threshold if threshold is None else threshold
     if not 0 <= threshold <= 1:
         raise InputError(f"the threshold is a probability, between 0 and 1, not {threshold}")

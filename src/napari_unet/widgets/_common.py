@@ -171,7 +171,8 @@ def prediction_settings(model: ModelChooser) -> tuple[SpinBox, FloatSpinBox, Spi
     # when the GPU runs out of memory.
     tile_size = SpinBox(label="tile size (0: auto)", value=0, min=0, max=8192, step=64, tooltip=(
         "Largest tile edge in pixels; smaller tiles need less memory. 0 (auto): 1024 on a GPU, up to 2048 "
-        "on a CPU as memory allows."))
+        "on a CPU as memory allows. At least four times the network's context (448 for the embedded models): "
+        "smaller sizes are raised to it."))
     threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.05, tooltip=(
         "Probability threshold of the post-processing: higher separates touching objects more, lower keeps "
         "fainter ones (under 0.5 a two-class model's objects only grow wider). Set to the model's own "
