@@ -366,8 +366,8 @@ def _predict(args) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out is the folder to write results into, and {args.out} is a file")
     model = load_model(args.model)
-    # The same file given twice (a folder and a glob) is segmented once.
-    files = list({path.resolve(): path for spec in args.inputs for path in collect_tiffs(spec)}.values())
+    # Each input must match a file; the engine takes a file given twice (a folder and a glob) once.
+    files = [path for spec in args.inputs for path in collect_tiffs(spec)]
     options = {"tile_size": args.tile_size, "batch_size": args.batch_size, "threshold": args.threshold,
                "min_size": args.min_size, "device": args.device, "diameter": args.diameter,
                "compile_network": args.compile, "test_time_augmentation": args.tta}
@@ -402,7 +402,7 @@ def _predict(args) -> int:
         for item in result.failed:
             where = "" if str(item.path) in item.error else f"{item.path}: "
             print(f"napari-unet: error: {where}{item.error}", file=sys.stderr)
-        print(f"napari-unet: {len(result.failed)} of {len(files)} input(s) failed", file=sys.stderr)
+        print(f"napari-unet: {len(result.failed)} of {len(result.files)} input(s) failed", file=sys.stderr)
         return EXIT_FAILED
     return 0
 

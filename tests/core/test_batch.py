@@ -12,7 +12,7 @@ from napari_unet.core import batch
 from napari_unet.core import predict as core_predict
 from napari_unet.core.batch import output_paths, predict_array, predict_files, predict_files_iter
 from napari_unet.core.bundle import Model
-from napari_unet.core.errors import InputError
+from napari_unet.core.errors import InputError, InputWarning
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.predict import predict
 from napari_unet.core.synthetic import synthetic_nuclei
@@ -307,6 +307,16 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, model):
         output_paths([tmp_path / "x" / "cells.tif", tmp_path / "x" / "cells.tiff"], tmp_path / "out")
 
 
+def test_a_file_without_objects_to_estimate_the_diameter_from_is_segmented_unscaled_with_a_warning(
+        tmp_path, model, monkeypatch):
+    model.object_diameter = 12.0
+    _write(tmp_path / "empty_well.tif", "single")
+    monkeypatch.setattr(batch, "estimate_diameter", lambda *args, **kwargs: None)
+    with pytest.warns(InputWarning, match="empty_well.tif: no objects of a size the model can be rescaled to"):
+        result = predict_files(model, tmp_path / "empty_well.tif", tmp_path / "out", diameter="auto", **OPTIONS)
+    assert not result.failed and [(item.diameter, item.scale) for item in result.files] == [(None, 1.0)]
+
+
 def _record_factors(monkeypatch, factors):
     """Note the scale at which each plane goes through the network."""
     real = batch.predict_planes_iter
@@ -476,3 +486,20 @@ def test_files_are_given_as_the_command_line_takes_them_and_models_by_name(tmp_p
     np.testing.assert_array_equal(tifffile.imread(named.files[0].output), tifffile.imread(one.files[0].output))
     with pytest.raises(InputError, match="a model is a Model"):
         predict_files(42, tmp_path / "in", tmp_path / "never", **OPTIONS)
+
+
+def test_a_file_given_twice_is_segmented_once_and_the_output_folder_is_no_input(tmp_path, model):
+    (tmp_path / "in" / "day1").mkdir(parents=True)
+    _write(tmp_path / "in" / "day1" / "a.tif", "single")
+    _write(tmp_path / "in" / "b.tif", "single")
+    twice = [tmp_path / "in", str(tmp_path / "in" / "b.tif"), tmp_path / "in" / "." / "b.tif"]
+    result = predict_files(model, twice, tmp_path / "out", **OPTIONS)
+    assert [item.path.name for item in result.files] == ["b.tif"] and not result.failed
+    # Outputs inside the inputs' tree, found again by a recursive pattern on the rerun.
+    pattern, out = str(tmp_path / "in" / "**" / "*.tif"), tmp_path / "in" / "labels"
+    first = predict_files(model, pattern, out, **OPTIONS)
+    assert sorted(item.path.name for item in first.files) == ["a.tif", "b.tif"]
+    with pytest.warns(InputWarning, match="2 file.s. in the output folder .* are not taken as inputs"):
+        again = predict_files(model, pattern, out, **OPTIONS)
+    assert [item.skipped for item in again.files] == [True, True]
+    assert _files_in(out) == ["a.tif", "b.tif"]

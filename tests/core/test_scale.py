@@ -8,7 +8,7 @@ import torch
 from skimage.draw import disk
 
 from napari_unet.core.bundle import Model
-from napari_unet.core.errors import InputError
+from napari_unet.core.errors import InputError, InputWarning
 from napari_unet.core.model import NetworkConfig, UNet
 from napari_unet.core.predict import estimate_diameter, predict, predict_probabilities
 from napari_unet.core.progress import run_to_end
@@ -19,6 +19,7 @@ from napari_unet.core.scale import (
     resize_plane,
     scale_factor,
     scaled_shape,
+    usable_diameter,
 )
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train import TrainingConfig, TrainingSample, train_iter
@@ -184,3 +185,25 @@ def test_fine_tuning_resizes_the_new_images_to_the_models_object_size(small_nucl
     with pytest.raises(InputError, match="resized"):
         run_to_end(train_iter([TrainingSample(upscaled, upscaled_labels)], model=small_nuclei_model,
                               config=config, diameter=1000.0))
+
+
+def test_an_estimate_too_far_from_the_models_size_is_no_estimate(small_nuclei_model, monkeypatch):
+    # An empty field's specks of noise, measured as objects of about 2 px: not a size to rescale to.
+    from napari_unet.core import predict as core_predict
+
+    image, _ = synthetic_nuclei((128, 128), count=14, seed=11)
+    monkeypatch.setattr(core_predict, "object_diameter", lambda labels: 1.5)
+    assert not usable_diameter(small_nuclei_model, 1.5)
+    assert estimate_diameter(small_nuclei_model, image, device="cpu") is None
+    with pytest.warns(InputWarning, match="not rescaled"):
+        prediction = predict(small_nuclei_model, image, diameter="auto", device="cpu")
+    assert prediction.scale == 1.0
+
+
+def test_an_unusable_scale_says_which_diameters_or_pixel_sizes_the_model_takes():
+    model = _model(object_diameter=16.66031874701878, pixel_size=(4.0, 4.0))
+    model.pixel_unit = "nm"
+    with pytest.raises(InputError, match=r"model's 16.7 px objects; it takes object diameters from 2.08 to 133 px"):
+        scale_factor(model, diameter=1.0)
+    with pytest.raises(InputError, match=r"model's 4 nm pixels; it takes pixel sizes from 0.5 to 32 nm"):
+        scale_factor(model, pixel_size=(100.0, 100.0))

@@ -25,6 +25,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing
@@ -35,10 +36,17 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from .bundle import Model
-from .errors import InputError, NapariUnetError
+from .errors import InputError, InputWarning, NapariUnetError
 from .io import ImageInfo, collect_tiffs
 from .normalize import as_planes
-from .predict import PredictProgress, _checked_options, estimate_diameter, predict_iter, predict_planes_iter
+from .predict import (
+    NO_DIAMETER_FOUND,
+    PredictProgress,
+    _checked_options,
+    estimate_diameter,
+    predict_iter,
+    predict_planes_iter,
+)
 from .progress import run_to_end
 from .registry import as_model
 from .scale import scale_factor
@@ -380,8 +388,10 @@ def _resolve_options(model: Model, options: dict, first_unit: tuple[np.ndarray, 
         pixels, channel_axis = first_unit[:2]
         estimate = estimate_diameter(model, pixels, channel_axis=channel_axis,
                                      **{key: options[key] for key in _ESTIMATE_OPTIONS if key in options})
-        logger.info("%s: estimated object diameter %s", name, "none (no objects)" if estimate is None
-                    else f"{estimate:.1f} px")
+        if estimate is None:
+            warnings.warn(f"{name}: {NO_DIAMETER_FOUND}", InputWarning, stacklevel=2)
+        else:
+            logger.info("%s: estimated object diameter %.1f px", name, estimate)
         options["diameter"] = estimate
     if (options.get("diameter") is None and options.get("pixel_size") is None and model.pixel_size
             and info is not None and info.pixel_size is not None):
@@ -463,7 +473,7 @@ def predict_files_iter(
     model = as_model(model)
     if isinstance(files, str | os.PathLike):
         files = [files]
-    files = [path for spec in files for path in _input_files(spec)]
+    files = _inputs_outside(_input_files_once(files), out_dir)
     targets = output_paths(files, out_dir, probability)
     _check_options(model, predict_options)
     executor = executor or LocalExecutor()
@@ -512,12 +522,29 @@ def predict_files_iter(
     return BatchResult([result for _, result in sorted(results, key=lambda item: item[0])], cancelled)
 
 
-def _input_files(spec: str | os.PathLike) -> list[Path]:
-    """The TIFF files of a folder or glob pattern, as the command line takes them; a file itself."""
-    path = Path(spec).expanduser()
-    if path.is_dir() or (not path.exists() and glob.has_magic(str(spec))):
-        return collect_tiffs(spec)
-    return [path]  # a missing file is reported with the others' results
+def _input_files_once(specs: Iterable[str | os.PathLike]) -> list[Path]:
+    """The TIFF files of folders, glob patterns and files, as the command line takes them, each once."""
+    unique: dict[Path, Path] = {}
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir() or (not path.exists() and glob.has_magic(str(spec))):
+            found = collect_tiffs(spec)
+        else:
+            found = [path]  # a missing file is reported with the others' results
+        for file in found:
+            unique.setdefault(file.resolve(), file)
+    return list(unique.values())
+
+
+def _inputs_outside(files: list[Path], out_dir: str | os.PathLike) -> list[Path]:
+    """The inputs that are not in the output folder: a pattern like ``data/**/*.tif`` with the
+    outputs in ``data/labels`` would take the outputs of a first run for inputs of the next."""
+    out = Path(out_dir).expanduser().resolve()
+    kept = [path for path in files if not path.resolve().is_relative_to(out)]
+    if len(kept) < len(files):
+        warnings.warn(f"{len(files) - len(kept)} file(s) in the output folder {out_dir} are not taken as inputs",
+                      InputWarning, stacklevel=3)
+    return kept
 
 
 def predict_files(model: Model, files: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,

@@ -39,11 +39,15 @@ from .normalize import as_planes
 from .postprocess import foreground_probability, probabilities_to_labels
 from .progress import run_to_end
 from .registry import as_model
-from .scale import object_diameter, resize_plane, scale_factor, scaled_shape
+from .scale import object_diameter, resize_plane, scale_factor, scaled_shape, usable_diameter
 
 __all__ = ["PredictProgress", "Prediction", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
 
 logger = logging.getLogger(__name__)
+
+#: What ``diameter="auto"`` says when the first plane has no objects to measure.
+NO_DIAMETER_FOUND = ("no objects of a size the model can be rescaled to were found to estimate their diameter; "
+                     "not rescaled")
 
 #: Tiles per forward pass on a GPU unless told otherwise (fewer when its memory is short).
 GPU_TILES_PER_PASS = 4
@@ -615,6 +619,8 @@ def predict_iter(
         if diameter != "auto":
             raise InputError(f"the diameter must be a number of pixels or 'auto', not {diameter!r}")
         diameter = _estimate_plane_diameter(model, planes[0], tile_size, batch_size, device, amp, threshold, min_size)
+        if diameter is None:
+            warnings.warn(NO_DIAMETER_FOUND, InputWarning, stacklevel=2)
     factor = scale_factor(model, diameter, pixel_size)
     labels = np.zeros((len(planes), height, width), np.int32)
     probability = np.zeros((len(planes), height, width), np.float32)
@@ -679,9 +685,12 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
 
     candidates = [checked(first) for first in (measured(1.0), measured(0.5)) if first is not None]
     confirmed = [estimate for estimate, agrees in candidates if agrees]
-    if confirmed:
-        return max(confirmed)
-    return candidates[0][0] if candidates else None
+    estimate = max(confirmed) if confirmed else candidates[0][0] if candidates else None
+    if estimate is not None and not usable_diameter(model, estimate):
+        # Far from the model's size: specks of noise in an empty field, not the objects.
+        logger.info("estimated object diameter %.1f px, too far from the model's to use", estimate)
+        return None
+    return estimate
 
 
 def estimate_diameter(model: Model, image: np.ndarray, channel_axis: int | None = None, **kwargs) -> float | None:
@@ -694,7 +703,9 @@ def estimate_diameter(model: Model, image: np.ndarray, channel_axis: int | None 
         **kwargs: ``tile_size``, ``batch_size``, ``device``, ``amp``, ``threshold``, ``min_size``.
 
     Returns:
-        The median diameter of the objects found, or None when none were found.
+        The median diameter of the objects found; None when none were found, or only
+        objects too small or too large to rescale to the model's size (an empty field's
+        specks of noise).
     """
     model = as_model(model)
     planes, _ = as_planes(image, model.config.in_channels, channel_axis)

@@ -21,7 +21,7 @@ from .bundle import Model
 from .errors import InputError
 from .units import in_unit
 
-__all__ = ["pixel_size_for_model", "scale_factor", "scaled_shape", "resize_plane", "resize_labels", "equivalent_diameters", "object_diameter"]
+__all__ = ["pixel_size_for_model", "scale_factor", "usable_diameter", "scaled_shape", "resize_plane", "resize_labels", "equivalent_diameters", "object_diameter"]
 
 #: Factors this close to 1 are not worth a resampling (and the blur it brings).
 NEGLIGIBLE = 0.05
@@ -84,11 +84,23 @@ def scale_factor(
             raise InputError("this model does not record the pixel size of its training data; give a diameter instead")
         factor = float(np.mean(pixel_size)) / float(np.mean(model.pixel_size))
     if not 1 / LARGEST_FACTOR <= factor <= LARGEST_FACTOR:
-        raise InputError(
-            f"the objects would have to be resized {factor:.3g}x to match the model's "
-            f"({model.object_diameter or '?'} px); check the diameter or pixel size"
-        )
+        if diameter is not None:
+            usable = (f"object diameters from {model.object_diameter / LARGEST_FACTOR:.3g} to "
+                      f"{model.object_diameter * LARGEST_FACTOR:.3g} px")
+            theirs = f"{model.object_diameter:.1f} px objects"
+        else:
+            size = float(np.mean(model.pixel_size))
+            usable = (f"pixel sizes from {size / LARGEST_FACTOR:.3g} to {size * LARGEST_FACTOR:.3g} "
+                      f"{model.pixel_unit or ''}".rstrip())
+            theirs = f"{size:.3g} {model.pixel_unit or ''} pixels".replace("  ", " ")
+        raise InputError(f"the images would have to be resized {factor:.3g}x to match the model's {theirs}; "
+                         f"it takes {usable}: check the diameter or pixel size")
     return 1.0 if abs(factor - 1) < NEGLIGIBLE else factor
+
+
+def usable_diameter(model: Model, diameter: float) -> bool:
+    """Whether images with objects of ``diameter`` pixels can be rescaled to the model's object size."""
+    return bool(model.object_diameter) and 1 / LARGEST_FACTOR <= model.object_diameter / diameter <= LARGEST_FACTOR
 
 
 def scaled_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:

@@ -249,7 +249,8 @@ class PredictWidget(ScrollingDock):
 
     def _on_estimated(self, diameter):
         if diameter is None:
-            show_error("no objects found to measure; enter the diameter by hand")
+            show_error("no objects of a size the model can be rescaled to were found to measure; "
+                       "enter the diameter by hand")
             return
         self.diameter.value = round(float(diameter), 1)
         show_info(f"estimated object diameter: {diameter:.1f} px")
