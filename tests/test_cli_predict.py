@@ -107,7 +107,7 @@ def test_diameter_is_a_number_or_auto_and_each_files_is_shown(tmp_path, model_fi
     assert len(estimated) == (2 if diameter == "auto" else 0)
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.split() == ["file", "planes", "objects", "diameter", "scale", "seconds", "output"]
-    assert len(rows) == 2 and all(row.split()[3:5] == ["24.0", "0.5"] for row in rows)  # the model's 12 px / 24 px
+    assert len(rows) == 2 and all(row.split()[3:5] == ["24.0", "0.50"] for row in rows)  # the model's 12 px / 24 px
 
 
 def test_diameter_mistakes_are_one_line_and_exit_code_2(tmp_path, inputs, capsys):

@@ -6,6 +6,7 @@ The public API, for scripts and notebooks::
 
     model = nu.load_model("path/to/model.safetensors")      # or an embedded model's name
     result = nu.predict(model, image)                        # labels and probability
+    batch = nu.predict_files(model, "data/*.tif", "labels/") # TIFF files, one plane at a time
     trained = nu.train([nu.TrainingSample(image, labels)], model=model).model
     nu.save_model(trained, "finetuned.safetensors")
 
@@ -37,6 +38,13 @@ _API = {
     "predict": "napari_unet.core.predict",
     "predict_iter": "napari_unet.core.predict",
     "estimate_diameter": "napari_unet.core.predict",
+    "predict_files": "napari_unet.core.batch",
+    "predict_files_iter": "napari_unet.core.batch",
+    "predict_array": "napari_unet.core.batch",
+    "predict_array_iter": "napari_unet.core.batch",
+    "BatchResult": "napari_unet.core.batch",
+    "FileResult": "napari_unet.core.batch",
+    "FileProgress": "napari_unet.core.batch",
     "load_model": "napari_unet.core.registry",
     "embedded_models": "napari_unet.core.registry",
     "save_model": "napari_unet.core.modelfile",
@@ -66,6 +74,15 @@ def __dir__():
 
 if TYPE_CHECKING:  # for type checkers and IDEs only
     from .core.augment import AugmentConfig
+    from .core.batch import (
+        BatchResult,
+        FileProgress,
+        FileResult,
+        predict_array,
+        predict_array_iter,
+        predict_files,
+        predict_files_iter,
+    )
     from .core.bundle import Model
     from .core.errors import InputError, ModelFileError, NapariUnetError
     from .core.metrics import average_precision, isbi_scores, pixel_scores

@@ -423,7 +423,7 @@ def _results_table(files) -> str:
             if diameters:
                 cells.append("-" if item.diameter is None else f"{item.diameter:.1f}")
             if scales:
-                cells.append(f"{item.scale:.3g}")
+                cells.append(f"{item.scale:.2f}")
             cells += [f"{item.seconds:.1f}", str(item.output)]
         rows.append(cells)
     numbers = len(header) - 2  # the columns right-aligned: all but the file and the output

@@ -354,9 +354,13 @@ def test_the_files_pixel_size_is_used_in_the_models_unit_when_the_model_records_
 
 def test_settings_the_model_cannot_use_are_refused_before_any_work(tmp_path, model):
     _write(tmp_path / "a.tif", "single")
-    for options in ({"diameter": "auto"}, {"diameter": 20.0}, {"diameter": "big"}):
+    for options in ({"diameter": "auto"}, {"diameter": 20.0}, {"diameter": "big"}, {"tile_size": 0}):
         with pytest.raises(InputError):
             predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", **options, **OPTIONS)
+    with pytest.raises(InputError, match="smallest object size"):
+        predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", **{**OPTIONS, "min_size": -1})
+    with pytest.raises(TypeError, match="unknown prediction option.*'diamter'"):
+        predict_files(model, [tmp_path / "a.tif"], tmp_path / "out", diamter=20.0, **OPTIONS)
     assert not (tmp_path / "out").exists()
 
 
@@ -461,6 +465,15 @@ def test_a_dask_cluster_works_on_several_single_plane_files_at_once(tmp_path, mo
     assert _files_in(tmp_path / "out") == ["a.tif", "c.tif", "d.tif"]
     for name, plane in zip("acd", planes):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}.tif"), _expected(model, plane))
+
+
+def test_an_array_with_colours_last_is_refused_with_the_way_to_give_it(model):
+    rgb = np.stack([_planes(1)[0]] * 3, axis=-1)
+    with pytest.raises(InputError, match=r"last axis has 3 values.*np.moveaxis\(array, -1, 0\) and channel_axis=0"):
+        predict_array(model, rgb, **OPTIONS)
+    with pytest.warns(InputWarning, match="converted to gray"):
+        labels = predict_array(model, np.moveaxis(rgb, -1, 0), channel_axis=0, **OPTIONS)
+    np.testing.assert_array_equal(labels, _expected(model, _planes(1)[0]))
 
 
 def test_an_array_out_path_must_name_a_tiff(tmp_path, model):

@@ -20,6 +20,7 @@ stream alone; files after it that had started are done again. :func:`predict_arr
 from __future__ import annotations
 
 import glob
+import inspect
 import logging
 import math
 import os
@@ -37,7 +38,7 @@ import numpy as np
 
 from .bundle import Model
 from .errors import InputError, InputWarning, NapariUnetError
-from .io import ImageInfo, collect_tiffs
+from .io import ImageInfo, collect_tiffs, search_root
 from .normalize import as_planes
 from .predict import (
     NO_DIAMETER_FOUND,
@@ -370,6 +371,9 @@ class _Stopped(Exception):
     """The caller's stop event was set; the current output is discarded."""
 
 
+#: Keywords of :func:`~napari_unet.core.predict.predict_iter` that a batch passes on.
+_PREDICT_OPTIONS = set(inspect.signature(predict_iter).parameters) - {"model", "image", "channel_axis"}
+
 #: Keywords of :func:`~napari_unet.core.predict.predict_iter` that the diameter estimate also takes.
 _ESTIMATE_OPTIONS = ("tile_size", "batch_size", "device", "amp", "threshold", "min_size")
 
@@ -408,9 +412,15 @@ def _check_options(model: Model, options: dict) -> None:
 
     Raises:
         InputError: As :func:`~napari_unet.core.scale.scale_factor` does, or for a tile
-            size, batch size or threshold no prediction takes.
+            size, batch size, threshold or smallest object size no prediction takes.
+        TypeError: For an option :func:`~napari_unet.core.predict.predict_iter` does not have.
     """
-    _checked_options(model, options.get("tile_size"), options.get("batch_size"), options.get("threshold"))
+    unknown = sorted(set(options) - _PREDICT_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown prediction option(s) {', '.join(map(repr, unknown))}; the options are "
+                        f"{', '.join(sorted(_PREDICT_OPTIONS))}")
+    _checked_options(model, options.get("tile_size"), options.get("batch_size"), options.get("threshold"),
+                     options.get("min_size", 0))
     diameter, pixel_size = options.get("diameter"), options.get("pixel_size")
     if diameter == "auto":
         if not model.object_diameter:
@@ -473,7 +483,7 @@ def predict_files_iter(
     model = as_model(model)
     if isinstance(files, str | os.PathLike):
         files = [files]
-    files = _inputs_outside(_input_files_once(files), out_dir)
+    files = _input_files_once(files, out_dir)
     targets = output_paths(files, out_dir, probability)
     _check_options(model, predict_options)
     executor = executor or LocalExecutor()
@@ -522,29 +532,34 @@ def predict_files_iter(
     return BatchResult([result for _, result in sorted(results, key=lambda item: item[0])], cancelled)
 
 
-def _input_files_once(specs: Iterable[str | os.PathLike]) -> list[Path]:
-    """The TIFF files of folders, glob patterns and files, as the command line takes them, each once."""
+def _input_files_once(specs: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
+    """The TIFF files of folders, glob patterns and files, as the command line takes them, each once.
+
+    A folder or pattern whose tree holds the output folder below its own top (``data/**/*.tif``
+    with outputs in ``data/labels``) does not take the files in the output folder: they are
+    the outputs of an earlier run. An output folder that is the inputs' own folder stays an
+    error later, as any output that would overwrite an input.
+    """
+    out = Path(out_dir).expanduser().resolve()
     unique: dict[Path, Path] = {}
+    left_out = 0
     for spec in specs:
         path = Path(spec).expanduser()
         if path.is_dir() or (not path.exists() and glob.has_magic(str(spec))):
             found = collect_tiffs(spec)
+            root = search_root(spec).resolve()
+            if out != root and out.is_relative_to(root):
+                kept = [file for file in found if not file.resolve().is_relative_to(out)]
+                left_out += len(found) - len(kept)
+                found = kept
         else:
             found = [path]  # a missing file is reported with the others' results
         for file in found:
             unique.setdefault(file.resolve(), file)
-    return list(unique.values())
-
-
-def _inputs_outside(files: list[Path], out_dir: str | os.PathLike) -> list[Path]:
-    """The inputs that are not in the output folder: a pattern like ``data/**/*.tif`` with the
-    outputs in ``data/labels`` would take the outputs of a first run for inputs of the next."""
-    out = Path(out_dir).expanduser().resolve()
-    kept = [path for path in files if not path.resolve().is_relative_to(out)]
-    if len(kept) < len(files):
-        warnings.warn(f"{len(files) - len(kept)} file(s) in the output folder {out_dir} are not taken as inputs",
+    if left_out:
+        warnings.warn(f"{left_out} file(s) in the output folder {out_dir} are not taken as inputs",
                       InputWarning, stacklevel=3)
-    return kept
+    return list(unique.values())
 
 
 def predict_files(model: Model, files: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
@@ -795,6 +810,9 @@ def predict_array_iter(
         raise InputError(f"an image needs at least two axes (height, width), got shape {shape}")
     if isinstance(out, str | os.PathLike) and Path(out).suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"a path given as out is written as a TIFF file and must end in .tif or .tiff, not {out}")
+    if channel_axis is None and shape[-1] in (3, 4):
+        raise InputError(f"the array's last axis has {shape[-1]} values, too few for an image's width; for "
+                         f"colour channels last, give np.moveaxis(array, -1, 0) and channel_axis=0")
     axes = "Q" * (len(shape) - 2) + "YX"
     if channel_axis is not None and channel_axis < 0:
         channel_axis += len(shape)

@@ -62,6 +62,21 @@ def collect_tiffs(spec: str | os.PathLike) -> list[Path]:
     return files
 
 
+def search_root(spec: str | os.PathLike) -> Path:
+    """The folder a folder, glob pattern or file is found in: itself, the folder before the
+    first wildcard, or the file's folder."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    parts = []
+    for part in path.parts:
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    folder = Path(*parts) if parts else Path(".")
+    return folder.parent if folder == path else folder
+
+
 def pair_by_name(images: list[Path], labels: list[Path], missing: str = "image(s) have no label file"
                  ) -> list[tuple[Path, Path]]:
     """Pair image and label files with the same name (single files pair with each other).

@@ -406,17 +406,25 @@ def _averaged_over_orientations(network: UNet, plane: np.ndarray, orientations: 
     return summed / np.float32(orientations)
 
 
-def _checked_options(model: Model, tile_size: int | None, batch_size: int | None, threshold: float | None) -> float:
+#: The tile sizes already said to be raised (once per process is enough).
+_raised_tile_sizes: set[tuple[int, int]] = set()
+
+
+def _checked_options(model: Model, tile_size: int | None, batch_size: int | None, threshold: float | None,
+                     min_size: int = 0) -> float:
     """The threshold to use (the model's unless given), after refusing options no prediction can take.
 
     A tile size under the network's smallest tile is raised to it, with a warning.
     """
     if (tile_size is not None and tile_size < 1) or (batch_size is not None and batch_size < 1):
         raise InputError("tile size and batch size must be positive")
-    if tile_size is not None and tile_size < smallest_tile(model.network):
-        warnings.warn(f"tile size {tile_size} is raised to {smallest_tile(model.network)}, the smallest this "
-                      f"model uses: a tile gives up {model.network.context} pixels of context on each side",
-                      InputWarning, stacklevel=3)
+    if min_size < 0:
+        raise InputError(f"the smallest object size is a number of pixels, 0 or more, not {min_size}")
+    smallest = smallest_tile(model.network)
+    if tile_size is not None and tile_size < smallest and (tile_size, smallest) not in _raised_tile_sizes:
+        _raised_tile_sizes.add((tile_size, smallest))
+        warnings.warn(f"tile size {tile_size} is raised to {smallest}, the smallest this model uses: a tile "
+                      f"gives up {model.network.context} pixels of context on each side", InputWarning, stacklevel=3)
     threshold = model.threshold if threshold is None else threshold
     if not 0 <= threshold <= 1:
         raise InputError(f"the threshold is a probability, between 0 and 1, not {threshold}")
@@ -511,7 +519,7 @@ def predict_planes_iter(
         ``(plane, done, total, None)`` as the tile batches of a plane are done, and
         ``(plane, total, total, (labels, probability))`` once the plane is finished.
     """
-    threshold = _checked_options(model, tile_size, batch_size, threshold)
+    threshold = _checked_options(model, tile_size, batch_size, threshold, min_size)
     options = {"tile_size": tile_size, "batch_size": batch_size, "device": device, "amp": amp,
                "compile_network": compile_network}
     pending = None  # (plane, tile batches, labels in the making) of the plane being post-processed
@@ -612,7 +620,7 @@ def predict_iter(
             network's work.
     """
     model = as_model(model)
-    threshold = _checked_options(model, tile_size, batch_size, threshold)
+    threshold = _checked_options(model, tile_size, batch_size, threshold, min_size)
     planes, stack_shape = as_planes(image, model.config.in_channels, channel_axis)
     height, width = planes.shape[-2:]
     if isinstance(diameter, str):

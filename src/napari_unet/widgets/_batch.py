@@ -46,22 +46,10 @@ DEFAULT_OUTPUT = "labels"
 
 def default_output(inputs: str) -> Path | None:
     """``<input folder>/labels`` for a folder, a file or a glob pattern (None when empty)."""
+    from ..core.io import search_root
+
     text = inputs.strip()
-    if not text:
-        return None
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return path / DEFAULT_OUTPUT
-    # A file or a pattern: the folder part before the first wildcard.
-    parts = []
-    for part in path.parts:
-        if any(character in part for character in "*?["):
-            break
-        parts.append(part)
-    folder = Path(*parts) if parts else Path(".")
-    if folder == path:  # a file
-        folder = path.parent
-    return folder / DEFAULT_OUTPUT
+    return search_root(text) / DEFAULT_OUTPUT if text else None
 
 
 class BatchWidget(ScrollingDock):
