@@ -198,3 +198,15 @@ def test_tta_flag_writes_the_orientation_averaged_labels(tmp_path, model_file, i
     written = tifffile.imread(tmp_path / "tta" / "a_stack.tif")
     np.testing.assert_array_equal(written, expected)
     assert not np.array_equal(written, tifffile.imread(tmp_path / "plain" / "a_stack.tif"))
+
+
+def test_dask_keeps_its_cluster_log_for_verbose_runs():
+    pytest.importorskip("distributed")
+    import logging
+
+    from napari_unet import cli
+
+    cli._quiet_dask_logs()
+    # distributed sets its own loggers' levels when imported; those are the ones quieted.
+    assert logging.getLogger("distributed.scheduler").getEffectiveLevel() == logging.ERROR
+    assert logging.getLogger("distributed.nanny").getEffectiveLevel() == logging.ERROR

@@ -374,6 +374,8 @@ def _predict(args) -> int:
     if args.scheduler or args.workers:
         from .core.distributed import dask_executor
 
+        if not args.verbose:
+            _quiet_dask_logs()
         cluster = dask_executor(scheduler=args.scheduler, workers=args.workers)
     else:
         cluster = nullcontext()
@@ -405,6 +407,17 @@ def _predict(args) -> int:
         print(f"napari-unet: {len(result.failed)} of {len(result.files)} input(s) failed", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _quiet_dask_logs() -> None:
+    """Keep Dask's account of its cluster's life (dozens of lines a run) for -v."""
+    try:
+        import distributed  # noqa: F401 - it sets its loggers' levels when imported: quiet them after that
+    except ImportError:
+        return  # dask_executor says what to install
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("distributed", "dask"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _results_table(files) -> str:
@@ -554,14 +567,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     if not args.verbose:
         # tifffile logs the damage it recovers from, which the core collects and reports
-        # in one line (so its records must still be made: no level is raised here), and
-        # Dask its cluster's life; both reach the screen only with -v.
+        # in one line (so its records must still be made: no level is raised here); it
+        # reaches the screen only with -v, as Dask's logs (_quiet_dask_logs).
         tifffile_log = logging.getLogger("tifffile")
         tifffile_log.propagate = False
         if not any(isinstance(handler, logging.NullHandler) for handler in tifffile_log.handlers):
             tifffile_log.addHandler(logging.NullHandler())
-        for name in ("distributed", "dask"):
-            logging.getLogger(name).setLevel(logging.ERROR)
     warnings.showwarning = lambda message, category, *rest, **kw: print(f"napari-unet: warning: {message}", file=sys.stderr)
     from .core.errors import NapariUnetError
 
