@@ -210,3 +210,15 @@ def test_dask_keeps_its_cluster_log_for_verbose_runs():
     # distributed sets its own loggers' levels when imported; those are the ones quieted.
     assert logging.getLogger("distributed.scheduler").getEffectiveLevel() == logging.ERROR
     assert logging.getLogger("distributed.nanny").getEffectiveLevel() == logging.ERROR
+
+
+def test_channel_picks_one_channel_of_a_multichannel_file(tmp_path, model_file, capsys):
+    folder = tmp_path / "multi"
+    folder.mkdir()
+    planes = np.stack([synthetic_nuclei((40, 36), count=4, seed=seed)[0] for seed in range(4)])
+    tifffile.imwrite(folder / "dapi_gfp.tif", planes.reshape(2, 2, 40, 36), imagej=True, metadata={"axes": "TCYX"})
+    assert main(["predict", "--model", model_file, str(folder), "--out", str(tmp_path / "out"), "--channel", "0",
+                 *FAST]) == 0
+    with tifffile.TiffFile(tmp_path / "out" / "dapi_gfp.tif") as tif:
+        assert tif.series[0].axes == "TYX" and tif.series[0].shape == (2, 40, 36)
+    assert _table(capsys.readouterr().out)["dapi_gfp.tif"][0] == "2"  # planes

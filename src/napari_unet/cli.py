@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="test-time augmentation: average the predictions of each plane turned and mirrored "
                          "in all eight ways, as the U-Net paper did; more accurate outlines for 8x the time "
                          "(default: off)")
+    predict.add_argument("--channel", type=_non_negative_int, metavar="N",
+                         help="segment only channel N (0 is the first, Fiji's C1) of files with several: an ImageJ or "
+                         "OME C axis, or colour samples (default: each channel, one after the other; colours "
+                         "averaged to gray)")
     predict.add_argument("--probability", action="store_true", help="also write the foreground probability (NAME_probability.tif)")
     predict.add_argument("--overwrite", action="store_true", help="segment again the inputs whose output exists (default: skip them)")
     predict.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
@@ -392,7 +396,8 @@ def _predict(args) -> int:
     try:
         with cluster as executor:
             result = run_to_end(predict_files_iter(model, files, args.out, probability=args.probability,
-                                                   overwrite=args.overwrite, executor=executor, **options), show)
+                                                   overwrite=args.overwrite, executor=executor, channel=args.channel,
+                                                   **options), show)
     finally:
         progress.close()
     seconds = time.monotonic() - start

@@ -516,3 +516,24 @@ def test_a_file_given_twice_is_segmented_once_and_the_output_folder_is_no_input(
         again = predict_files(model, pattern, out, **OPTIONS)
     assert [item.skipped for item in again.files] == [True, True]
     assert _files_in(out) == ["a.tif", "b.tif"]
+
+
+def test_one_channel_of_a_hyperstack_or_colour_file_can_be_chosen(tmp_path, model):
+    data = _write(tmp_path / "hyper.tif", "hyperstack")  # TZCYX, 2 channels
+    colour = np.stack([_planes(1)[0], _planes(2)[1], _planes(3)[2]], axis=-1).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", colour, photometric="rgb")
+    plain = _planes(1)[0]
+    tifffile.imwrite(tmp_path / "plain.tif", plain)  # no channels: segmented as it is
+    result = predict_files(model, tmp_path, tmp_path / "out", channel=1, **OPTIONS)
+    assert not result.failed and [item.planes for item in result.files] == [4, 1, 1]
+    with tifffile.TiffFile(tmp_path / "out" / "hyper.tif") as tif:
+        assert tif.series[0].axes == "TZYX"
+        np.testing.assert_array_equal(tif.series[0].asarray(), _expected(model, data[:, :, 1]))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "rgb.tif"), _expected(model, colour[..., 1]))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "plain.tif"), _expected(model, plain))
+
+    outside = predict_files(model, tmp_path / "hyper.tif", tmp_path / "out5", channel=5, **OPTIONS)
+    assert "has 2 channels (0 to 1); channel 5 is not one of them" in outside.failed[0].error
+    with pytest.raises(InputError, match="for a model that takes one"):
+        predict_files(Model.new(NetworkConfig(depth=1, base_width=4, in_channels=2)), tmp_path / "hyper.tif",
+                      tmp_path / "out2", channel=0, **OPTIONS)

@@ -62,7 +62,7 @@ def test_batch_segments_a_folder_into_labels_beside_it_and_opens_a_result(batch_
     assert widget.tile_size.value == 0 and "auto" in widget.tile_size.label
     assert (seen["threshold"], seen["min_size"], seen["tile_size"], seen["device"]) == (0.55, 3, None, "cpu")
     assert seen["compile_network"] is False and seen["test_time_augmentation"] is False
-    assert seen["diameter"] is None and seen["probability"] is False
+    assert seen["diameter"] is None and seen["probability"] is False and seen["channel"] is None
     out = tmp_path / "in" / "labels"
     assert sorted(p.name for p in out.iterdir()) == ["a_hyper.tif", "b_single.tif"]
     assert [item.path.name for item in widget.result.failed] == ["c_broken.tif"]

@@ -242,6 +242,7 @@ class _UnitPlan:
     unit_channel_axis: int | None  # channel axis within a unit, as predict_iter takes it
     out_leading_shape: tuple[int, ...]
     out_axes: str
+    channel: int | None = None  # the one channel taken (of the channel axis or the pages' samples)
 
     @property
     def units(self) -> int:
@@ -253,14 +254,21 @@ class _UnitPlan:
         if self.channel_leading_axis is None:
             return [int(np.ravel_multi_index(index, self.leading_shape))] if index else [0]
         pages = []
-        for channel in range(self.leading_shape[self.channel_leading_axis]):
+        channels = range(self.leading_shape[self.channel_leading_axis]) if self.channel is None else [self.channel]
+        for channel in channels:
             full = index[: self.channel_leading_axis] + [channel] + index[self.channel_leading_axis :]
             pages.append(int(np.ravel_multi_index(full, self.leading_shape)))
         return pages
 
+    def pixels(self, pages: list[np.ndarray]) -> tuple[np.ndarray, int | None]:
+        """A unit's pixels and channel axis, from its pages (:meth:`page_indices`)."""
+        if self.channel is not None and self.channel_leading_axis is None:  # one of the pages' samples
+            return np.take(pages[0], self.channel, axis=self.unit_channel_axis), None
+        return (pages[0] if len(pages) == 1 else np.stack(pages)), self.unit_channel_axis
+
 
 def _plan_units(name: str, axes: str, leading_shape: tuple[int, ...], page_axes: str, page_shape: tuple[int, ...],
-                in_channels: int, channel_axis: int | None = None) -> _UnitPlan:
+                in_channels: int, channel_axis: int | None = None, channel: int | None = None) -> _UnitPlan:
     """Plan the units of an input whose pages have ``page_axes`` (YX, YXS or SYX).
 
     Args:
@@ -271,6 +279,9 @@ def _plan_units(name: str, axes: str, leading_shape: tuple[int, ...], page_axes:
         page_shape: Shape of one page.
         in_channels: Channels the model takes.
         channel_axis: Leading axis holding the channels, if the caller knows it.
+        channel: For a one-channel model, the channel to segment (0 the first) of an
+            input with a C axis or colour samples; an input without either is taken as
+            it is. None: every channel is segmented, one after the other.
 
     Raises:
         InputError: If the input's channels cannot be given to the model.
@@ -278,6 +289,8 @@ def _plan_units(name: str, axes: str, leading_shape: tuple[int, ...], page_axes:
     if page_axes not in ("YX", "YXS", "SYX"):
         raise InputError(f"{name}: pages with axes {page_axes} are not supported (need YX, or RGB samples)")
     leading_axes = axes[: len(leading_shape)]
+    if channel is not None and in_channels == 1 and ("S" in page_axes or "C" in leading_axes):
+        return _one_channel_plan(name, leading_axes, leading_shape, page_axes, page_shape, channel)
     if "S" in page_axes:
         # Colour or extra samples: the model's channels (RGB goes to gray for a one-channel model).
         unit_channel_axis, channel_axis = page_axes.index("S") - len(page_axes), None
@@ -299,6 +312,23 @@ def _plan_units(name: str, axes: str, leading_shape: tuple[int, ...], page_axes:
     out_leading = tuple(length for axis, length in enumerate(leading_shape) if axis != channel_axis)
     out_axes = "".join(letter for axis, letter in enumerate(leading_axes) if axis != channel_axis)
     return _UnitPlan(tuple(leading_shape), channel_axis, unit_channel_axis, out_leading, out_axes + "YX")
+
+
+def _one_channel_plan(name: str, leading_axes: str, leading_shape: tuple[int, ...], page_axes: str,
+                      page_shape: tuple[int, ...], channel: int) -> _UnitPlan:
+    """The units of one channel of an input with colour samples or a C axis."""
+    if "S" in page_axes:
+        count = page_shape[page_axes.index("S")]
+        plan = _UnitPlan(leading_shape, None, page_axes.index("S") - len(page_axes), leading_shape,
+                         leading_axes + "YX", channel)
+    else:
+        axis = leading_axes.index("C")
+        count = leading_shape[axis]
+        out_leading = tuple(length for index, length in enumerate(leading_shape) if index != axis)
+        plan = _UnitPlan(leading_shape, axis, None, out_leading, leading_axes.replace("C", "") + "YX", channel)
+    if not 0 <= channel < count:
+        raise InputError(f"{name} has {count} channels (0 to {count - 1}); channel {channel} is not one of them")
+    return plan
 
 
 def output_paths(files: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
@@ -432,12 +462,12 @@ def _check_options(model: Model, options: dict) -> None:
         scale_factor(model, diameter, pixel_size)
 
 
-def _count_units(path: Path, in_channels: int) -> int:
+def _count_units(path: Path, in_channels: int, channel: int | None) -> int:
     """Output planes of an input, from its header; 0 if it cannot be read (it fails later, with a message)."""
     try:
         with TiffPageReader(path) as reader:
             return _plan_units(str(path), reader.axes, reader.leading_shape, reader.page_axes, reader.page_shape,
-                               in_channels).units
+                               in_channels, channel=channel).units
     except NapariUnetError:
         return 0
 
@@ -450,6 +480,7 @@ def predict_files_iter(
     overwrite: bool = False,
     executor: PlaneExecutor | None = None,
     stop: threading.Event | None = None,
+    channel: int | None = None,
     **predict_options,
 ) -> Iterator[FileProgress]:
     """Segment TIFF files plane by plane; yields progress, returns a :class:`BatchResult`.
@@ -471,6 +502,10 @@ def predict_files_iter(
         executor: Where planes are predicted (default: this process, :class:`LocalExecutor`).
         stop: When set, the batch ends at the next progress step and returns a result
             with ``cancelled`` true.
+        channel: For a one-channel model, segment only this channel (0 the first) of
+            inputs with several (an ImageJ or OME C axis, or colour samples); inputs
+            without channels are segmented as they are. None: each channel of such an
+            input is segmented (colour samples are averaged to gray).
         **predict_options: Passed to :func:`~napari_unet.core.predict.predict_iter`
             (tile_size, batch_size, threshold, min_size, device, amp, diameter, pixel_size).
             ``diameter="auto"`` is estimated once per file, from its first plane. Without
@@ -486,6 +521,9 @@ def predict_files_iter(
     files = _input_files_once(files, out_dir)
     targets = output_paths(files, out_dir, probability)
     _check_options(model, predict_options)
+    if channel is not None and (channel < 0 or model.config.in_channels != 1):
+        raise InputError(f"channel {channel}: a channel is chosen by its number from 0, for a model that takes one "
+                         f"(this one takes {model.config.in_channels})")
     executor = executor or LocalExecutor()
     finished = [labels.exists() and (prob is None or prob.exists()) and not overwrite for labels, prob in targets]
     tally = _Tally()
@@ -495,7 +533,7 @@ def predict_files_iter(
             skipped.append((index, FileResult(path, labels_path, skipped=True)))
         else:
             jobs.append(_FileJob(index, path, labels_path, probability_path,
-                                 _count_units(path, model.config.in_channels), tally))
+                                 _count_units(path, model.config.in_channels, channel), tally, channel))
     tally.total = sum(job.count for job in jobs)
     shared_options = {key: value for key, value in predict_options.items() if key not in _SCALE_OPTIONS}
 
@@ -619,11 +657,13 @@ class _FileJob(_Job):
         labels_path, probability_path: Its outputs (see :func:`output_paths`).
         count: Its units, counted from its header before the batch started.
         tally: The batch's progress, which its planes count in.
+        channel: The one channel to segment, if chosen (see :func:`predict_files_iter`).
     """
 
     def __init__(self, index: int, path: Path, labels_path: Path, probability_path: Path | None, count: int,
-                 tally: _Tally):
+                 tally: _Tally, channel: int | None = None):
         super().__init__()
+        self.channel = channel
         self.index = index
         self.path = path
         self.labels_path = labels_path
@@ -647,11 +687,10 @@ class _FileJob(_Job):
         self._started = time.monotonic()
         with TiffPageReader(self.path) as reader:
             plan = _plan_units(str(self.path), reader.axes, reader.leading_shape, reader.page_axes,
-                               reader.page_shape, model.config.in_channels)
+                               reader.page_shape, model.config.in_channels, channel=self.channel)
 
             def unit(number: int) -> tuple[np.ndarray, int | None]:
-                pages = [reader.read_page(page) for page in plan.page_indices(number)]
-                return (pages[0] if len(pages) == 1 else np.stack(pages)), plan.unit_channel_axis
+                return plan.pixels([reader.read_page(page) for page in plan.page_indices(number)])
 
             first = unit(0) if options.get("diameter") == "auto" else None
             resolved = _resolve_options(model, options, first, reader.info, str(self.path))

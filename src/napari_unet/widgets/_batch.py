@@ -22,6 +22,7 @@ from magicgui.widgets import (
     LineEdit,
     ProgressBar,
     PushButton,
+    SpinBox,
 )
 
 from ._common import (
@@ -83,6 +84,10 @@ class BatchWidget(ScrollingDock):
             label="estimate diameter per file", value=False,
             tooltip="Estimate each file's object diameter from a first prediction of its first plane (a few "
             "predictions of that plane more per file), instead of the diameter above.")
+        self.channel = SpinBox(
+            label="channel (-1: all)", value=-1, min=-1, max=255,
+            tooltip="For files with several channels (a C axis, or colours): segment only this one, 0 being the "
+            "first (Fiji's C1). -1: each channel, one after the other (colours averaged to gray).")
         self.probability = CheckBox(
             label="write probabilities", value=False,
             tooltip="Also write NAME_probability.tif, the foreground probability (float32), beside each label file.")
@@ -100,7 +105,8 @@ class BatchWidget(ScrollingDock):
         self.open_result = PushButton(text="Open result")
         self.contents.extend([
             self.inputs, self.out_dir, self.model, self.tile_size, self.threshold, self.min_size, self.orientations,
-            self.diameter, self.estimate_diameter, self.probability, self.device, self.compile, self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
+            self.diameter, self.estimate_diameter, self.channel, self.probability, self.device, self.compile,
+            self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
         ])
         self.inputs.changed.connect(self._update_default_output)
         self.estimate_diameter.changed.connect(lambda estimate: setattr(self.diameter, "enabled", not estimate))
@@ -143,6 +149,7 @@ class BatchWidget(ScrollingDock):
         self._estimating = self.estimate_diameter.value
         self._worker = create_worker(
             guarded(predict_files_iter), model, files, Path(out_dir), probability=self.probability.value,
+            channel=None if self.channel.value < 0 else self.channel.value,
             stop=self._stop, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
             min_size=self.min_size.value, device=self.device.value, compile_network=self.compile.value,
             diameter="auto" if self._estimating else (self.diameter.value or None),
