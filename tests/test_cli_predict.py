@@ -222,3 +222,32 @@ def test_channel_picks_one_channel_of_a_multichannel_file(tmp_path, model_file, 
     with tifffile.TiffFile(tmp_path / "out" / "dapi_gfp.tif") as tif:
         assert tif.series[0].axes == "TYX" and tif.series[0].shape == (2, 40, 36)
     assert _table(capsys.readouterr().out)["dapi_gfp.tif"][0] == "2"  # planes
+
+
+def test_ctrl_c_stops_after_the_current_tiles_and_lists_the_finished_files(tmp_path, model_file, inputs, monkeypatch,
+                                                                            capsys):
+    import os
+    import signal
+
+    from napari_unet.core import progress as core_progress
+
+    real = core_progress.run_to_end
+    sent = []
+
+    def interrupted_in_the_second_file(generator, on_progress=None):
+        def show(update):
+            if update.file == 1 and not sent:
+                sent.append(1)
+                os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C does
+            on_progress(update)
+
+        return real(generator, show)
+
+    monkeypatch.setattr(core_progress, "run_to_end", interrupted_in_the_second_file)
+    handler = signal.getsignal(signal.SIGINT)
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "out"), *FAST]) == 130
+    captured = capsys.readouterr()
+    assert list(_table(captured.out)) == ["a_stack.tif"] and "stopping after the current tiles" in captured.err
+    assert "the same command goes on" in captured.err
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a_stack.tif"]
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C is Python's again

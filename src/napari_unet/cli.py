@@ -304,8 +304,6 @@ def _train(args) -> int:
     print(f"training on {len(samples)} image(s), {'from scratch' if model is None else 'starting from ' + args.init}",
           file=sys.stderr)
     stop = threading.Event()
-    # Ctrl-C ends training after the current step and still saves the best model so far.
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     progress = _Progress("train")
 
     def show(update):
@@ -326,10 +324,11 @@ def _train(args) -> int:
         generator = train_iter(samples, model=model, config=config, network_config=network, stop=stop,
                                pixel_size=pixel_size, pixel_unit=unit, checkpoint=args.out,
                                validation_samples=validation, diameter=args.diameter)
-        result = run_to_end(generator, show)
+        # Ctrl-C ends training after the current step and still saves the best model so far.
+        with _ctrl_c_sets(stop, "after the current step"):
+            result = run_to_end(generator, show)
     finally:
         progress.close()
-        signal.signal(signal.SIGINT, previous)
     if result.model.training["steps"] == 0:
         print(f"napari-unet: training stopped before its first step; {args.out} was not written", file=sys.stderr)
         return 130 if stop.is_set() else EXIT_FAILED
@@ -393,11 +392,12 @@ def _predict(args) -> int:
                 f"{rate:.2f} planes/s {update.path.name}")
         progress.update(update.planes_done, update.planes_total, note)
 
+    stop = threading.Event()
     try:
-        with cluster as executor:
+        with cluster as executor, _ctrl_c_sets(stop, "after the current tiles; finished files stay"):
             result = run_to_end(predict_files_iter(model, files, args.out, probability=args.probability,
-                                                   overwrite=args.overwrite, executor=executor, channel=args.channel,
-                                                   **options), show)
+                                                   overwrite=args.overwrite, executor=executor, stop=stop,
+                                                   channel=args.channel, **options), show)
     finally:
         progress.close()
     seconds = time.monotonic() - start
@@ -410,8 +410,30 @@ def _predict(args) -> int:
             where = "" if str(item.path) in item.error else f"{item.path}: "
             print(f"napari-unet: error: {where}{item.error}", file=sys.stderr)
         print(f"napari-unet: {len(result.failed)} of {len(result.files)} input(s) failed", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+    if result.cancelled:
+        print("napari-unet: interrupted; the same command goes on with the files not listed", file=sys.stderr)
+        return 130
+    return EXIT_FAILED if result.failed else 0
+
+
+@contextlib.contextmanager
+def _ctrl_c_sets(stop: threading.Event, when: str):
+    """Within the block, Ctrl-C sets ``stop`` (the work ends ``when``); a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def stopping(*_):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\nnapari-unet: stopping {when} (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, stopping)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _quiet_dask_logs() -> None:
