@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -537,3 +538,21 @@ def test_one_channel_of_a_hyperstack_or_colour_file_can_be_chosen(tmp_path, mode
     with pytest.raises(InputError, match="for a model that takes one"):
         predict_files(Model.new(NetworkConfig(depth=1, base_width=4, in_channels=2)), tmp_path / "hyper.tif",
                       tmp_path / "out2", channel=0, **OPTIONS)
+
+
+def test_warnings_about_an_input_name_it_once(tmp_path, model):
+    colour = np.stack([_planes(2)] * 3, axis=-1).astype(np.uint8)  # two RGB planes
+    tifffile.imwrite(tmp_path / "a_colour.tif", colour, photometric="rgb")
+    holes = _planes(1)[0].astype(np.float32)
+    holes[:3] = np.nan
+    tifffile.imwrite(tmp_path / "b_holes.tif", holes)
+    _write(tmp_path / "c_plain.tif", "single")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = predict_files(model, tmp_path, tmp_path / "out", **OPTIONS)
+    assert not result.failed
+    said = [str(warning.message) for warning in caught if issubclass(warning.category, InputWarning)]
+    assert len([text for text in said if text.startswith("a_colour.tif: ") and "colour" in text]) == 1
+    assert len([text for text in said if text.startswith("b_holes.tif: ") and "NaN" in text]) == 1
+    assert not [text for text in said if "c_plain" in text]
+    assert all(text.split(": ")[0] in ("a_colour.tif", "b_holes.tif") for text in said), said

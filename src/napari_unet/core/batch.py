@@ -758,6 +758,41 @@ def _file_units(model: Model, jobs: Sequence[_FileJob], options: dict, owners: d
             job.fail(error)
 
 
+def _naming_inputs_in_warnings(events: Iterator, owners: deque) -> Iterator:
+    """The executor's events; the warnings for the user made while each is made (a colour
+    image turned gray, NaN pixels) are given again with the input they concern, once each.
+
+    In a folder, "the image has 3 colour channels" does not say which file has. Such a
+    warning comes while the unit handed out last is prepared, so it names that unit's input.
+    Other warnings (a library's) pass unchanged.
+    """
+    said: set[str] = set()
+    while True:
+        failure = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                event = next(events)
+            except StopIteration:
+                event = failure = StopIteration()
+            except BaseException as error:  # noqa: BLE001 - raised again once the warnings are given
+                failure = error
+        for warning in caught:
+            path = getattr(owners[-1][0], "path", None) if owners else None
+            if issubclass(warning.category, InputWarning) and path is not None:
+                text = f"{path.name}: {warning.message}"
+                if text not in said:
+                    said.add(text)
+                    warnings.warn(text, warning.category, stacklevel=2)
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        if isinstance(failure, StopIteration):
+            return
+        if failure is not None:
+            raise failure
+        yield event
+
+
 def _predict_jobs(model: Model, units: Iterable[Unit], owners: deque, executor: PlaneExecutor, options: dict,
                   probability: bool, progress: Callable, stop: threading.Event | None):
     """Stream units through the executor into their jobs, in one go across the jobs.
@@ -781,7 +816,7 @@ def _predict_jobs(model: Model, units: Iterable[Unit], owners: deque, executor: 
     given = 0  # results given by the executor
     events = executor.predict_units(model, units, options, probability)
     try:
-        for event in events:
+        for event in _naming_inputs_in_warnings(events, owners):
             if isinstance(event, PlaneResult):
                 job, number = owners.popleft()
                 given += 1
