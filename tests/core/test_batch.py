@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -511,8 +512,11 @@ def test_a_file_given_twice_is_segmented_once_and_the_output_folder_is_no_input(
     assert [item.path.name for item in result.files] == ["b.tif"] and not result.failed
     # Outputs inside the inputs' tree, found again by a recursive pattern on the rerun.
     pattern, out = str(tmp_path / "in" / "**" / "*.tif"), tmp_path / "in" / "labels"
+    start = time.monotonic()
     first = predict_files(model, pattern, out, **OPTIONS)
+    elapsed = time.monotonic() - start
     assert sorted(item.path.name for item in first.files) == ["a.tif", "b.tif"]
+    assert 0 < sum(item.seconds for item in first.files) <= elapsed  # files overlap: each counts its own share
     with pytest.warns(InputWarning, match="2 file.s. in the output folder .* are not taken as inputs"):
         again = predict_files(model, pattern, out, **OPTIONS)
     assert [item.skipped for item in again.files] == [True, True]

@@ -122,7 +122,9 @@ class FileResult:
         output: The label file (None if the input failed).
         planes: Planes segmented.
         objects: Objects found, summed over the planes (each plane numbers its own).
-        seconds: Time spent on this input.
+        seconds: Time spent on this input: from the end of the input before it (or the
+            batch's start) to its own end, as the work on neighbouring files overlaps;
+            the seconds of a batch's inputs add up to its time.
         error: Why the input failed, in plain words.
         skipped: The output existed already and was kept.
         diameter: The object diameter its planes were rescaled for, in pixels (given,
@@ -608,10 +610,11 @@ def predict_files(model: Model, files: str | os.PathLike | Sequence[str | os.Pat
 
 @dataclass
 class _Tally:
-    """Planes of a batch written so far and planes in all, for its progress."""
+    """Planes of a batch written so far and planes in all, for its progress; when the last input ended."""
 
     done: int = 0
     total: int = 0
+    last_end: float = field(default_factory=time.monotonic)
 
 
 class _Job:
@@ -725,8 +728,10 @@ class _FileJob(_Job):
         for writer in self.writers:
             writer.commit()
         self._outputs.close()
-        self.result = FileResult(self.path, self.labels_path, self.written, self.objects,
-                                 time.monotonic() - self._started, diameter=self.diameter, scale=self.scale)
+        end = time.monotonic()
+        self.result = FileResult(self.path, self.labels_path, self.written, self.objects, end - self.tally.last_end,
+                                 diameter=self.diameter, scale=self.scale)
+        self.tally.last_end = end
 
     def fail(self, error: NapariUnetError) -> None:
         """Give up this file: its outputs are discarded and its planes leave the batch's total."""
