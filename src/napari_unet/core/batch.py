@@ -13,7 +13,9 @@ Planes are predicted by an executor: :class:`LocalExecutor` in this process, or
 labels. The executor gets one stream of planes across all files: the next file is read
 and predicted while the last planes of one are finished, and a folder of single-plane
 images keeps a cluster as busy as a stack does. A file that fails drops out of the
-stream alone; files after it that had started are done again. :func:`predict_array_iter` does the same for a numpy, Zarr or Dask array.
+stream alone; files after it that had started are done again.
+
+:func:`predict_array_iter` does the same for a numpy, Zarr or Dask array.
 :func:`predict_files` and :func:`predict_array` are the plain synchronous wrappers.
 """
 
@@ -682,7 +684,9 @@ class _FileJob(_Job):
         self._started = 0.0
 
     def read_units(self, model: Model, options: dict, owners: deque) -> Iterator[Unit]:
-        """Open the outputs, then read the units one by one, noting each in ``owners`` as it is handed out.
+        """Plan the file's units, then read them one by one, noting each in ``owners`` as it is handed out.
+
+        The outputs are opened by the first :meth:`write`.
 
         Raises:
             NapariUnetError: If the file cannot be read or given to the model.
@@ -764,8 +768,10 @@ def _file_units(model: Model, jobs: Sequence[_FileJob], options: dict, owners: d
 
 
 def _naming_inputs_in_warnings(events: Iterator, owners: deque) -> Iterator:
-    """The executor's events; the warnings for the user made while each is made (a colour
-    image turned gray, NaN pixels) are given again with the input they concern, once each.
+    """The executor's events, with the user's warnings given again with the input they concern.
+
+    Warnings about an input (a colour image turned gray, NaN pixels) raised while an event
+    is made are given again with the input's name, once per input and message.
 
     In a folder, "the image has 3 colour channels" does not say which file has. Such a
     warning comes while the unit handed out last is prepared, so it names that unit's input.
