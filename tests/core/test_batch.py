@@ -560,3 +560,24 @@ def test_warnings_about_an_input_name_it_once(tmp_path, model):
     assert len([text for text in said if text.startswith("b_holes.tif: ") and "NaN" in text]) == 1
     assert not [text for text in said if "c_plain" in text]
     assert all(text.split(": ")[0] in ("a_colour.tif", "b_holes.tif") for text in said), said
+
+
+def test_label_files_say_how_they_were_made_and_a_rerun_with_other_settings_says_so(tmp_path, model):
+    import json
+
+    from napari_unet.core.tiffstream import written_settings
+
+    _write(tmp_path / "a.tif", "multipage")
+    predict_files(model, tmp_path / "a.tif", tmp_path / "out", **OPTIONS)
+    made = json.loads(written_settings(tmp_path / "out" / "a.tif"))
+    assert made["napari_unet"] and made["settings"]["threshold"] == OPTIONS["threshold"]
+    assert made["settings"]["min_size"] == OPTIONS["min_size"] and made["settings"]["diameter"] is None
+    with tifffile.TiffFile(tmp_path / "out" / "a.tif") as tif:  # the stack itself is as before
+        assert tif.series[0].shape == (3, 36, 28) and len(tif.pages) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = predict_files(model, tmp_path / "a.tif", tmp_path / "out", **OPTIONS)  # the same: nothing to say
+    assert again.skipped == again.files
+    with pytest.warns(InputWarning, match=r"1 label file.s. kept in .* other settings \(threshold 0.55 then, 0.7 now\)"):
+        other = predict_files(model, tmp_path / "a.tif", tmp_path / "out", **{**OPTIONS, "threshold": 0.7})
+    assert other.skipped == other.files  # kept, as asked; the warning says how to redo them

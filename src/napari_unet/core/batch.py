@@ -22,7 +22,9 @@ stream alone; files after it that had started are done again.
 from __future__ import annotations
 
 import glob
+import hashlib
 import inspect
+import json
 import logging
 import math
 import os
@@ -38,6 +40,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from .. import __version__
 from .bundle import Model
 from .errors import InputError, InputWarning, NapariUnetError
 from .io import ImageInfo, collect_tiffs, search_root
@@ -53,7 +56,7 @@ from .predict import (
 from .progress import run_to_end
 from .registry import as_model
 from .scale import scale_factor
-from .tiffstream import PageTiffWriter, TiffMetadata, TiffPageReader, partial_path
+from .tiffstream import PageTiffWriter, TiffMetadata, TiffPageReader, partial_path, written_settings
 from .units import in_unit
 
 __all__ = [
@@ -530,6 +533,9 @@ def predict_files_iter(
                          f"(this one takes {model.config.in_channels})")
     executor = executor or LocalExecutor()
     finished = [labels.exists() and (prob is None or prob.exists()) and not overwrite for labels, prob in targets]
+    settings = _batch_settings(model, predict_options, channel)
+    _say_if_made_otherwise([labels for (labels, _), kept in zip(targets, finished) if kept], settings, out_dir)
+    note = json.dumps({"napari_unet": __version__, "settings": settings})
     tally = _Tally()
     skipped, jobs = [], []
     for index, (path, (labels_path, probability_path)) in enumerate(zip(files, targets)):
@@ -537,7 +543,7 @@ def predict_files_iter(
             skipped.append((index, FileResult(path, labels_path, skipped=True)))
         else:
             jobs.append(_FileJob(index, path, labels_path, probability_path,
-                                 _count_units(path, model.config.in_channels, channel), tally, channel))
+                                 _count_units(path, model.config.in_channels, channel), tally, channel, note))
     tally.total = sum(job.count for job in jobs)
     shared_options = {key: value for key, value in predict_options.items() if key not in _SCALE_OPTIONS}
 
@@ -572,6 +578,44 @@ def predict_files_iter(
                 job.abort()
     results = skipped + [(job.index, job.result) for job in jobs if job.result is not None]
     return BatchResult([result for _, result in sorted(results, key=lambda item: item[0])], cancelled)
+
+
+def _batch_settings(model: Model, options: dict, channel: int | None) -> dict:
+    """What decides a batch's labels: the model's weights and the settings of post-processing,
+    object size and channel (not the tiling or the device, which give the same labels)."""
+    weights = hashlib.sha256()
+    for name, tensor in model.network.state_dict().items():
+        weights.update(name.encode())
+        weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    threshold = options.get("threshold")
+    settings = {
+        "model": model.name or model.description,
+        "weights_sha256": weights.hexdigest()[:16],
+        "threshold": model.threshold if threshold is None else threshold,
+        "min_size": options.get("min_size", inspect.signature(predict_iter).parameters["min_size"].default),
+        "diameter": options.get("diameter"),
+        "pixel_size": options.get("pixel_size"),
+        "test_time_augmentation": bool(options.get("test_time_augmentation", False)),
+        "channel": channel,
+    }
+    return json.loads(json.dumps(settings))  # as a file gives them back (tuples become lists)
+
+
+def _say_if_made_otherwise(kept: list[Path], settings: dict, out_dir: str | os.PathLike) -> None:
+    """Warn when label files a batch keeps (a rerun skips them) were made with other settings."""
+    others = []
+    for path in kept:
+        try:
+            earlier = json.loads(written_settings(path) or "null")
+        except ValueError:
+            continue
+        if isinstance(earlier, dict) and isinstance(earlier.get("settings"), dict) and earlier["settings"] != settings:
+            others.append(earlier["settings"])
+    if others:
+        changes = "; ".join(f"{key} {others[0].get(key)!r} then, {value!r} now"
+                            for key, value in settings.items() if others[0].get(key) != value)
+        warnings.warn(f"{len(others)} label file(s) kept in {out_dir} were made with other settings ({changes}); "
+                      f"overwrite=True (--overwrite) makes them again with these", InputWarning, stacklevel=3)
 
 
 def _input_files_once(specs: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
@@ -663,12 +707,14 @@ class _FileJob(_Job):
         count: Its units, counted from its header before the batch started.
         tally: The batch's progress, which its planes count in.
         channel: The one channel to segment, if chosen (see :func:`predict_files_iter`).
+        note: How the outputs are made, written into them (:func:`_batch_settings`).
     """
 
     def __init__(self, index: int, path: Path, labels_path: Path, probability_path: Path | None, count: int,
-                 tally: _Tally, channel: int | None = None):
+                 tally: _Tally, channel: int | None = None, note: str | None = None):
         super().__init__()
         self.channel = channel
+        self.note = note
         self.index = index
         self.path = path
         self.labels_path = labels_path
@@ -723,7 +769,8 @@ class _FileJob(_Job):
             targets = [(self.labels_path, self.label_dtype)]
             if self.probability_path is not None:
                 targets.append((self.probability_path, np.float32))
-            self.writers = [self._outputs.enter_context(PageTiffWriter(path, out_shape, axes, dtype, metadata))
+            self.writers = [self._outputs.enter_context(PageTiffWriter(path, out_shape, axes, dtype, metadata,
+                                                                       self.note))
                             for path, dtype in targets]
         super().write(result)
         self.tally.done += 1

@@ -21,7 +21,10 @@ import tifffile
 from .errors import InputError
 from .io import ImageInfo, TiffErrors, _pixel_size
 
-__all__ = ["TiffMetadata", "TiffPageReader", "PageTiffWriter", "partial_path"]
+__all__ = ["TiffMetadata", "TiffPageReader", "PageTiffWriter", "partial_path", "written_settings"]
+
+#: A private TIFF tag holding how a file was made (readers that do not know it pass it by).
+SETTINGS_TAG = 65000
 
 #: ImageJ description entries that describe the pixels and still hold for a result.
 _IMAGEJ_KEYS = ("unit", "spacing", "finterval", "fps", "xorigin", "yorigin", "zorigin", "loop")
@@ -182,11 +185,14 @@ class PageTiffWriter:
         axes: tifffile axes of ``shape`` (for example "TZCYX").
         dtype: Pixel type.
         metadata: The input's metadata to keep (ImageJ, OME or plain, and resolution).
+        settings: Text saying how the file was made, kept in the first page's
+            :data:`SETTINGS_TAG` (see :func:`written_settings`).
     """
 
     def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], axes: str, dtype,
-                 metadata: TiffMetadata | None = None):
+                 metadata: TiffMetadata | None = None, settings: str | None = None):
         self.path = Path(path)
+        self._settings = settings
         self.partial = partial_path(self.path)
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
@@ -207,9 +213,12 @@ class PageTiffWriter:
         """Append the next page."""
         if self._written >= self.pages:
             raise ValueError(f"{self.path}: all {self.pages} pages are already written")
-        # Every page is its own TIFF page; the first carries the description of the whole stack.
-        description = self._description if self._written == 0 else None
-        self._writer.write(np.asarray(page, self.dtype), description=description, **self._options)
+        # Every page is its own TIFF page; the first carries the description of the whole
+        # stack, and how it was made.
+        first = self._written == 0
+        extratags = [(SETTINGS_TAG, "s", 0, self._settings, True)] if first and self._settings else []
+        self._writer.write(np.asarray(page, self.dtype), description=self._description if first else None,
+                           extratags=extratags, **self._options)
         self._written += 1
 
     def commit(self) -> Path:
@@ -232,6 +241,16 @@ class PageTiffWriter:
     def __exit__(self, *exc_info) -> None:
         if not self._committed:
             self.discard()
+
+
+def written_settings(path: str | os.PathLike) -> str | None:
+    """The ``settings`` a :class:`PageTiffWriter` wrote into a file; None if it has none or cannot be read."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tag = tif.pages.first.tags.get(SETTINGS_TAG)
+            return None if tag is None else str(tag.value)
+    except (OSError, ValueError):  # not a TIFF file (any more): nothing to say
+        return None
 
 
 def _description(shape: tuple[int, ...], axes: str, dtype: np.dtype, metadata: TiffMetadata) -> str | bytes:
