@@ -313,14 +313,17 @@ _PREDICT_OPTIONS = set(inspect.signature(predict_iter).parameters) - {"model", "
 _ESTIMATE_OPTIONS = ("tile_size", "batch_size", "device", "amp", "threshold", "min_size")
 
 
-def _resolve_options(model: Model, options: dict, first_unit: tuple[np.ndarray, int | None] | None,
-                     info: ImageInfo | None, name: str) -> dict:
-    """The predict options for one input, the same for all its planes and on every executor.
+def _input_scale(model: Model, options: dict, first_unit: tuple[np.ndarray, int | None] | None,
+                 info: ImageInfo | None, name: str) -> dict:
+    """The object size of one input, the same for all its planes and on every executor.
 
     ``diameter="auto"`` is estimated once, from the input's first plane (as
     :func:`~napari_unet.core.predict.predict_iter` does for a stack). Without a diameter
     or a pixel size, the input's pixel size is used when the model records its own, in
     the same unit.
+
+    Returns:
+        The ``diameter`` and ``pixel_size`` keywords that are set (a :class:`Unit`'s ``scale``).
     """
     options = dict(options)
     if options.get("diameter") == "auto" and first_unit is not None:
@@ -339,7 +342,24 @@ def _resolve_options(model: Model, options: dict, first_unit: tuple[np.ndarray, 
             logger.warning("%s: pixel size in %s, the model's in %s; not rescaled", name, info.unit, model.pixel_unit)
         else:
             options["pixel_size"] = pixel_size
-    return options
+    return {key: options[key] for key in _SCALE_OPTIONS if options.get(key) is not None}
+
+
+def _handed_out(job: _Job, count: int, read: Callable[[int], tuple[np.ndarray, int | None]], model: Model,
+                options: dict, info: ImageInfo | None, name: str, owners: deque) -> Iterator[Unit]:
+    """The ``count`` units of one input, read one by one and noted in ``owners`` as each is handed out.
+
+    The input's object size (:func:`_input_scale`) goes with every unit and into ``job``;
+    a diameter to estimate is estimated from the first unit, which is not read again.
+    """
+    first = read(0) if options.get("diameter") == "auto" else None
+    scale = _input_scale(model, options, first, info, name)
+    job.diameter, job.scale, job.units = scale.get("diameter"), scale_factor(model, **scale), count
+    for number in range(count):
+        pixels, channel_axis = first if first is not None else read(number)
+        first = None
+        owners.append((job, number))
+        yield Unit(pixels, channel_axis, scale)
 
 
 def _check_options(model: Model, options: dict) -> None:
@@ -574,6 +594,8 @@ class _Job:
         self.written = 0
         self.objects = 0
         self.error: str | None = None
+        self.diameter: float | None = None  # the input's object size (see _handed_out)
+        self.scale = 1.0
 
     def write(self, result: PlaneResult) -> None:
         """Write the next unit's labels (and probability).
@@ -620,8 +642,6 @@ class _FileJob(_Job):
         self.count = count
         self.tally = tally
         self.label_dtype = np.uint16
-        self.diameter: float | None = None
-        self.scale = 1.0
         self.result: FileResult | None = None
         self._outputs = ExitStack()
         self._layout: tuple = ()  # shape, axes and metadata of the outputs, known once the file is read
@@ -643,21 +663,12 @@ class _FileJob(_Job):
             def unit(number: int) -> tuple[np.ndarray, int | None]:
                 return plan.pixels([reader.read_page(page) for page in plan.page_indices(number)])
 
-            first = unit(0) if options.get("diameter") == "auto" else None
-            resolved = _resolve_options(model, options, first, reader.info, str(self.path))
-            scale = {key: resolved[key] for key in _SCALE_OPTIONS if resolved.get(key) is not None}
-            self.diameter, self.scale = scale.get("diameter"), scale_factor(model, **scale)
             if plan.units == 0:
                 raise InputError(f"{self.path}: no planes to segment")
             out_shape = plan.out_leading_shape + tuple(
                 reader.page_shape[i] for i, axis in enumerate(reader.page_axes) if axis in "YX")
             self._layout = (out_shape, plan.out_axes, reader.metadata)
-            self.units = plan.units
-            for number in range(plan.units):
-                pixels, channel_axis = first if first is not None else unit(number)
-                first = None
-                owners.append((self, number))
-                yield Unit(pixels, channel_axis, scale)
+            yield from _handed_out(self, plan.units, unit, model, options, reader.info, str(self.path), owners)
 
     def write(self, result: PlaneResult) -> None:
         if not self.writers:
@@ -857,25 +868,13 @@ def predict_array_iter(
             index.insert(plan.channel_leading_axis, slice(None))
         return np.asarray(array[tuple(index)]), plan.unit_channel_axis
 
-    first = unit(0) if predict_options.get("diameter") == "auto" else None
-    resolved = _resolve_options(model, predict_options, first, None, "the array")
-    scale = {key: resolved[key] for key in _SCALE_OPTIONS if resolved.get(key) is not None}
     shared_options = {key: value for key, value in predict_options.items() if key not in _SCALE_OPTIONS}
-    owners: deque = deque()
-
-    def units(job: _Job) -> Iterator[Unit]:
-        nonlocal first
-        for number in range(plan.units):
-            pixels, unit_channel_axis = first if first is not None else unit(number)
-            first = None
-            owners.append((job, number))
-            yield Unit(pixels, unit_channel_axis, scale)
 
     def stream(writer) -> Iterator[PredictProgress]:
-        job = _Job([writer])
-        job.units = plan.units
+        job, owners = _Job([writer]), deque()
+        units = _handed_out(job, plan.units, unit, model, predict_options, None, "the array", owners)
         try:
-            yield from _predict_jobs(model, units(job), owners, executor, shared_options, False,
+            yield from _predict_jobs(model, units, owners, executor, shared_options, False,
                                      lambda _job, plane: plane, stop)
         except _UnitFailed as failed:
             raise failed.error from None
