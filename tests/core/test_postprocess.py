@@ -246,7 +246,7 @@ def test_growing_labels_finds_the_nearest_object_like_skimage(distance):
     rng = np.random.default_rng(distance)
     seeds = ndimage.label(ndimage.gaussian_filter(rng.random((80, 90)), 2) > 0.52)[0].astype(np.int32)
     pixels = (seeds == 0) & (rng.random(seeds.shape) < 0.7)
-    ours = _nearest_labels(seeds, pixels, distance)
+    ours = _nearest_labels(seeds, np.flatnonzero(pixels), distance)
     theirs = expand_labels(seeds, distance)[pixels]
     np.testing.assert_array_equal(ours > 0, theirs > 0)
     # Where two objects are equally near either may be chosen; elsewhere the same one.

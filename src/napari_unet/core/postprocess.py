@@ -37,19 +37,24 @@ def foreground_probability(probabilities: np.ndarray) -> np.ndarray:
     return 1.0 - probabilities[0]
 
 
-def _without_small_objects(seeds: np.ndarray, min_size: int) -> np.ndarray:
-    """``seeds`` without objects under ``min_size`` pixels, the rest numbered 1..N in order."""
-    sizes = np.bincount(seeds.ravel())
-    keep = sizes >= max(min_size, 1)
-    if keep[1:].all():  # nothing to remove and already numbered 1..N: spare a pass over the plane
+def _seeds(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """int32 connected components of ``mask`` of at least ``min_size`` pixels, numbered 1..N in order."""
+    seeds = ndimage.label(mask)[0].astype(np.int32, copy=False)
+    # Only the objects' pixels are counted and renumbered, not the whole plane: they are
+    # about a tenth of a plane of nuclei.
+    inside = np.flatnonzero(mask)
+    values = seeds.ravel()[inside]
+    keep = np.bincount(values) >= max(min_size, 1)
+    if keep[1:].all():  # nothing to remove, so already numbered 1..N
         return seeds
     keep[0] = False
     renumber = (np.cumsum(keep) * keep).astype(np.int32)
-    return renumber[seeds]
+    seeds.ravel()[inside] = renumber[values]
+    return seeds
 
 
 def _nearest_labels(seeds: np.ndarray, pixels: np.ndarray, distance: float) -> np.ndarray:
-    """For each pixel of the mask ``pixels``, the nearest object of ``seeds`` within ``distance`` (else 0).
+    """For each pixel (``pixels``: flat indices into ``seeds``), the nearest object within ``distance`` (else 0).
 
     What skimage's ``expand_labels`` gives there (up to the choice between equally near
     objects), but looked up only at the pixels that need it: a Euclidean distance
@@ -61,10 +66,10 @@ def _nearest_labels(seeds: np.ndarray, pixels: np.ndarray, distance: float) -> n
     bordered = np.pad(seeds, reach)
     row = bordered.shape[1]
     flat_seeds = bordered.ravel()
-    ys, xs = np.nonzero(pixels)
-    searching = (ys + reach) * row + (xs + reach)  # flat positions of the pixels without an object yet
-    where = np.arange(len(ys))  # their places in the result
-    found = np.zeros(len(ys), np.int32)
+    # Flat positions in the bordered copy of the pixels without an object yet.
+    searching = pixels + (pixels // seeds.shape[1]) * (2 * reach) + reach * (row + 1)
+    where = np.arange(len(pixels))  # their places in the result
+    found = np.zeros(len(pixels), np.int32)
     offsets = sorted(
         ((dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)
          if 0 < dy * dy + dx * dx <= distance * distance),
@@ -148,8 +153,7 @@ def probabilities_to_labels(
     # (thin EM membranes): seeds come from where an object is more likely than not, and
     # the threshold only extends them. Three classes separate with their own class.
     seed_level = threshold if num_classes == 3 else max(threshold, 0.5)
-    seeds = ndimage.label(probabilities[1] > seed_level)[0].astype(np.int32)
-    seeds = _without_small_objects(seeds, min_size)
+    seeds = _seeds(probabilities[1] > seed_level, min_size)
     if num_classes == 3:
         grow = (seeds == 0) & (foreground_probability(probabilities) > threshold)
         distance = max(2, 2 * gap) * pixel_scale
@@ -158,7 +162,8 @@ def probabilities_to_labels(
         grow = _gap_pixels(seeds, gap) | ((seeds == 0) & (probabilities[1] > threshold))
         distance = 2 * gap
     labels = seeds.copy()
-    labels[grow] = _nearest_labels(seeds, grow, max(distance, 1.0))
+    growing = np.flatnonzero(grow)
+    labels.ravel()[growing] = _nearest_labels(seeds, growing, max(distance, 1.0))
     return labels
 
 
