@@ -121,6 +121,23 @@ def test_diameter_mistakes_are_one_line_and_exit_code_2(tmp_path, inputs, capsys
     assert not (tmp_path / "out").exists()
 
 
+def test_intensity_range_reaches_every_plane_and_mistakes_are_one_line(tmp_path, model_file, inputs, capsys):
+    from napari_unet.core.modelfile import load_model_file
+    from napari_unet.core.predict import predict
+
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "out"), *FAST,
+                 "--intensity-range", "0", "2000"]) == 0
+    stack = tifffile.imread(inputs / "a_stack.tif")
+    expected = predict(load_model_file(model_file), stack, device="cpu", threshold=0.55, min_size=3,
+                       intensity_range=(0, 2000)).labels
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "a_stack.tif"), expected)
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "bad"), *FAST,
+                 "--intensity-range", "9", "1"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == "napari-unet: error: an intensity range is two numbers, the lower first (got 9 and 1)"
+    assert not (tmp_path / "bad").exists()
+
+
 def test_scheduler_and_workers_choose_the_dask_executor(tmp_path, model_file, inputs, monkeypatch, capsys):
     from napari_unet.core import distributed
     from napari_unet.core.batch import LocalExecutor

@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="test-time augmentation: average the predictions of each plane turned and mirrored "
                          "in all eight ways, as the U-Net paper did; more accurate outlines for 8x the time "
                          "(default: off)")
+    predict.add_argument("--intensity-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                         help="map these intensities to 0 and 1 in every plane, instead of each plane's own 1st and "
+                         "99.8th percentiles: for stacks whose planes must keep their relative brightness, so that "
+                         "empty fields or out-of-focus planes are not stretched until their noise looks like "
+                         "objects; choose it so that the objects span about the range, as the contrast limits of a "
+                         "viewer would (default: each plane's percentiles)")
     predict.add_argument("--channel", type=_non_negative_int, metavar="N",
                          help="segment only channel N (0 is the first, Fiji's C1) of files with several: an ImageJ or "
                          "OME C axis, or colour samples (default: each channel, one after the other; colours "
@@ -373,7 +379,8 @@ def _predict(args) -> int:
     files = [path for spec in args.inputs for path in collect_tiffs(spec)]
     options = {"tile_size": args.tile_size, "batch_size": args.batch_size, "threshold": args.threshold,
                "min_size": args.min_size, "device": args.device, "diameter": args.diameter,
-               "compile_network": args.compile, "test_time_augmentation": args.tta}
+               "compile_network": args.compile, "test_time_augmentation": args.tta,
+               "intensity_range": args.intensity_range}
     if args.scheduler or args.workers:
         from .core.distributed import dask_executor
 

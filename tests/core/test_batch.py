@@ -581,3 +581,23 @@ def test_label_files_say_how_they_were_made_and_a_rerun_with_other_settings_says
     with pytest.warns(InputWarning, match=r"1 label file.s. kept in .* other settings \(threshold 0.55 then, 0.7 now\)"):
         other = predict_files(model, tmp_path / "a.tif", tmp_path / "out", **{**OPTIONS, "threshold": 0.7})
     assert other.skipped == other.files  # kept, as asked; the warning says how to redo them
+
+
+def test_files_of_an_earlier_version_are_not_said_to_be_made_otherwise(tmp_path, model, monkeypatch):
+    _write(tmp_path / "a.tif", "multipage")
+    current = batch._batch_settings
+
+    def earlier_version(*args):  # a version that did not record the intensity range yet
+        return {key: value for key, value in current(*args).items() if key != "intensity_range"}
+
+    monkeypatch.setattr(batch, "_batch_settings", earlier_version)
+    predict_files(model, tmp_path / "a.tif", tmp_path / "out", **OPTIONS)
+    monkeypatch.setattr(batch, "_batch_settings", current)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert predict_files(model, tmp_path / "a.tif", tmp_path / "out", **OPTIONS).skipped
+    with pytest.warns(InputWarning, match=r"other settings \(intensity_range None then, \[0.0, 1000.0\] now\)"):
+        predict_files(model, tmp_path / "a.tif", tmp_path / "out", **OPTIONS, intensity_range=(0.0, 1000.0))
+    with pytest.raises(InputError, match="the lower first"):
+        predict_files(model, tmp_path / "a.tif", tmp_path / "out2", **OPTIONS, intensity_range=(10, 1))
+    assert not (tmp_path / "out2").exists()

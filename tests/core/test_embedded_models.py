@@ -58,6 +58,23 @@ def test_nuclei_segments_the_napari_sample_data(nuclei):
 
 
 @pytest.mark.usefixtures("one_torch_thread")
+def test_one_intensity_range_keeps_an_empty_field_empty(nuclei):
+    from scipy import ndimage
+
+    # Smooth noise (haze, an out-of-focus plane) stretched to full contrast by the plane's
+    # own percentiles looks like nuclei to the model; within the range of the stack it
+    # belongs to (here: nuclei up to 1000) it stays what it is, a dark field.
+    field = ndimage.gaussian_filter(np.random.default_rng(0).normal(100, 5, (256, 256)), 2).astype(np.uint16)
+    assert predict(nuclei, field, device="cpu").labels.max() > 50  # measured 335
+    assert predict(nuclei, field, device="cpu", intensity_range=(90, 1000)).labels.max() == 0
+    # A range equal to the plane's own percentiles is the model's normalization.
+    (image, _, _), _ = sample_nuclei()
+    percentiles = np.percentile(image, [nuclei.normalization.low_percentile, nuclei.normalization.high_percentile])
+    np.testing.assert_array_equal(predict(nuclei, image, device="cpu", intensity_range=percentiles).labels,
+                                  predict(nuclei, image, device="cpu").labels)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 def test_nuclei_finds_nuclei_four_times_larger_when_given_the_diameter(nuclei, shared_data):
     # The model tolerates about twice its training size by itself; at four times the
     # diameter (given, or estimated) is what brings the objects back.

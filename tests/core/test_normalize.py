@@ -295,3 +295,34 @@ def test_channels_last_of_a_multichannel_model_need_their_axis_and_the_error_say
         as_planes(image, 2)
     planes, stack_shape = as_planes(image, 2, channel_axis=-1)
     assert planes.shape == (1, 2, 32, 40) and stack_shape == ()
+
+
+# --- IntensityRange ------------------------------------------------------------------
+
+
+def test_an_intensity_range_maps_its_ends_to_0_and_1_in_every_plane():
+    from napari_unet.core.normalize import IntensityRange
+
+    planes = np.array([[[[100, 300], [500, 900]]], [[[100, 100], [100, 120]]]], np.uint16)  # a bright and a dim plane
+    scaled = IntensityRange(100, 500)(planes)
+    assert scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled[0, 0], [[0, 0.5], [1, 2]])
+    np.testing.assert_allclose(scaled[1, 0], [[0, 0], [0, 0.05]])  # the dim plane stays dim, not stretched
+
+
+def test_an_intensity_range_treats_nan_as_background_with_a_warning():
+    from napari_unet.core.normalize import IntensityRange
+
+    with pytest.warns(InputWarning, match="NaN"):
+        scaled = IntensityRange(0, 10)(np.array([[[5.0, np.nan]]], np.float32))
+    np.testing.assert_allclose(scaled, [[[0.5, 0.0]]])
+    with pytest.raises(InputError, match="no finite"):
+        IntensityRange(0, 10)(np.full((1, 2, 2), np.nan))
+
+
+@pytest.mark.parametrize("low, high", [(5, 1), (3, 3), (0, float("nan")), (float("-inf"), 1)])
+def test_an_intensity_range_needs_two_numbers_the_lower_first(low, high):
+    from napari_unet.core.normalize import IntensityRange
+
+    with pytest.raises(InputError, match="the lower first"):
+        IntensityRange(low, high)

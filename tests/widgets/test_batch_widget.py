@@ -47,6 +47,7 @@ def test_batch_segments_a_folder_into_labels_beside_it_and_opens_a_result(batch_
     widget.inputs.value = str(tmp_path / "in")
     assert widget.out_dir.value == tmp_path / "in" / "labels"  # the default follows the inputs
     widget.threshold.value, widget.min_size.value = 0.55, 3
+    widget.intensity_range.value = "0, 5000"
     seen = {}
     real = batch.predict_files_iter
 
@@ -63,6 +64,7 @@ def test_batch_segments_a_folder_into_labels_beside_it_and_opens_a_result(batch_
     assert (seen["threshold"], seen["min_size"], seen["tile_size"], seen["device"]) == (0.55, 3, None, "cpu")
     assert seen["compile_network"] is False and seen["test_time_augmentation"] is False
     assert seen["diameter"] is None and seen["probability"] is False and seen["channel"] is None
+    assert seen["intensity_range"] == (0.0, 5000.0)
     out = tmp_path / "in" / "labels"
     assert sorted(p.name for p in out.iterdir()) == ["a_hyper.tif", "b_single.tif"]
     assert [item.path.name for item in widget.result.failed] == ["c_broken.tif"]
@@ -154,6 +156,14 @@ def test_batch_mistakes_are_notifications(batch_widget, tmp_path, notifications)
     widget = batch_widget
     widget.start()
     assert any("enter a folder" in text for _, text in notifications)
+    _inputs(tmp_path / "in")
+    widget.inputs.value = str(tmp_path / "in")
+    for text, said in (("100", "two numbers"), ("3000 100", "the lower first")):
+        widget.intensity_range.value = text
+        widget.start()
+        assert any(severity == "error" and said in message for severity, message in notifications)
+        assert widget.run.enabled and not (tmp_path / "in" / "labels").exists()
+    widget.intensity_range.value = ""
     widget.inputs.value = str(tmp_path / "nothing-here")
     widget.start()
     assert any(severity == "error" and "no such file or folder" in text for severity, text in notifications)

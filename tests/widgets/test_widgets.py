@@ -287,6 +287,29 @@ def test_predict_with_eight_orientations_gives_the_cores_averaged_labels(make_na
     assert widget.progress.value == 1000
 
 
+def test_predict_by_the_layers_contrast_limits_gives_the_cores_labels_for_that_range(make_napari_viewer, qtbot):
+    from napari_unet.core.predict import predict
+    from napari_unet.widgets import PredictWidget
+
+    viewer = make_napari_viewer()
+    image, _ = synthetic_nuclei((64, 72), count=6, seed=2)
+    layer = viewer.add_image(image, name="nuclei")
+    layer.contrast_limits = (0.0, 4.0 * float(image.max()))  # dimmer than the plane's own percentiles
+    model = tiny_model_in_session(viewer)
+    widget = docked(viewer, PredictWidget)
+    widget.image.value = layer
+    widget.device.value = "cpu"
+    widget.threshold.value = 0.01  # an untrained model: make sure something is found
+    widget.contrast_limits.value = widget.probability.value = True
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=30_000)
+    expected = predict(model, image, threshold=0.01, device="cpu", intensity_range=layer.contrast_limits)
+    plain = predict(model, image, threshold=0.01, device="cpu").probability
+    assert np.abs(expected.probability - plain).max() > 1e-3  # the range changes what the network sees
+    np.testing.assert_array_equal(viewer.layers["nuclei probability"].data, expected.probability)
+    np.testing.assert_array_equal(viewer.layers["nuclei prediction"].data, expected.labels)
+
+
 def test_predict_rgb_with_a_one_channel_model_warns_and_works(make_napari_viewer, qtbot, notifications):
     from napari_unet.widgets import PredictWidget
 

@@ -48,6 +48,7 @@ from .predict import (
     NO_DIAMETER_FOUND,
     PredictProgress,
     _checked_options,
+    _normalizer,
     estimate_diameter,
     predict_iter,
     predict_planes_iter,
@@ -310,7 +311,7 @@ class _Stopped(Exception):
 _PREDICT_OPTIONS = set(inspect.signature(predict_iter).parameters) - {"model", "image", "channel_axis"}
 
 #: Keywords of :func:`~napari_unet.core.predict.predict_iter` that the diameter estimate also takes.
-_ESTIMATE_OPTIONS = ("tile_size", "batch_size", "device", "amp", "threshold", "min_size")
+_ESTIMATE_OPTIONS = ("tile_size", "batch_size", "device", "amp", "threshold", "min_size", "intensity_range")
 
 
 def _input_scale(model: Model, options: dict, first_unit: tuple[np.ndarray, int | None] | None,
@@ -363,11 +364,12 @@ def _handed_out(job: _Job, count: int, read: Callable[[int], tuple[np.ndarray, i
 
 
 def _check_options(model: Model, options: dict) -> None:
-    """Refuse a diameter or pixel size that the model cannot use before any work starts.
+    """Refuse a diameter, pixel size or other option that the model cannot use before any work starts.
 
     Raises:
         InputError: As :func:`~napari_unet.core.scale.scale_factor` does, or for a tile
-            size, batch size, threshold or smallest object size no prediction takes.
+            size, batch size, threshold, smallest object size or intensity range no
+            prediction takes.
         TypeError: For an option :func:`~napari_unet.core.predict.predict_iter` does not have.
     """
     unknown = sorted(set(options) - _PREDICT_OPTIONS)
@@ -376,6 +378,7 @@ def _check_options(model: Model, options: dict) -> None:
                         f"{', '.join(sorted(_PREDICT_OPTIONS))}")
     _checked_options(model, options.get("tile_size"), options.get("batch_size"), options.get("threshold"),
                      options.get("min_size", 0))
+    _normalizer(model, options.get("intensity_range"))
     diameter, pixel_size = options.get("diameter"), options.get("pixel_size")
     if diameter == "auto":
         if not model.object_diameter:
@@ -432,7 +435,8 @@ def predict_files_iter(
             without channels are segmented as they are. None: each channel of such an
             input is segmented (colour samples are averaged to gray).
         **predict_options: Passed to :func:`~napari_unet.core.predict.predict_iter`
-            (tile_size, batch_size, threshold, min_size, device, amp, diameter, pixel_size).
+            (tile_size, batch_size, threshold, min_size, device, amp, diameter, pixel_size,
+            intensity_range).
             ``diameter="auto"`` is estimated once per file, from its first plane. Without
             a diameter or pixel size, each file's own pixel size is used when the model
             records one. Channel axes come from each file's axes.
@@ -514,6 +518,7 @@ def _batch_settings(model: Model, options: dict, channel: int | None) -> dict:
         "diameter": options.get("diameter"),
         "pixel_size": options.get("pixel_size"),
         "test_time_augmentation": bool(options.get("test_time_augmentation", False)),
+        "intensity_range": options.get("intensity_range"),
         "channel": channel,
     }
     return json.loads(json.dumps(settings))  # as a file gives them back (tuples become lists)
@@ -527,11 +532,15 @@ def _say_if_made_otherwise(kept: list[Path], settings: dict, out_dir: str | os.P
             earlier = json.loads(written_settings(path) or "null")
         except ValueError:
             continue
-        if isinstance(earlier, dict) and isinstance(earlier.get("settings"), dict) and earlier["settings"] != settings:
-            others.append(earlier["settings"])
+        if not (isinstance(earlier, dict) and isinstance(earlier.get("settings"), dict)):
+            continue
+        # A setting files of an earlier version do not record was its default then (None).
+        changed = {key: value for key, value in settings.items() if earlier["settings"].get(key) != value}
+        if changed:
+            others.append((earlier["settings"], changed))
     if others:
-        changes = "; ".join(f"{key} {others[0].get(key)!r} then, {value!r} now"
-                            for key, value in settings.items() if others[0].get(key) != value)
+        earlier, changed = others[0]
+        changes = "; ".join(f"{key} {earlier.get(key)!r} then, {value!r} now" for key, value in changed.items())
         warnings.warn(f"{len(others)} label file(s) kept in {out_dir} were made with other settings ({changes}); "
                       f"overwrite=True (--overwrite) makes them again with these", InputWarning, stacklevel=3)
 

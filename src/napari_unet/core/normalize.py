@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import InputError, InputWarning
 
-__all__ = ["Normalization", "as_planes"]
+__all__ = ["IntensityRange", "Normalization", "as_planes"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,44 @@ class Normalization:
             _scale(plane, low, high, flat_out[index])
             if not finite.all():
                 flat_out[index][~finite] = 0.0
+        return out
+
+
+@dataclass(frozen=True)
+class IntensityRange:
+    """One intensity range mapped to [0, 1] in every plane, instead of each plane's percentiles.
+
+    Percentiles stretch every plane to full contrast, which is what makes a model see the
+    same objects at any brightness, but also stretches a plane without objects (an empty
+    field of a screen, the out-of-focus ends of a z-stack) until its noise or haze looks
+    like objects. With one range for all planes such planes stay as dark as they are.
+    Non-finite pixels become 0, with a warning.
+
+    Args:
+        low: Intensity mapped to 0.
+        high: Intensity mapped to 1.
+    """
+
+    low: float
+    high: float
+
+    def __post_init__(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise InputError(f"an intensity range is two numbers, the lower first (got {self.low:g} and {self.high:g})")
+
+    def __call__(self, planes: np.ndarray) -> np.ndarray:
+        """Scale ``(..., channels, height, width)`` planes to float32."""
+        planes = np.asarray(planes)
+        out = np.empty(planes.shape, np.float32)
+        _scale(planes, self.low, self.high, out)
+        if planes.dtype.kind in "fc":
+            finite = np.isfinite(planes)
+            if not finite.all():
+                if not finite.any():
+                    raise InputError("the image has no finite pixel values (all NaN or inf)")
+                warnings.warn("the image has NaN or infinite pixels; they are treated as background",
+                              InputWarning, stacklevel=2)
+                out[~finite] = 0.0
         return out
 
 

@@ -35,7 +35,7 @@ from .device import autocast, resolve_device, smaller_batch_after
 from .errors import InputError, InputWarning
 from .memory import available_memory
 from .model import UNet
-from .normalize import as_planes
+from .normalize import IntensityRange, Normalization, as_planes
 from .postprocess import foreground_probability, probabilities_to_labels
 from .progress import run_to_end
 from .registry import as_model
@@ -463,6 +463,21 @@ class _InThread:
         self._thread.join()
 
 
+def _normalizer(model: Model, intensity_range: tuple[float, float] | None) -> Normalization | IntensityRange:
+    """How prediction scales a plane's intensities: the model's own way, or one fixed range.
+
+    Raises:
+        InputError: If ``intensity_range`` is not two numbers, the lower first.
+    """
+    if intensity_range is None:
+        return model.normalization
+    try:
+        low, high = (float(value) for value in intensity_range)
+    except (TypeError, ValueError):
+        raise InputError(f"an intensity range is two numbers, the lower first, not {intensity_range!r}") from None
+    return IntensityRange(low, high)
+
+
 def _labelled(probabilities: np.ndarray, shape: tuple[int, int], threshold: float, min_size: int, gap: int,
               pixel_scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Labels and foreground probability of a plane, from its network output, on the plane's own grid."""
@@ -495,6 +510,7 @@ def predict_planes_iter(
     amp: bool = True,
     compile_network: bool = False,
     test_time_augmentation: bool = False,
+    intensity_range: tuple[float, float] | None = None,
 ) -> Iterator[tuple[int, int, int, tuple[np.ndarray, np.ndarray] | None]]:
     """Predict a stream of planes, post-processing each while the network works on the next.
 
@@ -513,13 +529,14 @@ def predict_planes_iter(
             makes them (their sizes may differ), each with its scale for the network
             (see :func:`~napari_unet.core.scale.scale_factor`); results are brought back.
         tile_size, batch_size, threshold, min_size, device, amp, compile_network,
-            test_time_augmentation: As for :func:`predict_iter`.
+            test_time_augmentation, intensity_range: As for :func:`predict_iter`.
 
     Yields:
         ``(plane, done, total, None)`` as the tile batches of a plane are done, and
         ``(plane, total, total, (labels, probability))`` once the plane is finished.
     """
     threshold = _checked_options(model, tile_size, batch_size, threshold, min_size)
+    normalize = _normalizer(model, intensity_range)
     options = {"tile_size": tile_size, "batch_size": batch_size, "device": device, "amp": amp,
                "compile_network": compile_network}
     pending = None  # (plane, tile batches, labels in the making) of the plane being post-processed
@@ -540,7 +557,7 @@ def predict_planes_iter(
             shape = plane.shape[-2:]
             if pending is not None and not _room_for_another_plane(model, shape):
                 yield from reported()  # one plane's work at a time where two would not fit
-            normalized = resize_plane(model.normalization(plane), scaled_shape(shape, factor))
+            normalized = resize_plane(normalize(plane), scaled_shape(shape, factor))
             tiles = (_averaged_over_orientations(model.network, normalized, ORIENTATIONS, **options)
                      if test_time_augmentation else predict_probabilities(model.network, normalized, **options))
             while True:
@@ -582,6 +599,7 @@ def predict_iter(
     pixel_size: tuple[float, float] | None = None,
     compile_network: bool = False,
     test_time_augmentation: bool = False,
+    intensity_range: tuple[float, float] | None = None,
 ) -> Iterator[PredictProgress]:
     """Predict an image or a stack plane by plane; yields progress, returns a :class:`Prediction`.
 
@@ -618,15 +636,23 @@ def predict_iter(
             orientations (quarter turns, each also mirrored), as the U-Net paper averaged
             rotated versions of its input: more accurate outlines for eight times the
             network's work.
+        intensity_range: Intensities ``(low, high)`` mapped to 0 and 1 in every plane,
+            instead of each plane's own percentiles (the model's normalization): for
+            stacks whose planes must keep their relative brightness, so that an empty or
+            out-of-focus plane is not stretched until its noise looks like objects (see
+            :class:`~napari_unet.core.normalize.IntensityRange`). Choose it so that the
+            objects span about the range, as napari's contrast limits do.
     """
     model = as_model(model)
     threshold = _checked_options(model, tile_size, batch_size, threshold, min_size)
+    _normalizer(model, intensity_range)  # a wrong range is said before any work
     planes, stack_shape = as_planes(image, model.config.in_channels, channel_axis)
     height, width = planes.shape[-2:]
     if isinstance(diameter, str):
         if diameter != "auto":
             raise InputError(f"the diameter must be a number of pixels or 'auto', not {diameter!r}")
-        diameter = _estimate_plane_diameter(model, planes[0], tile_size, batch_size, device, amp, threshold, min_size)
+        diameter = _estimate_plane_diameter(model, planes[0], tile_size, batch_size, device, amp, threshold, min_size,
+                                            intensity_range)
         if diameter is None:
             warnings.warn(NO_DIAMETER_FOUND, InputWarning, stacklevel=2)
     factor = scale_factor(model, diameter, pixel_size)
@@ -635,7 +661,7 @@ def predict_iter(
     planes_done = predict_planes_iter(
         model, ((plane, factor) for plane in planes), tile_size=tile_size, batch_size=batch_size, threshold=threshold,
         min_size=min_size, device=device, amp=amp, compile_network=compile_network,
-        test_time_augmentation=test_time_augmentation)
+        test_time_augmentation=test_time_augmentation, intensity_range=intensity_range)
     with closing(planes_done):
         for index, done, total, finished in planes_done:
             if finished is not None:
@@ -649,7 +675,8 @@ def predict_iter(
     return Prediction(labels.reshape(shape), probability.reshape(shape), factor, diameter)
 
 
-def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device, amp, threshold, min_size) -> float | None:
+def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device, amp, threshold, min_size,
+                             intensity_range=None) -> float | None:
     """Median object diameter in one ``(channels, H, W)`` plane, from predictions.
 
     Objects much larger than the model's break into fragments of about the model's own
@@ -664,7 +691,7 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
     if not model.object_diameter:
         raise InputError("this model does not record the object size it was trained on; it cannot estimate diameters")
 
-    normalized = model.normalization(plane)
+    normalized = _normalizer(model, intensity_range)(plane)
     measurements: dict[float, float | None] = {}  # by scale factor
 
     def measured(factor: float) -> float | None:
@@ -708,7 +735,8 @@ def estimate_diameter(model: Model, image: np.ndarray, channel_axis: int | None 
         model: A model that records the object diameter of its training data.
         image: Image or stack (only its first plane is looked at).
         channel_axis: Channel axis of a multi-channel image, if not guessed right.
-        **kwargs: ``tile_size``, ``batch_size``, ``device``, ``amp``, ``threshold``, ``min_size``.
+        **kwargs: ``tile_size``, ``batch_size``, ``device``, ``amp``, ``threshold``, ``min_size``,
+            ``intensity_range`` (as for :func:`predict_iter`).
 
     Returns:
         The median diameter of the objects found; None when none were found, or only
@@ -717,7 +745,8 @@ def estimate_diameter(model: Model, image: np.ndarray, channel_axis: int | None 
     """
     model = as_model(model)
     planes, _ = as_planes(image, model.config.in_channels, channel_axis)
-    options = {"tile_size": None, "batch_size": None, "device": "auto", "amp": True, "threshold": None, "min_size": 10}
+    options = {"tile_size": None, "batch_size": None, "device": "auto", "amp": True, "threshold": None, "min_size": 10,
+               "intensity_range": None}
     options.update(kwargs)
     if options["threshold"] is None:
         options["threshold"] = model.threshold

@@ -53,6 +53,25 @@ def default_output(inputs: str) -> Path | None:
     return search_root(text) / DEFAULT_OUTPUT if text else None
 
 
+def _intensity_range(text: str) -> tuple[float, float] | None:
+    """The intensity range typed as "LOW HIGH" (None when empty).
+
+    Raises:
+        InputError: If the text is not two numbers, the lower first.
+    """
+    from ..core.errors import InputError
+    from ..core.normalize import IntensityRange
+
+    if not text.strip():
+        return None
+    try:
+        low, high = (float(value) for value in text.replace(",", " ").split())
+    except ValueError:
+        raise InputError(f"the intensity range is two numbers, LOW HIGH (such as 100 3000), not {text.strip()!r}") from None
+    IntensityRange(low, high)
+    return low, high
+
+
 class BatchWidget(ScrollingDock):
     """Dock widget that runs :func:`~napari_unet.core.batch.predict_files_iter` in a worker.
 
@@ -84,6 +103,12 @@ class BatchWidget(ScrollingDock):
             label="estimate diameter per file", value=False,
             tooltip="Estimate each file's object diameter from a first prediction of its first plane (a few "
             "predictions of that plane more per file), instead of the diameter above.")
+        self.intensity_range = LineEdit(
+            label="intensity range", value="",
+            tooltip="Two numbers, LOW HIGH: the intensities mapped to the model's range in every plane, instead "
+            "of stretching each plane from its own 1st to 99.8th percentile; for stacks and screens whose empty "
+            "or out-of-focus planes must stay dark rather than look like objects. Empty: each plane's "
+            "percentiles.")
         self.channel = SpinBox(
             label="channel (-1: all)", value=-1, min=-1, max=255,
             tooltip="For files with several channels (a C axis, or colours): segment only this one, 0 being the "
@@ -105,7 +130,7 @@ class BatchWidget(ScrollingDock):
         self.open_result = PushButton(text="Open result")
         self.contents.extend([
             self.inputs, self.out_dir, self.model, self.tile_size, self.threshold, self.min_size, self.orientations,
-            self.diameter, self.estimate_diameter, self.channel, self.probability, self.device, self.compile,
+            self.diameter, self.estimate_diameter, self.intensity_range, self.channel, self.probability, self.device, self.compile,
             self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
         ])
         self.inputs.changed.connect(self._update_default_output)
@@ -135,6 +160,7 @@ class BatchWidget(ScrollingDock):
             return
         out_dir = self.out_dir.value or default_output(self.inputs.value)
         try:
+            intensity_range = _intensity_range(self.intensity_range.value)
             files = collect_tiffs(self.inputs.value.strip())
             model = self.model.load()
         except NapariUnetError as error:
@@ -153,7 +179,8 @@ class BatchWidget(ScrollingDock):
             stop=self._stop, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
             min_size=self.min_size.value, device=self.device.value, compile_network=self.compile.value,
             diameter="auto" if self._estimating else (self.diameter.value or None),
-            test_time_augmentation=self.orientations.value, _start_thread=False, _ignore_errors=True,
+            test_time_augmentation=self.orientations.value, intensity_range=intensity_range,
+            _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self._on_progress, self._on_done, "the batch", self._on_finish)
         self._worker.start()

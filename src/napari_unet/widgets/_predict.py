@@ -68,6 +68,7 @@ def start_prediction(
     device: str = "auto",
     diameter: float | None = None,
     test_time_augmentation: bool = False,
+    intensity_range: tuple[float, float] | None = None,
     probability: bool = False,
     current_plane_only: bool = False,
     output=None,
@@ -89,6 +90,8 @@ def start_prediction(
             (its scale) is used when both it and the model's pixel size are known.
         test_time_augmentation: Average the predictions of each plane's eight
             orientations (see :func:`~napari_unet.core.predict.predict_iter`).
+        intensity_range: Intensities mapped to 0 and 1 in every plane instead of each
+            plane's own percentiles (see :func:`~napari_unet.core.predict.predict_iter`).
         probability: Also add the foreground probability as an Image layer.
         current_plane_only: Predict only the plane the viewer shows, into ``output`` (or a
             new Labels layer).
@@ -131,7 +134,8 @@ def start_prediction(
     worker = create_worker(
         guarded(predict_iter), model, data, tile_size=tile_size, threshold=threshold, min_size=min_size, device=device,
         channel_axis=-1 if image.rgb else None, diameter=diameter or None, pixel_size=_pixel_size_for(image, model),
-        test_time_augmentation=test_time_augmentation, _start_thread=False, _ignore_errors=True,
+        test_time_augmentation=test_time_augmentation, intensity_range=intensity_range,
+        _start_thread=False, _ignore_errors=True,
     )
     connect_worker(worker, show_plane, lambda _: None, "prediction", on_finish or (lambda: None))
     worker.start()
@@ -164,6 +168,11 @@ class PredictWidget(ScrollingDock):
         )
         self.estimate = PushButton(text="Estimate diameter",
                                    tooltip="Estimate the object diameter from a first prediction of the plane on screen.")
+        self.contrast_limits = CheckBox(
+            text="scale intensities by the contrast limits", value=False,
+            tooltip="Map the layer's contrast limits (what napari shows from black to white) to the model's range "
+            "in every plane, instead of stretching each plane from its own 1st to 99.8th percentile: for stacks "
+            "whose empty or out-of-focus planes must stay dark rather than look like objects.")
         self.probability = CheckBox(text="also add the probability layer", value=False,
                                     tooltip="Also add the foreground probability as a hidden image layer.")
         self.current_plane_only = CheckBox(text="predict current plane only", value=False,
@@ -174,7 +183,7 @@ class PredictWidget(ScrollingDock):
         self.progress = ProgressBar(label="progress", value=0, max=1000)
         self.contents.extend([
             self.image, self.model, self.tile_size, self.threshold, self.min_size, self.diameter, self.estimate,
-            self.orientations, self.probability, self.current_plane_only, self.device, self.run, self.cancel, self.progress,
+            self.orientations, self.contrast_limits, self.probability, self.current_plane_only, self.device, self.run, self.cancel, self.progress,
         ])
         self.run.changed.connect(self.start)
         self.cancel.changed.connect(self.stop)
@@ -205,6 +214,13 @@ class PredictWidget(ScrollingDock):
             return None
         return image, model
 
+    def _intensity_range(self, image) -> tuple[float, float] | None:
+        """The layer's contrast limits when the user asks for them (napari keeps them increasing), else None."""
+        if not self.contrast_limits.value:
+            return None
+        low, high = (float(limit) for limit in image.contrast_limits)
+        return low, high
+
     def start(self, *_):
         """Predict in a worker thread; errors become notifications."""
         chosen = self._image_and_model("prediction", check_scale=True)
@@ -220,8 +236,8 @@ class PredictWidget(ScrollingDock):
         self._worker, self.output = start_prediction(
             self._viewer, image, model, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
             min_size=self.min_size.value, device=self.device.value, diameter=self.diameter.value,
-            test_time_augmentation=self.orientations.value, probability=self.probability.value,
-            current_plane_only=self.current_plane_only.value,
+            test_time_augmentation=self.orientations.value, intensity_range=self._intensity_range(image),
+            probability=self.probability.value, current_plane_only=self.current_plane_only.value,
             output=self.output if self.current_plane_only.value and same_image else None,
             on_progress=self._on_progress, on_finish=self._on_finish,
         )
@@ -242,7 +258,8 @@ class PredictWidget(ScrollingDock):
         self._worker = create_worker(
             guarded(estimate_diameter), model, plane, channel_axis=-1 if image.rgb else None,
             tile_size=self.tile_size.value or None, threshold=self.threshold.value, min_size=self.min_size.value,
-            device=self.device.value, _start_thread=False, _ignore_errors=True,
+            device=self.device.value, intensity_range=self._intensity_range(image),
+            _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, None, self._on_estimated, "the diameter estimate", self._on_finish)
         self._worker.start()
