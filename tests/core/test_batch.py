@@ -596,8 +596,8 @@ def test_files_of_an_earlier_version_are_not_said_to_be_made_otherwise(tmp_path,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert predict_files(model, tmp_path / "a.tif", tmp_path / "out", **OPTIONS).skipped
-    with pytest.warns(InputWarning, match=r"other settings \(intensity_range None then, \[0.0, 1000.0\] now\)"):
-        predict_files(model, tmp_path / "a.tif", tmp_path / "out", **OPTIONS, intensity_range=(0.0, 1000.0))
+    with pytest.warns(InputWarning, match=r"other settings \(intensity range none then, 0 to 1000 now\); overwriting"):
+        predict_files(model, tmp_path / "a.tif", tmp_path / "out", **OPTIONS, intensity_range=(0, 1000))
     with pytest.raises(InputError, match="the lower first"):
         predict_files(model, tmp_path / "a.tif", tmp_path / "out2", **OPTIONS, intensity_range=(10, 1))
     assert not (tmp_path / "out2").exists()

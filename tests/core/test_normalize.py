@@ -320,9 +320,12 @@ def test_an_intensity_range_treats_nan_as_background_with_a_warning():
         IntensityRange(0, 10)(np.full((1, 2, 2), np.nan))
 
 
-@pytest.mark.parametrize("low, high", [(5, 1), (3, 3), (0, float("nan")), (float("-inf"), 1)])
-def test_an_intensity_range_needs_two_numbers_the_lower_first(low, high):
+@pytest.mark.parametrize("low, high, said", [
+    (5, 1, "the lower first .got 5 and 1"), (3, 3, "a lower and a higher number .got 3 twice"),
+    (0, float("nan"), "two finite numbers .got 0 and nan"), (float("-inf"), 1, "two finite numbers"),
+])
+def test_an_intensity_range_needs_two_finite_numbers_the_lower_first(low, high, said):
     from napari_unet.core.normalize import IntensityRange
 
-    with pytest.raises(InputError, match="the lower first"):
+    with pytest.raises(InputError, match=said):
         IntensityRange(low, high)

@@ -75,6 +75,11 @@ def test_batch_segments_a_folder_into_labels_beside_it_and_opens_a_result(batch_
     widget.start()
     qtbot.waitUntil(lambda: widget.run.enabled and widget.result is not None and bool(widget.result.skipped), timeout=60_000)
     assert "0 of 3 file(s) segmented, 2 skipped (their outputs exist)" in widget.status.value
+    widget.overwrite.value = True  # unless asked to make them again
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled and widget.result is not None and not widget.result.skipped,
+                    timeout=60_000)
+    assert seen["overwrite"] is True and "2 of 3 file(s) segmented" in widget.status.value
 
     widget.results.value = str(out / "a_hyper.tif")
     layer = widget.open_selected()

@@ -331,8 +331,8 @@ def _input_scale(model: Model, options: dict, first_unit: tuple[np.ndarray, int 
         pixels, channel_axis = first_unit[:2]
         estimate = estimate_diameter(model, pixels, channel_axis=channel_axis,
                                      **{key: options[key] for key in _ESTIMATE_OPTIONS if key in options})
-        if estimate is None:
-            warnings.warn(f"{name}: {NO_DIAMETER_FOUND}", InputWarning, stacklevel=2)
+        if estimate is None:  # the stream of a batch names the input (_naming_inputs_in_warnings)
+            warnings.warn(NO_DIAMETER_FOUND, InputWarning, stacklevel=2)
         else:
             logger.info("%s: estimated object diameter %.1f px", name, estimate)
         options["diameter"] = estimate
@@ -518,7 +518,8 @@ def _batch_settings(model: Model, options: dict, channel: int | None) -> dict:
         "diameter": options.get("diameter"),
         "pixel_size": options.get("pixel_size"),
         "test_time_augmentation": bool(options.get("test_time_augmentation", False)),
-        "intensity_range": options.get("intensity_range"),
+        "intensity_range": (None if options.get("intensity_range") is None
+                            else [float(value) for value in options["intensity_range"]]),
         "channel": channel,
     }
     return json.loads(json.dumps(settings))  # as a file gives them back (tuples become lists)
@@ -540,9 +541,20 @@ def _say_if_made_otherwise(kept: list[Path], settings: dict, out_dir: str | os.P
             others.append((earlier["settings"], changed))
     if others:
         earlier, changed = others[0]
-        changes = "; ".join(f"{key} {earlier.get(key)!r} then, {value!r} now" for key, value in changed.items())
+        changes = "; ".join(f"{key.replace('_', ' ')} {_said(earlier.get(key))} then, {_said(value)} now"
+                            for key, value in changed.items())
         warnings.warn(f"{len(others)} label file(s) kept in {out_dir} were made with other settings ({changes}); "
-                      f"overwrite=True (--overwrite) makes them again with these", InputWarning, stacklevel=3)
+                      "overwriting them (--overwrite, the Batch widget's 'overwrite existing outputs', "
+                      "overwrite=True) makes them again with these", InputWarning, stacklevel=3)
+
+
+def _said(setting) -> str:
+    """A recorded setting as a message shows it: "none" for unset, a range as "100 to 2600"."""
+    if setting is None:
+        return "none"
+    if isinstance(setting, list):
+        return " to ".join(f"{value:g}" if isinstance(value, float) else str(value) for value in setting)
+    return f"{setting:g}" if isinstance(setting, float) else str(setting)
 
 
 def _input_files_once(specs: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:

@@ -99,7 +99,11 @@ class IntensityRange:
     high: float
 
     def __post_init__(self):
-        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise InputError(f"an intensity range is two finite numbers (got {self.low:g} and {self.high:g})")
+        if self.low == self.high:
+            raise InputError(f"an intensity range needs a lower and a higher number (got {self.low:g} twice)")
+        if self.low > self.high:
             raise InputError(f"an intensity range is two numbers, the lower first (got {self.low:g} and {self.high:g})")
 
     def __call__(self, planes: np.ndarray) -> np.ndarray:

@@ -474,7 +474,7 @@ def _normalizer(model: Model, intensity_range: tuple[float, float] | None) -> No
     try:
         low, high = (float(value) for value in intensity_range)
     except (TypeError, ValueError):
-        raise InputError(f"an intensity range is two numbers, the lower first, not {intensity_range!r}") from None
+        raise InputError(f"an intensity range is two numbers, LOW HIGH, not {intensity_range!r}") from None
     return IntensityRange(low, high)
 
 

@@ -67,7 +67,7 @@ def _intensity_range(text: str) -> tuple[float, float] | None:
     try:
         low, high = (float(value) for value in text.replace(",", " ").split())
     except ValueError:
-        raise InputError(f"the intensity range is two numbers, LOW HIGH (such as 100 3000), not {text.strip()!r}") from None
+        raise InputError(f"an intensity range is two numbers, LOW HIGH (such as 100 3000), not {text.strip()!r}") from None
     IntensityRange(low, high)
     return low, high
 
@@ -116,6 +116,10 @@ class BatchWidget(ScrollingDock):
         self.probability = CheckBox(
             label="write probabilities", value=False,
             tooltip="Also write NAME_probability.tif, the foreground probability (float32), beside each label file.")
+        self.overwrite = CheckBox(
+            label="overwrite existing outputs", value=False,
+            tooltip="Segment again the files whose label files exist. Off: they are kept and skipped, so that a "
+            "rerun goes on where the last one stopped.")
         self.device = device_choice()
         self.compile = CheckBox(label="compile network", value=False,
                                 tooltip="Compile the network before the first plane (torch.compile): about 8 % "
@@ -130,7 +134,8 @@ class BatchWidget(ScrollingDock):
         self.open_result = PushButton(text="Open result")
         self.contents.extend([
             self.inputs, self.out_dir, self.model, self.tile_size, self.threshold, self.min_size, self.orientations,
-            self.diameter, self.estimate_diameter, self.intensity_range, self.channel, self.probability, self.device, self.compile,
+            self.diameter, self.estimate_diameter, self.intensity_range, self.channel, self.probability,
+            self.overwrite, self.device, self.compile,
             self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
         ])
         self.inputs.changed.connect(self._update_default_output)
@@ -175,6 +180,7 @@ class BatchWidget(ScrollingDock):
         self._estimating = self.estimate_diameter.value
         self._worker = create_worker(
             guarded(predict_files_iter), model, files, Path(out_dir), probability=self.probability.value,
+            overwrite=self.overwrite.value,
             channel=None if self.channel.value < 0 else self.channel.value,
             stop=self._stop, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
             min_size=self.min_size.value, device=self.device.value, compile_network=self.compile.value,
