@@ -109,6 +109,7 @@ class BatchWidget(ScrollingDock):
             "of stretching each plane from its own 1st to 99.8th percentile; for stacks and screens whose empty "
             "or out-of-focus planes must stay dark rather than look like objects. Empty: each plane's "
             "percentiles.")
+        self.intensity_range.native.setPlaceholderText("LOW HIGH; empty: each plane's percentiles")
         self.channel = SpinBox(
             label="channel (-1: all)", value=-1, min=-1, max=255,
             tooltip="For files with several channels (a C axis, or colours): segment only this one, 0 being the "
