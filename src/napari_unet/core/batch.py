@@ -331,7 +331,7 @@ def _input_scale(model: Model, options: dict, first_unit: tuple[np.ndarray, int 
         pixels, channel_axis = first_unit[:2]
         estimate = estimate_diameter(model, pixels, channel_axis=channel_axis,
                                      **{key: options[key] for key in _ESTIMATE_OPTIONS if key in options})
-        if estimate is None:  # the stream of a batch names the input (_naming_inputs_in_warnings)
+        if estimate is None:  # a batch of files names the file (_naming_inputs_in_warnings)
             warnings.warn(NO_DIAMETER_FOUND, InputWarning, stacklevel=2)
         else:
             logger.info("%s: estimated object diameter %.1f px", name, estimate)

@@ -59,24 +59,13 @@ class Normalization:
                 _scale(plane, low, high, flat_out[index])
                 continue
             plane = plane.astype(np.float32, copy=False)
-            finite = np.isfinite(plane)
-            if not finite.all():
-                if not finite.any():
-                    raise InputError("the image has no finite pixel values (all NaN or inf)")
-                if not warned:
-                    warnings.warn(
-                        "the image has NaN or infinite pixels; they are treated as background",
-                        InputWarning,
-                        stacklevel=2,
-                    )
-                    warned = True
-                values = plane[finite]
-            else:
-                values = plane
+            non_finite = _non_finite(plane, warn=not warned)
+            warned = warned or non_finite is not None
+            values = plane if non_finite is None else plane[~non_finite]
             low, high = np.percentile(values, [self.low_percentile, self.high_percentile])
             _scale(plane, low, high, flat_out[index])
-            if not finite.all():
-                flat_out[index][~finite] = 0.0
+            if non_finite is not None:
+                flat_out[index][non_finite] = 0.0
         return out
 
 
@@ -112,14 +101,30 @@ class IntensityRange:
         out = np.empty(planes.shape, np.float32)
         _scale(planes, self.low, self.high, out)
         if planes.dtype.kind in "fc":
-            finite = np.isfinite(planes)
-            if not finite.all():
-                if not finite.any():
-                    raise InputError("the image has no finite pixel values (all NaN or inf)")
-                warnings.warn("the image has NaN or infinite pixels; they are treated as background",
-                              InputWarning, stacklevel=2)
-                out[~finite] = 0.0
+            non_finite = _non_finite(planes, warn=True)
+            if non_finite is not None:
+                out[non_finite] = 0.0
         return out
+
+
+def _non_finite(values: np.ndarray, warn: bool) -> np.ndarray | None:
+    """Where ``values`` are NaN or infinite, or None where none is; those become background.
+
+    Args:
+        values: Pixels of a floating-point image.
+        warn: Say, with a warning, that such pixels are treated as background.
+
+    Raises:
+        InputError: If no pixel is finite.
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return None
+    if not finite.any():
+        raise InputError("the image has no finite pixel values (all NaN or inf)")
+    if warn:
+        warnings.warn("the image has NaN or infinite pixels; they are treated as background", InputWarning, stacklevel=3)
+    return ~finite
 
 
 def _scale(plane: np.ndarray, low: float, high: float, out: np.ndarray) -> None:
