@@ -15,24 +15,31 @@ napari_unet's ``probabilities_to_labels`` looks up the nearest seed only at the 
 that grow. The probabilities are the one-hot targets of the ground truth, blurred so
 that they fall off like a network's. Headline:
 ``speedup = peer_seconds / seconds``; ``differing_pixels`` counts the pixels whose labels
-differ (only where two seeds are equally near may they choose differently). Prints one
-JSON object.
+differ (only where two seeds are equally near may they choose differently).
 
-    python bench/bench_postprocess.py                # 2048x2048, about 2000 nuclei, three classes
-    python bench/bench_postprocess.py --classes 2    # two classes
-    python bench/bench_postprocess.py --quick        # 512x512
+The same function also takes the probabilities as a torch tensor, as prediction on a
+GPU hands them over: ``tensor_seconds`` times that, on ``--device``, from probabilities
+on the device to labels in main memory, and ``tensor_speedup`` is ``seconds /
+tensor_seconds`` (on a CPU the tensor version is the slower one, which is why prediction
+uses it only on a GPU); ``tensor_labels_equal`` says whether its labels are the array
+version's. Prints one JSON object.
+
+    python bench/bench_postprocess.py                 # 2048x2048, about 2000 nuclei, three classes
+    python bench/bench_postprocess.py --classes 2     # two classes
+    python bench/bench_postprocess.py --device cuda   # the tensor version on the GPU
+    python bench/bench_postprocess.py --quick         # 512x512
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import platform
 import statistics
 import time
 
 import numpy as np
-from _common import report
+import torch
+from _common import report, synchronize, torch_device, torch_parser
 from scipy import ndimage
 from skimage.measure import label
 from skimage.morphology import remove_small_objects
@@ -87,34 +94,50 @@ def straightforward_labels(probabilities: np.ndarray, threshold: float) -> np.nd
 
 
 def main() -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = torch_parser(__doc__, "512x512, for smoke tests")
     parser.add_argument("--size", type=int, default=None, help="image edge (default 2048)")
     parser.add_argument("--classes", type=int, choices=(2, 3), default=3, help="classes of the network (default 3)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each (default 7)")
-    parser.add_argument("--quick", action="store_true", help="512x512, for smoke tests")
     args = parser.parse_args()
+    device = torch_device(parser, args)
     size = args.size or (512 if args.quick else 2048)
     _, truth = synthetic_nuclei((size, size), count=max(4, round(505 * size * size / 1024**2)), seed=0)
     probabilities = network_like_probabilities(truth, args.classes)
     threshold = THRESHOLDS[args.classes]
 
+    on_device = torch.from_numpy(probabilities).to(device)
+
+    def from_tensor() -> np.ndarray:
+        labels = probabilities_to_labels(on_device, threshold, MIN_SIZE, gap=GAP).cpu().numpy()
+        synchronize(device)
+        return labels
+
     ours = probabilities_to_labels(probabilities, threshold, MIN_SIZE, gap=GAP)  # warm-up, and the result
     peer = straightforward_labels(probabilities, threshold)
-    seconds, peer_seconds = [], []
-    for _ in range(args.repeats):  # interleaved, so that a change of load hits both
+    tensor_labels = from_tensor()
+    seconds, peer_seconds, tensor_seconds = [], [], []
+    for _ in range(args.repeats):  # interleaved, so that a change of load hits all three
         start = time.perf_counter()
         probabilities_to_labels(probabilities, threshold, MIN_SIZE, gap=GAP)
         seconds.append(time.perf_counter() - start)
         start = time.perf_counter()
         straightforward_labels(probabilities, threshold)
         peer_seconds.append(time.perf_counter() - start)
+        synchronize(device)
+        start = time.perf_counter()
+        from_tensor()
+        tensor_seconds.append(time.perf_counter() - start)
 
-    ours_s, peer_s = statistics.median(seconds), statistics.median(peer_seconds)
+    ours_s, peer_s, tensor_s = (statistics.median(times) for times in (seconds, peer_seconds, tensor_seconds))
     return report({
         "benchmark": "postprocess",
         "speedup": round(peer_s / ours_s, 2),
         "seconds": round(ours_s, 4),
         "peer_seconds": round(peer_s, 4),
+        "tensor_device": str(device),
+        "tensor_speedup": round(ours_s / tensor_s, 2),
+        "tensor_seconds": round(tensor_s, 4),
+        "tensor_labels_equal": bool(np.array_equal(tensor_labels, ours)),
         "megapixels_per_s": round(size * size / 1e6 / ours_s, 1),
         "objects": int(ours.max()),
         "peer_objects": int(peer.max()),
@@ -124,6 +147,7 @@ def main() -> dict:
         "shape": [size, size],
         "seconds_all": [round(s, 4) for s in seconds],
         "peer_seconds_all": [round(s, 4) for s in peer_seconds],
+        "tensor_seconds_all": [round(s, 4) for s in tensor_seconds],
         "python": platform.python_version(),
         "quick": args.quick,
     })

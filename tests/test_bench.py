@@ -30,3 +30,6 @@ def test_quick_benchmark_prints_its_figures(script):
     assert run.returncode == 0, run.stderr[-2000:]
     figures = json.loads(run.stdout.strip().splitlines()[-1])
     assert figures["quick"] is True and figures["benchmark"]
+    # What a script checks of its own results holds (the same labels or values as its reference).
+    for check in ("matches", "tensor_labels_equal"):
+        assert figures.get(check, True) is True, check

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from napari_unet.core.metrics import match_counts
@@ -288,3 +289,76 @@ def test_window_extremes_equal_scipys_filters(shape):
                                       ndimage.maximum_filter(values, size=size, mode="constant", cval=0))
         np.testing.assert_array_equal(_window_extreme(values, size, 99, np.minimum),
                                       ndimage.minimum_filter(values, size=size, mode="constant", cval=99))
+
+
+# --- the same labels from tensors, as on the GPU that predicted them -----------------
+
+
+def _masks_to_label() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    serpentine = np.zeros((21, 30), bool)  # one component, 300 pixels long: many passes without jumps
+    serpentine[::2] = True
+    serpentine[1::4, -1] = serpentine[3::4, 0] = True
+    corners = np.zeros((6, 6), bool)
+    corners[[1, 2, 3], [1, 2, 3]] = True  # touching by corners only: three components
+    return {
+        "random": rng.random((61, 83)) < 0.55,  # near percolation: branching, holes, many sizes
+        "blobs": ndimage.gaussian_filter(rng.random((70, 64)), 2) > 0.5,
+        "serpentine": serpentine,
+        "corners": corners,
+        "empty": np.zeros((9, 11), bool),
+        "full": np.ones((9, 11), bool),
+        "row": rng.random((1, 40)) < 0.6,
+        "column": rng.random((40, 1)) < 0.6,
+        "pixel": np.ones((1, 1), bool),
+    }
+
+
+@pytest.mark.parametrize("name", list(_masks_to_label()))
+@pytest.mark.parametrize("min_size", [1, 4])
+def test_components_of_a_tensor_are_numbered_as_scipy_numbers_them(name, min_size):
+    from napari_unet.core.postprocess import _seeds
+
+    mask = _masks_to_label()[name]
+    expected = _seeds(mask, min_size)
+    result = _seeds(torch.from_numpy(mask), min_size)
+    assert result.dtype == torch.int32
+    np.testing.assert_array_equal(result.numpy(), expected)
+    if name == "corners":
+        assert expected.max() == (3 if min_size == 1 else 0)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+@pytest.mark.parametrize("pixel_scale", [1.0, 2.5])
+def test_labels_of_a_tensor_equal_those_of_an_array(nuclei, num_classes, pixel_scale):
+    _, labels = nuclei
+    probabilities = probabilities_from_target(class_targets(labels, num_classes), num_classes)
+    # Blur, so that thresholds cut the objects at different places.
+    probabilities = ndimage.gaussian_filter(probabilities, (0, 1.5, 1.5)).astype(np.float32)
+    for threshold in (0.3, 0.5, 0.7):
+        expected = probabilities_to_labels(probabilities, threshold, 10, 1, pixel_scale)
+        result = probabilities_to_labels(torch.from_numpy(probabilities), threshold, 10, 1, pixel_scale)
+        np.testing.assert_array_equal(result.numpy(), expected)
+    assert expected.max() >= 5
+
+
+def test_labels_of_real_probabilities_are_the_same_from_a_tensor(shared_data):
+    import tifffile
+
+    from napari_unet.core.predict import predict_probabilities
+    from napari_unet.core.progress import run_to_end
+    from napari_unet.core.registry import load_model
+
+    cases = [("nuclei", tifffile.imread(shared_data / "dsb2018" / "images" / name))
+             for name in sorted(p.name for p in (shared_data / "dsb2018" / "images").glob("*.tif"))[:2]]
+    cases.append(("em-neurites", tifffile.imread(shared_data / "isbi2012" / "volume.tif")[0, :256, :256]))
+    for model_name, image in cases:
+        model = load_model(model_name)
+        planes = model.normalization(image.reshape(-1, *image.shape[-2:])[:1])
+        probabilities = run_to_end(predict_probabilities(model.network, planes, device="cpu"))
+        for threshold in (0.2, model.threshold, 0.7):
+            for gap in (model.gap, 2):
+                expected = probabilities_to_labels(probabilities, threshold, 10, gap)
+                result = probabilities_to_labels(torch.from_numpy(probabilities), threshold, 10, gap)
+                np.testing.assert_array_equal(result.numpy(), expected, err_msg=f"{model_name} {threshold} {gap}")
+        assert expected.max() >= 10, model_name

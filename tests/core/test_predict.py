@@ -133,6 +133,86 @@ def test_tiles_predicted_on_a_gpu_equal_a_whole_image_pass(monkeypatch, free_byt
     np.testing.assert_allclose(result, _whole_image(net, plane), atol=1e-4, rtol=0)
 
 
+def test_labels_are_made_on_the_gpu_only_while_they_take_a_quarter_of_its_free_memory(monkeypatch):
+    from napari_unet.core.predict import _POSTPROCESSING_BYTES_PER_PIXEL, _room_to_postprocess
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * _POSTPROCESSING_BYTES_PER_PIXEL * 100, 2**30))
+    assert _room_to_postprocess(torch.device("cuda"), (10, 10))
+    assert not _room_to_postprocess(torch.device("cuda"), (10, 11))
+    assert not _room_to_postprocess(torch.device("cpu"), (1, 1))
+    assert not _room_to_postprocess(torch.device("mps"), (1, 1))
+
+
+def _labels_made_where_the_probabilities_lie(monkeypatch) -> list[type]:
+    """Make labels on the probabilities' device as on a GPU with room; lists the kinds of probabilities labelled."""
+    kinds = []
+    real = core_predict.probabilities_to_labels
+    monkeypatch.setattr(core_predict, "_room_to_postprocess", lambda device, shape: True)
+    monkeypatch.setattr(core_predict, "probabilities_to_labels",
+                        lambda probabilities, *args: kinds.append(type(probabilities)) or real(probabilities, *args))
+    return kinds
+
+
+@pytest.mark.parametrize("diameter", [None, 30.0], ids=["own scale", "rescaled"])
+def test_labels_made_where_the_probabilities_lie_are_the_cpus(monkeypatch, nuclei, diameter):
+    from napari_unet.core.registry import load_model
+
+    model = load_model("nuclei")
+    stack = np.stack([nuclei[0], nuclei[0][::-1]])
+    expected = predict(model, stack, diameter=diameter, device="cpu")
+    kinds = _labels_made_where_the_probabilities_lie(monkeypatch)
+    result = predict(model, stack, diameter=diameter, device="cpu")
+    assert kinds == [torch.Tensor] * 2
+    np.testing.assert_array_equal(result.labels, expected.labels)
+    np.testing.assert_allclose(result.probability, expected.probability, atol=1e-6, rtol=0)
+    assert expected.labels[0].max() >= 10
+
+
+def test_labels_are_made_on_the_cpu_when_the_gpu_runs_out_of_memory_for_them(monkeypatch, nuclei):
+    from napari_unet.core.registry import load_model
+
+    model = load_model("nuclei")
+    expected = predict(model, nuclei[0], device="cpu").labels
+    kinds = _labels_made_where_the_probabilities_lie(monkeypatch)
+    real = core_predict.probabilities_to_labels
+
+    def out_of_memory_on_the_device(probabilities, *args):
+        if isinstance(probabilities, torch.Tensor):
+            kinds.append(torch.Tensor)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(probabilities, *args)
+
+    monkeypatch.setattr(core_predict, "probabilities_to_labels", out_of_memory_on_the_device)
+    np.testing.assert_array_equal(predict(model, nuclei[0], device="cpu").labels, expected)
+    assert kinds == [torch.Tensor, np.ndarray]  # tried on the device, then made on the CPU
+    monkeypatch.setattr(core_predict, "probabilities_to_labels",
+                        lambda *args: (_ for _ in ()).throw(RuntimeError("a bug, not memory")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        predict(model, nuclei[0], device="cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_labels_made_on_a_gpu_are_those_of_its_probabilities_on_the_cpu(monkeypatch, nuclei):
+    from napari_unet.core.registry import load_model
+
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # the same probabilities twice
+    model = load_model("nuclei")
+    stack = np.stack([np.tile(nuclei[0], (4, 4)), np.tile(nuclei[0][::-1], (4, 4))])
+    made_on = []
+    real = core_predict.probabilities_to_labels
+    monkeypatch.setattr(core_predict, "probabilities_to_labels",
+                        lambda p, *args: made_on.append(getattr(p, "device", "numpy")) or real(p, *args))
+    on_gpu = predict(model, stack, device="cuda")
+    assert [str(device) for device in made_on] == ["cuda:0"] * 2
+    monkeypatch.setattr(core_predict, "_room_to_postprocess", lambda device, shape: False)
+    on_cpu = predict(model, stack, device="cuda")
+    assert made_on[2:] == ["numpy"] * 2
+    np.testing.assert_array_equal(on_gpu.labels, on_cpu.labels)
+    np.testing.assert_allclose(on_gpu.probability, on_cpu.probability, atol=1e-6, rtol=0)
+    assert on_cpu.labels[0].max() >= 100
+
+
 def test_results_do_not_depend_on_the_batch_size():
     net = _network()
     plane = _random_plane((90, 70), seed=3)

@@ -108,14 +108,19 @@ def scaled_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
     return tuple(max(1, int(round(side * factor))) for side in shape)
 
 
-def resize_plane(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize a ``(channels, H, W)`` float plane to ``shape`` (bilinear, anti-aliased when shrinking)."""
+def resize_plane(plane: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> np.ndarray | torch.Tensor:
+    """Resize a ``(channels, H, W)`` float plane to ``shape`` (bilinear, anti-aliased when shrinking).
+
+    A tensor is resized on its device and stays a tensor; an array comes back as one.
+    """
     if tuple(plane.shape[-2:]) == tuple(shape):
         return plane
-    tensor = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None]
+    is_tensor = isinstance(plane, torch.Tensor)
+    tensor = plane.float() if is_tensor else torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
     shrinking = shape[0] < plane.shape[-2] or shape[1] < plane.shape[-1]
-    resized = F.interpolate(tensor, size=tuple(shape), mode="bilinear", align_corners=False, antialias=shrinking)
-    return resized[0].numpy()
+    resized = F.interpolate(tensor[None], size=tuple(shape), mode="bilinear", align_corners=False,
+                            antialias=shrinking)[0]
+    return resized if is_tensor else resized.numpy()
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
