@@ -127,9 +127,10 @@ def normalize_seconds(model: Model, image: np.ndarray, repeats: int = 3) -> floa
 def timed_predict(model: Model, image: np.ndarray, **kwargs) -> tuple[Prediction, float, float]:
     """Run predict; return the prediction, its seconds and the seconds of its post-processing.
 
-    Post-processing is timed by wrapping the two post-processing functions that predict
-    calls (in this process only), so the split does not depend on when predict reports
-    progress.
+    Post-processing is timed by wrapping the function that makes a plane's labels and
+    foreground probability from its network output (in this process only; on a GPU it
+    ends with their transfer to main memory, so the time includes the GPU's work), so
+    the split does not depend on when predict reports progress.
 
     Args:
         model: The model.
@@ -148,17 +149,14 @@ def timed_predict(model: Model, image: np.ndarray, **kwargs) -> tuple[Prediction
 
         return wrapper
 
-    names = ("foreground_probability", "probabilities_to_labels")
-    originals = {name: getattr(predict_module, name) for name in names}
-    for name, function in originals.items():
-        setattr(predict_module, name, timed(function))
+    original = predict_module._labelled
+    predict_module._labelled = timed(original)
     try:
         start = time.perf_counter()
         prediction = predict_module.predict(model, image, **kwargs)
         seconds = time.perf_counter() - start
     finally:
-        for name, function in originals.items():
-            setattr(predict_module, name, function)
+        predict_module._labelled = original
     return prediction, seconds, post[0]
 
 
