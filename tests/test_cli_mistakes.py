@@ -167,7 +167,8 @@ def test_predict_into_a_file_or_on_a_missing_device_is_one_line(pair, tmp_path, 
 def test_sample_sizes_beyond_a_plane_of_4096_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--out", str(tmp_path), "--size", "100000"])
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("must be from 32 to 4096 pixels, not 100000")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must be from 32 to 4096 pixels, not 100000" in err[0]
 
 
 def test_sample_does_not_overwrite_files_without_being_asked(tmp_path, capsys):
@@ -220,3 +221,23 @@ def test_train_takes_the_objects_diameter_to_fine_tune_at_the_models_scale(pair,
     with pytest.raises(SystemExit) as refused:
         _train(pair, "--out", str(tmp_path / "other.safetensors"), "--diameter", "-3", *TINY)
     assert refused.value.code == 2 and "must be a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["predict", "--model", "nuclei", "--out", "o", "x.tif", "--tile-size", "abc"],
+     "argument --tile-size: must be a positive whole number, not 'abc'"),
+    (["predict", "--model", "nuclei", "--out", "o", "--intensity-range", "100,2600", "x.tif"],
+     "argument --intensity-range: must be two numbers with a space between them, LOW HIGH, not '100,2600'"),
+    (["predict", "--model", "nuclei", "--out", "o", "x.tif", "--threshold", "half"],
+     "argument --threshold: must be a probability, from 0 to 1, not 'half'"),
+    (["predict", "x.tif"], "the following arguments are required: --model, --out"),
+    (["segment", "x.tif"], "argument COMMAND: invalid choice: 'segment'"),
+])
+def test_malformed_command_lines_are_refused_in_one_line_that_says_where_help_is(capsys, argv, message):
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert refused.value.code == 2
+    assert len(err) == 1 and message in err[0]  # not argparse's usage block above it
+    command = "napari-unet" if argv[0] == "segment" else f"napari-unet {argv[0]}"
+    assert err[0].startswith(f"{command}: error: ") and err[0].endswith(f"(see {command} --help)")

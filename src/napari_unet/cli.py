@@ -52,57 +52,81 @@ class _Progress:
             self.stream.flush()
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one line, as every other error of the command line.
+
+    argparse's own puts the whole usage block above the line that says what was wrong;
+    here that line comes alone, with where to read the usage.
+    """
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _converted(text: str, convert, kind: str):
+    """``convert(text)``, or a refusal that says which ``kind`` of value was expected."""
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {kind}, not {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _converted(text, int, "a positive whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _converted(text, int, "a whole number of 0 or more")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a whole number of 0 or more, not {text}")
     return value
 
 
+def _intensity(text: str) -> float:
+    """One end of ``--intensity-range``, which is two words: a range written as one is said to be."""
+    return _converted(text, float, "two numbers with a space between them, LOW HIGH" if "," in text else "a number")
+
+
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _converted(text, float, "a positive number")
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _converted(text, float, "a number of 0 or more")
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a number of 0 or more, not {text}")
     return value
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    value = _converted(text, float, "a number of at least 0 and below 1")
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
     return value
 
 
 def _probability(text: str) -> float:
-    value = float(text)
+    value = _converted(text, float, "a probability, from 0 to 1")
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be a probability, from 0 to 1, not {text}")
     return value
 
 
 def _sample_size(text: str) -> int:
-    value = int(text)
+    value = _converted(text, int, "a whole number of pixels from 32 to 4096")
     if not 32 <= value <= 4096:
         raise argparse.ArgumentTypeError(f"must be from 32 to 4096 pixels, not {text}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="napari-unet",
         description="Train U-Nets on annotated microscopy images and segment TIFF images and stacks.",
     )
@@ -197,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="test-time augmentation: average the predictions of each plane turned and mirrored "
                          "in all eight ways, as the U-Net paper did; more accurate outlines for 8x the time "
                          "(default: off)")
-    predict.add_argument("--intensity-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+    predict.add_argument("--intensity-range", type=_intensity, nargs=2, metavar=("LOW", "HIGH"),
                          help="map these intensities to 0 and 1 in every plane, instead of each plane's own 1st and "
                          "99.8th percentiles: for stacks whose planes must keep their relative brightness, so that "
                          "empty fields or out-of-focus planes are not stretched until their noise looks like "
@@ -357,7 +381,7 @@ def _diameter(text: str) -> float | str:
         return text
     try:
         return _positive_float(text)
-    except ValueError:
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"must be a number of pixels or 'auto', not {text}") from None
 
 
