@@ -362,3 +362,15 @@ def test_labels_of_real_probabilities_are_the_same_from_a_tensor(shared_data):
                 result = probabilities_to_labels(torch.from_numpy(probabilities), threshold, 10, gap)
                 np.testing.assert_array_equal(result.numpy(), expected, err_msg=f"{model_name} {threshold} {gap}")
         assert expected.max() >= 10, model_name
+
+
+def test_gaps_are_found_alike_with_labels_beyond_16_bits():
+    from napari_unet.core.postprocess import _gap_pixels
+
+    seeds = ndimage.label(ndimage.gaussian_filter(np.random.default_rng(3).random((90, 80)), 2) > 0.5)[0]
+    seeds = seeds.astype(np.int32)
+    many = np.where(seeds > 0, seeds + 70_000, 0).astype(np.int32)  # as on a plane of more than 65535 objects
+    gaps = _gap_pixels(seeds, 1)
+    np.testing.assert_array_equal(_gap_pixels(many, 1), gaps)
+    np.testing.assert_array_equal(_gap_pixels(torch.from_numpy(many), 1).numpy(), gaps)
+    assert gaps.sum() > 20 and seeds.max() > 5

@@ -146,12 +146,14 @@ def _gap_pixels(seeds: np.ndarray | torch.Tensor, gap: int) -> np.ndarray | torc
     size = 4 * gap + 1
     if isinstance(seeds, torch.Tensor):
         return _tensor_gap_pixels(seeds, size)
-    highest = _window_extreme(seeds, size, 0, np.maximum)
     # Background must not count as an object for the minimum: lift it above every label.
     above = int(seeds.max(initial=0)) + 1
-    lifted = np.where(seeds == 0, above, seeds)
-    lowest = _window_extreme(lifted, size, above, np.minimum)
-    return (seeds == 0) & (highest > 0) & (lowest < highest)
+    if above <= np.iinfo(np.uint16).max:  # half the memory traffic of int32: about twice as fast
+        seeds = seeds.astype(np.uint16)
+    background = seeds == 0
+    highest = _window_extreme(seeds, size, 0, np.maximum)
+    lowest = _window_extreme(np.where(background, np.asarray(above, seeds.dtype), seeds), size, above, np.minimum)
+    return background & (highest > 0) & (lowest < highest)
 
 
 def probabilities_to_labels(
