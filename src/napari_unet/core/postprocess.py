@@ -7,9 +7,9 @@ back over the gaps (two classes) or over the predicted boundary (three classes) 
 objects regain their full extent. A threshold under 0.5 extends two-class objects over
 their faint rims but never joins them: their seeds need a probability of at least 0.5.
 
-Probabilities given as a torch tensor are post-processed where they lie: on the GPU that
-predicted them, a plane's labels take milliseconds instead of the CPU's tenth of a
-second (which would otherwise set the pace of prediction), and come out the same.
+Probabilities given as a torch tensor are post-processed where they lie, into the same
+labels: on the GPU that predicted them, which then need not wait for the CPU's tenth of
+a second per 2048x2048 plane.
 """
 
 from __future__ import annotations

@@ -508,10 +508,12 @@ def _labelled(probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int], 
               gap: int, pixel_scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Labels and foreground probability of a plane, from its network output, on the plane's own grid.
 
-    Made where the probabilities lie when that is a GPU with room for them: there they
-    take milliseconds, where the CPU's tenth of a second of a 2048x2048 plane would be
-    what the plane waits for. Should the GPU run out of memory all the same, the CPU
-    makes them.
+    Made where the probabilities lie when that is a GPU with room for them: the same
+    labels, from a few dozen passes of element-wise kernels there, where the CPU takes a
+    tenth of a second for a 2048x2048 plane of nuclei, which a plane predicted on a GPU
+    would wait for. Should the GPU run out of memory all the same, the CPU makes them;
+    should making them there fail otherwise, too, with a warning (the plane is not lost
+    to a fault of this faster way).
     """
     if isinstance(probabilities, torch.Tensor):
         if _room_to_postprocess(probabilities.device, shape):
@@ -519,9 +521,11 @@ def _labelled(probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int], 
                 made = _labelled_here(probabilities, shape, threshold, min_size, gap, pixel_scale)
                 return tuple(result.cpu().numpy() for result in made)
             except RuntimeError as error:
-                if not is_out_of_memory(error):
-                    raise
-                torch.cuda.empty_cache()
+                if is_out_of_memory(error):
+                    torch.cuda.empty_cache()
+                else:
+                    warnings.warn(f"labels are made on the CPU: making them on the {probabilities.device.type.upper()} "
+                                  f"failed ({error})", RuntimeWarning, stacklevel=2)
         probabilities = probabilities.cpu().numpy()
     return _labelled_here(probabilities, shape, threshold, min_size, gap, pixel_scale)
 
