@@ -169,6 +169,42 @@ def test_two_local_dask_workers_write_the_same_labels_as_one_process(tmp_path, m
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "one" / name), tifffile.imread(tmp_path / "two" / name))
 
 
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_stops_a_local_dask_run_as_it_stops_one_process(tmp_path):
+    # The terminal sends Ctrl-C to every process of the job, the cluster's workers too:
+    # they must not die with tracebacks of their own; the run stops after its current tiles.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("distributed")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(8):
+        planes = np.stack([synthetic_nuclei((384, 384), count=40, seed=10 * index + plane)[0] for plane in range(3)])
+        tifffile.imwrite(folder / f"f{index}.tif", planes, photometric="minisblack")
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "napari_unet", "predict", "--model", "nuclei", str(folder),
+                            "--out", str(out), "--device", "cpu", "--workers", "2"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(path.suffix == ".tif" for path in out.iterdir())) and run.poll() is None:
+        assert time.monotonic() < deadline, "no output file in two minutes"
+        time.sleep(0.1)
+    assert run.poll() is None, "the run ended before Ctrl-C could be sent"
+    os.killpg(run.pid, signal.SIGINT)  # what a terminal does
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert "stopping after the current tiles" in stderr and "the same command goes on" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    finished = sorted(_table(stdout))
+    assert 1 <= len(finished) < 8
+    assert sorted(path.name for path in out.iterdir()) == finished  # no partial file left behind
+
+
 def test_without_threshold_the_models_own_is_used(tmp_path, inputs, one_torch_thread):
     model = Model.new(NetworkConfig(depth=1, base_width=4))
     image = tifffile.imread(inputs / "a_stack.tif")

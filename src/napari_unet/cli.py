@@ -424,11 +424,8 @@ def _predict(args) -> int:
         progress.update(update.planes_done, update.planes_total, note)
 
     stop = threading.Event()
-    # The terminal's Ctrl-C also reaches a local cluster's workers, which stop at once: the
-    # run cannot finish its current tiles there, so Ctrl-C interrupts it as before.
-    ctrl_c = nullcontext() if args.workers else _ctrl_c_sets(stop, "after the current tiles; finished files stay")
     try:
-        with cluster as executor, ctrl_c:
+        with cluster as executor, _ctrl_c_sets(stop, "after the current tiles; finished files stay"):
             result = run_to_end(predict_files_iter(model, files, args.out, probability=args.probability,
                                                    overwrite=args.overwrite, executor=executor, stop=stop,
                                                    channel=args.channel, **options), show)

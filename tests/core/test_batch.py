@@ -404,6 +404,42 @@ def dask_cluster():
         yield executor
 
 
+@pytest.mark.parametrize("on_dask", [False, True], ids=["here", "on Dask"])
+def test_each_input_is_named_in_its_own_warning(tmp_path, model, on_dask, request):
+    # Several single-plane files go into the network at once, locally as on Dask, and a
+    # Dask worker's warnings come back with its result: each must still name its file.
+    for name in ("r0", "r1", "r2"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", np.stack([_planes(1, dtype=np.uint8)[0]] * 3, axis=-1),
+                         photometric="rgb")
+    executor = request.getfixturevalue("dask_cluster") if on_dask else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = predict_files(model, tmp_path, tmp_path / "out", executor=executor, **OPTIONS)
+    assert not result.failed and len(result.files) == 3
+    said = [str(warning.message) for warning in caught if issubclass(warning.category, InputWarning)]
+    assert sorted(text.split(": ")[0] for text in said if "colour" in text) == ["r0.tif", "r1.tif", "r2.tif"], said
+
+
+def test_processes_started_by_a_local_cluster_ignore_ctrl_c():
+    # A terminal's Ctrl-C reaches the workers too; the run, not they, decides what it stops.
+    import signal
+    import subprocess
+    import sys
+
+    from napari_unet.core.distributed import _processes_started_deaf_to_ctrl_c
+
+    def a_new_process_ignores_ctrl_c() -> bool:
+        code = "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"
+        said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        return said.strip() == "True"
+
+    ours = signal.getsignal(signal.SIGINT)
+    with _processes_started_deaf_to_ctrl_c():
+        assert a_new_process_ignores_ctrl_c()
+    assert signal.getsignal(signal.SIGINT) is ours
+    assert not a_new_process_ignores_ctrl_c()
+
+
 @pytest.mark.slow
 def test_a_two_worker_dask_cluster_gives_the_labels_of_one_process(tmp_path, model, dask_cluster, monkeypatch):
     _write(tmp_path / "a.tif", "hyperstack")

@@ -168,11 +168,16 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class PlaneResult:
-    """The prediction of unit ``index``: its labels, and its probability when asked for."""
+    """The prediction of unit ``index``: its labels, and its probability when asked for.
+
+    ``warnings`` holds the ``(message, category)`` of the warnings its prediction gave
+    where the user would not see them (on a Dask worker), to be given with its input's name.
+    """
 
     index: int
     labels: np.ndarray
     probability: np.ndarray | None
+    warnings: tuple[tuple[str, type[Warning]], ...] = ()
 
 
 class PlaneExecutor(Protocol):
@@ -331,7 +336,7 @@ def _input_scale(model: Model, options: dict, first_unit: tuple[np.ndarray, int 
         pixels, channel_axis = first_unit[:2]
         estimate = estimate_diameter(model, pixels, channel_axis=channel_axis,
                                      **{key: options[key] for key in _ESTIMATE_OPTIONS if key in options})
-        if estimate is None:  # a batch of files names the file (_naming_inputs_in_warnings)
+        if estimate is None:  # a batch names the file (_naming_inputs_in_warnings)
             warnings.warn(NO_DIAMETER_FOUND, InputWarning, stacklevel=2)
         else:
             logger.info("%s: estimated object diameter %.1f px", name, estimate)
@@ -347,7 +352,7 @@ def _input_scale(model: Model, options: dict, first_unit: tuple[np.ndarray, int 
 
 
 def _handed_out(job: _Job, count: int, read: Callable[[int], tuple[np.ndarray, int | None]], model: Model,
-                options: dict, info: ImageInfo | None, name: str, owners: deque) -> Iterator[Unit]:
+                options: dict, info: ImageInfo | None, name: str, owners: _Owners) -> Iterator[Unit]:
     """The ``count`` units of one input, read one by one and noted in ``owners`` as each is handed out.
 
     The input's object size (:func:`_input_scale`) goes with every unit and into ``job``;
@@ -475,7 +480,7 @@ def predict_files_iter(
     cancelled = False
     first = 0  # the first job of the next stream
     while first < len(jobs) and not cancelled:
-        owners: deque = deque()
+        owners = _Owners()
         units = _file_units(model, jobs[first:], predict_options, owners)
         try:
             if stop is not None and stop.is_set():
@@ -668,7 +673,7 @@ class _FileJob(_Job):
         self._layout: tuple = ()  # shape, axes and metadata of the outputs, known once the file is read
         self._started = 0.0
 
-    def read_units(self, model: Model, options: dict, owners: deque) -> Iterator[Unit]:
+    def read_units(self, model: Model, options: dict, owners: _Owners) -> Iterator[Unit]:
         """Plan the file's units, then read them one by one, noting each in ``owners`` as it is handed out.
 
         The outputs are opened by the first :meth:`write`.
@@ -732,11 +737,22 @@ class _FileJob(_Job):
             self.writers, self.units, self.written, self.objects = [], 0, 0, 0
 
 
-def _file_units(model: Model, jobs: Sequence[_FileJob], options: dict, owners: deque) -> Iterator[Unit]:
+class _Owners(deque):
+    """The units handed out whose results have not come back, oldest first, as ``(job, unit number)``.
+
+    ``reading`` is the job whose input is being read, from before its first unit is
+    handed out (its diameter estimated, its first plane read) to when the next one's is.
+    """
+
+    reading: _Job | None = None
+
+
+def _file_units(model: Model, jobs: Sequence[_FileJob], options: dict, owners: _Owners) -> Iterator[Unit]:
     """The units of the jobs' files, in order; a file that cannot be read fails and the next one goes on."""
     for job in jobs:
         if job.result is not None:  # failed while an earlier stream read it
             continue
+        owners.reading = job
         try:
             yield from job.read_units(model, options, owners)
         except NapariUnetError as error:
@@ -744,36 +760,53 @@ def _file_units(model: Model, jobs: Sequence[_FileJob], options: dict, owners: d
             job.fail(error)
 
 
-def _naming_inputs_in_warnings(events: Iterator, owners: deque) -> Iterator:
+def _naming_inputs_in_warnings(events: Iterator, owners: _Owners) -> Iterator:
     """The executor's events, with the user's warnings given again with the input they concern.
 
-    Warnings about an input (a colour image turned gray, NaN pixels) raised while an event
-    is made are given again with the input's name, once per input and message.
-
-    In a folder, "the image has 3 colour channels" does not say which file has. Such a
-    warning comes while the unit handed out last is prepared, so it names that unit's input.
-    Other warnings (a library's) pass unchanged.
+    Warnings about an input (a colour image turned gray, NaN pixels, no objects to
+    estimate a diameter from) are given again with the input's name, once per input and
+    message: in a folder, "the image has 3 colour channels" does not say which file has.
+    A warning raised while a unit is read or prepared concerns the input being read when
+    it is raised (one event can take several units, of several inputs); one that a
+    result brings back (from a Dask worker) concerns that result's unit, the oldest not
+    yet given. Other warnings (a library's) pass unchanged.
     """
     said: set[str] = set()
+
+    def give(message, category, job) -> None:
+        path = getattr(job, "path", None)
+        if issubclass(category, InputWarning) and path is not None:
+            text = f"{path.name}: {message}"
+            if text not in said:
+                said.add(text)
+                warnings.warn(text, category, stacklevel=3)
+        else:
+            warnings.warn(message, category, stacklevel=3)
+
     while True:
         failure = None
-        with warnings.catch_warnings(record=True) as caught:
+        caught = []  # (message, category, filename, line, the job being read when it was raised)
+
+        def note(message, category, filename, lineno, *_, caught=caught):
+            caught.append((message, category, filename, lineno, owners.reading))
+
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            warnings.showwarning = note
             try:
                 event = next(events)
             except StopIteration:
                 event = failure = StopIteration()
             except BaseException as error:  # noqa: BLE001 - raised again once the warnings are given
                 failure = error
-        for warning in caught:
-            path = getattr(owners[-1][0], "path", None) if owners else None
-            if issubclass(warning.category, InputWarning) and path is not None:
-                text = f"{path.name}: {warning.message}"
-                if text not in said:
-                    said.add(text)
-                    warnings.warn(text, warning.category, stacklevel=2)
+        for message, category, filename, lineno, job in caught:
+            if issubclass(category, InputWarning) and job is not None:
+                give(message, category, job)
             else:
-                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+                warnings.warn_explicit(message, category, filename, lineno)
+        if isinstance(event, PlaneResult):
+            for message, category in event.warnings:
+                give(message, category, owners[0][0] if owners else None)
         if isinstance(failure, StopIteration):
             return
         if failure is not None:
@@ -781,7 +814,7 @@ def _naming_inputs_in_warnings(events: Iterator, owners: deque) -> Iterator:
         yield event
 
 
-def _predict_jobs(model: Model, units: Iterable[Unit], owners: deque, executor: PlaneExecutor, options: dict,
+def _predict_jobs(model: Model, units: Iterable[Unit], owners: _Owners, executor: PlaneExecutor, options: dict,
                   probability: bool, progress: Callable, stop: threading.Event | None):
     """Stream units through the executor into their jobs, in one go across the jobs.
 
@@ -892,7 +925,8 @@ def predict_array_iter(
     shared_options = {key: value for key, value in predict_options.items() if key not in _SCALE_OPTIONS}
 
     def stream(writer) -> Iterator[PredictProgress]:
-        job, owners = _Job([writer]), deque()
+        job, owners = _Job([writer]), _Owners()
+        owners.reading = job
         units = _handed_out(job, plan.units, unit, model, predict_options, None, "the array", owners)
         try:
             yield from _predict_jobs(model, units, owners, executor, shared_options, False,

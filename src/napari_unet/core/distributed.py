@@ -14,6 +14,9 @@ Dask is imported only when an executor is made: the core works without it.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -85,16 +88,50 @@ class DaskExecutor:
                     unit = next(units, None)
                     if unit is None:
                         break
-                    pending.append(self.client.submit(predict_plane, model_future, unit.pixels, unit.channel_axis,
-                                                      {**options, **unit.scale}, probability, pure=False))
+                    pending.append(self.client.submit(_predict_plane_with_warnings, model_future, unit.pixels,
+                                                      unit.channel_axis, {**options, **unit.scale}, probability,
+                                                      pure=False))
                 if not pending:
                     return
-                labels, probability_plane = pending.popleft().result()
-                yield PlaneResult(finished, labels, probability_plane)
+                (labels, probability_plane), said = pending.popleft().result()
+                yield PlaneResult(finished, labels, probability_plane, tuple(said))
                 finished += 1
         finally:
             if pending:  # stopped or failed: the cluster need not finish planes nobody writes
                 self.client.cancel(list(pending))
+
+
+def _predict_plane_with_warnings(*args) -> tuple[tuple, list[tuple[str, type[Warning]]]]:
+    """:func:`~napari_unet.core.batch.predict_plane` on a worker, and the warnings it gave.
+
+    A worker's warnings would reach only its own stderr, worded as Python prints them
+    (or, on a remote cluster, nobody): they go back with the result, for the process that
+    drives the batch to give them with the input's name, as it gives its own.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = predict_plane(*args)
+    return result, [(str(warning.message), warning.category) for warning in caught]
+
+
+@contextmanager
+def _processes_started_deaf_to_ctrl_c() -> Iterator[None]:
+    """Within the block, processes started ignore Ctrl-C for good, and this one until the block ends.
+
+    A terminal's Ctrl-C reaches every process of its foreground job, the local cluster's
+    workers included, which would die at once with a screen of tracebacks of their own.
+    The command line stops a batch itself on Ctrl-C (after the current group of tiles,
+    outputs safe), and then closes the cluster. A process ignores the signal when it
+    starts with it ignored; only the main thread can ignore it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -122,12 +159,13 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None) -> I
         if workers < 1:
             raise InputError(f"the number of workers must be positive, not {workers}")
         # One thread per worker: torch in each process uses the cores it is given.
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=logging.ERROR)
-        client = distributed.Client(cluster)
-        # Workers register a moment after the cluster starts; the model is sent to those
-        # that are there, so wait for all of them.
-        client.wait_for_workers(workers, timeout=60)
+        with _processes_started_deaf_to_ctrl_c():
+            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                               dashboard_address=None, silence_logs=logging.ERROR)
+            client = distributed.Client(cluster)
+            # Workers register a moment after the cluster starts; the model is sent to
+            # those that are there, so wait for all of them.
+            client.wait_for_workers(workers, timeout=60)
     logger.info("Dask: %d worker(s) at %s", len(client.nthreads()), client.scheduler.address)
     try:
         yield DaskExecutor(client)
