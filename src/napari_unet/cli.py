@@ -380,9 +380,12 @@ def _diameter(text: str) -> float | str:
     if text == "auto":
         return text
     try:
-        return _positive_float(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be a number of pixels or 'auto', not {text}") from None
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of pixels or 'auto', not {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels or 'auto', not {text}")
+    return value
 
 
 def _predict(args) -> int:

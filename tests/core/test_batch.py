@@ -14,7 +14,7 @@ from napari_unet.core import batch
 from napari_unet.core import predict as core_predict
 from napari_unet.core.batch import output_paths, predict_array, predict_files, predict_files_iter
 from napari_unet.core.bundle import Model
-from napari_unet.core.errors import InputError, InputWarning
+from napari_unet.core.errors import ImageWarning, InputError, InputWarning
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.predict import predict
 from napari_unet.core.synthetic import synthetic_nuclei
@@ -420,24 +420,35 @@ def test_each_input_is_named_in_its_own_warning(tmp_path, model, on_dask, reques
     assert sorted(text.split(": ")[0] for text in said if "colour" in text) == ["r0.tif", "r1.tif", "r2.tif"], said
 
 
-def test_processes_started_by_a_local_cluster_ignore_ctrl_c():
+def test_the_workers_of_a_local_cluster_ignore_ctrl_c_and_this_process_does_not(dask_cluster):
     # A terminal's Ctrl-C reaches the workers too; the run, not they, decides what it stops.
     import signal
-    import subprocess
-    import sys
 
-    from napari_unet.core.distributed import _processes_started_deaf_to_ctrl_c
+    ignored = dask_cluster.client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+    assert list(ignored.values()) == [True, True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
-    def a_new_process_ignores_ctrl_c() -> bool:
-        code = "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"
-        said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-        return said.strip() == "True"
 
-    ours = signal.getsignal(signal.SIGINT)
-    with _processes_started_deaf_to_ctrl_c():
-        assert a_new_process_ignores_ctrl_c()
-    assert signal.getsignal(signal.SIGINT) is ours
-    assert not a_new_process_ignores_ctrl_c()
+def test_a_worker_running_several_tasks_at_once_keeps_its_warnings(monkeypatch):
+    # Recording warnings is the whole process's: with two tasks at once, one task's
+    # warnings would go back with the other's result.
+    from types import SimpleNamespace
+
+    import distributed
+
+    from napari_unet.core import distributed as core_distributed
+
+    def warning_plane(*args):
+        warnings.warn("the image has 3 colour channels", ImageWarning, stacklevel=2)
+        return "labels", None
+
+    monkeypatch.setattr(core_distributed, "predict_plane", warning_plane)
+    for threads, expected in ((1, [("the image has 3 colour channels", ImageWarning)]), (2, [])):
+        worker = SimpleNamespace(state=SimpleNamespace(nthreads=threads))
+        monkeypatch.setattr(distributed, "get_worker", lambda worker=worker: worker)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            assert core_distributed._predict_plane_with_warnings() == (("labels", None), expected)
 
 
 @pytest.mark.slow

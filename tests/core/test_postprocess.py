@@ -342,6 +342,15 @@ def test_labels_of_a_tensor_equal_those_of_an_array(nuclei, num_classes, pixel_s
     assert expected.max() >= 5
 
 
+def test_labels_of_a_tensor_that_is_a_view_equal_those_of_its_array(nuclei):
+    _, labels = nuclei
+    probabilities = ndimage.gaussian_filter(probabilities_from_target(class_targets(labels, 3), 3), (0, 1, 1))
+    turned = torch.from_numpy(probabilities).transpose(1, 2)  # not contiguous
+    expected = probabilities_to_labels(np.ascontiguousarray(probabilities.transpose(0, 2, 1)), 0.5, 10, 1, 3.0)
+    np.testing.assert_array_equal(probabilities_to_labels(turned, 0.5, 10, 1, 3.0).numpy(), expected)
+    assert expected.max() >= 5
+
+
 def test_labels_of_real_probabilities_are_the_same_from_a_tensor(shared_data):
     import tifffile
 

@@ -175,7 +175,9 @@ def test_labels_are_made_on_the_cpu_when_making_them_on_the_gpu_fails(monkeypatc
     from napari_unet.core.registry import load_model
 
     model = load_model("nuclei")
-    expected = predict(model, nuclei[0], device="cpu").labels
+    stack = np.stack([nuclei[0], nuclei[0][::-1]])
+    expected = predict(model, stack, device="cpu").labels
+    monkeypatch.setattr(core_predict, "_labels_failed_on", set())
     kinds = _labels_made_where_the_probabilities_lie(monkeypatch)
     real = core_predict.probabilities_to_labels
 
@@ -188,14 +190,36 @@ def test_labels_are_made_on_the_cpu_when_making_them_on_the_gpu_fails(monkeypatc
     monkeypatch.setattr(core_predict, "probabilities_to_labels", failing_on_the_device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        np.testing.assert_array_equal(predict(model, nuclei[0], device="cpu").labels, expected)
-    assert kinds == [torch.Tensor, np.ndarray]  # tried on the device, then made on the CPU
+        np.testing.assert_array_equal(predict(model, stack, device="cpu").labels, expected)
     said = [str(warning.message) for warning in caught if warning.category is RuntimeWarning]
     if isinstance(error, torch.OutOfMemoryError):
+        assert kinds == [torch.Tensor, np.ndarray] * 2  # tried on the device each time, then made on the CPU
         assert said == []  # nothing the user must know: the same labels, later
     else:
+        assert kinds == [torch.Tensor, np.ndarray, np.ndarray]  # not tried again after such a failure
         assert said == ["labels are made on the CPU: making them on the CPU failed "
                         "(an operation this GPU lacks (simulated))"]
+
+
+def test_labels_made_on_the_gpu_are_waited_for_before_the_next_planes_tiles(monkeypatch, nuclei):
+    # The next plane's tiles are sized to the GPU's free memory, which the labels would share.
+    from napari_unet.core.registry import load_model
+
+    model = load_model("nuclei")
+    events = []
+    model.network.register_forward_pre_hook(lambda module, inputs: events.append("network"))
+    _labels_made_where_the_probabilities_lie(monkeypatch)
+    real = core_predict.probabilities_to_labels
+
+    def slow_labels(*args):  # long enough for the next plane to start, were it allowed to
+        time.sleep(0.1)
+        labels = real(*args)
+        events.append("labels")
+        return labels
+
+    monkeypatch.setattr(core_predict, "probabilities_to_labels", slow_labels)
+    predict(model, np.stack([nuclei[0]] * 3), device="cpu")
+    assert events == ["network", "labels"] * 3
 
 
 @pytest.mark.gpu

@@ -41,7 +41,7 @@ import numpy as np
 
 from .. import __version__
 from .bundle import Model
-from .errors import InputError, InputWarning, NapariUnetError
+from .errors import ImageWarning, InputError, InputWarning, NapariUnetError
 from .io import ImageInfo, collect_tiffs, search_root
 from .normalize import as_planes
 from .predict import (
@@ -337,7 +337,7 @@ def _input_scale(model: Model, options: dict, first_unit: tuple[np.ndarray, int 
         estimate = estimate_diameter(model, pixels, channel_axis=channel_axis,
                                      **{key: options[key] for key in _ESTIMATE_OPTIONS if key in options})
         if estimate is None:  # a batch names the file (_naming_inputs_in_warnings)
-            warnings.warn(NO_DIAMETER_FOUND, InputWarning, stacklevel=2)
+            warnings.warn(NO_DIAMETER_FOUND, ImageWarning, stacklevel=2)
         else:
             logger.info("%s: estimated object diameter %.1f px", name, estimate)
         options["diameter"] = estimate
@@ -763,9 +763,10 @@ def _file_units(model: Model, jobs: Sequence[_FileJob], options: dict, owners: _
 def _naming_inputs_in_warnings(events: Iterator, owners: _Owners) -> Iterator:
     """The executor's events, with the user's warnings given again with the input they concern.
 
-    Warnings about an input (a colour image turned gray, NaN pixels, no objects to
-    estimate a diameter from) are given again with the input's name, once per input and
-    message: in a folder, "the image has 3 colour channels" does not say which file has.
+    Warnings about one image (:class:`~napari_unet.core.errors.ImageWarning`: a colour
+    image turned gray, NaN pixels, no objects to estimate a diameter from) are given
+    again with the input's name, once per input and message: in a folder, "the image has
+    3 colour channels" does not say which file has.
     A warning raised while a unit is read or prepared concerns the input being read when
     it is raised (one event can take several units, of several inputs); one that a
     result brings back (from a Dask worker) concerns that result's unit, the oldest not
@@ -775,7 +776,7 @@ def _naming_inputs_in_warnings(events: Iterator, owners: _Owners) -> Iterator:
 
     def give(message, category, job) -> None:
         path = getattr(job, "path", None)
-        if issubclass(category, InputWarning) and path is not None:
+        if issubclass(category, ImageWarning) and path is not None:
             text = f"{path.name}: {message}"
             if text not in said:
                 said.add(text)
@@ -800,7 +801,7 @@ def _naming_inputs_in_warnings(events: Iterator, owners: _Owners) -> Iterator:
             except BaseException as error:  # noqa: BLE001 - raised again once the warnings are given
                 failure = error
         for message, category, filename, lineno, job in caught:
-            if issubclass(category, InputWarning) and job is not None:
+            if issubclass(category, ImageWarning) and job is not None:
                 give(message, category, job)
             else:
                 warnings.warn_explicit(message, category, filename, lineno)

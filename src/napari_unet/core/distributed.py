@@ -106,12 +106,23 @@ def _predict_plane_with_warnings(*args) -> tuple[tuple, list[tuple[str, type[War
 
     A worker's warnings would reach only its own stderr, worded as Python prints them
     (or, on a remote cluster, nobody): they go back with the result, for the process that
-    drives the batch to give them with the input's name, as it gives its own.
+    drives the batch to give them with the input's name, as it gives its own. Recording
+    warnings changes them for the whole process, so a worker that runs several tasks at
+    once (a cluster started otherwise) keeps its warnings to itself rather than hand
+    one task's to another.
     """
+    import distributed
+
+    if distributed.get_worker().state.nthreads > 1:
+        return predict_plane(*args), []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = predict_plane(*args)
-    return result, [(str(warning.message), warning.category) for warning in caught]
+    # Categories go back as classes, which the driving process must be able to import:
+    # its own and Python's, others as plain user warnings.
+    return result, [(str(warning.message), warning.category
+                     if warning.category.__module__.split(".")[0] in ("builtins", "napari_unet") else UserWarning)
+                    for warning in caught]
 
 
 @contextmanager
@@ -131,7 +142,8 @@ def _processes_started_deaf_to_ctrl_c() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # None: a handler installed other than from Python, which cannot be put back.
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 @contextmanager
@@ -158,14 +170,22 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None) -> I
     else:
         if workers < 1:
             raise InputError(f"the number of workers must be positive, not {workers}")
-        # One thread per worker: torch in each process uses the cores it is given.
+        # One thread per worker: torch in each process uses the cores it is given. The
+        # workers' processes are started by the time the cluster is made.
         with _processes_started_deaf_to_ctrl_c():
             cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                dashboard_address=None, silence_logs=logging.ERROR)
+        client = None
+        try:
             client = distributed.Client(cluster)
             # Workers register a moment after the cluster starts; the model is sent to
             # those that are there, so wait for all of them.
             client.wait_for_workers(workers, timeout=60)
+        except BaseException:  # a cluster that did not come up is not left running
+            if client is not None:
+                client.close()
+            cluster.close()
+            raise
     logger.info("Dask: %d worker(s) at %s", len(client.nthreads()), client.scheduler.address)
     try:
         yield DaskExecutor(client)

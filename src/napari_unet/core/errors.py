@@ -5,7 +5,7 @@ the input and, where possible, what to do about it. The command line prints thes
 line; the napari widgets show them as notifications.
 """
 
-__all__ = ["NapariUnetError", "InputError", "ModelFileError", "InputWarning"]
+__all__ = ["NapariUnetError", "InputError", "ModelFileError", "InputWarning", "ImageWarning"]
 
 
 class NapariUnetError(ValueError):
@@ -22,3 +22,11 @@ class ModelFileError(NapariUnetError):
 
 class InputWarning(UserWarning):
     """Input that was usable after an automatic fix the user should know about."""
+
+
+class ImageWarning(InputWarning):
+    """An :class:`InputWarning` about one image (colours made gray, NaN pixels, no objects to size).
+
+    A batch names the file it concerns; warnings about a whole run's settings (a tile
+    size raised, a batch halved) are plain :class:`InputWarning`.
+    """

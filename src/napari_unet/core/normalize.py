@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import InputError, InputWarning
+from .errors import ImageWarning, InputError
 
 __all__ = ["IntensityRange", "Normalization", "as_planes"]
 
@@ -123,7 +123,7 @@ def _non_finite(values: np.ndarray, warn: bool) -> np.ndarray | None:
     if not finite.any():
         raise InputError("the image has no finite pixel values (all NaN or inf)")
     if warn:
-        warnings.warn("the image has NaN or infinite pixels; they are treated as background", InputWarning, stacklevel=3)
+        warnings.warn("the image has NaN or infinite pixels; they are treated as background", ImageWarning, stacklevel=3)
     return ~finite
 
 
@@ -195,7 +195,7 @@ def as_planes(
                     f"the image has {channels} colour channels and the model takes one; "
                     "it was converted to gray (if they are planes of a stack, save the file as a "
                     "stack: tifffile writes 3 or 4 planes as RGB unless given photometric='minisblack')",
-                    InputWarning,
+                    ImageWarning,
                     stacklevel=2,
                 )
                 image = _to_gray(image)

@@ -203,7 +203,7 @@ def probabilities_to_labels(
 # each a handful of element-wise kernels, which a GPU runs in microseconds.
 
 
-def _component_roots(mask: torch.Tensor) -> torch.Tensor:
+def _component_roots(mask: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
     """For each pixel of ``mask``, the flat index of the first pixel of its component (elsewhere ``mask.numel()``).
 
     Label equivalence, as GPUs label components: every pixel starts as its own root;
@@ -211,13 +211,18 @@ def _component_roots(mask: torch.Tensor) -> torch.Tensor:
     pixel, and pointers to roots are followed until each points at a root. A component
     settles in a few passes rather than as many as it is long. Every root is a pixel of
     its component, and hooks only ever lower it, so the last root is the smallest index.
+
+    Args:
+        mask: A boolean plane.
+        inside: The flat indices of its true pixels.
+
+    Returns:
+        int64 roots, flat (one per pixel of ``mask``).
     """
     height, width = mask.shape
     outside = mask.numel()
-    flat_mask = mask.reshape(-1)
-    inside = torch.nonzero(flat_mask).squeeze(1)
     # The flat indices, one more for "outside", which points at itself.
-    roots = torch.where(flat_mask, torch.arange(outside, device=mask.device), outside)
+    roots = torch.where(mask.reshape(-1), torch.arange(outside, device=mask.device), outside)
     roots = torch.cat([roots, roots.new_full((1,), outside)])
     while True:
         around = F.pad(roots[:-1].view(height, width), (1, 1, 1, 1), value=outside)
@@ -225,7 +230,7 @@ def _component_roots(mask: torch.Tensor) -> torch.Tensor:
                                torch.minimum(around[1:-1, :-2], around[1:-1, 2:])).reshape(-1)[inside]
         own = roots[inside]
         if not bool((lowest < own).any()):
-            return roots[:-1].view(height, width)
+            return roots[:-1]
         roots.scatter_reduce_(0, own, lowest, "amin")  # hook each root under its lowest neighbour's
         while True:  # follow the pointers to roots
             pointed = roots[roots]
@@ -236,10 +241,10 @@ def _component_roots(mask: torch.Tensor) -> torch.Tensor:
 
 def _tensor_seeds(mask: torch.Tensor, min_size: int) -> torch.Tensor:
     """:func:`_seeds` of a tensor: the same components, numbered alike."""
-    roots = _component_roots(mask).view(-1)
-    inside = torch.nonzero(mask.view(-1)).squeeze(1)
+    inside = torch.nonzero(mask.reshape(-1)).squeeze(1)
     seeds = torch.zeros(mask.numel(), dtype=torch.int32, device=mask.device)
     if inside.numel():
+        roots = _component_roots(mask, inside)
         # Ordered by their first pixel, as scipy numbers components.
         _, component, sizes = torch.unique(roots[inside], sorted=True, return_inverse=True, return_counts=True)
         keep = sizes >= max(min_size, 1)
@@ -261,18 +266,23 @@ def _tensor_grown(seeds: torch.Tensor, grow: torch.Tensor, distance: float) -> t
 
 
 def _tensor_gap_pixels(seeds: torch.Tensor, size: int) -> torch.Tensor:
-    """:func:`_gap_pixels` of a tensor, whose windows are max-pooled (in float64: exact for any label)."""
+    """:func:`_gap_pixels` of a tensor, whose windows are max-pooled, a row then a column at a time.
+
+    Pooled in float32, which holds every label exactly up to 2**24, and float64 beyond.
+    """
+    above = int(seeds.max()) + 1
+    values = seeds.to(torch.float32 if above <= 2**24 else torch.float64)
 
     def highest_around(values: torch.Tensor) -> torch.Tensor:
         # Pooling pads with -inf, which never wins: as a constant border of 0 (below every
         # label), or, negated, of ``above`` (no label is above it).
-        return F.max_pool2d(values[None, None], size, stride=1, padding=size // 2)[0, 0]
+        rows = F.max_pool2d(values[None, None], (1, size), stride=1, padding=(0, size // 2))
+        return F.max_pool2d(rows, (size, 1), stride=1, padding=(size // 2, 0))[0, 0]
 
-    values = seeds.to(torch.float64)
+    background = seeds == 0
     highest = highest_around(values)
-    above = float(values.max()) + 1
-    lowest = -highest_around(-torch.where(seeds == 0, above, values))
-    return (seeds == 0) & (highest > 0) & (lowest < highest)
+    lowest = -highest_around(-torch.where(background, above, values))
+    return background & (highest > 0) & (lowest < highest)
 
 
 def enough_to_choose(truths: list[np.ndarray]) -> bool:

@@ -32,7 +32,7 @@ import torch
 
 from .bundle import Model
 from .device import autocast, is_out_of_memory, resolve_device, smaller_batch_after
-from .errors import InputError, InputWarning
+from .errors import ImageWarning, InputError, InputWarning
 from .memory import available_memory
 from .model import UNet
 from .normalize import IntensityRange, Normalization, as_planes
@@ -504,28 +504,42 @@ def _room_to_postprocess(device: torch.device, shape: tuple[int, int]) -> bool:
     return _POSTPROCESSING_BYTES_PER_PIXEL * shape[0] * shape[1] <= free // 4
 
 
+#: The GPUs on which making labels failed other than by running out of memory: this
+#: process makes its labels on the CPU from then on, instead of failing again on each plane.
+_labels_failed_on: set[str] = set()
+
+
+def _labels_on_the_device(probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> bool:
+    """Whether :func:`_labelled` makes the labels of a plane of ``shape`` on the device of ``probabilities``."""
+    return (isinstance(probabilities, torch.Tensor) and str(probabilities.device) not in _labels_failed_on
+            and _room_to_postprocess(probabilities.device, shape))
+
+
 def _labelled(probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int], threshold: float, min_size: int,
               gap: int, pixel_scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Labels and foreground probability of a plane, from its network output, on the plane's own grid.
 
     Made where the probabilities lie when that is a GPU with room for them: the same
-    labels, from a few dozen passes of element-wise kernels there, where the CPU takes a
-    tenth of a second for a 2048x2048 plane of nuclei, which a plane predicted on a GPU
-    would wait for. Should the GPU run out of memory all the same, the CPU makes them;
-    should making them there fail otherwise, too, with a warning (the plane is not lost
-    to a fault of this faster way).
+    labels (up to the resizing of a rescaled plane, which rounds as the GPU does), from
+    a few dozen passes of element-wise kernels there, where the CPU takes a tenth of a
+    second for a 2048x2048 plane of nuclei, which a plane predicted on a GPU would wait
+    for. Should the GPU run out of memory all the same, the CPU makes them; should
+    making them there fail otherwise, too, with a warning, and for the rest of the
+    process (the plane is not lost to a fault of this faster way).
     """
     if isinstance(probabilities, torch.Tensor):
-        if _room_to_postprocess(probabilities.device, shape):
+        device = probabilities.device
+        if _labels_on_the_device(probabilities, shape):
             try:
                 made = _labelled_here(probabilities, shape, threshold, min_size, gap, pixel_scale)
                 return tuple(result.cpu().numpy() for result in made)
             except RuntimeError as error:
-                if is_out_of_memory(error):
-                    torch.cuda.empty_cache()
-                else:
-                    warnings.warn(f"labels are made on the CPU: making them on the {probabilities.device.type.upper()} "
-                                  f"failed ({error})", RuntimeWarning, stacklevel=2)
+                if not is_out_of_memory(error):
+                    _labels_failed_on.add(str(device))
+                    warnings.warn(f"labels are made on the CPU: making them on the {device.type.upper()} failed "
+                                  f"({error})", RuntimeWarning, stacklevel=2)
+            # Out of the handler, whose traceback holds the failed attempt's tensors.
+            torch.cuda.empty_cache()
         probabilities = probabilities.cpu().numpy()
     return _labelled_here(probabilities, shape, threshold, min_size, gap, pixel_scale)
 
@@ -564,13 +578,15 @@ def predict_planes_iter(
     test_time_augmentation: bool = False,
     intensity_range: tuple[float, float] | None = None,
 ) -> Iterator[tuple[int, int, int, tuple[np.ndarray, np.ndarray] | None]]:
-    """Predict a stream of planes, post-processing each while the network works on the next.
+    """Predict a stream of planes, post-processing each while the next is prepared.
 
-    On a GPU the network's part of a plane is over in a few milliseconds, and what is
-    left is the CPU's: turning probabilities into labels took as long as the network's
-    tiles (a 2048x2048 plane on an H200). So each plane's labels are made in a second
-    thread while the next plane goes through the network, where memory allows two planes'
-    work at once (:func:`_room_for_another_plane`). Progress stays in order: the tile
+    Each plane's labels are made in a second thread while the next plane is read and
+    normalized and, when the labels are made on the CPU, while it goes through the
+    network, where memory allows two planes' work at once
+    (:func:`_room_for_another_plane`): on a GPU, labels made on the CPU took as long as
+    the network's tiles of a 2048x2048 plane (an H200). Labels made on the GPU
+    (:func:`_labelled`) are waited for before the next plane's tiles, which are sized
+    to the GPU's free memory. Progress stays in order: the tile
     batches of a plane are reported once the plane before it is finished. Failures too:
     when a plane cannot be read or predicted, the plane before it is given out first, so
     that an error always belongs to the first plane not given out.
@@ -591,14 +607,14 @@ def predict_planes_iter(
     normalize = _normalizer(model, intensity_range)
     options = {"tile_size": tile_size, "batch_size": batch_size, "device": device, "amp": amp,
                "compile_network": compile_network}
-    pending = None  # (plane, tile batches, labels in the making) of the plane being post-processed
+    pending = None  # (plane, tile batches, labels in the making, on the GPU?) of the plane being post-processed
     held: list = []  # progress of the plane in the network, reported once the plane before it is done
 
     def reported():
         """The plane being post-processed, once it is done, then the progress held back."""
         nonlocal pending
         if pending is not None:
-            plane_index, batches, labelled = pending
+            plane_index, batches, labelled, _ = pending
             pending = None
             yield plane_index, batches, batches, labelled.result()
         yield from held
@@ -610,6 +626,10 @@ def predict_planes_iter(
             if pending is not None and not _room_for_another_plane(model, shape):
                 yield from reported()  # one plane's work at a time where two would not fit
             normalized = resize_plane(normalize(plane), scaled_shape(shape, factor))
+            if pending is not None and pending[3]:
+                # Its labels are being made on the GPU, whose memory the next tiles would
+                # be sized to without them.
+                yield from reported()
             tiles = (_averaged_over_orientations(model.network, normalized, ORIENTATIONS, **options)
                      if test_time_augmentation else _stitched_probabilities(model.network, normalized, **options))
             while True:
@@ -623,12 +643,14 @@ def predict_planes_iter(
                 if pending is None or pending[2].done():
                     yield from reported()
             yield from reported()
+            on_gpu = _labels_on_the_device(probabilities, shape)
             pending = (index, total, _InThread(
-                _labelled, probabilities, shape, threshold, min_size, model.gap, 1 / factor))
+                _labelled, probabilities, shape, threshold, min_size, model.gap, 1 / factor), on_gpu)
+            probabilities = None  # the thread's now: freed with it
         yield from reported()
     except Exception:
         if pending is not None:
-            plane_index, batches, labelled = pending
+            plane_index, batches, labelled, _ = pending
             pending = None
             yield plane_index, batches, batches, labelled.result()
         raise
@@ -706,7 +728,7 @@ def predict_iter(
         diameter = _estimate_plane_diameter(model, planes[0], tile_size, batch_size, device, amp, threshold, min_size,
                                             intensity_range)
         if diameter is None:
-            warnings.warn(NO_DIAMETER_FOUND, InputWarning, stacklevel=2)
+            warnings.warn(NO_DIAMETER_FOUND, ImageWarning, stacklevel=2)
     factor = scale_factor(model, diameter, pixel_size)
     # One plane's results are kept as they are made: copying those of a 2048x2048 plane
     # into a stack takes about 10 ms, a twentieth of its whole prediction on a GPU.
