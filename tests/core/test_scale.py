@@ -153,13 +153,13 @@ def test_the_estimate_predicts_each_scale_once(small_nuclei_model, monkeypatch):
     from napari_unet.core import predict as core_predict
 
     widths = []
-    original = core_predict.predict_probabilities
+    original = core_predict._stitched_probabilities
 
     def recording(network, plane, *args, **kwargs):
         widths.append(plane.shape[-1])
         return original(network, plane, *args, **kwargs)
 
-    monkeypatch.setattr(core_predict, "predict_probabilities", recording)
+    monkeypatch.setattr(core_predict, "_stitched_probabilities", recording)
     image, _ = synthetic_nuclei((128, 128), count=14, seed=11)  # objects of about the model's size
     assert estimate_diameter(small_nuclei_model, image, device="cpu") is not None
     assert widths[:2] == [128, 64]  # the model's scale and half of it

@@ -783,9 +783,10 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
             if abs(factor / done - 1) < 0.1:
                 return found
         shape = scaled_shape(plane.shape[-2:], factor)
-        probabilities = run_to_end(predict_probabilities(
-            model.network, resize_plane(normalized, shape), tile_size, batch_size, device, amp))
-        found = object_diameter(probabilities_to_labels(probabilities, threshold, min_size, model.gap))
+        probabilities = run_to_end(_stitched_probabilities(
+            model.network, resize_plane(normalized, shape), tile_size, batch_size, device, amp, False))
+        labels, _ = _labelled(probabilities, shape, threshold, min_size, model.gap, 1.0)  # on the GPU where it can
+        found = object_diameter(labels)
         measurements[factor] = None if found is None else found / factor
         return measurements[factor]
 
