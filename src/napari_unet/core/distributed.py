@@ -113,7 +113,8 @@ def _predict_plane_with_warnings(*args) -> tuple[tuple, list[tuple[str, type[War
     """
     import distributed
 
-    if distributed.get_worker().state.nthreads > 1:
+    worker = distributed.get_worker()
+    if getattr(getattr(worker, "state", worker), "nthreads", 1) > 1:  # older versions lack Worker.state
         return predict_plane(*args), []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

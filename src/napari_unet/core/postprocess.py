@@ -199,8 +199,9 @@ def probabilities_to_labels(
 
 
 # The same steps on torch tensors, for probabilities that lie on a GPU: what scipy does
-# there with one pass over the plane (labelling components) takes a few passes here,
-# each a handful of element-wise kernels, which a GPU runs in microseconds.
+# with one sequential pass over the plane (labelling components) takes a few passes
+# here, each a handful of element-wise kernels over the whole plane, which is what a GPU
+# does well.
 
 
 def _component_roots(mask: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
