@@ -420,13 +420,23 @@ def test_each_input_is_named_in_its_own_warning(tmp_path, model, on_dask, reques
     assert sorted(text.split(": ")[0] for text in said if "colour" in text) == ["r0.tif", "r1.tif", "r2.tif"], said
 
 
-def test_the_workers_of_a_local_cluster_ignore_ctrl_c_and_this_process_does_not(dask_cluster):
+@pytest.mark.slow
+def test_the_workers_of_a_local_cluster_ignore_ctrl_c_even_once_restarted():
     # A terminal's Ctrl-C reaches the workers too; the run, not they, decides what it stops.
     import signal
 
-    ignored = dask_cluster.client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
-    assert list(ignored.values()) == [True, True]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    pytest.importorskip("distributed")
+    from napari_unet.core.distributed import dask_executor
+
+    def workers_ignore_ctrl_c(client) -> list[bool]:
+        return list(client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN).values())
+
+    ours = signal.getsignal(signal.SIGINT)
+    with dask_executor(workers=1) as executor:
+        assert workers_ignore_ctrl_c(executor.client) == [True]
+        executor.client.restart()  # as Dask does with a worker over its memory limit
+        assert workers_ignore_ctrl_c(executor.client) == [True]
+    assert signal.getsignal(signal.SIGINT) is ours
 
 
 def test_a_worker_running_several_tasks_at_once_keeps_its_warnings(monkeypatch):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -126,25 +125,15 @@ def _predict_plane_with_warnings(*args) -> tuple[tuple, list[tuple[str, type[War
                     for warning in caught]
 
 
-@contextmanager
-def _processes_started_deaf_to_ctrl_c() -> Iterator[None]:
-    """Within the block, processes started ignore Ctrl-C for good, and this one until the block ends.
+def dask_setup(worker) -> None:
+    """Run by every worker process of a local cluster as it starts (a Dask preload): ignore Ctrl-C.
 
     A terminal's Ctrl-C reaches every process of its foreground job, the local cluster's
     workers included, which would die at once with a screen of tracebacks of their own.
-    The command line stops a batch itself on Ctrl-C (after the current group of tiles,
-    outputs safe), and then closes the cluster. A process ignores the signal when it
-    starts with it ignored; only the main thread can ignore it.
+    The command line stops a batch itself on Ctrl-C (at its next plane, outputs safe),
+    and then closes the cluster. Run again in a worker that Dask restarts.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        # None: a handler installed other than from Python, which cannot be put back.
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextmanager
@@ -171,11 +160,10 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None) -> I
     else:
         if workers < 1:
             raise InputError(f"the number of workers must be positive, not {workers}")
-        # One thread per worker: torch in each process uses the cores it is given. The
-        # workers' processes are started by the time the cluster is made.
-        with _processes_started_deaf_to_ctrl_c():
-            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, silence_logs=logging.ERROR)
+        # One thread per worker: torch in each process uses the cores it is given.
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=logging.ERROR,
+                                           preload=[__name__])  # dask_setup
         client = None
         try:
             client = distributed.Client(cluster)
