@@ -132,6 +132,9 @@ def dask_setup(worker) -> None:
     workers included, which would die at once with a screen of tracebacks of their own.
     The command line stops a batch itself on Ctrl-C (at its next plane, outputs safe),
     and then closes the cluster. Run again in a worker that Dask restarts.
+
+    Args:
+        worker: The worker starting (Dask's preload hook passes it; not needed here).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
