@@ -516,10 +516,11 @@ def _labels_on_the_device(probabilities: np.ndarray | torch.Tensor, shape: tuple
 
 
 def _labelled(probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int], threshold: float, min_size: int,
-              gap: int, pixel_scale: float) -> tuple[np.ndarray, np.ndarray]:
+              gap: int, pixel_scale: float, on_device: bool) -> tuple[np.ndarray, np.ndarray]:
     """Labels and foreground probability of a plane, from its network output, on the plane's own grid.
 
-    Made where the probabilities lie when that is a GPU with room for them: the same
+    Made where the probabilities lie when ``on_device`` (what :func:`_labels_on_the_device`
+    said, once, for the caller that waits on it too): a GPU with room for them. The same
     labels (up to the resizing of a rescaled plane, which rounds as the GPU does), from
     a few dozen passes of element-wise kernels there, where the CPU takes a tenth of a
     second for a 2048x2048 plane of nuclei, which a plane predicted on a GPU would wait
@@ -529,7 +530,7 @@ def _labelled(probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int], 
     """
     if isinstance(probabilities, torch.Tensor):
         device = probabilities.device
-        if _labels_on_the_device(probabilities, shape):
+        if on_device:
             try:
                 made = _labelled_here(probabilities, shape, threshold, min_size, gap, pixel_scale)
                 return tuple(result.cpu().numpy() for result in made)
@@ -645,7 +646,7 @@ def predict_planes_iter(
             yield from reported()
             on_gpu = _labels_on_the_device(probabilities, shape)
             pending = (index, total, _InThread(
-                _labelled, probabilities, shape, threshold, min_size, model.gap, 1 / factor), on_gpu)
+                _labelled, probabilities, shape, threshold, min_size, model.gap, 1 / factor, on_gpu), on_gpu)
             probabilities = None  # the thread's now: freed with it
         yield from reported()
     except Exception:
@@ -785,7 +786,8 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
         shape = scaled_shape(plane.shape[-2:], factor)
         probabilities = run_to_end(_stitched_probabilities(
             model.network, resize_plane(normalized, shape), tile_size, batch_size, device, amp, False))
-        labels, _ = _labelled(probabilities, shape, threshold, min_size, model.gap, 1.0)  # on the GPU where it can
+        labels, _ = _labelled(probabilities, shape, threshold, min_size, model.gap, 1.0,
+                              _labels_on_the_device(probabilities, shape))
         found = object_diameter(labels)
         measurements[factor] = None if found is None else found / factor
         return measurements[factor]
