@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,29 +34,39 @@ def one_torch_thread():
 
 @pytest.fixture
 def first_labels_wait_for_the_network(monkeypatch):
-    """Make a prediction's first labels wait (60 s at most) until a network runs again.
+    """Make a prediction's first labels wait (60 s at most) until the network runs on after them.
 
     Returns a function that does it for a network and returns the list that gets True
     if the network ran. Done one after the other, the first plane's labels would wait
-    in vain: the network would go on to the next plane only once they are made. The
-    wait ends as soon as the network runs; its limit is generous so that a machine busy
-    with other work does not fail the test (10 s once did).
+    in vain: the network would go on to the next plane only once they are made.
+    "After them" counts from when the first labels are handed to their thread, not from
+    when that thread gets to run: the next plane may go through the network before it
+    does (which is the overlap, not its absence).
     """
     from napari_unet.core import predict as core_predict
 
     def watch(network) -> list[bool]:
-        labels_started, network_went_on = threading.Event(), threading.Event()
-        network.register_forward_pre_hook(
-            lambda module, inputs: network_went_on.set() if labels_started.is_set() else None)
+        forwards = [0]
+        network.register_forward_pre_hook(lambda module, inputs: forwards.__setitem__(0, forwards[0] + 1))
+        handed_over: list[int] = []  # the network's passes when the first labels were handed to their thread
         waited: list[bool] = []
-        real = core_predict.probabilities_to_labels
+        real_thread, real_labels = core_predict._InThread, core_predict.probabilities_to_labels
+
+        class NotingThread(real_thread):
+            def __init__(self, function, *args):
+                if not handed_over:
+                    handed_over.append(forwards[0])
+                super().__init__(function, *args)
 
         def labels_waiting_for_the_network(*args, **kwargs):
-            if not labels_started.is_set():
-                labels_started.set()
-                waited.append(network_went_on.wait(timeout=60))
-            return real(*args, **kwargs)
+            if not waited:  # the first labels; the next are made only once these are
+                deadline = time.monotonic() + 60
+                while forwards[0] <= handed_over[0] and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                waited.append(forwards[0] > handed_over[0])
+            return real_labels(*args, **kwargs)
 
+        monkeypatch.setattr(core_predict, "_InThread", NotingThread)
         monkeypatch.setattr(core_predict, "probabilities_to_labels", labels_waiting_for_the_network)
         return waited
 
