@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from napari_unet.core import predict as predict_module
 from napari_unet.core.bundle import Model
-from napari_unet.core.device import resolve_device
+from napari_unet.core.device import inference_dtype, resolve_device
 from napari_unet.core.errors import InputError
 from napari_unet.core.model import NetworkConfig, UNet
 from napari_unet.core.normalize import as_planes
@@ -63,7 +63,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops_per_s(device: torch.device, n: int | None = None, repeats: int = 3, half: bool = False) -> list[float]:
+def matmul_flops_per_s(device: torch.device, n: int | None = None, repeats: int = 3,
+                       dtype: torch.dtype = torch.float32) -> list[float]:
     """Matmul FLOP/s of ``repeats`` single products of two n x n matrices.
 
     Args:
@@ -71,11 +72,10 @@ def matmul_flops_per_s(device: torch.device, n: int | None = None, repeats: int 
         n: Matrix edge; default 2048 on a CPU and 8192 on a GPU, whose peak a smaller
             product does not reach (it is over before the GPU is busy).
         repeats: Timed products.
-        half: float16 instead of float32: the hardware limit of a network run under
-            CUDA mixed precision is the half-precision rate, not the fp32 one.
+        dtype: The network's precision (:func:`network_dtype`): the hardware limit of a
+            network run in float16 or bfloat16 is that precision's rate, not float32's.
     """
     n = n or (8192 if device.type == "cuda" else 2048)
-    dtype = torch.float16 if half else torch.float32
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, generator=generator).to(dtype)
     b = torch.randn(n, n, device=device, generator=generator).to(dtype)
@@ -89,6 +89,13 @@ def matmul_flops_per_s(device: torch.device, n: int | None = None, repeats: int 
         synchronize(device)
         rates.append(2.0 * n**3 / (time.perf_counter() - start))
     return rates
+
+
+def network_dtype(device: torch.device, amp: bool = True) -> torch.dtype:
+    """The precision ``predict(..., amp=amp)`` runs the network at on ``device``."""
+    if amp and device.type == "cuda":
+        return torch.float16  # autocast around a float32 network
+    return inference_dtype(device, amp)
 
 
 def forward_flops(config: NetworkConfig, height: int, width: int) -> int:

@@ -101,10 +101,10 @@ def main(argv=None) -> dict:
         targets, weights, masks = (_center_crop(t, output_size) for t in (targets, weights, masks))
         return images, targets, weights, masks
 
-    amp = config.amp and device.type == "cuda"
+    amp = config.amp  # as training: float16 on CUDA, bfloat16 on a CPU with AMX
     parameters = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
     fixed = sample()
     step_batch = augment(fixed)
 

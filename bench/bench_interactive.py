@@ -30,6 +30,7 @@ from _common import (
     environment,
     forward_flops,
     matmul_flops_per_s,
+    network_dtype,
     normalize_seconds,
     report,
     synchronize,
@@ -108,7 +109,7 @@ def measure(
         peers.append(time.perf_counter() - start)
         totals.append(seconds)
         posts.append(post)
-        matmul.append(matmul_flops_per_s(device, half=device.type == "cuda"))
+        matmul.append(matmul_flops_per_s(device, dtype=network_dtype(device)))
         around = statistics.median(matmul[-2] + matmul[-1])
         ratios.append(peers[-1] / seconds)
         # As in bench_predict.py: the network's share of predict is what remains after
@@ -167,7 +168,7 @@ def main(argv=None) -> dict:
 
     # 120 nuclei on 512x512, as many per pixel at other sizes.
     image, labels = synthetic_nuclei((size, size), count=max(2, round(120 * size * size / 512**2)), seed=0)
-    matmul = [matmul_flops_per_s(device, half=device.type == "cuda")]
+    matmul = [matmul_flops_per_s(device, dtype=network_dtype(device))]
     torch.manual_seed(0)
     widget_cpu = measure(Model.new(NetworkConfig(depth=3, base_width=16)), image, repeats[0], device, matmul)
     default = measure(Model.new(NetworkConfig()), image, repeats[1], device, matmul)
@@ -182,10 +183,10 @@ def main(argv=None) -> dict:
         "default_network": default,
         "embedded_nuclei": embedded or "not shipped",
         "matmul_gflops_per_s": round(statistics.median(rates) / 1e9, 2),
-        "matmul_dtype": "float16" if device.type == "cuda" else "float32",
+        "matmul_dtype": str(network_dtype(device)).removeprefix("torch."),
         "shape": [size, size],
         "objects": int(labels.max()),
-        "amp": device.type == "cuda",
+        "amp": network_dtype(device) != torch.float32,
         "repeats": list(repeats),
         "matmul_gflops_per_s_all": [round(r / 1e9, 1) for r in rates],
         **environment(device, args.quick),

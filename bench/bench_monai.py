@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from _common import environment, report, synchronize, torch_device, torch_parser
+from _common import environment, network_dtype, report, synchronize, torch_device, torch_parser
 
 from napari_unet.core.device import autocast
 from napari_unet.core.metrics import average_precision
@@ -73,14 +73,14 @@ def mosaic(crops: list, side: int, first: int) -> tuple[np.ndarray, np.ndarray]:
     return image, labels
 
 
-def monai_labels(model, network, stack: np.ndarray, tile: int, device: torch.device) -> np.ndarray:
+def monai_labels(model, network, stack: np.ndarray, tile: int, device: torch.device, amp: bool) -> np.ndarray:
     """What a user would write: normalize, slide MONAI's window over the network, post-process."""
     from monai.inferers import sliding_window_inference
 
     out = np.zeros(stack.shape, np.int32)
     for index, plane in enumerate(stack):
         normalized = torch.from_numpy(model.normalization(plane[None]))[None].to(device)
-        with torch.inference_mode(), autocast(device, True):
+        with torch.inference_mode(), autocast(device, amp):
             logits = sliding_window_inference(normalized, (tile, tile), default_tiles_per_pass(device), network, overlap=0.25)
         probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
         out[index] = probabilities_to_labels(probabilities, model.threshold, 10, model.gap)
@@ -91,18 +91,18 @@ def ap50(truth: np.ndarray, predicted: np.ndarray) -> float:
     return round(average_precision(list(truth), list(predicted))["ap_pooled"][0], 4)
 
 
-def compare(case: str, model, network, stack, truth, tile: int, device, repeats: int) -> dict:
+def compare(case: str, model, network, stack, truth, tile: int, device, repeats: int, amp: bool) -> dict:
     seconds, peer_seconds, ratios = [], [], []
     ours = peer = None
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
         ours = predict(model, stack if len(stack) > 1 else stack[0], tile_size=tile, batch_size=default_tiles_per_pass(device),
-                       device=device).labels.reshape(stack.shape)
+                       device=device, amp=amp).labels.reshape(stack.shape)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
         start = time.perf_counter()
-        peer = monai_labels(model, network, stack, tile, device)
+        peer = monai_labels(model, network, stack, tile, device, amp)
         synchronize(device)
         peer_seconds.append(time.perf_counter() - start)
         ratios.append(peer_seconds[-1] / seconds[-1])
@@ -125,6 +125,8 @@ def compare(case: str, model, network, stack, truth, tile: int, device, repeats:
 def main() -> None:
     parser = torch_parser(__doc__, "512x512 and 2 planes of 256x256, tile 256, one repeat")
     parser.add_argument("--repeats", type=int, default=None, help="timed pairs per case (default 3 on CUDA, 2 on CPU)")
+    parser.add_argument("--no-amp", action="store_true",
+                        help="float32 on both sides (default: predict's mixed precision on both sides)")
     args = parser.parse_args()
     device = torch_device(parser, args)
     if not DATA.is_dir():
@@ -143,18 +145,21 @@ def main() -> None:
 
     # Warm-up on both sides: allocator, thread pool, kernels.
     warm, _ = mosaic(crops, stack_side, 0)
-    predict(model, warm, tile_size=tile, batch_size=default_tiles_per_pass(device), device=device)
-    monai_labels(model, network, warm[None], tile, device)
+    amp = not args.no_amp
+    predict(model, warm, tile_size=tile, batch_size=default_tiles_per_pass(device), device=device, amp=amp)
+    monai_labels(model, network, warm[None], tile, device, amp)
 
     image, image_truth = mosaic(crops, image_side, 0)
     stack, stack_truth = zip(*(mosaic(crops, stack_side, plane * 7) for plane in range(planes)))
     results = [
-        compare(f"image {image_side}x{image_side}", model, network, image[None], image_truth[None], tile, device, repeats),
+        compare(f"image {image_side}x{image_side}", model, network, image[None], image_truth[None], tile, device, repeats,
+                amp),
         compare(f"stack {planes}x{stack_side}x{stack_side}", model, network, np.stack(stack), np.stack(stack_truth),
-                tile, device, repeats),
+                tile, device, repeats, amp),
     ]
     report({"benchmark": "prediction vs MONAI sliding_window_inference", "model": "nuclei", "tile": tile,
-            "batch": default_tiles_per_pass(device), "overlap_peer": 0.25, "crops": len(crops), "results": results,
+            "batch": default_tiles_per_pass(device), "overlap_peer": 0.25, "crops": len(crops),
+            "precision": str(network_dtype(device, amp)).removeprefix("torch."), "results": results,
             **environment(device, args.quick)})
 
 

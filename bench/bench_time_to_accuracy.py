@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from _common import environment, report, torch_device, torch_parser
+from _common import environment, network_dtype, report, torch_device, torch_parser
 
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.registry import load_model
@@ -39,10 +39,10 @@ SPLIT = ROOT / "scripts" / "splits" / "dsb2018-validation.txt"
 TOLERANCE = 0.01
 
 
-def curve(model, train_pairs, validation_pairs, minutes: float, device: str) -> dict:
+def curve(model, train_pairs, validation_pairs, minutes: float, device: str, amp: bool) -> dict:
     """Fine-tune with validation every 10 steps; the AP50 curve and when it came within reach of its end."""
     config = TrainingConfig(max_minutes=minutes, epochs=10**6, steps_per_epoch=10, patch_size=256, batch_size=4,
-                            device=device, seed=0)
+                            device=device, amp=amp, seed=0)
     samples = [TrainingSample(image, labels) for image, labels in train_pairs]
     validation = [TrainingSample(image, labels) for image, labels in validation_pairs]
     progress = []
@@ -105,6 +105,8 @@ def main() -> None:
     parser = torch_parser(__doc__, "30 s per kind, 5 validation images")
     parser.add_argument("--minutes", type=float, default=4.0, help="fine-tuning budget per kind (default: 4)")
     parser.add_argument("--svg", type=Path, help="also draw the curves into this SVG file")
+    parser.add_argument("--no-amp", action="store_true",
+                        help="float32 everywhere (training's default is float16 on CUDA, bfloat16 on a CPU with AMX)")
     args = parser.parse_args()
     device = str(torch_device(parser, args))
     if not DATA.is_dir():
@@ -117,8 +119,8 @@ def main() -> None:
     inverted = [(np.iinfo(image.dtype).max - image, labels) for image, labels in pairs]
     model = load_model("nuclei")
     results = {
-        "same_kind": curve(model, train_pairs, validation_pairs, minutes, device),
-        "dark_on_bright": curve(model, inverted[:10], inverted[10:], minutes, device),
+        "same_kind": curve(model, train_pairs, validation_pairs, minutes, device, not args.no_amp),
+        "dark_on_bright": curve(model, inverted[:10], inverted[10:], minutes, device, not args.no_amp),
     }
     for kind, result in results.items():
         print(f"{kind}: AP50 {result['start_ap50']} -> {result['final_ap50']}, within {TOLERANCE} of it after "
@@ -127,6 +129,7 @@ def main() -> None:
         svg(results, args.svg)
     report({"benchmark": "time to accuracy, fine-tuning nuclei on 10 images", "minutes_per_kind": minutes,
             "fine_tune_images": 10, "validation_images": len(validation_pairs), "tolerance": TOLERANCE,
+            "precision": str(network_dtype(torch.device(device), not args.no_amp)).removeprefix("torch."),
             "results": results, **environment(torch.device(device), args.quick)})
 
 

@@ -1,10 +1,11 @@
 """Training step throughput of the default U-Net, and its FLOP rate against matmul.
 
 One training step is what ``train_iter`` does per batch: forward, the weighted
-cross-entropy, backward and an Adam step (mixed precision on CUDA, as in training). The
-network's FLOPs per step are counted with ``torch.utils.flop_counter.FlopCounterMode``;
-the machine's fp32 matmul rate is measured in the same process with 2048x2048
-``torch.matmul``. The headline is ``flops_fraction_of_matmul``: achieved FLOP/s of the
+cross-entropy, backward and an Adam step (mixed precision as in training: float16 on
+CUDA, bfloat16 on a CPU with AMX; ``--no-amp`` for float32). The network's FLOPs per
+step are counted with ``torch.utils.flop_counter.FlopCounterMode``; the machine's matmul
+rate at the step's precision is measured in the same process with 2048x2048
+``torch.matmul`` (8192x8192 on CUDA). The headline is ``flops_fraction_of_matmul``: achieved FLOP/s of the
 training step divided by the matmul FLOP/s measured just before and after that step
 (median over the steps), so that machine speed and load cancel.
 Prints one JSON object.
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 import torch
-from _common import environment, matmul_flops_per_s, report, synchronize, torch_device, torch_parser
+from _common import environment, matmul_flops_per_s, network_dtype, report, synchronize, torch_device, torch_parser
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_unet.core.device import autocast
@@ -53,19 +54,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--patch", type=int, default=None, help="patch edge (default 256; 64 with --quick)")
     parser.add_argument("--batch", type=int, default=None, help="patches per step (default 4; 2 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps (default 3 on CPU, 20 on CUDA)")
-    parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
+    parser.add_argument("--no-amp", action="store_true",
+                        help="float32 everywhere (training's default is float16 on CUDA, bfloat16 on a CPU with AMX)")
     args = parser.parse_args(argv)
     device = torch_device(parser, args)
     patch = args.patch or (64 if args.quick else 256)
     batch = args.batch or (2 if args.quick else 4)
     repeats = args.repeats or (2 if args.quick else 3 if device.type == "cpu" else 20)
-    amp = not args.no_amp and device.type == "cuda"
+    amp = not args.no_amp
+    dtype = network_dtype(device, amp)  # the matmul reference runs at the step's precision
 
     torch.manual_seed(0)
     network = UNet(NetworkConfig()).to(device)
     network.train()
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
     images, targets, weights, masks = (t.to(device) for t in training_batch(batch, patch))
 
     def step():
@@ -90,14 +93,14 @@ def main(argv=None) -> dict:
     # Matmul interleaved with the steps: each step is compared with the matmul rate
     # measured just before and just after it, so that a change of machine load (a shared
     # machine) shows in both sides of the ratio.
-    mm_groups = [matmul_flops_per_s(device, repeats=3, half=amp)]
+    mm_groups = [matmul_flops_per_s(device, repeats=3, dtype=dtype)]
     step_times, fractions = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
         synchronize(device)
         step_times.append(time.perf_counter() - start)
-        mm_groups.append(matmul_flops_per_s(device, repeats=3, half=amp))
+        mm_groups.append(matmul_flops_per_s(device, repeats=3, dtype=dtype))
         around = statistics.median(mm_groups[-2] + mm_groups[-1])
         fractions.append(flops_per_step / step_times[-1] / around)
     mm_rates = [r for group in mm_groups for r in group]
@@ -115,12 +118,12 @@ def main(argv=None) -> dict:
         "step_seconds": round(step_s, 4),
         "achieved_gflops_per_s": round(achieved / 1e9, 2),
         "matmul_gflops_per_s": round(mm_rate / 1e9, 2),
-        "matmul_dtype": "float16" if amp else "float32",
+        "matmul_dtype": str(dtype).removeprefix("torch."),
         "gflops_per_step": round(flops_per_step / 1e9, 2),
         "patch": patch,
         "batch": batch,
         "network": NetworkConfig().to_dict(),
-        "amp": amp,
+        "amp": dtype != torch.float32,
         "step_seconds_all": [round(t, 4) for t in step_times],
         "flops_fraction_of_matmul_all": [round(f, 3) for f in fractions],
         "matmul_gflops_per_s_all": [round(r / 1e9, 1) for r in mm_rates],

@@ -21,6 +21,36 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _float32_on_every_cpu():
+    """Predict in float32 on CPUs with AMX too, where mixed precision would mean bfloat16.
+
+    Most tests check tiling and stitching to float32 rounding; with this the suite checks
+    the same on every machine. The bfloat16 path has tests of its own (``cpu_with_amx``).
+    Its own patch, so that a test's ``monkeypatch.undo()`` leaves it in place.
+    """
+    from napari_unet.core import device
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(device, "_cpu_has_amx", lambda: False)
+        yield
+
+
+@pytest.fixture
+def cpu_with_amx(monkeypatch):
+    """Take this CPU for one with AMX: mixed precision predicts in bfloat16 (slowly where it has none).
+
+    Skips on CPUs whose oneDNN cannot convolve bfloat16 at all (no AVX-512).
+    """
+    import torch
+
+    from napari_unet.core import device
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN convolves no bfloat16 on this CPU")
+    monkeypatch.setattr(device, "_cpu_has_amx", lambda: True)
+
+
 @pytest.fixture
 def one_torch_thread():
     """Run torch on one thread: faster for tiny networks, and steady on a shared CPU."""

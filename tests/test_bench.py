@@ -17,14 +17,18 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 # The fine-tuning and time-to-accuracy scripts train for minutes even when quick.
 QUICK_SCRIPTS = ["bench_augment", "bench_batch", "bench_cpu_fusion", "bench_interactive", "bench_postprocess",
-                 "bench_predict", "bench_train_step", "bench_weights", "bench_monai"]
+                 "bench_predict", "bench_train_step", "bench_weights", "bench_monai", "bench_precision"]
+#: Scripts that measure on the real data folder.
+ON_REAL_DATA = {"bench_monai", "bench_precision"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", QUICK_SCRIPTS)
-def test_quick_benchmark_prints_its_figures(script):
+def test_quick_benchmark_prints_its_figures(script, request):
     if script == "bench_monai":
         pytest.importorskip("monai", reason="MONAI is a benchmark-only dependency")
+    if script in ON_REAL_DATA:
+        request.getfixturevalue("shared_data")  # skips without it
     run = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--quick"], cwd=BENCH.parent,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_unet import cli
 from napari_unet.cli import main
@@ -163,8 +164,9 @@ def test_scheduler_and_workers_choose_the_dask_executor(tmp_path, model_file, in
 def test_two_local_dask_workers_write_the_same_labels_as_one_process(tmp_path, model_file, inputs):
     pytest.importorskip("distributed")
     assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "one"), *FAST]) == 0
+    # --float32: the worker processes are out of reach of the suite's float32 patch (conftest).
     assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "two"), "--workers", "2",
-                 *FAST]) == 0
+                 "--float32", *FAST]) == 0
     for name in ("a_stack.tif", "b_hyper.tif"):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "one" / name), tifffile.imread(tmp_path / "two" / name))
 
@@ -237,6 +239,26 @@ def test_compile_flag_compiles_the_network_once_for_all_planes(tmp_path, model_f
     assert "8 plane(s)" in capsys.readouterr().err
     for name in ("a_stack.tif", "b_hyper.tif"):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / name), tifffile.imread(tmp_path / "plain" / name))
+
+
+def test_float32_flag_predicts_in_float32_where_mixed_precision_would_not(tmp_path, model_file, inputs, monkeypatch,
+                                                                         cpu_with_amx):
+    from napari_unet.core import predict as core_predict
+
+    dtypes = []
+    real = core_predict._inference_network
+
+    def record(network, device, compiled_for=None, amp=False):
+        copy = real(network, device, compiled_for, amp)
+        dtypes.append(next(copy.parameters()).dtype)
+        return copy
+
+    monkeypatch.setattr(core_predict, "_inference_network", record)
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "mixed"), *FAST]) == 0
+    assert set(dtypes) == {torch.bfloat16}
+    dtypes.clear()
+    assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "exact"), "--float32", *FAST]) == 0
+    assert set(dtypes) == {torch.float32}
 
 
 def test_tta_flag_writes_the_orientation_averaged_labels(tmp_path, model_file, inputs):

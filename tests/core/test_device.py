@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from napari_unet.core.device import autocast, available_devices, resolve_device
+from napari_unet.core.device import _cpu_has_amx, autocast, available_devices, inference_dtype, resolve_device
 from napari_unet.core.errors import InputError
 
 HAS_CUDA = torch.cuda.is_available()
@@ -89,6 +89,49 @@ def test_autocast_uses_float16_on_cuda_only_when_enabled():
     assert isinstance(context, torch.autocast)
     assert context.fast_dtype == torch.float16
     assert isinstance(autocast(torch.device("mps"), enabled=True), contextlib.nullcontext)
+
+
+def test_mixed_precision_converts_to_bfloat16_on_a_cpu_with_amx_only(cpu_with_amx):
+    cpu = torch.device("cpu")
+    assert inference_dtype(cpu, amp=True) == torch.bfloat16
+    assert inference_dtype(cpu, amp=False) == torch.float32
+    # CUDA's mixed precision is autocast around a float32 copy; MPS runs float32.
+    assert inference_dtype(torch.device("cuda"), amp=True) == torch.float32
+    assert inference_dtype(torch.device("mps"), amp=True) == torch.float32
+
+
+def test_autocast_on_a_cpu_with_amx_is_bfloat16_when_enabled(cpu_with_amx):
+    cpu = torch.device("cpu")
+    assert isinstance(autocast(cpu, enabled=False), contextlib.nullcontext)
+    with autocast(cpu, enabled=True):
+        product = torch.randn(8, 8) @ torch.randn(8, 8)
+    assert product.dtype == torch.bfloat16
+
+
+def test_a_cpu_without_amx_predicts_in_float32():
+    # The suite's default (conftest): no AMX, whatever this machine has.
+    assert inference_dtype(torch.device("cpu"), amp=True) == torch.float32
+
+
+# (_cpu_has_amx, imported when this module was, is the real probe, not the suite's stand-in)
+
+
+def test_a_failing_amx_probe_means_float32(monkeypatch):
+    def broken():
+        raise RuntimeError("cpuinfo failed")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    assert _cpu_has_amx() is False
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert _cpu_has_amx() is False
+
+
+def test_no_bfloat16_convolutions_means_float32(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert _cpu_has_amx() is False
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert _cpu_has_amx() is True
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU")

@@ -700,6 +700,23 @@ def test_prediction_follows_weights_changed_in_place():
     assert np.abs(after - before).max() > 0.1
 
 
+def test_a_cpu_with_amx_predicts_with_a_bfloat16_copy_close_to_float32(cpu_with_amx):
+    from napari_unet.core.predict import _inference_copies
+
+    net = _network(depth=3, base_width=8)
+    plane = _random_plane((150, 170))
+    exact = run_to_end(predict_probabilities(net, plane, tile_size=96, device="cpu", amp=False))
+    mixed = run_to_end(predict_probabilities(net, plane, tile_size=96, device="cpu"))
+    copies = _inference_copies[net]
+    assert {kind[1] for kind in copies} == {torch.float32, torch.bfloat16}
+    assert all(p.dtype == torch.bfloat16 for p in copies["cpu", torch.bfloat16, False][1].parameters())
+    assert mixed.dtype == np.float32
+    np.testing.assert_allclose(mixed.sum(axis=0), 1.0, atol=1e-5)
+    # bfloat16 keeps 8 bits of mantissa: close to float32, not equal to it.
+    difference = np.abs(mixed - exact)
+    assert 0 < difference.mean() < 0.01 and difference.max() < 0.1
+
+
 def test_inference_copy_computes_what_the_network_computes():
     net = _network(depth=3, base_width=8)
     x = torch.from_numpy(_random_plane((64, 48)))[None]
@@ -732,8 +749,8 @@ def test_compiled_network_predicts_the_same_labels():
     from napari_unet.core.predict import _inference_copies
 
     copies = _inference_copies[model.network]
-    assert isinstance(copies["cpu", True][1], torch._dynamo.eval_frame.OptimizedModule)
-    assert not isinstance(copies["cpu", False][1], torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(copies["cpu", torch.float32, True][1], torch._dynamo.eval_frame.OptimizedModule)
+    assert not isinstance(copies["cpu", torch.float32, False][1], torch._dynamo.eval_frame.OptimizedModule)
     np.testing.assert_allclose(compiled.probability, expected.probability, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(compiled.labels, expected.labels)
 

@@ -594,3 +594,17 @@ def test_a_checkpoint_that_is_not_a_model_files_name_is_refused_before_training(
             train([TrainingSample(image, labels)], network_config=tiny_config, config=TrainingConfig(**FAST),
                   checkpoint=wrong)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cpu_with_amx_trains_in_bfloat16_and_keeps_float32_weights(nuclei, tiny_config, cpu_with_amx):
+    image, labels = nuclei
+    model = Model.new(tiny_config)
+    seen = []
+    model.network.head.register_forward_hook(
+        lambda module, inputs, output: seen.append((module.training, output.dtype)))
+    result = train([TrainingSample(image, labels)], model=model, config=TrainingConfig(**FAST))
+    steps = {dtype for training, dtype in seen if training}
+    assert steps == {torch.bfloat16}
+    assert all(tensor.dtype == torch.float32 for tensor in result.model.network.state_dict().values()
+               if tensor.is_floating_point())
+    assert result.history and all(np.isfinite(record["loss"]) for record in result.history)

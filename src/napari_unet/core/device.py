@@ -9,7 +9,8 @@ import torch
 
 from .errors import InputError, InputWarning
 
-__all__ = ["resolve_device", "autocast", "available_devices", "is_out_of_memory", "smaller_batch_after"]
+__all__ = ["resolve_device", "autocast", "inference_dtype", "available_devices", "is_out_of_memory",
+           "smaller_batch_after"]
 
 
 def available_devices() -> list[str]:
@@ -48,10 +49,45 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, enabled: bool = True):
-    """float16 autocast on CUDA when ``enabled``; a no-op elsewhere (CPU and MPS run float32)."""
+    """Mixed precision around a network's forward pass when ``enabled``, a no-op where it does not pay.
+
+    float16 on CUDA; bfloat16 on a CPU with Intel AMX (see :func:`inference_dtype`): a
+    training step of the default network on 2 cores takes half the time. Elsewhere
+    (other CPUs, Apple MPS) float32.
+    """
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
+    if inference_dtype(device, enabled) == torch.bfloat16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def inference_dtype(device: torch.device, amp: bool = True) -> torch.dtype:
+    """The dtype an inference copy of a network is converted to on ``device``.
+
+    bfloat16 on a CPU with Intel AMX when mixed precision is asked for: its matrix
+    units multiply bfloat16 about three times as fast as the vector units multiply
+    float32 (a 1024x1024 plane through ``nuclei`` 2 to 2.6 times as fast on 2 cores), and
+    bfloat16 keeps float32's range, so no loss scaling is needed; the convolutions still
+    sum in float32. A copy converted whole, rather than :func:`autocast` around a float32
+    one, because autocast leaves oneDNN's fused convolutions alone. float32 everywhere
+    else: on CUDA mixed precision is autocast around a float32 network, and CPUs without
+    AMX stay in float32, where bfloat16 gains less or is emulated (not measured here).
+    """
+    if amp and device.type == "cpu" and _cpu_has_amx():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _cpu_has_amx() -> bool:
+    """Whether this CPU has AMX and oneDNN convolves bfloat16 here (``ONEDNN_MAX_CPU_ISA`` can forbid it)."""
+    # Private probes of PyTorch's own CPU dispatch; without them float32 is the safe answer.
+    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None),
+              getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None))
+    try:
+        return all(probe is not None and bool(probe()) for probe in probes)
+    except Exception:  # noqa: BLE001 - a failing probe means no AMX path, not a failed prediction
+        return False
 
 
 def is_out_of_memory(error: BaseException) -> bool:

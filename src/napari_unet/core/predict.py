@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .bundle import Model
-from .device import autocast, is_out_of_memory, resolve_device, smaller_batch_after
+from .device import autocast, inference_dtype, is_out_of_memory, resolve_device, smaller_batch_after
 from .errors import ImageWarning, InputError, InputWarning
 from .memory import available_memory
 from .model import UNet
@@ -226,14 +226,16 @@ def _inference_network(network: UNet, device: torch.device, compiled_for: torch.
         device: Where the copy runs.
         compiled_for: An input like the ones to come: the copy is compiled for it (see
             :func:`_compiled`). None: not compiled.
-        amp: Mixed precision, for the compilation.
+        amp: Mixed precision: float16 autocast on CUDA (here only for the compilation),
+            a bfloat16 copy on a CPU with AMX (:func:`~napari_unet.core.device.inference_dtype`).
     """
     copies = _inference_copies.setdefault(network, {})
-    kind = (str(device), compiled_for is not None)
+    dtype = inference_dtype(device, amp)
+    kind = (str(device), dtype, compiled_for is not None)
     versions = tuple(tensor._version for tensor in network.state_dict().values())
     if kind not in copies or copies[kind][0] != versions:
         # The compiler fuses the plain blocks itself.
-        copy = network.inference_copy(device, fuse=compiled_for is None)
+        copy = network.inference_copy(device, fuse=compiled_for is None).to(dtype)
         if compiled_for is not None:
             copy = _compiled(copy, compiled_for, device, amp)
         copies[kind] = (versions, copy)
@@ -310,7 +312,8 @@ def predict_probabilities(
             a GPU whose free memory does not hold them, and halved (with a warning)
             whenever the device runs out of memory.
         device: Torch device or "auto".
-        amp: Mixed precision on CUDA.
+        amp: Mixed precision where the device is faster with it: float16 on CUDA, bfloat16 on a
+            CPU with AMX (:func:`~napari_unet.core.device.inference_dtype`); False: float32.
         compile_network: Compile the network with ``torch.compile`` first (see
             :func:`_compiled`); pays off over many planes of the same size.
 
@@ -347,9 +350,11 @@ def _stitched_probabilities(network: UNet, plane: np.ndarray, tile_size: int | N
         batch_size = default_tiles_per_pass(device)
     fit = _tiles_that_fit(network, (rows.tile, cols.tile), device, amp)
     batch_size = min(batch_size, fit) if fit else batch_size
+    dtype = inference_dtype(device, amp)
     example = None
     if compile_network:
-        example = torch.zeros((min(batch_size, len(windows)), plane.shape[0], rows.tile, cols.tile), device=device)
+        example = torch.zeros((min(batch_size, len(windows)), plane.shape[0], rows.tile, cols.tile), device=device,
+                              dtype=dtype)
         example = example.contiguous(memory_format=torch.channels_last)
     runner = _inference_network(network, device, example, amp)
     done = position = 0
@@ -360,7 +365,7 @@ def _stitched_probabilities(network: UNet, plane: np.ndarray, tile_size: int | N
                 tiles = torch.stack([source[:, rows.starts[r] : rows.starts[r] + rows.tile,
                                             cols.starts[c] : cols.starts[c] + cols.tile] for r, c in batch])
                 with autocast(device, amp):
-                    logits = runner(tiles.to(device).contiguous(memory_format=torch.channels_last))
+                    logits = runner(tiles.to(device, dtype).contiguous(memory_format=torch.channels_last))
                 for (r, c), tile_logits in zip(batch, logits):
                     (y, keep_h), (x, keep_w) = rows.kept[r], cols.kept[c]
                     top, left = rows.keep_from[r], cols.keep_from[c]
@@ -698,7 +703,8 @@ def predict_iter(
         min_size: Smallest object kept, in pixels.
         channel_axis: Channel axis of a multi-channel image, if not guessed right.
         device: Torch device or "auto".
-        amp: Mixed precision on CUDA.
+        amp: Mixed precision where the device is faster with it: float16 on CUDA, bfloat16 on a
+            CPU with AMX (:func:`~napari_unet.core.device.inference_dtype`); False: float32.
         diameter: Typical object diameter in the image, in pixels, or "auto" to estimate
             it from a first prediction of the first plane (see :func:`estimate_diameter`).
         pixel_size: Pixel size ``(y, x)`` of the image in the model's unit, used when

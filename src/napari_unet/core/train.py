@@ -122,7 +122,8 @@ class TrainingConfig:
         patience: Stop after this many validations without improvement (None = never).
         seed: Random seed of patch sampling, augmentation and initialization.
         device: "auto", "cpu", "cuda" or "mps".
-        amp: Mixed precision on CUDA.
+        amp: Mixed precision where the device is faster with it: float16 on CUDA (with loss
+            scaling), bfloat16 on a CPU with AMX (:func:`~napari_unet.core.device.autocast`).
         augment: Augmentation strengths.
         freeze_norm: Keep the batch-norm statistics of the model being fine-tuned
             instead of re-estimating them from the few new images (None: only when
