@@ -224,3 +224,21 @@ def test_output_read_by_a_reader_that_stops_early_ends_quietly():
     error = child.stderr.read().decode()
     assert child.wait(timeout=120) == 0
     assert "Traceback" not in error and "BrokenPipe" not in error
+
+
+def test_train_float32_flag_turns_mixed_precision_off(sample_folder, tmp_path, monkeypatch, cpu_with_amx):
+    from napari_unet.core import train as core_train
+
+    configs = []
+    real = core_train.train_iter
+
+    def noting(samples, *args, config=None, **kwargs):
+        configs.append(config)
+        return real(samples, *args, config=config, **kwargs)
+
+    monkeypatch.setattr(core_train, "train_iter", noting)
+    arguments = ["train", "--images", str(sample_folder / "images"), "--labels", str(sample_folder / "labels"),
+                 "--epochs", "1", "--steps-per-epoch", "1", *TINY]
+    assert main([*arguments, "--out", str(tmp_path / "mixed.safetensors")]) == 0
+    assert main([*arguments, "--out", str(tmp_path / "exact.safetensors"), "--float32"]) == 0
+    assert [config.amp for config in configs] == [True, False]

@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --init: typical object diameter in the images, in pixels; they are rescaled so that "
                        "objects match the model's (default: from the pixel sizes when both are known, else none)")
     train.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
+    train.add_argument("--float32", action="store_true",
+                       help="train and validate in float32 (default: mixed precision where the device is faster with "
+                       "it: float16 on CUDA GPUs, bfloat16 on CPUs with Intel AMX, about twice as many steps a minute)")
     train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     train.set_defaults(handler=_train)
 
@@ -332,7 +335,8 @@ def _train(args) -> int:
         patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
         schedule=args.schedule, optimizer=args.optimizer, w0=args.w0, sigma=args.sigma, dice_weight=args.dice_weight,
         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, device=args.device,
-        augment=AugmentConfig(strength=args.augment), freeze_norm=False if args.train_norm else None,
+        amp=not args.float32, augment=AugmentConfig(strength=args.augment),
+        freeze_norm=False if args.train_norm else None,
     )
     network = NetworkConfig(depth=args.depth, base_width=args.base_width, num_classes=args.classes, padding=args.padding)
     print(f"training on {len(samples)} image(s), {'from scratch' if model is None else 'starting from ' + args.init}",
