@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks a GPU is needed for, in one run of about 6 minutes on an H100/H200: the
+# The checks a GPU is needed for, in one run of about 8 minutes on an H100/H200: the
 # CUDA tests, then the benchmarks whose GPU figures docs/benchmarks.md reports. Each
 # step has its own time limit, and a failing step does not stop the others.
 #
@@ -36,6 +36,8 @@ step bench_predict 120 python3 bench/bench_predict.py --device cuda --model nucl
 step bench_monai 180 python3 bench/bench_monai.py --device cuda
 step bench_augment 60 python3 bench/bench_augment.py --device cuda
 step bench_train_step 60 python3 bench/bench_train_step.py --device cuda
-for name in bench_predict bench_monai bench_augment bench_train_step; do
+step bench_postprocess 60 python3 bench/bench_postprocess.py --device cuda
+step bench_precision 90 python3 bench/bench_precision.py --device cuda
+for name in bench_predict bench_monai bench_augment bench_train_step bench_postprocess bench_precision; do
     tail -n 1 "$out/$name.log" >"$out/$name.json"
 done
