@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from napari_unet.core import predict as predict_module
 from napari_unet.core.bundle import Model
-from napari_unet.core.device import inference_dtype, resolve_device
+from napari_unet.core.device import resolve_device
 from napari_unet.core.errors import InputError
 from napari_unet.core.model import NetworkConfig, UNet
 from napari_unet.core.normalize import as_planes
@@ -72,8 +72,9 @@ def matmul_flops_per_s(device: torch.device, n: int | None = None, repeats: int 
         n: Matrix edge; default 2048 on a CPU and 8192 on a GPU, whose peak a smaller
             product does not reach (it is over before the GPU is busy).
         repeats: Timed products.
-        dtype: The network's precision (:func:`network_dtype`): the hardware limit of a
-            network run in float16 or bfloat16 is that precision's rate, not float32's.
+        dtype: The network's precision
+            (:func:`~napari_unet.core.device.mixed_precision_dtype`): the hardware limit
+            of a network run in float16 or bfloat16 is that precision's rate, not float32's.
     """
     n = n or (8192 if device.type == "cuda" else 2048)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -89,13 +90,6 @@ def matmul_flops_per_s(device: torch.device, n: int | None = None, repeats: int 
         synchronize(device)
         rates.append(2.0 * n**3 / (time.perf_counter() - start))
     return rates
-
-
-def network_dtype(device: torch.device, amp: bool = True) -> torch.dtype:
-    """The precision ``predict(..., amp=amp)`` runs the network at on ``device``."""
-    if amp and device.type == "cuda":
-        return torch.float16  # autocast around a float32 network
-    return inference_dtype(device, amp)
 
 
 def forward_flops(config: NetworkConfig, height: int, width: int) -> int:

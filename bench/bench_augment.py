@@ -29,7 +29,7 @@ from _common import environment, report, synchronize, torch_device, torch_parser
 
 from napari_unet.core.augment import augment_batch
 from napari_unet.core.bundle import Model
-from napari_unet.core.device import autocast
+from napari_unet.core.device import autocast, grad_scaler, mixed_precision_dtype
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.normalize import as_planes
 from napari_unet.core.synthetic import synthetic_nuclei
@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
     amp = config.amp  # as training: float16 on CUDA, bfloat16 on a CPU with AMX
     parameters = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+    scaler = grad_scaler(device, amp)
     fixed = sample()
     step_batch = augment(fixed)
 
@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
         "batch": batch,
         "window": window,
         "image": [size, size],
-        "amp": amp,
+        "amp": mixed_precision_dtype(device, amp) != torch.float32,
         "train_step_seconds_all": [round(t, 4) for t in steps],
         "augment_repeats": len(pipeline),
         **environment(device, args.quick),

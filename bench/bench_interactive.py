@@ -8,9 +8,10 @@ times ``napari_unet.core.predict.predict`` with its defaults (normalization, til
 most 1024 pixels, one per pass on a CPU, post-processing to labels) on a generated 512x512 nuclei
 image, interleaved with its peer: the plain forward pass of the same network (eval,
 ``torch.inference_mode``) over the normalized plane mirror-padded by predict's
-image border. Headline per network: ``ratio = peer_seconds / seconds`` (median over the
-pairs); also the network's FLOP rate in predict as a fraction of the fp32 matmul FLOP/s
-measured around each pair. Random He initialization, seed 0: speed does not depend on
+image border, under the autocast of predict's mixed precision (bfloat16 on a CPU with
+AMX, float16 on CUDA). Headline per network: ``ratio = peer_seconds / seconds`` (median
+over the pairs); also the network's FLOP rate in predict as a fraction of the matmul
+FLOP/s at the network's precision (``matmul_dtype``) measured around each pair. Random He initialization, seed 0: speed does not depend on
 the weights. The embedded ``nuclei`` model, with its trained weights, is measured too
 when the package ships it: it must take under a second. Prints one JSON object.
 
@@ -30,7 +31,6 @@ from _common import (
     environment,
     forward_flops,
     matmul_flops_per_s,
-    network_dtype,
     normalize_seconds,
     report,
     synchronize,
@@ -41,7 +41,7 @@ from _common import (
 )
 
 from napari_unet.core.bundle import Model
-from napari_unet.core.device import autocast
+from napari_unet.core.device import autocast, mixed_precision_dtype
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.normalize import as_planes
 from napari_unet.core.predict import _axis_tiling, predict
@@ -109,7 +109,7 @@ def measure(
         peers.append(time.perf_counter() - start)
         totals.append(seconds)
         posts.append(post)
-        matmul.append(matmul_flops_per_s(device, dtype=network_dtype(device)))
+        matmul.append(matmul_flops_per_s(device, dtype=mixed_precision_dtype(device)))
         around = statistics.median(matmul[-2] + matmul[-1])
         ratios.append(peers[-1] / seconds)
         # As in bench_predict.py: the network's share of predict is what remains after
@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
 
     # 120 nuclei on 512x512, as many per pixel at other sizes.
     image, labels = synthetic_nuclei((size, size), count=max(2, round(120 * size * size / 512**2)), seed=0)
-    matmul = [matmul_flops_per_s(device, dtype=network_dtype(device))]
+    matmul = [matmul_flops_per_s(device, dtype=mixed_precision_dtype(device))]
     torch.manual_seed(0)
     widget_cpu = measure(Model.new(NetworkConfig(depth=3, base_width=16)), image, repeats[0], device, matmul)
     default = measure(Model.new(NetworkConfig()), image, repeats[1], device, matmul)
@@ -183,10 +183,10 @@ def main(argv=None) -> dict:
         "default_network": default,
         "embedded_nuclei": embedded or "not shipped",
         "matmul_gflops_per_s": round(statistics.median(rates) / 1e9, 2),
-        "matmul_dtype": str(network_dtype(device)).removeprefix("torch."),
+        "matmul_dtype": str(mixed_precision_dtype(device)).removeprefix("torch."),
         "shape": [size, size],
         "objects": int(labels.max()),
-        "amp": network_dtype(device) != torch.float32,
+        "amp": mixed_precision_dtype(device) != torch.float32,
         "repeats": list(repeats),
         "matmul_gflops_per_s_all": [round(r / 1e9, 1) for r in rates],
         **environment(device, args.quick),

@@ -2,7 +2,7 @@
 
 ``predict`` runs its network in mixed precision by default where the device is faster
 with it (float16 on CUDA, bfloat16 on a CPU with Intel AMX; see
-``napari_unet.core.device.inference_dtype``) and in float32 with ``amp=False``
+``napari_unet.core.device.mixed_precision_dtype``) and in float32 with ``amp=False``
 (``--float32`` on the command line). This script predicts the same held-out images both
 ways, interleaved image by image so that a change of machine load hits both sides:
 
@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from _common import environment, network_dtype, report, synchronize, torch_device, torch_parser
+from _common import environment, report, synchronize, torch_device, torch_parser
 from scipy import ndimage
 
+from napari_unet.core.device import mixed_precision_dtype
 from napari_unet.core.metrics import average_precision, isbi_scores
 from napari_unet.core.predict import predict
 from napari_unet.core.registry import load_model
@@ -106,7 +107,7 @@ def main() -> None:
 
     report({
         "benchmark": "precision",
-        "precision": str(network_dtype(device)).removeprefix("torch."),
+        "precision": str(mixed_precision_dtype(device)).removeprefix("torch."),
         "nuclei": {"images": len(images), **comparison(*both_ways("nuclei", images, device), nuclei_scores)},
         "em_neurites": {"slices": len(cells), **comparison(*both_ways("em-neurites", list(volume), device), em_scores)},
         **environment(device, args.quick),

@@ -35,7 +35,6 @@ from _common import (
     environment,
     forward_flops,
     matmul_flops_per_s,
-    network_dtype,
     normalize_seconds,
     report,
     synchronize,
@@ -46,7 +45,7 @@ from _common import (
 )
 
 from napari_unet.core.bundle import Model
-from napari_unet.core.device import autocast
+from napari_unet.core.device import autocast, mixed_precision_dtype
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.normalize import as_planes
 from napari_unet.core.postprocess import foreground_probability, probabilities_to_labels
@@ -76,7 +75,7 @@ def main(argv=None) -> dict:
     size = args.size or (256 if args.quick else 2048 if device.type == "cuda" else 1024)
     repeats = args.repeats or (3 if device.type == "cuda" or args.quick else 1)
     amp = not args.no_amp
-    dtype = network_dtype(device, amp)  # the matmul reference runs at the network's precision
+    dtype = mixed_precision_dtype(device, amp)  # the matmul reference runs at the network's precision
 
     image, labels = synthetic_nuclei((size, size), count=max(2, round(505 * size * size / 1024**2)), seed=0)
     torch.manual_seed(0)

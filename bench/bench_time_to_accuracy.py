@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from _common import environment, network_dtype, report, torch_device, torch_parser
+from _common import environment, report, torch_device, torch_parser
 
+from napari_unet.core.device import mixed_precision_dtype
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.registry import load_model
 from napari_unet.core.train import TrainingConfig, TrainingSample, train_iter
@@ -129,7 +130,7 @@ def main() -> None:
         svg(results, args.svg)
     report({"benchmark": "time to accuracy, fine-tuning nuclei on 10 images", "minutes_per_kind": minutes,
             "fine_tune_images": 10, "validation_images": len(validation_pairs), "tolerance": TOLERANCE,
-            "precision": str(network_dtype(torch.device(device), not args.no_amp)).removeprefix("torch."),
+            "precision": str(mixed_precision_dtype(torch.device(device), not args.no_amp)).removeprefix("torch."),
             "results": results, **environment(torch.device(device), args.quick)})
 
 

@@ -22,10 +22,10 @@ import time
 
 import numpy as np
 import torch
-from _common import environment, matmul_flops_per_s, network_dtype, report, synchronize, torch_device, torch_parser
+from _common import environment, matmul_flops_per_s, report, synchronize, torch_device, torch_parser
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_unet.core.device import autocast
+from napari_unet.core.device import autocast, grad_scaler, mixed_precision_dtype
 from napari_unet.core.model import NetworkConfig, UNet
 from napari_unet.core.normalize import Normalization
 from napari_unet.core.synthetic import synthetic_nuclei
@@ -62,13 +62,13 @@ def main(argv=None) -> dict:
     batch = args.batch or (2 if args.quick else 4)
     repeats = args.repeats or (2 if args.quick else 3 if device.type == "cpu" else 20)
     amp = not args.no_amp
-    dtype = network_dtype(device, amp)  # the matmul reference runs at the step's precision
+    dtype = mixed_precision_dtype(device, amp)  # the matmul reference runs at the step's precision
 
     torch.manual_seed(0)
     network = UNet(NetworkConfig()).to(device)
     network.train()
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+    scaler = grad_scaler(device, amp)
     images, targets, weights, masks = (t.to(device) for t in training_batch(batch, patch))
 
     def step():

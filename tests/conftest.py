@@ -52,6 +52,23 @@ def cpu_with_amx(monkeypatch):
 
 
 @pytest.fixture
+def inference_dtypes(monkeypatch) -> list:
+    """The dtype of the network copy each tile loop of a prediction runs, in order."""
+    from napari_unet.core import predict as core_predict
+
+    dtypes = []
+    real = core_predict._inference_network
+
+    def noting(network, device, compiled_for=None, amp=False):
+        copy = real(network, device, compiled_for, amp)
+        dtypes.append(next(copy.parameters()).dtype)
+        return copy
+
+    monkeypatch.setattr(core_predict, "_inference_network", noting)
+    return dtypes
+
+
+@pytest.fixture
 def one_torch_thread():
     """Run torch on one thread: faster for tiny networks, and steady on a shared CPU."""
     import torch

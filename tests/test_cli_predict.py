@@ -241,24 +241,13 @@ def test_compile_flag_compiles_the_network_once_for_all_planes(tmp_path, model_f
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / name), tifffile.imread(tmp_path / "plain" / name))
 
 
-def test_float32_flag_predicts_in_float32_where_mixed_precision_would_not(tmp_path, model_file, inputs, monkeypatch,
-                                                                         cpu_with_amx):
-    from napari_unet.core import predict as core_predict
-
-    dtypes = []
-    real = core_predict._inference_network
-
-    def record(network, device, compiled_for=None, amp=False):
-        copy = real(network, device, compiled_for, amp)
-        dtypes.append(next(copy.parameters()).dtype)
-        return copy
-
-    monkeypatch.setattr(core_predict, "_inference_network", record)
+def test_float32_flag_predicts_in_float32_where_mixed_precision_would_not(tmp_path, model_file, inputs,
+                                                                         cpu_with_amx, inference_dtypes):
     assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "mixed"), *FAST]) == 0
-    assert set(dtypes) == {torch.bfloat16}
-    dtypes.clear()
+    assert set(inference_dtypes) == {torch.bfloat16}
+    inference_dtypes.clear()
     assert main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "exact"), "--float32", *FAST]) == 0
-    assert set(dtypes) == {torch.float32}
+    assert set(inference_dtypes) == {torch.float32}
 
 
 def test_tta_flag_writes_the_orientation_averaged_labels(tmp_path, model_file, inputs):

@@ -239,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
     predict.add_argument("--float32", action="store_true",
                          help="run the network in float32 (default: mixed precision where the device is faster "
-                         "with it: float16 on CUDA GPUs, bfloat16 on CPUs with Intel AMX; the same objects, "
-                         "probabilities that differ in the second or third digit)")
+                         "with it: float16 on CUDA GPUs, bfloat16 on CPUs with Intel AMX, about twice as fast; "
+                         "probabilities that differ in the second or third digit, which moves a few outlines)")
     predict.add_argument("--compile", action="store_true",
                          help="compile the network first (torch.compile; on a CPU it needs a C++ compiler): about 8 %% "
                          "faster on 1024x1024 planes after 10-25 s per image size, for long stacks and batches "

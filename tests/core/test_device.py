@@ -8,7 +8,15 @@ import warnings
 import pytest
 import torch
 
-from napari_unet.core.device import _cpu_has_amx, autocast, available_devices, inference_dtype, resolve_device
+from napari_unet.core.device import (
+    _cpu_has_amx,
+    autocast,
+    available_devices,
+    grad_scaler,
+    inference_dtype,
+    mixed_precision_dtype,
+    resolve_device,
+)
 from napari_unet.core.errors import InputError
 
 HAS_CUDA = torch.cuda.is_available()
@@ -91,13 +99,23 @@ def test_autocast_uses_float16_on_cuda_only_when_enabled():
     assert isinstance(autocast(torch.device("mps"), enabled=True), contextlib.nullcontext)
 
 
-def test_mixed_precision_converts_to_bfloat16_on_a_cpu_with_amx_only(cpu_with_amx):
-    cpu = torch.device("cpu")
-    assert inference_dtype(cpu, amp=True) == torch.bfloat16
-    assert inference_dtype(cpu, amp=False) == torch.float32
-    # CUDA's mixed precision is autocast around a float32 copy; MPS runs float32.
-    assert inference_dtype(torch.device("cuda"), amp=True) == torch.float32
-    assert inference_dtype(torch.device("mps"), amp=True) == torch.float32
+@pytest.mark.parametrize("amx", [True, False])
+def test_mixed_precision_is_float16_on_cuda_and_bfloat16_on_a_cpu_with_amx(amx, monkeypatch):
+    from napari_unet.core import device
+
+    monkeypatch.setattr(device, "_cpu_has_amx", lambda: amx)
+    cpu, cuda, mps = (torch.device(name) for name in ("cpu", "cuda", "mps"))
+    assert mixed_precision_dtype(cpu) == (torch.bfloat16 if amx else torch.float32)
+    assert mixed_precision_dtype(cuda) == torch.float16
+    assert mixed_precision_dtype(mps) == torch.float32
+    assert {mixed_precision_dtype(d, amp=False) for d in (cpu, cuda, mps)} == {torch.float32}
+    # Only a bfloat16 copy is converted; CUDA's is autocast around a float32 one.
+    assert inference_dtype(cpu) == mixed_precision_dtype(cpu)
+    assert inference_dtype(cuda) == inference_dtype(mps) == inference_dtype(cpu, amp=False) == torch.float32
+    # Loss scaling for float16 only (a scaler turns itself off without CUDA: its request is checked).
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device_type, enabled: (device_type, enabled))
+    assert grad_scaler(cuda, amp=True) == ("cuda", True)
+    assert grad_scaler(cuda, amp=False) == grad_scaler(cpu, amp=True) == ("cuda", False)
 
 
 def test_autocast_on_a_cpu_with_amx_is_bfloat16_when_enabled(cpu_with_amx):
@@ -106,11 +124,6 @@ def test_autocast_on_a_cpu_with_amx_is_bfloat16_when_enabled(cpu_with_amx):
     with autocast(cpu, enabled=True):
         product = torch.randn(8, 8) @ torch.randn(8, 8)
     assert product.dtype == torch.bfloat16
-
-
-def test_a_cpu_without_amx_predicts_in_float32():
-    # The suite's default (conftest): no AMX, whatever this machine has.
-    assert inference_dtype(torch.device("cpu"), amp=True) == torch.float32
 
 
 # (_cpu_has_amx, imported when this module was, is the real probe, not the suite's stand-in)

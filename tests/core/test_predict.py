@@ -717,6 +717,17 @@ def test_a_cpu_with_amx_predicts_with_a_bfloat16_copy_close_to_float32(cpu_with_
     assert 0 < difference.mean() < 0.01 and difference.max() < 0.1
 
 
+@pytest.mark.parametrize("options", [{"test_time_augmentation": True}, {"diameter": "auto"}],
+                         ids=["eight orientations", "estimated diameter"])
+def test_bfloat16_serves_every_way_of_predicting(cpu_with_amx, options):
+    model = Model(network=_network(depth=2, base_width=8), object_diameter=10.0)
+    image = _random_plane((90, 110))[0]
+    exact = predict(model, image, device="cpu", amp=False, **options)
+    mixed = predict(model, image, device="cpu", **options)
+    assert mixed.probability.dtype == np.float32 and mixed.labels.dtype == exact.labels.dtype
+    assert 0 < np.abs(mixed.probability - exact.probability).max() < 0.1
+
+
 def test_inference_copy_computes_what_the_network_computes():
     net = _network(depth=3, base_width=8)
     x = torch.from_numpy(_random_plane((64, 48)))[None]

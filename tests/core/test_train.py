@@ -596,15 +596,23 @@ def test_a_checkpoint_that_is_not_a_model_files_name_is_refused_before_training(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_cpu_with_amx_trains_in_bfloat16_and_keeps_float32_weights(nuclei, tiny_config, cpu_with_amx):
+@pytest.mark.parametrize("amp", [True, False])
+def test_a_cpu_with_amx_trains_and_validates_in_bfloat16_unless_told(nuclei, tiny_config, cpu_with_amx, amp,
+                                                                     inference_dtypes):
     image, labels = nuclei
     model = Model.new(tiny_config)
-    seen = []
-    model.network.head.register_forward_hook(
-        lambda module, inputs, output: seen.append((module.training, output.dtype)))
-    result = train([TrainingSample(image, labels)], model=model, config=TrainingConfig(**FAST))
-    steps = {dtype for training, dtype in seen if training}
-    assert steps == {torch.bfloat16}
+    steps = []
+
+    def note_step(module, inputs, output):
+        if module.training:
+            steps.append(output.dtype)
+
+    model.network.head.register_forward_hook(note_step)
+    config = TrainingConfig(**dict(FAST, val_fraction=0.2, amp=amp))
+    result = train([TrainingSample(image, labels)], model=model, config=config)
+    expected = torch.bfloat16 if amp else torch.float32
+    assert set(steps) == {expected} and inference_dtypes and set(inference_dtypes) == {expected}
     assert all(tensor.dtype == torch.float32 for tensor in result.model.network.state_dict().values()
                if tensor.is_floating_point())
-    assert result.history and all(np.isfinite(record["loss"]) for record in result.history)
+    losses = [record["loss"] for record in result.history if record.get("loss") is not None]
+    assert losses and all(np.isfinite(losses))

@@ -509,7 +509,9 @@ def predict_files_iter(
 
 def _batch_settings(model: Model, options: dict, channel: int | None) -> dict:
     """What decides a batch's labels: the model's weights and the settings of post-processing,
-    object size and channel (not the tiling or the device, which give the same labels)."""
+    object size and channel. Not the tiling, which gives the same labels, nor the device
+    and its precision (float16 on CUDA, bfloat16 on a CPU with AMX), which move only a
+    few outlines: a batch resumed on another machine is not warned about."""
     weights = hashlib.sha256()
     for name, tensor in model.network.state_dict().items():
         weights.update(name.encode())

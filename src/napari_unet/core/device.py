@@ -9,8 +9,8 @@ import torch
 
 from .errors import InputError, InputWarning
 
-__all__ = ["resolve_device", "autocast", "inference_dtype", "available_devices", "is_out_of_memory",
-           "smaller_batch_after"]
+__all__ = ["resolve_device", "mixed_precision_dtype", "autocast", "inference_dtype", "grad_scaler",
+           "available_devices", "is_out_of_memory", "smaller_batch_after"]
 
 
 def available_devices() -> list[str]:
@@ -48,35 +48,49 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or mps") from error
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """Mixed precision around a network's forward pass when ``enabled``, a no-op where it does not pay.
+def mixed_precision_dtype(device: torch.device, amp: bool = True) -> torch.dtype:
+    """What mixed precision (``amp``) computes in on ``device``.
 
-    float16 on CUDA; bfloat16 on a CPU with Intel AMX (see :func:`inference_dtype`): a
-    training step of the default network on 2 cores takes half the time. Elsewhere
-    (other CPUs, Apple MPS) float32.
+    float16 on CUDA. bfloat16 on a CPU with Intel AMX: its matrix units multiply
+    bfloat16 three to four times as fast as its vector units multiply float32 (on 2
+    cores a plane goes through ``nuclei`` 1.5 to 2.5 times as fast, a training step of
+    the default network 2.6 times), and bfloat16 keeps float32's range, so training
+    needs no loss scaling; convolutions still sum in float32. float32 when ``amp`` is
+    off, on Apple MPS, and on CPUs without AMX, where bfloat16 gains less or is
+    emulated (not measured here).
     """
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if inference_dtype(device, enabled) == torch.bfloat16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    if not amp:
+        return torch.float32
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and _cpu_has_amx():
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """Autocast to :func:`mixed_precision_dtype` around a network's forward pass; a no-op where that is float32."""
+    dtype = mixed_precision_dtype(device, enabled)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def inference_dtype(device: torch.device, amp: bool = True) -> torch.dtype:
     """The dtype an inference copy of a network is converted to on ``device``.
 
-    bfloat16 on a CPU with Intel AMX when mixed precision is asked for: its matrix
-    units multiply bfloat16 about three times as fast as the vector units multiply
-    float32 (a 1024x1024 plane through ``nuclei`` 2 to 2.6 times as fast on 2 cores), and
-    bfloat16 keeps float32's range, so no loss scaling is needed; the convolutions still
-    sum in float32. A copy converted whole, rather than :func:`autocast` around a float32
-    one, because autocast leaves oneDNN's fused convolutions alone. float32 everywhere
-    else: on CUDA mixed precision is autocast around a float32 network, and CPUs without
-    AMX stay in float32, where bfloat16 gains less or is emulated (not measured here).
+    bfloat16 where mixed precision is bfloat16 (a CPU with AMX): the copy is converted
+    whole, as autocast would leave oneDNN's fused convolutions
+    (:mod:`~napari_unet.core.onednn`) in float32. float32 elsewhere; on CUDA mixed
+    precision is :func:`autocast` around the float32 copy.
     """
-    if amp and device.type == "cpu" and _cpu_has_amx():
-        return torch.bfloat16
-    return torch.float32
+    dtype = mixed_precision_dtype(device, amp)
+    return dtype if dtype == torch.bfloat16 else torch.float32
+
+
+def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
+    """Loss scaling for a training step: on for float16 (CUDA), a pass-through for every other precision."""
+    return torch.amp.GradScaler("cuda", enabled=mixed_precision_dtype(device, amp) == torch.float16)
 
 
 def _cpu_has_amx() -> bool:

@@ -31,7 +31,14 @@ import numpy as np
 import torch
 
 from .bundle import Model
-from .device import autocast, inference_dtype, is_out_of_memory, resolve_device, smaller_batch_after
+from .device import (
+    autocast,
+    inference_dtype,
+    is_out_of_memory,
+    mixed_precision_dtype,
+    resolve_device,
+    smaller_batch_after,
+)
 from .errors import ImageWarning, InputError, InputWarning
 from .memory import available_memory
 from .model import UNet
@@ -242,6 +249,15 @@ def _inference_network(network: UNet, device: torch.device, compiled_for: torch.
     return copies[kind][1]
 
 
+def _autocast_around(copy_dtype: torch.dtype, device: torch.device, amp: bool):
+    """Autocast around an inference copy: none for one converted to bfloat16, float16 on CUDA around a float32 one.
+
+    Compiling and running must agree on it: a compiled network is compiled again when
+    the autocast around it changes.
+    """
+    return autocast(device, amp and copy_dtype == torch.float32)
+
+
 def _compiled(network: UNet, example: torch.Tensor, device: torch.device, amp: bool) -> torch.nn.Module:
     """``network`` compiled by ``torch.compile`` and run once on ``example``; itself if that fails.
 
@@ -255,7 +271,7 @@ def _compiled(network: UNet, example: torch.Tensor, device: torch.device, amp: b
     logger.info("compiling the network for tiles of %dx%d pixels (once per tile size)", *example.shape[-2:])
     compiled = torch.compile(network, options={"freezing": True})
     try:
-        with torch.inference_mode(), autocast(device, amp):
+        with torch.inference_mode(), _autocast_around(example.dtype, device, amp):
             compiled(example)
     except Exception as error:  # noqa: BLE001 - whatever stops the compiler, the plain network can do the work
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -270,7 +286,7 @@ def _tiles_that_fit(network: UNet, tile_shape: tuple[int, int], device: torch.de
     if device.type != "cuda":
         return None
     free, _ = torch.cuda.mem_get_info(device)
-    per_tile = _bytes_per_tile_pixel(network, 2 if amp else 4) * tile_shape[0] * tile_shape[1]
+    per_tile = _bytes_per_tile_pixel(network, mixed_precision_dtype(device, amp).itemsize) * tile_shape[0] * tile_shape[1]
     return max(1, int(0.8 * free) // per_tile)
 
 
@@ -313,7 +329,7 @@ def predict_probabilities(
             whenever the device runs out of memory.
         device: Torch device or "auto".
         amp: Mixed precision where the device is faster with it: float16 on CUDA, bfloat16 on a
-            CPU with AMX (:func:`~napari_unet.core.device.inference_dtype`); False: float32.
+            CPU with AMX (:func:`~napari_unet.core.device.mixed_precision_dtype`); False: float32.
         compile_network: Compile the network with ``torch.compile`` first (see
             :func:`_compiled`); pays off over many planes of the same size.
 
@@ -364,7 +380,7 @@ def _stitched_probabilities(network: UNet, plane: np.ndarray, tile_size: int | N
             with torch.inference_mode():
                 tiles = torch.stack([source[:, rows.starts[r] : rows.starts[r] + rows.tile,
                                             cols.starts[c] : cols.starts[c] + cols.tile] for r, c in batch])
-                with autocast(device, amp):
+                with _autocast_around(dtype, device, amp):
                     logits = runner(tiles.to(device, dtype).contiguous(memory_format=torch.channels_last))
                 for (r, c), tile_logits in zip(batch, logits):
                     (y, keep_h), (x, keep_w) = rows.kept[r], cols.kept[c]
@@ -704,7 +720,7 @@ def predict_iter(
         channel_axis: Channel axis of a multi-channel image, if not guessed right.
         device: Torch device or "auto".
         amp: Mixed precision where the device is faster with it: float16 on CUDA, bfloat16 on a
-            CPU with AMX (:func:`~napari_unet.core.device.inference_dtype`); False: float32.
+            CPU with AMX (:func:`~napari_unet.core.device.mixed_precision_dtype`); False: float32.
         diameter: Typical object diameter in the image, in pixels, or "auto" to estimate
             it from a first prediction of the first plane (see :func:`estimate_diameter`).
         pixel_size: Pixel size ``(y, x)`` of the image in the model's unit, used when

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .annotation import labelled_planes_mask
 from .augment import AugmentConfig, augment_batch
 from .bundle import Model
-from .device import autocast, resolve_device, smaller_batch_after
+from .device import autocast, grad_scaler, resolve_device, smaller_batch_after
 from .errors import InputError, InputWarning, ModelFileError
 from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
@@ -123,7 +123,8 @@ class TrainingConfig:
         seed: Random seed of patch sampling, augmentation and initialization.
         device: "auto", "cpu", "cuda" or "mps".
         amp: Mixed precision where the device is faster with it: float16 on CUDA (with loss
-            scaling), bfloat16 on a CPU with AMX (:func:`~napari_unet.core.device.autocast`).
+            scaling), bfloat16 on a CPU with AMX
+            (:func:`~napari_unet.core.device.mixed_precision_dtype`); validations too.
         augment: Augmentation strengths.
         freeze_norm: Keep the batch-norm statistics of the model being fine-tuned
             instead of re-estimating them from the few new images (None: only when
@@ -522,7 +523,7 @@ def _tuned_threshold(model: Model, planes: list, device: torch.device, amp: bool
 
 
 def tune_threshold(model: Model, samples: Sequence[TrainingSample], device: str | torch.device = "auto",
-                   diameter: float | None = None) -> float:
+                   diameter: float | None = None, amp: bool = True) -> float:
     """Choose ``model.threshold`` on fully annotated images, as training does at its end.
 
     For models trained elsewhere or before thresholds were chosen. Changes ``model``.
@@ -532,13 +533,15 @@ def tune_threshold(model: Model, samples: Sequence[TrainingSample], device: str 
         samples: Annotated images (only fully annotated planes count).
         device: Torch device or "auto".
         diameter: Typical object diameter in the images, in pixels (resized as in training).
+        amp: Predict them in mixed precision where the device is faster with it (see
+            :func:`~napari_unet.core.device.mixed_precision_dtype`), as prediction does by default.
 
     Returns:
         The chosen threshold (also set on ``model``).
     """
     factor = scale_factor(model, diameter, None)
     planes = [_resized(plane, factor) for plane in _split_planes(samples, model.config.in_channels)]
-    model.threshold = _tuned_threshold(model, planes, resolve_device(device), amp=True)
+    model.threshold = _tuned_threshold(model, planes, resolve_device(device), amp=amp)
     return model.threshold
 
 
@@ -652,7 +655,7 @@ def train_iter(
         optimizer = torch.optim.SGD(
             parameters, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
         )
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    scaler = grad_scaler(device, config.amp)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
 
