@@ -41,6 +41,7 @@ from napari_unet.core.train import (
     _loss,
     _PatchSampler,
     _prepare_plane,
+    training_memory_format,
 )
 
 
@@ -72,7 +73,7 @@ def main(argv=None) -> dict:
     config = TrainingConfig(patch_size=patch, batch_size=batch, learning_rate=SCRATCH_LEARNING_RATE, device=str(device))
     torch.manual_seed(config.seed)
     model = Model.new(NetworkConfig())
-    network = model.network.to(device)
+    network = model.network.to(device, memory_format=training_memory_format(device))  # as train_iter
 
     # As train_iter: the input and output sizes, and the larger window that augmentation
     # deforms so that rotation and deformation pull in real context.
@@ -110,6 +111,7 @@ def main(argv=None) -> dict:
 
     def train_step():
         images, targets, weights, masks = step_batch
+        images = images.to(memory_format=training_memory_format(device))
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
             logits = network(images)

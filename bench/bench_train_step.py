@@ -2,7 +2,8 @@
 
 One training step is what ``train_iter`` does per batch: forward, the weighted
 cross-entropy, backward and an Adam step (mixed precision as in training: float16 on
-CUDA, bfloat16 on a CPU with AMX; ``--no-amp`` for float32). The network's FLOPs per
+CUDA, bfloat16 on a CPU with AMX; ``--no-amp`` for float32; channels-last maps on a
+CPU, as in training). The network's FLOPs per
 step are counted with ``torch.utils.flop_counter.FlopCounterMode``; the machine's matmul
 rate at the step's precision is measured in the same process with 2048x2048
 ``torch.matmul`` (8192x8192 on CUDA). The headline is ``flops_fraction_of_matmul``: achieved FLOP/s of the
@@ -30,7 +31,7 @@ from napari_unet.core.model import NetworkConfig, UNet
 from napari_unet.core.normalize import Normalization
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.targets import border_weights, class_targets
-from napari_unet.core.train import _loss
+from napari_unet.core.train import _loss, training_memory_format
 
 
 def training_batch(batch: int, patch: int, seed: int = 0):
@@ -65,11 +66,12 @@ def main(argv=None) -> dict:
     dtype = mixed_precision_dtype(device, amp)  # the matmul reference runs at the step's precision
 
     torch.manual_seed(0)
-    network = UNet(NetworkConfig()).to(device)
+    network = UNet(NetworkConfig()).to(device, memory_format=training_memory_format(device))  # as train_iter
     network.train()
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
     scaler = grad_scaler(device, amp)
     images, targets, weights, masks = (t.to(device) for t in training_batch(batch, patch))
+    images = images.to(memory_format=training_memory_format(device))
 
     def step():
         optimizer.zero_grad(set_to_none=True)

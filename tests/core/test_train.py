@@ -616,3 +616,18 @@ def test_a_cpu_with_amx_trains_and_validates_in_bfloat16_unless_told(nuclei, tin
                if tensor.is_floating_point())
     losses = [record["loss"] for record in result.history if record.get("loss") is not None]
     assert losses and all(np.isfinite(losses))
+
+
+def test_a_cpu_trains_on_channels_last_maps_and_gives_the_weights_back_in_the_usual_layout(nuclei, tiny_config):
+    image, labels = nuclei
+    model = Model.new(tiny_config)
+    layouts = []
+
+    def note_layout(module, inputs, output):
+        if module.training:
+            layouts.append(output.is_contiguous(memory_format=torch.channels_last))
+
+    model.network.down[1].register_forward_hook(note_layout)  # a map of several channels
+    result = train([TrainingSample(image, labels)], model=model, config=TrainingConfig(**FAST))
+    assert layouts and all(layouts)
+    assert all(tensor.is_contiguous() for tensor in result.model.network.state_dict().values())
