@@ -62,7 +62,7 @@ def test_batch_segments_a_folder_into_labels_beside_it_and_opens_a_result(batch_
     # The tile size field reads 0, "auto": the core's default.
     assert widget.tile_size.value == 0 and "auto" in widget.tile_size.label
     assert (seen["threshold"], seen["min_size"], seen["tile_size"], seen["device"]) == (0.55, 3, None, "cpu")
-    assert seen["compile_network"] is False and seen["test_time_augmentation"] is False
+    assert seen["compile_network"] is False and seen["test_time_augmentation"] is False and seen["amp"] is True
     assert seen["diameter"] is None and seen["probability"] is False and seen["channel"] is None
     assert seen["intensity_range"] == (0.0, 5000.0)
     out = tmp_path / "in" / "labels"

@@ -122,6 +122,10 @@ class BatchWidget(ScrollingDock):
             tooltip="Segment again the files whose label files exist. Off: they are kept and skipped, so that a "
             "rerun goes on where the last one stopped.")
         self.device = device_choice()
+        self.float32 = CheckBox(
+            label="float32", value=False,
+            tooltip="Run the network in float32. Off: mixed precision where the device is faster with it (float16 "
+            "on CUDA GPUs, bfloat16 on CPUs with Intel AMX), about twice as fast; a few outlines move.")
         self.compile = CheckBox(label="compile network", value=False,
                                 tooltip="Compile the network before the first plane (torch.compile): about 8 % "
                                 "faster on a CPU after 10-25 s per image size; worth it for long batches.")
@@ -136,7 +140,7 @@ class BatchWidget(ScrollingDock):
         self.contents.extend([
             self.inputs, self.out_dir, self.model, self.tile_size, self.threshold, self.min_size, self.orientations,
             self.diameter, self.estimate_diameter, self.intensity_range, self.channel, self.probability,
-            self.overwrite, self.device, self.compile,
+            self.overwrite, self.device, self.float32, self.compile,
             self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
         ])
         self.inputs.changed.connect(self._update_default_output)
@@ -184,7 +188,8 @@ class BatchWidget(ScrollingDock):
             overwrite=self.overwrite.value,
             channel=None if self.channel.value < 0 else self.channel.value,
             stop=self._stop, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
-            min_size=self.min_size.value, device=self.device.value, compile_network=self.compile.value,
+            min_size=self.min_size.value, device=self.device.value, amp=not self.float32.value,
+            compile_network=self.compile.value,
             diameter="auto" if self._estimating else (self.diameter.value or None),
             test_time_augmentation=self.orientations.value, intensity_range=intensity_range,
             _start_thread=False, _ignore_errors=True,
