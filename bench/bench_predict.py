@@ -8,7 +8,9 @@ The peer is the plain whole-image forward pass of the same network (eval mode,
 ``torch.inference_mode``) on the normalized image mirror-padded by predict's
 image border, which is the least network work that gives the same result. Headline:
 ``ratio = megapixels_per_s / peer_megapixels_per_s``. Also reported: the FLOP rate of
-the tile loop as a fraction of the fp32 matmul FLOP/s measured in the same process, and
+the tile loop as a fraction of the matmul FLOP/s at the network's precision (fp32, or
+that of predict's mixed precision: float16 on CUDA, bfloat16 on a CPU with AMX, where
+the peer runs under the same autocast) measured in the same process, and
 the share of the time spent in each stage (post-processing in particular). Prints one
 JSON object.
 
