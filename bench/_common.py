@@ -92,6 +92,11 @@ def matmul_flops_per_s(device: torch.device, n: int | None = None, repeats: int 
     return rates
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A dtype as the JSON figures name it: "float32", "float16", "bfloat16"."""
+    return str(dtype).removeprefix("torch.")
+
+
 def forward_flops(config: NetworkConfig, height: int, width: int) -> int:
     """FLOPs of one forward pass of a (1, C, height, width) input, counted on the meta device."""
     network = UNet(config).to("meta").eval()

@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 from _common import (
+    dtype_name,
     environment,
     forward_flops,
     matmul_flops_per_s,
@@ -183,7 +184,7 @@ def main(argv=None) -> dict:
         "default_network": default,
         "embedded_nuclei": embedded or "not shipped",
         "matmul_gflops_per_s": round(statistics.median(rates) / 1e9, 2),
-        "matmul_dtype": str(mixed_precision_dtype(device)).removeprefix("torch."),
+        "matmul_dtype": dtype_name(mixed_precision_dtype(device)),
         "shape": [size, size],
         "objects": int(labels.max()),
         "amp": mixed_precision_dtype(device) != torch.float32,

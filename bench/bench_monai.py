@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from _common import environment, report, synchronize, torch_device, torch_parser
+from _common import dtype_name, environment, report, synchronize, torch_device, torch_parser
 
 from napari_unet.core.device import autocast, mixed_precision_dtype
 from napari_unet.core.metrics import average_precision
@@ -159,7 +159,7 @@ def main() -> None:
     ]
     report({"benchmark": "prediction vs MONAI sliding_window_inference", "model": "nuclei", "tile": tile,
             "batch": default_tiles_per_pass(device), "overlap_peer": 0.25, "crops": len(crops),
-            "precision": str(mixed_precision_dtype(device, amp)).removeprefix("torch."), "results": results,
+            "precision": dtype_name(mixed_precision_dtype(device, amp)), "results": results,
             **environment(device, args.quick)})
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from _common import environment, report, synchronize, torch_device, torch_parser
+from _common import dtype_name, environment, report, synchronize, torch_device, torch_parser
 from scipy import ndimage
 
 from napari_unet.core.device import mixed_precision_dtype
@@ -107,7 +107,7 @@ def main() -> None:
 
     report({
         "benchmark": "precision",
-        "precision": str(mixed_precision_dtype(device)).removeprefix("torch."),
+        "precision": dtype_name(mixed_precision_dtype(device)),
         "nuclei": {"images": len(images), **comparison(*both_ways("nuclei", images, device), nuclei_scores)},
         "em_neurites": {"slices": len(cells), **comparison(*both_ways("em-neurites", list(volume), device), em_scores)},
         **environment(device, args.quick),

@@ -34,6 +34,7 @@ import time
 import numpy as np
 import torch
 from _common import (
+    dtype_name,
     environment,
     forward_flops,
     matmul_flops_per_s,
@@ -190,7 +191,7 @@ def main(argv=None) -> dict:
         "tile_loop_gflops_per_s": round(tile_flops / loop_s / 1e9, 2),
         "peer_gflops_per_s": round(peer_flops / peer_s / 1e9, 2),
         "matmul_gflops_per_s": round(mm_rate / 1e9, 2),
-        "matmul_dtype": str(dtype).removeprefix("torch."),
+        "matmul_dtype": dtype_name(dtype),
         "share_normalize": round(normalize_s / total_s, 4),
         "share_tile_loop": round(loop_s / total_s, 4),
         "share_postprocess": round(post_s / total_s, 4),

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from _common import environment, report, torch_device, torch_parser
+from _common import dtype_name, environment, report, torch_device, torch_parser
 
 from napari_unet.core.device import mixed_precision_dtype
 from napari_unet.core.progress import run_to_end
@@ -130,7 +130,7 @@ def main() -> None:
         svg(results, args.svg)
     report({"benchmark": "time to accuracy, fine-tuning nuclei on 10 images", "minutes_per_kind": minutes,
             "fine_tune_images": 10, "validation_images": len(validation_pairs), "tolerance": TOLERANCE,
-            "precision": str(mixed_precision_dtype(torch.device(device), not args.no_amp)).removeprefix("torch."),
+            "precision": dtype_name(mixed_precision_dtype(torch.device(device), not args.no_amp)),
             "results": results, **environment(torch.device(device), args.quick)})
 
 

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import torch
-from _common import environment, matmul_flops_per_s, report, synchronize, torch_device, torch_parser
+from _common import dtype_name, environment, matmul_flops_per_s, report, synchronize, torch_device, torch_parser
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_unet.core.device import autocast, grad_scaler, mixed_precision_dtype
@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
         "step_seconds": round(step_s, 4),
         "achieved_gflops_per_s": round(achieved / 1e9, 2),
         "matmul_gflops_per_s": round(mm_rate / 1e9, 2),
-        "matmul_dtype": str(dtype).removeprefix("torch."),
+        "matmul_dtype": dtype_name(dtype),
         "gflops_per_step": round(flops_per_step / 1e9, 2),
         "patch": patch,
         "batch": batch,
