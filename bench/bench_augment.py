@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     image, labels = synthetic_nuclei((size, size), count=max(2, round(505 * size * size / 1024**2)), seed=0)
     planes, _ = as_planes(image, model.config.in_channels)
     start = time.perf_counter()
-    plane = _prepare_plane(model, config, planes[0], labels, np.ones(labels.shape, bool), window)
+    plane = _prepare_plane(model, config, model.normalization(planes[0]), labels, np.ones(labels.shape, bool), window)
     prepare_seconds = time.perf_counter() - start
     sampler = _PatchSampler([plane], window, np.random.default_rng(config.seed))
     ahead = _BatchesAhead(_PatchSampler([plane], window, np.random.default_rng(config.seed)))

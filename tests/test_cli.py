@@ -242,3 +242,26 @@ def test_train_float32_flag_turns_mixed_precision_off(sample_folder, tmp_path, m
     assert main([*arguments, "--out", str(tmp_path / "mixed.safetensors")]) == 0
     assert main([*arguments, "--out", str(tmp_path / "exact.safetensors"), "--float32"]) == 0
     assert [config.amp for config in configs] == [True, False]
+
+
+def test_train_intensity_range_reaches_the_training_and_validation_images(sample_folder, tmp_path, monkeypatch,
+                                                                          capsys):
+    from napari_unet.core import train as core_train
+
+    samples = []
+    real = core_train.train_iter
+
+    def noting(training, *args, validation_samples=None, **kwargs):
+        samples.extend([*training, *validation_samples])
+        return real(training, *args, validation_samples=validation_samples, **kwargs)
+
+    monkeypatch.setattr(core_train, "train_iter", noting)
+    arguments = ["train", "--images", str(sample_folder / "images" / "nuclei_00[01].tif"),
+                 "--labels", str(sample_folder / "labels"), "--val-images", str(sample_folder / "images" / "nuclei_002.tif"),
+                 "--val-labels", str(sample_folder / "labels"), "--epochs", "1", "--steps-per-epoch", "1", *TINY]
+    assert main([*arguments, "--out", str(tmp_path / "ranged.safetensors"), "--intensity-range", "0", "2000"]) == 0
+    assert len(samples) == 3 and {sample.intensity_range for sample in samples} == {(0.0, 2000.0)}
+    samples.clear()
+    assert main([*arguments, "--out", str(tmp_path / "bad.safetensors"), "--intensity-range", "9", "1"]) == 2
+    assert _error_line(capsys) == "napari-unet: error: an intensity range is two numbers, the lower first (got 9 and 1)"
+    assert not samples and not (tmp_path / "bad.safetensors").exists()

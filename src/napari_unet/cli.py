@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-images", help="images to validate on, never trained on (TIFF file, folder or glob)")
     train.add_argument("--val-labels", help="labels of --val-images, same names")
     train.add_argument("--patience", type=_positive_int, help="stop after this many validations without improvement")
+    train.add_argument("--intensity-range", type=_intensity, nargs=2, metavar=("LOW", "HIGH"),
+                       help="map these intensities to 0 and 1 in every plane of the training and validation images, "
+                       "instead of each plane's percentiles: the range their kind is predicted with (predict "
+                       "--intensity-range), so that the model learns the planes as it will see them (default: each "
+                       "plane's percentiles)")
     train.add_argument("--augment", type=_non_negative_float, default=1.0, help="augmentation strength, 0 = off (default: 1)")
     train.add_argument("--depth", type=_positive_int, default=4, help="poolings of a new network (default: 4)")
     train.add_argument("--base-width", type=_positive_int, default=32, help="channels of a new network's first level (default: 32)")
@@ -290,6 +295,7 @@ def _train(args) -> int:
     from .core.io import collect_tiffs, pair_by_name, read_tiff
     from .core.model import NetworkConfig
     from .core.modelfile import model_file_path
+    from .core.normalize import IntensityRange
     from .core.progress import run_to_end
     from .core.registry import load_model
     from .core.train import TrainingConfig, TrainingSample, train_iter
@@ -297,6 +303,9 @@ def _train(args) -> int:
 
     if (args.val_images is None) != (args.val_labels is None):
         raise InputError("--val-images and --val-labels go together")
+    intensity_range = None if args.intensity_range is None else tuple(args.intensity_range)
+    if intensity_range is not None:
+        IntensityRange(*intensity_range)  # a wrong range is said before the images are read
     # Checked before any work: the model file is written during training (checkpoints),
     # and must never replace an image, a label file or a folder.
     try:
@@ -313,7 +322,8 @@ def _train(args) -> int:
             if image_path.resolve() == labels_path.resolve():
                 raise InputError(f"{image_path} is given as both image and labels; --labels names the label files")
             image, info = read_tiff(image_path)
-            samples.append(TrainingSample(image, read_tiff(labels_path)[0], name=image_path.name))
+            samples.append(TrainingSample(image, read_tiff(labels_path)[0], name=image_path.name,
+                                          intensity_range=intensity_range))
             if args.pixel_size or info.pixel_size is None:
                 continue
             if pixel_size is None:

@@ -579,11 +579,12 @@ def test_the_unlabelled_planes_of_a_stack_are_ignored_unless_a_mask_says_otherwi
     image = np.stack([image for image, _ in pairs])
     labels = np.stack([labels for _, labels in pairs])
     labels[1] = 0  # plane 1 not annotated: its nuclei must not be taught as background
-    planes = list(_split_planes([TrainingSample(image, labels)], 1))
+    model = Model.new(tiny_config)
+    planes = list(_split_planes([TrainingSample(image, labels)], model))
     assert len(planes) == 2 and all(mask.all() for *_, mask in planes)
-    everything = list(_split_planes([TrainingSample(image, labels, np.ones(labels.shape, bool))], 1))
+    everything = list(_split_planes([TrainingSample(image, labels, np.ones(labels.shape, bool))], model))
     assert len(everything) == 3
-    single = list(_split_planes([TrainingSample(image[1], labels[1])], 1))  # a 2D image counts whole
+    single = list(_split_planes([TrainingSample(image[1], labels[1])], model))  # a 2D image counts whole
     assert len(single) == 1 and single[0][3].all()
 
 
@@ -631,3 +632,45 @@ def test_a_cpu_trains_on_channels_last_maps_and_gives_the_weights_back_in_the_us
     result = train([TrainingSample(image, labels)], model=model, config=TrainingConfig(**FAST))
     assert layouts and all(layouts)
     assert all(tensor.is_contiguous() for tensor in result.model.network.state_dict().values())
+
+
+def test_training_planes_are_scaled_by_their_samples_intensity_range_or_else_the_models_normalization(tiny_config):
+    from napari_unet.core.train import _split_planes
+
+    image, labels = synthetic_nuclei((64, 64), count=6, seed=2)
+    stack = np.stack([image, image // 4]).astype(np.uint16)  # a dim second plane, as at the end of a z-stack
+    stack_labels = np.stack([labels, labels])
+    model, brightest = Model.new(tiny_config), float(stack.max())
+    ranged = [plane for _, plane, _, _ in _split_planes(
+        [TrainingSample(stack, stack_labels, intensity_range=(0, brightest))], model)]
+    for plane, raw in zip(ranged, stack):
+        np.testing.assert_allclose(plane[0], raw / brightest, atol=1e-6)
+    own = [plane for _, plane, _, _ in _split_planes([TrainingSample(stack, stack_labels)], model)]
+    for plane, raw in zip(own, stack):
+        np.testing.assert_allclose(plane, model.normalization(raw[None]), atol=1e-6)
+    assert ranged[1].max() <= 0.25 and own[1].max() > 0.9  # the range keeps the dim plane dim
+
+
+def test_validation_images_are_scaled_by_their_intensity_range(nuclei, tiny_config, monkeypatch):
+    import napari_unet.core.train as training
+
+    seen = []
+    predict_probabilities = training.predict_probabilities
+
+    def noting_the_input(network, image, *args):
+        seen.append(image.copy())
+        return predict_probabilities(network, image, *args)
+
+    monkeypatch.setattr(training, "predict_probabilities", noting_the_input)
+    image, labels = synthetic_nuclei((96, 96), count=8, seed=3)
+    train([TrainingSample(*nuclei)], network_config=tiny_config, config=TrainingConfig(**FAST),
+          validation_samples=[TrainingSample(image, labels, intensity_range=(0, 1000))])
+    assert seen
+    for validated in seen:
+        np.testing.assert_allclose(validated[0], image / 1000, atol=1e-6)
+
+
+def test_a_wrong_intensity_range_is_refused_before_training(nuclei, tiny_config):
+    with pytest.raises(InputError, match="the lower first"):
+        train([TrainingSample(*nuclei, intensity_range=(200, 10))], network_config=tiny_config,
+              config=TrainingConfig(**FAST))

@@ -53,6 +53,35 @@ def test_train_then_predict_when_done(viewer_with_nuclei, qtbot, notifications):
     assert viewer.layers["truth"].data.max() > 0  # the user's layers are untouched
 
 
+def test_training_by_the_contrast_limits_scales_the_images_and_their_prediction_by_them(viewer_with_nuclei, qtbot,
+                                                                                         monkeypatch):
+    from napari_unet.core import train as core_train
+    from napari_unet.core.predict import predict
+    from napari_unet.widgets import TrainWidget
+
+    samples = []
+    real = core_train.train_iter
+
+    def noting(training, *args, **kwargs):  # a generator function, as the worker needs
+        samples.extend(training)
+        return (yield from real(training, *args, **kwargs))
+
+    monkeypatch.setattr(core_train, "train_iter", noting)
+    viewer = viewer_with_nuclei
+    layer = viewer.layers["nuclei"]
+    layer.contrast_limits = (0.0, 3.0 * float(layer.data.max()))
+    widget = docked(viewer, TrainWidget)
+    widget.image.value, widget.labels_layer.value = layer, viewer.layers["truth"]
+    fast_settings(widget)
+    widget.contrast_limits.value = True
+    widget.start_training()
+    qtbot.waitUntil(lambda: widget.model is not None and "nuclei prediction" in viewer.layers, timeout=60_000)
+    assert [sample.intensity_range for sample in samples] == [tuple(layer.contrast_limits)]
+    expected = predict(widget.model, layer.data, device="cpu", intensity_range=layer.contrast_limits).labels
+    assert not np.array_equal(expected, predict(widget.model, layer.data, device="cpu").labels)
+    qtbot.waitUntil(lambda: np.array_equal(viewer.layers["nuclei prediction"].data, expected), timeout=30_000)
+
+
 def test_stop_ends_training_within_two_seconds_and_keeps_a_model(viewer_with_nuclei, qtbot):
     from napari_unet.widgets import TrainWidget
 

@@ -43,12 +43,11 @@ from .. import __version__
 from .bundle import Model
 from .errors import ImageWarning, InputError, InputWarning, NapariUnetError
 from .io import ImageInfo, collect_tiffs, search_root
-from .normalize import as_planes
+from .normalize import as_planes, normalization_for
 from .predict import (
     NO_DIAMETER_FOUND,
     PredictProgress,
     _checked_options,
-    _normalizer,
     estimate_diameter,
     predict_iter,
     predict_planes_iter,
@@ -383,7 +382,7 @@ def _check_options(model: Model, options: dict) -> None:
                         f"{', '.join(sorted(_PREDICT_OPTIONS))}")
     _checked_options(model, options.get("tile_size"), options.get("batch_size"), options.get("threshold"),
                      options.get("min_size", 0))
-    _normalizer(model, options.get("intensity_range"))
+    normalization_for(model.normalization, options.get("intensity_range"))
     diameter, pixel_size = options.get("diameter"), options.get("pixel_size")
     if diameter == "auto":
         if not model.object_diameter:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import ImageWarning, InputError
 
-__all__ = ["IntensityRange", "Normalization", "as_planes"]
+__all__ = ["IntensityRange", "Normalization", "as_planes", "normalization_for"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,25 @@ class IntensityRange:
             if non_finite is not None:
                 out[non_finite] = 0.0
         return out
+
+
+def normalization_for(normalization: Normalization,
+                      intensity_range: tuple[float, float] | None) -> Normalization | IntensityRange:
+    """How an image's intensities are scaled: a model's ``normalization``, or one fixed range.
+
+    Training and prediction share it, so that a model fine-tuned on planes scaled by a
+    range sees them as it will when predicting with that range.
+
+    Raises:
+        InputError: If ``intensity_range`` is not two numbers, the lower first.
+    """
+    if intensity_range is None:
+        return normalization
+    try:
+        low, high = (float(value) for value in intensity_range)
+    except (TypeError, ValueError):
+        raise InputError(f"an intensity range is two numbers, LOW HIGH, not {intensity_range!r}") from None
+    return IntensityRange(low, high)
 
 
 def _non_finite(values: np.ndarray, warn: bool) -> np.ndarray | None:

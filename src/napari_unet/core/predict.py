@@ -42,7 +42,7 @@ from .device import (
 from .errors import ImageWarning, InputError, InputWarning
 from .memory import available_memory
 from .model import UNet
-from .normalize import IntensityRange, Normalization, as_planes
+from .normalize import as_planes, normalization_for
 from .postprocess import foreground_probability, probabilities_to_labels
 from .progress import run_to_end
 from .registry import as_model
@@ -497,21 +497,6 @@ class _InThread:
         self._thread.join()
 
 
-def _normalizer(model: Model, intensity_range: tuple[float, float] | None) -> Normalization | IntensityRange:
-    """How prediction scales a plane's intensities: the model's own way, or one fixed range.
-
-    Raises:
-        InputError: If ``intensity_range`` is not two numbers, the lower first.
-    """
-    if intensity_range is None:
-        return model.normalization
-    try:
-        low, high = (float(value) for value in intensity_range)
-    except (TypeError, ValueError):
-        raise InputError(f"an intensity range is two numbers, LOW HIGH, not {intensity_range!r}") from None
-    return IntensityRange(low, high)
-
-
 #: Most bytes per pixel that making labels on a GPU holds at once (probabilities, their
 #: resized copy, masks and the int64 planes of labelling components), with room to spare.
 _POSTPROCESSING_BYTES_PER_PIXEL = 128
@@ -626,7 +611,7 @@ def predict_planes_iter(
         ``(plane, total, total, (labels, probability))`` once the plane is finished.
     """
     threshold = _checked_options(model, tile_size, batch_size, threshold, min_size)
-    normalize = _normalizer(model, intensity_range)
+    normalize = normalization_for(model.normalization, intensity_range)
     options = {"tile_size": tile_size, "batch_size": batch_size, "device": device, "amp": amp,
                "compile_network": compile_network}
     pending = None  # (plane, tile batches, labels in the making, on the GPU?) of the plane being post-processed
@@ -742,7 +727,7 @@ def predict_iter(
     """
     model = as_model(model)
     threshold = _checked_options(model, tile_size, batch_size, threshold, min_size)
-    _normalizer(model, intensity_range)  # a wrong range is said before any work
+    normalization_for(model.normalization, intensity_range)  # a wrong range is said before any work
     planes, stack_shape = as_planes(image, model.config.in_channels, channel_axis)
     height, width = planes.shape[-2:]
     if isinstance(diameter, str):
@@ -796,7 +781,7 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
     if not model.object_diameter:
         raise InputError("this model does not record the object size it was trained on; it cannot estimate diameters")
 
-    normalized = _normalizer(model, intensity_range)(plane)
+    normalized = normalization_for(model.normalization, intensity_range)(plane)
     measurements: dict[float, float | None] = {}  # by scale factor
 
     def measured(factor: float) -> float | None:

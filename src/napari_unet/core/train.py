@@ -34,7 +34,7 @@ from .errors import InputError, InputWarning, ModelFileError
 from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
 from .modelfile import model_file_path
-from .normalize import as_planes
+from .normalize import as_planes, normalization_for
 from .postprocess import choose_threshold, enough_to_choose, probabilities_to_labels
 from .predict import predict_probabilities
 from .progress import run_to_end
@@ -65,12 +65,17 @@ class TrainingSample:
             a stack, the planes that hold at least one label count whole and the others
             are ignored (see :func:`~napari_unet.core.annotation.labelled_planes_mask`).
         name: Shown in messages.
+        intensity_range: Intensities ``(low, high)`` mapped to 0 and 1 in every plane,
+            instead of the model's normalization of each plane: the range the image is
+            (or will be) predicted with (see ``intensity_range`` of
+            :func:`~napari_unet.core.predict.predict_iter`).
     """
 
     image: np.ndarray
     labels: np.ndarray
     mask: np.ndarray | None = None
     name: str = "image"
+    intensity_range: tuple[float, float] | None = None
 
 
 #: Adam step size for a new network, unless told otherwise.
@@ -249,10 +254,15 @@ class _Plane:
     region: tuple[slice, slice]  # the unpadded plane inside the padded arrays
 
 
-def _split_planes(samples: Sequence[TrainingSample], in_channels: int):
-    """Yield (name, image plane (C,H,W), labels plane, mask plane) of every annotated plane."""
+def _split_planes(samples: Sequence[TrainingSample], model: Model):
+    """Yield (name, normalized image plane (C,H,W), labels plane, mask plane) of every annotated plane.
+
+    Planes are normalized whole, before any resizing or validation stripe, as prediction
+    normalizes them.
+    """
     for sample in samples:
-        planes, stack_shape = as_planes(sample.image, in_channels)
+        normalize = normalization_for(model.normalization, sample.intensity_range)
+        planes, stack_shape = as_planes(sample.image, model.config.in_channels)
         labels = np.asarray(sample.labels)
         if labels.shape != stack_shape + planes.shape[-2:]:
             raise InputError(
@@ -271,7 +281,7 @@ def _split_planes(samples: Sequence[TrainingSample], in_channels: int):
             masks = masks.reshape(labels.shape)
         for plane, plane_labels, plane_mask in zip(planes, labels, masks):
             if plane_mask.any():
-                yield sample.name, plane, as_instance_labels(plane_labels), plane_mask
+                yield sample.name, normalize(plane), as_instance_labels(plane_labels), plane_mask
 
 
 def _resized(plane: tuple, factor: float) -> tuple:
@@ -283,8 +293,7 @@ def _resized(plane: tuple, factor: float) -> tuple:
     return name, resize_plane(image, shape), resize_labels(labels, shape), resize_labels(mask, shape)
 
 
-def _prepare_plane(model: Model, config: TrainingConfig, image, labels, mask, window: int) -> _Plane:
-    normalized = model.normalization(image)
+def _prepare_plane(model: Model, config: TrainingConfig, normalized, labels, mask, window: int) -> _Plane:
     target = class_targets(labels, model.config.num_classes, model.gap)
     weights = border_weights(labels, config.w0, config.sigma, model.config.num_classes, model.gap, mask)
     height, width = labels.shape
@@ -490,10 +499,10 @@ def _clearly_better(candidate: dict, given: dict | None) -> bool:
 
 
 def _network_outputs(model: Model, planes: list, device: torch.device, amp: bool, tile_size: int = 1024):
-    """``(probabilities, labels, mask)`` of each ``(name, image, labels, mask)`` plane."""
+    """``(probabilities, labels, mask)`` of each ``(name, normalized image, labels, mask)`` plane."""
     for _, image, labels, mask in planes:
         probabilities = run_to_end(
-            predict_probabilities(model.network, model.normalization(image), tile_size, None, device, amp)
+            predict_probabilities(model.network, image, tile_size, None, device, amp)
         )
         yield probabilities, labels, mask
 
@@ -552,7 +561,7 @@ def tune_threshold(model: Model, samples: Sequence[TrainingSample], device: str 
         The chosen threshold (also set on ``model``).
     """
     factor = scale_factor(model, diameter, None)
-    planes = [_resized(plane, factor) for plane in _split_planes(samples, model.config.in_channels)]
+    planes = [_resized(plane, factor) for plane in _split_planes(samples, model)]
     model.threshold = _tuned_threshold(model, planes, resolve_device(device), amp=amp)
     return model.threshold
 
@@ -621,7 +630,7 @@ def train_iter(
         factor = scale_factor(model, diameter, pixel_size_for_model(model, pixel_size, pixel_unit))
         if factor != 1.0 and model.pixel_size:
             pixel_size, pixel_unit = model.pixel_size, model.pixel_unit
-    planes = [_resized(plane, factor) for plane in _split_planes(samples, model.config.in_channels)]
+    planes = [_resized(plane, factor) for plane in _split_planes(samples, model)]
     if not planes:
         raise InputError("nothing is annotated: draw labels in at least one plane (or region) first")
     if not any(labels[mask].any() for _, _, labels, mask in planes):
@@ -641,7 +650,7 @@ def train_iter(
                           InputWarning, stacklevel=2)
     else:
         train_planes = planes
-        validation_planes = [_resized(plane, factor) for plane in _split_planes(validation_samples, model.config.in_channels)]
+        validation_planes = [_resized(plane, factor) for plane in _split_planes(validation_samples, model)]
     if config.learning_rate is None:
         # Fewer training planes than planes: whole ones were held out (stripes keep them all).
         unseen = validation_samples is not None or len(train_planes) < len(planes)

@@ -286,6 +286,21 @@ def device_choice() -> ComboBox:
         "auto takes a CUDA GPU, then Apple MPS, then the CPU."))
 
 
+def contrast_limits_choice(purpose: str) -> CheckBox:
+    """The setting that scales intensities by an image layer's contrast limits; ``purpose`` ends its tooltip."""
+    return CheckBox(text="scale intensities by the contrast limits", value=False, tooltip=(
+        "Map the layer's contrast limits (what napari shows from black to white) to the model's range in every "
+        f"plane, instead of stretching each plane from its own 1st to 99.8th percentile: {purpose}"))
+
+
+def intensity_range(choice: CheckBox, layer) -> tuple[float, float] | None:
+    """The layer's contrast limits when ``choice`` is ticked (napari keeps them increasing), else None."""
+    if not choice.value:
+        return None
+    low, high = (float(limit) for limit in layer.contrast_limits)
+    return low, high
+
+
 def spatial_shape(layer) -> tuple[int, ...]:
     """Shape of an image layer without its RGB axis."""
     shape = tuple(layer.data.shape)

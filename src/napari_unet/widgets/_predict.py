@@ -21,9 +21,11 @@ from ._common import (
     ModelChooser,
     ScrollingDock,
     connect_worker,
+    contrast_limits_choice,
     device_choice,
     geometry,
     guarded,
+    intensity_range,
     pixel_size,
     pixels,
     prediction_settings,
@@ -168,11 +170,8 @@ class PredictWidget(ScrollingDock):
         )
         self.estimate = PushButton(text="Estimate diameter",
                                    tooltip="Estimate the object diameter from a first prediction of the plane on screen.")
-        self.contrast_limits = CheckBox(
-            text="scale intensities by the contrast limits", value=False,
-            tooltip="Map the layer's contrast limits (what napari shows from black to white) to the model's range "
-            "in every plane, instead of stretching each plane from its own 1st to 99.8th percentile: for stacks "
-            "whose empty or out-of-focus planes must stay dark rather than look like objects.")
+        self.contrast_limits = contrast_limits_choice(
+            "for stacks whose empty or out-of-focus planes must stay dark rather than look like objects.")
         self.probability = CheckBox(text="also add the probability layer", value=False,
                                     tooltip="Also add the foreground probability as a hidden image layer.")
         self.current_plane_only = CheckBox(text="predict current plane only", value=False,
@@ -214,13 +213,6 @@ class PredictWidget(ScrollingDock):
             return None
         return image, model
 
-    def _intensity_range(self, image) -> tuple[float, float] | None:
-        """The layer's contrast limits when the user asks for them (napari keeps them increasing), else None."""
-        if not self.contrast_limits.value:
-            return None
-        low, high = (float(limit) for limit in image.contrast_limits)
-        return low, high
-
     def start(self, *_):
         """Predict in a worker thread; errors become notifications."""
         chosen = self._image_and_model("prediction", check_scale=True)
@@ -236,7 +228,7 @@ class PredictWidget(ScrollingDock):
         self._worker, self.output = start_prediction(
             self._viewer, image, model, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
             min_size=self.min_size.value, device=self.device.value, diameter=self.diameter.value,
-            test_time_augmentation=self.orientations.value, intensity_range=self._intensity_range(image),
+            test_time_augmentation=self.orientations.value, intensity_range=intensity_range(self.contrast_limits, image),
             probability=self.probability.value, current_plane_only=self.current_plane_only.value,
             output=self.output if self.current_plane_only.value and same_image else None,
             on_progress=self._on_progress, on_finish=self._on_finish,
@@ -258,7 +250,7 @@ class PredictWidget(ScrollingDock):
         self._worker = create_worker(
             guarded(estimate_diameter), model, plane, channel_axis=-1 if image.rgb else None,
             tile_size=self.tile_size.value or None, threshold=self.threshold.value, min_size=self.min_size.value,
-            device=self.device.value, intensity_range=self._intensity_range(image),
+            device=self.device.value, intensity_range=intensity_range(self.contrast_limits, image),
             _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, None, self._on_estimated, "the diameter estimate", self._on_finish)

@@ -27,9 +27,11 @@ from ._common import (
     ModelChooser,
     ScrollingDock,
     connect_worker,
+    contrast_limits_choice,
     device_choice,
     geometry,
     guarded,
+    intensity_range,
     pixel_size,
     pixels,
     report_error,
@@ -67,6 +69,7 @@ class TrainWidget(ScrollingDock):
         self._pairs: list[tuple] = []
         self.model = None  # the last model trained here
         self._predict_diameter = None  # object diameter to predict the trained image with
+        self._predict_intensity_range = None  # and its intensity range
         self._trained_image = None  # the image layer predicted when training is done
 
         self.image = create_widget(annotation="napari.layers.Image", label="image",
@@ -109,6 +112,8 @@ class TrainWidget(ScrollingDock):
             "rescaled so that objects match the starting model's. 0: no rescaling (or the layer's pixel size, "
             "when the model records one).",
         )
+        self.contrast_limits = contrast_limits_choice(
+            "as when predicting with this setting, so that the model learns the planes as it will see them.")
         self.device = device_choice()
         self.predict_when_done = CheckBox(text="predict the image when done", value=True,
                                           tooltip="Segment the trained image with the new model as soon as training ends.")
@@ -120,7 +125,8 @@ class TrainWidget(ScrollingDock):
         self.contents.extend([
             self.image, self.labels_layer, self.regions, self.new_labels, self.add_pair, self.clear_pairs, self.pairs_label,
             self.convention, self.start_from, self.max_minutes, self.epochs, self.patch_size, self.batch_size,
-            self.learning_rate, self.w0, self.sigma, self.augment, self.diameter, self.device, self.predict_when_done,
+            self.learning_rate, self.w0, self.sigma, self.augment, self.diameter, self.contrast_limits, self.device,
+            self.predict_when_done,
             self.start, self.stop, self.save, self.progress, self.status,
         ])
         self.plot = TrainingPlot()
@@ -211,7 +217,8 @@ class TrainWidget(ScrollingDock):
             if not mask.any():
                 raise InputError(f"nothing is annotated in {labels.name}: paint at least one object first")
             image_data = pixels(image)
-            samples.append(TrainingSample(image_data, label_data, mask, name=image.name))
+            samples.append(TrainingSample(image_data, label_data, mask, name=image.name,
+                                          intensity_range=intensity_range(self.contrast_limits, image)))
         return samples
 
     def _pixel_size(self) -> tuple[tuple[float, float] | None, str]:
@@ -274,6 +281,7 @@ class TrainWidget(ScrollingDock):
         diameter = self.diameter.value or None
         self._predict_diameter = diameter if model is not None else None
         self._trained_image = self._training_pairs()[0][0]
+        self._predict_intensity_range = samples[0].intensity_range
         self._stop.clear()
         self._closed.clear()  # a training started here runs in a dock that is open again
         self.plot.clear()
@@ -336,7 +344,7 @@ class TrainWidget(ScrollingDock):
 
             try:
                 start_prediction(self._viewer, image, result.model, device=self.device.value,
-                                 diameter=self._predict_diameter)
+                                 diameter=self._predict_diameter, intensity_range=self._predict_intensity_range)
             except NapariUnetError as error:  # a layer the model cannot rescale, for one
                 report_error(error, "the prediction of the trained image")
 
