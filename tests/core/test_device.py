@@ -139,7 +139,24 @@ def test_a_failing_amx_probe_means_float32(monkeypatch):
     assert _cpu_has_amx() is False
 
 
+@pytest.mark.parametrize(("variable", "value", "amx"), [
+    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", False),
+    ("DNNL_MAX_CPU_ISA", "avx2", False),
+    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", True),
+    ("ONEDNN_MAX_CPU_ISA", "ALL", True),
+])
+def test_onednn_held_below_amx_means_float32(variable, value, amx, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv(variable, value)
+    assert _cpu_has_amx() is amx
+
+
 def test_no_bfloat16_convolutions_means_float32(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     assert _cpu_has_amx() is False
