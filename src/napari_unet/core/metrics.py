@@ -58,12 +58,21 @@ def pixel_scores(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray | N
 
 
 def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Consecutive labels 1..n (0 stays background)."""
+    """Consecutive labels 1..n in the order of the values (0 stays background)."""
+    if labels.dtype.kind in "ui" and labels.size:
+        low, high = labels.min(), labels.max()
+        if low >= 0 and high <= 4 * labels.size:
+            # A table from value to number: one pass over the pixels, where np.unique sorts
+            # them (a fifth of a validation of 20 DSB2018 images went into sorting labels).
+            present = np.zeros(int(high) + 1, bool)
+            present[labels] = True
+            present[0] = False
+            numbers = np.cumsum(present)
+            return numbers[labels], int(numbers[-1])
     values, inverse = np.unique(labels, return_inverse=True)
-    if values[0] != 0:
-        inverse = inverse + 1
-        values = np.concatenate([[0], values])
-    return inverse.reshape(labels.shape), len(values) - 1
+    objects = values != 0
+    numbers = np.cumsum(objects) * objects  # of each distinct value; 0 for the background
+    return numbers[inverse].reshape(labels.shape), int(objects.sum())
 
 
 def iou_matrix(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
