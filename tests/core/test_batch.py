@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -461,6 +462,53 @@ def test_a_worker_running_several_tasks_at_once_keeps_its_warnings(monkeypatch):
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             assert core_distributed._predict_plane_with_warnings() == (("labels", None), expected)
+
+
+def test_a_plane_that_fails_on_a_worker_sends_its_warnings_back_with_the_error(monkeypatch):
+    from types import SimpleNamespace
+
+    import distributed
+
+    from napari_unet.core import distributed as core_distributed
+
+    def failing_plane(*args):
+        warnings.warn("the image has 3 colour channels", ImageWarning, stacklevel=2)
+        raise InputError("the CPU ran out of memory for a single tile")
+
+    monkeypatch.setattr(core_distributed, "predict_plane", failing_plane)
+    monkeypatch.setattr(distributed, "get_worker", lambda: SimpleNamespace(state=SimpleNamespace(nthreads=1)))
+    with pytest.raises(InputError) as failed:
+        core_distributed._predict_plane_with_warnings()
+    assert getattr(failed.value, batch.PLANE_WARNINGS) == [("the image has 3 colour channels", ImageWarning)]
+
+
+def test_the_warnings_of_a_plane_that_failed_elsewhere_name_its_file(tmp_path, model):
+    class SecondPlaneFailsElsewhere(batch.LocalExecutor):
+        """As a Dask executor whose worker warned about the first plane, and about the second before failing on it."""
+
+        planes = 0  # predicted, over the streams (the batch starts another after a failure)
+
+        def predict_units(self, model, units, options, probability):
+            for event in super().predict_units(model, units, options, probability):
+                if isinstance(event, batch.PlaneResult):
+                    self.planes += 1
+                    if self.planes == 1:
+                        event = replace(event, warnings=(("the image holds NaN pixels", ImageWarning),))
+                    if self.planes == 2:
+                        error = InputError("the CPU ran out of memory for a single tile")
+                        setattr(error, batch.PLANE_WARNINGS, [("the image has 3 colour channels", ImageWarning)])
+                        raise error
+                yield event
+
+    for name in ("a", "b", "c"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", _planes(1)[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = predict_files(model, tmp_path, tmp_path / "out", executor=SecondPlaneFailsElsewhere(), **OPTIONS)
+    assert [item.path.name for item in result.failed] == ["b.tif"] and "out of memory" in result.failed[0].error
+    said = [str(warning.message) for warning in caught if issubclass(warning.category, ImageWarning)]
+    # Each file's own: the first plane's warning is not given again with the failure.
+    assert said == ["a.tif: the image holds NaN pixels", "b.tif: the image has 3 colour channels"]
 
 
 @pytest.mark.slow

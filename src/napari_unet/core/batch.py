@@ -165,6 +165,12 @@ class BatchResult:
         return [result for result in self.files if result.skipped]
 
 
+#: The attribute of an executor's error that holds the ``(message, category)`` of the
+#: warnings the failed plane gave before it failed, where the user would not see them (on
+#: a Dask worker), as :attr:`PlaneResult.warnings` holds those of a plane predicted.
+PLANE_WARNINGS = "plane_warnings"
+
+
 @dataclass(frozen=True)
 class PlaneResult:
     """The prediction of unit ``index``: its labels, and its probability when asked for.
@@ -770,7 +776,7 @@ def _naming_inputs_in_warnings(events: Iterator, owners: _Owners) -> Iterator:
     3 colour channels" does not say which file has.
     A warning raised while a unit is read or prepared concerns the input being read when
     it is raised (one event can take several units, of several inputs); one that a
-    result brings back (from a Dask worker) concerns that result's unit, the oldest not
+    result or an error brings back (from a Dask worker) concerns its unit, the oldest not
     yet given. Other warnings (a library's) pass unchanged.
     """
     said: set[str] = set()
@@ -786,7 +792,7 @@ def _naming_inputs_in_warnings(events: Iterator, owners: _Owners) -> Iterator:
             warnings.warn(message, category, stacklevel=3)
 
     while True:
-        failure = None
+        event = failure = None
         caught = []  # (message, category, filename, line, the job being read when it was raised)
 
         def note(message, category, filename, lineno, *_, caught=caught):
@@ -806,9 +812,10 @@ def _naming_inputs_in_warnings(events: Iterator, owners: _Owners) -> Iterator:
                 give(message, category, job)
             else:
                 warnings.warn_explicit(message, category, filename, lineno)
-        if isinstance(event, PlaneResult):
-            for message, category in event.warnings:
-                give(message, category, owners[0][0] if owners else None)
+        # Given with the oldest unit not yet given: the one this result, or this failure, is of.
+        for message, category in (event.warnings if isinstance(event, PlaneResult)
+                                  else getattr(failure, PLANE_WARNINGS, ())):
+            give(message, category, owners[0][0] if owners else None)
         if isinstance(failure, StopIteration):
             return
         if failure is not None:

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from .batch import PlaneResult, Unit, predict_plane
+from .batch import PLANE_WARNINGS, PlaneResult, Unit, predict_plane
 from .bundle import Model
 from .errors import InputError
 from .predict import GPU_TILE_SIZE
@@ -105,8 +105,9 @@ def _predict_plane_with_warnings(*args) -> tuple[tuple, list[tuple[str, type[War
 
     A worker's warnings would reach only its own stderr, worded as Python prints them
     (or, on a remote cluster, nobody): they go back with the result, for the process that
-    drives the batch to give them with the input's name, as it gives its own. Recording
-    warnings changes them for the whole process, so a worker that runs several tasks at
+    drives the batch to give them with the input's name, as it gives its own; with the
+    error when the plane fails (its attribute :data:`~napari_unet.core.batch.PLANE_WARNINGS`).
+    Recording warnings changes them for the whole process, so a worker that runs several tasks at
     once (a cluster started otherwise) keeps its warnings to itself rather than hand
     one task's to another.
     """
@@ -117,12 +118,24 @@ def _predict_plane_with_warnings(*args) -> tuple[tuple, list[tuple[str, type[War
         return predict_plane(*args), []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = predict_plane(*args)
-    # Categories go back as classes, which the driving process must be able to import:
-    # its own and Python's, others as plain user warnings.
-    return result, [(str(warning.message), warning.category
-                     if warning.category.__module__.split(".")[0] in ("builtins", "napari_unet") else UserWarning)
-                    for warning in caught]
+        try:
+            result = predict_plane(*args)
+        except Exception as error:
+            # Dask pickles the error with its attributes for the driving process.
+            setattr(error, PLANE_WARNINGS, _portable(caught))
+            raise
+    return result, _portable(caught)
+
+
+def _portable(caught: list[warnings.WarningMessage]) -> list[tuple[str, type[Warning]]]:
+    """``(message, category)`` of recorded warnings, as the driving process can unpickle them.
+
+    Categories go back as classes, which that process must be able to import: its own
+    and Python's, others as plain user warnings.
+    """
+    return [(str(warning.message), warning.category
+             if warning.category.__module__.split(".")[0] in ("builtins", "napari_unet") else UserWarning)
+            for warning in caught]
 
 
 def dask_setup(worker) -> None:
