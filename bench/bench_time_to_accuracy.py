@@ -13,11 +13,11 @@ Headline per kind: ``seconds_to_final`` = the first time the validation AP50 is 
 0.01 of the final one, that of the weights training returns (the best validated ones that
 are clearly better than the model given, else that model), with the curve (the target:
 at most 120 s on a 2-core CPU). ``held_out_ap50`` is the AP50 of those weights on the
-other 50 images of the split, which neither training nor validation saw: a change that
-reaches its "final" sooner must not lower it.
+rest of the split, 50 images (5 with ``--quick``) that neither training nor validation
+saw: a change that reaches its "final" sooner must not lower it.
 ``--svg PATH`` also draws the curves. Prints one JSON object.
 
-    python bench/bench_time_to_accuracy.py --svg docs/images/time_to_accuracy.svg   # about 9 minutes
+    python bench/bench_time_to_accuracy.py --svg docs/images/time_to_accuracy.svg   # about 10 minutes
     python bench/bench_time_to_accuracy.py --quick                                   # 30 s per kind
 """
 

@@ -674,3 +674,31 @@ def test_a_wrong_intensity_range_is_refused_before_training(nuclei, tiny_config)
     with pytest.raises(InputError, match="the lower first"):
         train([TrainingSample(*nuclei, intensity_range=(200, 10))], network_config=tiny_config,
               config=TrainingConfig(**FAST))
+
+
+def test_training_patches_are_cut_from_planes_scaled_by_the_range_and_the_model_records_it(
+        nuclei, tiny_config, monkeypatch, tmp_path):
+    import napari_unet.core.train as training
+    from napari_unet.core.modelfile import load_model_file
+
+    prepared = []
+    prepare_plane = training._prepare_plane
+
+    def noting_the_plane(*args):
+        prepared.append(prepare_plane(*args))
+        return prepared[-1]
+
+    monkeypatch.setattr(training, "_prepare_plane", noting_the_plane)
+    image, labels = nuclei
+    brightest = 2.0 * float(image.max())
+    result = train([TrainingSample(image, labels, intensity_range=(0, brightest)), TrainingSample(image, labels)],
+                   network_config=tiny_config, config=TrainingConfig(**FAST))
+    ranged, own = prepared
+    np.testing.assert_allclose(ranged.image[(0, *ranged.region)], image / brightest, atol=1e-6)
+    np.testing.assert_allclose(own.image[(0, *own.region)], Model.new(tiny_config).normalization(image[None])[0],
+                               atol=1e-6)
+    assert result.model.training["intensity_ranges"] == [[0.0, brightest], None]
+    assert load_model_file(result.model.save(tmp_path / "m.safetensors")).training["intensity_ranges"] == [
+        [0.0, brightest], None]
+    plain = train([TrainingSample(image, labels)], network_config=tiny_config, config=TrainingConfig(**FAST))
+    assert plain.model.training["intensity_ranges"] == []

@@ -34,7 +34,7 @@ from .errors import InputError, InputWarning, ModelFileError
 from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
 from .modelfile import model_file_path
-from .normalize import as_planes, normalization_for
+from .normalize import Normalization, as_planes, normalization_for
 from .postprocess import choose_threshold, enough_to_choose, probabilities_to_labels
 from .predict import predict_probabilities
 from .progress import run_to_end
@@ -345,6 +345,24 @@ def _validation_split(planes: list, fraction: float, rng: np.random.Generator, w
     return train, validation
 
 
+def _intensity_ranges(samples: Sequence[TrainingSample]) -> list:
+    """The samples' distinct intensity ranges, as the model records them.
+
+    Empty when every sample is scaled by the model's normalization; among ranges, None
+    stands for the samples that are.
+
+    Raises:
+        InputError: If a range is not two numbers, the lower first.
+    """
+    ranges = set()
+    for sample in samples:
+        scaling = normalization_for(Normalization(), sample.intensity_range)
+        ranges.add(None if sample.intensity_range is None else (scaling.low, scaling.high))
+    if ranges <= {None}:
+        return []
+    return [None if value is None else list(value) for value in sorted(ranges, key=lambda value: (value is None, value or ()))]
+
+
 def _object_diameter(planes) -> float | None:
     diameters = np.concatenate([equivalent_diameters(labels[mask]) for _, _, labels, mask in planes])
     return float(np.median(diameters)) if diameters.size else None
@@ -510,7 +528,8 @@ def _network_outputs(model: Model, planes: list, device: torch.device, amp: bool
 def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_size: int = 1024) -> dict:
     """Pixel IoU/F1 over the annotated pixels and AP at IoU 0.5 on fully annotated planes.
 
-    ``score`` is the AP when some validation plane is fully annotated, else the IoU. With
+    The planes are ``(name, normalized image, labels, mask)``, as :func:`_split_planes`
+    makes them. ``score`` is the AP when some validation plane is fully annotated, else the IoU. With
     AP come ``objects`` (annotated objects on those planes) and ``errors`` (false and
     missed objects at IoU 0.5).
     """
@@ -606,6 +625,8 @@ def train_iter(
     """
     config = config or TrainingConfig()
     model = None if model is None else as_model(model)
+    # Every sample's range is checked before any work; the model records them.
+    intensity_ranges = _intensity_ranges([*samples, *(validation_samples or ())])
     if checkpoint is not None:
         try:
             model_file_path(checkpoint)  # refused before any work, not at the first checkpoint
@@ -750,7 +771,8 @@ def train_iter(
                     validations_without_gain = 0 if gained else validations_without_gain + 1
                 history.append(record)
                 if checkpoint is not None and (not validation_planes or improved):
-                    training = dict(config.to_dict(), stop_reason="checkpoint", steps=step, batch_size=batch_size)
+                    training = dict(config.to_dict(), stop_reason="checkpoint", steps=step, batch_size=batch_size,
+                                    intensity_ranges=intensity_ranges)
                     _save_checkpoint(model, checkpoint, history, training, diameter, pixel_size, pixel_unit)
                 logger.info("step %d: %s", step, record)
             yield TrainingProgress(
@@ -779,7 +801,9 @@ def train_iter(
             logger.info("post-processing threshold %.2f -> %.2f (best on the validation images)", model.threshold, threshold)
         model.threshold = threshold
     network.to("cpu", memory_format=torch.contiguous_format).eval()
-    _record(model, history, dict(config.to_dict(), stop_reason=stop_reason, steps=step, batch_size=batch_size), diameter, pixel_size, pixel_unit)
+    training = dict(config.to_dict(), stop_reason=stop_reason, steps=step, batch_size=batch_size,
+                    intensity_ranges=intensity_ranges)
+    _record(model, history, training, diameter, pixel_size, pixel_unit)
     if best_is_given:
         model.name, model.training_data, model.evaluation = identity
     return TrainingResult(model=model, history=history, stop_reason=stop_reason, unchanged=best_is_given)
