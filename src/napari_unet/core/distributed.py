@@ -106,10 +106,10 @@ def _predict_plane_with_warnings(*args) -> tuple[tuple, list[tuple[str, type[War
     A worker's warnings would reach only its own stderr, worded as Python prints them
     (or, on a remote cluster, nobody): they go back with the result, for the process that
     drives the batch to give them with the input's name, as it gives its own; with the
-    error when the plane fails (its attribute :data:`~napari_unet.core.batch.PLANE_WARNINGS`).
-    Recording warnings changes them for the whole process, so a worker that runs several tasks at
-    once (a cluster started otherwise) keeps its warnings to itself rather than hand
-    one task's to another.
+    error when the plane fails (its attribute
+    :data:`~napari_unet.core.batch.PLANE_WARNINGS`). Recording warnings changes them for
+    the whole process, so a worker that runs several tasks at once (a cluster started
+    otherwise) keeps its warnings to itself rather than hand one task's to another.
     """
     import distributed
 

@@ -95,6 +95,19 @@ class IntensityRange:
         if self.low > self.high:
             raise InputError(f"an intensity range is two numbers, the lower first (got {self.low:g} and {self.high:g})")
 
+    @classmethod
+    def of(cls, pair) -> IntensityRange:
+        """The range of a ``(low, high)`` pair as a user gives it.
+
+        Raises:
+            InputError: If ``pair`` is not two numbers, the lower first.
+        """
+        try:
+            low, high = (float(value) for value in pair)
+        except (TypeError, ValueError):
+            raise InputError(f"an intensity range is two numbers, LOW HIGH, not {pair!r}") from None
+        return cls(low, high)
+
     def __call__(self, planes: np.ndarray) -> np.ndarray:
         """Scale ``(..., channels, height, width)`` planes to float32."""
         planes = np.asarray(planes)
@@ -117,13 +130,7 @@ def normalization_for(normalization: Normalization,
     Raises:
         InputError: If ``intensity_range`` is not two numbers, the lower first.
     """
-    if intensity_range is None:
-        return normalization
-    try:
-        low, high = (float(value) for value in intensity_range)
-    except (TypeError, ValueError):
-        raise InputError(f"an intensity range is two numbers, LOW HIGH, not {intensity_range!r}") from None
-    return IntensityRange(low, high)
+    return normalization if intensity_range is None else IntensityRange.of(intensity_range)
 
 
 def _non_finite(values: np.ndarray, warn: bool) -> np.ndarray | None:

@@ -34,7 +34,7 @@ from .errors import InputError, InputWarning, ModelFileError
 from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
 from .modelfile import model_file_path
-from .normalize import Normalization, as_planes, normalization_for
+from .normalize import IntensityRange, as_planes, normalization_for
 from .postprocess import choose_threshold, enough_to_choose, probabilities_to_labels
 from .predict import predict_probabilities
 from .progress import run_to_end
@@ -354,13 +354,12 @@ def _intensity_ranges(samples: Sequence[TrainingSample]) -> list:
     Raises:
         InputError: If a range is not two numbers, the lower first.
     """
-    ranges = set()
-    for sample in samples:
-        scaling = normalization_for(Normalization(), sample.intensity_range)
-        ranges.add(None if sample.intensity_range is None else (scaling.low, scaling.high))
+    ranges = {None if sample.intensity_range is None else IntensityRange.of(sample.intensity_range)
+              for sample in samples}
     if ranges <= {None}:
         return []
-    return [None if value is None else list(value) for value in sorted(ranges, key=lambda value: (value is None, value or ()))]
+    pairs = sorted((scaling.low, scaling.high) for scaling in ranges if scaling is not None)
+    return [list(pair) for pair in pairs] + ([None] if None in ranges else [])
 
 
 def _object_diameter(planes) -> float | None:
