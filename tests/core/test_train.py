@@ -641,11 +641,11 @@ def test_training_planes_are_scaled_by_their_samples_intensity_range_or_else_the
     stack = np.stack([image, image // 4]).astype(np.uint16)  # a dim second plane, as at the end of a z-stack
     stack_labels = np.stack([labels, labels])
     model, brightest = Model.new(tiny_config), float(stack.max())
-    ranged = [plane for _, plane, _, _ in _split_planes(
+    ranged = [plane.pixels() for _, plane, _, _ in _split_planes(
         [TrainingSample(stack, stack_labels, intensity_range=(0, brightest))], model)]
     for plane, raw in zip(ranged, stack):
         np.testing.assert_allclose(plane[0], raw / brightest, atol=1e-6)
-    own = [plane for _, plane, _, _ in _split_planes([TrainingSample(stack, stack_labels)], model)]
+    own = [plane.pixels() for _, plane, _, _ in _split_planes([TrainingSample(stack, stack_labels)], model)]
     for plane, raw in zip(own, stack):
         np.testing.assert_allclose(plane, model.normalization(raw[None]), atol=1e-6)
     assert ranged[1].max() <= 0.25 and own[1].max() > 0.9  # the range keeps the dim plane dim
@@ -702,3 +702,19 @@ def test_training_patches_are_cut_from_planes_scaled_by_the_range_and_the_model_
         [0.0, brightest], None]
     plain = train([TrainingSample(image, labels)], network_config=tiny_config, config=TrainingConfig(**FAST))
     assert plain.model.training["intensity_ranges"] == []
+
+
+def test_stripes_are_cut_from_planes_normalized_whole_and_held_out_planes_wait_to_be_normalized(tiny_config):
+    from napari_unet.core.train import _split_planes, _Unnormalized
+
+    model, rng = Model.new(tiny_config), np.random.default_rng(0)
+    image, labels = synthetic_nuclei((64, 128), count=8, seed=4)
+    image[:, 100:] //= 4  # a dim right side: its own percentiles would stretch it
+    _, validation = _validation_split(list(_split_planes([TrainingSample(image, labels)], model)), 0.2, rng)
+    (_, stripe, _, _), = validation
+    whole = model.normalization(image[None])
+    np.testing.assert_allclose(stripe, whole[..., 128 - stripe.shape[-1]:], atol=1e-6)
+    stack = np.stack([synthetic_nuclei((48, 48), count=4, seed=seed)[0] for seed in range(5)])
+    stack_labels = np.stack([synthetic_nuclei((48, 48), count=4, seed=seed)[1] for seed in range(5)])
+    _, held_out = _validation_split(list(_split_planes([TrainingSample(stack, stack_labels)], model)), 0.2, rng)
+    assert len(held_out) == 1 and isinstance(held_out[0][1], _Unnormalized)  # no float32 copy kept between validations

@@ -34,7 +34,7 @@ from .errors import InputError, InputWarning, ModelFileError
 from .metrics import average_precision, pixel_scores
 from .model import NetworkConfig
 from .modelfile import model_file_path
-from .normalize import IntensityRange, as_planes, normalization_for
+from .normalize import IntensityRange, Normalization, as_planes, normalization_for
 from .postprocess import choose_threshold, enough_to_choose, probabilities_to_labels
 from .predict import predict_probabilities
 from .progress import run_to_end
@@ -254,12 +254,31 @@ class _Plane:
     region: tuple[slice, slice]  # the unpadded plane inside the padded arrays
 
 
-def _split_planes(samples: Sequence[TrainingSample], model: Model):
-    """Yield (name, normalized image plane (C,H,W), labels plane, mask plane) of every annotated plane.
+@dataclass(frozen=True)
+class _Unnormalized:
+    """An image plane as a sample gives it, normalized only when its pixels are needed.
 
-    Planes are normalized whole, before any resizing or validation stripe, as prediction
-    normalizes them.
+    Normalized whole, then resized, as prediction does. Held-out planes are normalized at
+    each validation instead of being kept in float32 for the whole run: validation images
+    take no memory beyond the caller's own.
     """
+
+    plane: np.ndarray  # (C, H, W)
+    normalize: Normalization | IntensityRange
+    shape: tuple[int, int] | None = None  # resized to, after normalizing
+
+    def pixels(self) -> np.ndarray:
+        normalized = self.normalize(self.plane)
+        return normalized if self.shape is None else resize_plane(normalized, self.shape)
+
+
+def _pixels(image: np.ndarray | _Unnormalized) -> np.ndarray:
+    """The normalized pixels of a plane's image."""
+    return image.pixels() if isinstance(image, _Unnormalized) else image
+
+
+def _split_planes(samples: Sequence[TrainingSample], model: Model):
+    """Yield (name, :class:`_Unnormalized` image plane (C,H,W), labels plane, mask plane) of every annotated plane."""
     for sample in samples:
         normalize = normalization_for(model.normalization, sample.intensity_range)
         planes, stack_shape = as_planes(sample.image, model.config.in_channels)
@@ -281,16 +300,16 @@ def _split_planes(samples: Sequence[TrainingSample], model: Model):
             masks = masks.reshape(labels.shape)
         for plane, plane_labels, plane_mask in zip(planes, labels, masks):
             if plane_mask.any():
-                yield sample.name, normalize(plane), as_instance_labels(plane_labels), plane_mask
+                yield sample.name, _Unnormalized(plane, normalize), as_instance_labels(plane_labels), plane_mask
 
 
 def _resized(plane: tuple, factor: float) -> tuple:
-    """A (name, image, labels, mask) plane resized by ``factor`` (unchanged for 1.0)."""
+    """A (name, :class:`_Unnormalized` image, labels, mask) plane resized by ``factor`` (unchanged for 1.0)."""
     if factor == 1.0:
         return plane
     name, image, labels, mask = plane
     shape = scaled_shape(labels.shape, factor)
-    return name, resize_plane(image, shape), resize_labels(labels, shape), resize_labels(mask, shape)
+    return name, replace(image, shape=shape), resize_labels(labels, shape), resize_labels(mask, shape)
 
 
 def _prepare_plane(model: Model, config: TrainingConfig, normalized, labels, mask, window: int) -> _Plane:
@@ -340,6 +359,8 @@ def _validation_split(planes: list, fraction: float, rng: np.random.Generator, w
             continue
         train_mask = mask.copy()
         train_mask[:, cut:] = False
+        # The stripe is cut from the plane normalized whole, as prediction sees it.
+        image = _pixels(image)
         train.append((name, image, labels, train_mask))
         validation.append((name, image[..., cut:], labels[:, cut:], mask[:, cut:]))
     return train, validation
@@ -516,10 +537,10 @@ def _clearly_better(candidate: dict, given: dict | None) -> bool:
 
 
 def _network_outputs(model: Model, planes: list, device: torch.device, amp: bool, tile_size: int = 1024):
-    """``(probabilities, labels, mask)`` of each ``(name, normalized image, labels, mask)`` plane."""
+    """``(probabilities, labels, mask)`` of each ``(name, image, labels, mask)`` plane."""
     for _, image, labels, mask in planes:
         probabilities = run_to_end(
-            predict_probabilities(model.network, image, tile_size, None, device, amp)
+            predict_probabilities(model.network, _pixels(image), tile_size, None, device, amp)
         )
         yield probabilities, labels, mask
 
@@ -527,8 +548,8 @@ def _network_outputs(model: Model, planes: list, device: torch.device, amp: bool
 def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_size: int = 1024) -> dict:
     """Pixel IoU/F1 over the annotated pixels and AP at IoU 0.5 on fully annotated planes.
 
-    The planes are ``(name, normalized image, labels, mask)``, as :func:`_split_planes`
-    makes them. ``score`` is the AP when some validation plane is fully annotated, else the IoU. With
+    The planes are ``(name, image, labels, mask)``, as :func:`_split_planes` makes them
+    (the image normalized, or :class:`_Unnormalized`). ``score`` is the AP when some validation plane is fully annotated, else the IoU. With
     AP come ``objects`` (annotated objects on those planes) and ``errors`` (false and
     missed objects at IoU 0.5).
     """
@@ -683,7 +704,8 @@ def train_iter(
     output_size = network.output_size(input_size)
     # Room around the patch for rotation, zoom, shift and deformation to pull in real context.
     window = input_size + 2 * (input_size // 4 + int(3 * config.augment.elastic_sigma))
-    prepared = [_prepare_plane(model, config, image, labels, mask, window) for _, image, labels, mask in train_planes]
+    prepared = [_prepare_plane(model, config, _pixels(image), labels, mask, window)
+                for _, image, labels, mask in train_planes]
     sampler = _PatchSampler(prepared, window, rng)
     annotated = sum(len(p.centers) for p in prepared)
     steps_per_epoch = config.steps_per_epoch or max(8, math.ceil(annotated / (output_size**2 * config.batch_size)))
