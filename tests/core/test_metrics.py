@@ -384,3 +384,19 @@ def test_relabelling_numbers_objects_in_the_order_of_their_values_by_table_or_by
     for number, value in enumerate(objects, start=1):
         expected[labels == value] = number
     np.testing.assert_array_equal(numbered, expected)
+
+
+def test_pixel_counts_of_planes_one_by_one_score_as_the_planes_together():
+    from napari_unet.core.metrics import PixelCounts
+
+    rng = np.random.default_rng(1)
+    predictions = [rng.integers(0, 3, (20, 30)) for _ in range(3)]
+    truths = [rng.integers(0, 4, (20, 30)) for _ in range(3)]
+    masks = [rng.random((20, 30)) > 0.3 for _ in range(3)]
+    counts = PixelCounts()
+    for prediction, truth, mask in zip(predictions, truths, masks):
+        counts.add(prediction, truth, mask)
+    together = pixel_scores(np.concatenate([p[m] for p, m in zip(predictions, masks)]),
+                            np.concatenate([t[m] for t, m in zip(truths, masks)]))
+    assert counts.scores() == together
+    assert PixelCounts().scores() == {"iou": 1.0, "f1": 1.0}

@@ -383,3 +383,25 @@ def test_gaps_are_found_alike_with_labels_beyond_16_bits():
     np.testing.assert_array_equal(_gap_pixels(many, 1), gaps)
     np.testing.assert_array_equal(_gap_pixels(torch.from_numpy(many), 1).numpy(), gaps)
     assert gaps.sum() > 20 and seeds.max() > 5
+
+
+def test_choose_threshold_holds_the_outputs_of_one_plane_at_a_time():
+    import gc
+    import weakref
+
+    probabilities, labels = _bridged_pairs(bridge=0.6)
+    planes, truths = _enough((probabilities, labels))
+    given = []
+
+    def one_by_one():
+        for plane in planes:
+            gc.collect()
+            # The plane before this one may still be the loop's; none before it.
+            assert all(ref() is None for ref in given[:-1])
+            copy = plane.copy()
+            given.append(weakref.ref(copy))
+            yield copy
+
+    chosen = choose_threshold(one_by_one(), truths, current=0.5, min_size=1)
+    assert len(given) == len(planes) >= 3
+    assert chosen == choose_threshold(planes, truths, current=0.5, min_size=1) and 0.6 <= chosen < 0.9

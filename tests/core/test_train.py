@@ -718,3 +718,23 @@ def test_stripes_are_cut_from_planes_normalized_whole_and_held_out_planes_wait_t
     stack_labels = np.stack([synthetic_nuclei((48, 48), count=4, seed=seed)[1] for seed in range(5)])
     _, held_out = _validation_split(list(_split_planes([TrainingSample(stack, stack_labels)], model)), 0.2, rng)
     assert len(held_out) == 1 and isinstance(held_out[0][1], _Unnormalized)  # no float32 copy kept between validations
+
+
+def test_validation_counted_plane_by_plane_scores_as_all_planes_together(tiny_config):
+    from napari_unet.core.metrics import pixel_scores
+    from napari_unet.core.postprocess import probabilities_to_labels
+    from napari_unet.core.train import _network_outputs, _split_planes, validate
+
+    model = Model.new(NetworkConfig(depth=2, base_width=4, num_classes=3), threshold=0.3)
+    pairs = [synthetic_nuclei((64, 64), count=6, seed=seed) for seed in range(3)]
+    planes = list(_split_planes([TrainingSample(image, labels) for image, labels in pairs], model))
+    planes[2] = (*planes[2][:3], np.pad(np.ones((64, 40), bool), ((0, 0), (0, 24))))  # partly annotated
+    result = validate(model, planes, torch.device("cpu"), amp=False)
+    outputs = list(_network_outputs(model, planes, torch.device("cpu"), False))
+    predicted = [probabilities_to_labels(p, model.threshold, gap=model.gap) for p, _, _ in outputs]
+    pixels = pixel_scores(np.concatenate([p[m] for p, (_, _, m) in zip(predicted, outputs)]),
+                          np.concatenate([t[m] for _, t, m in outputs]))
+    instances = average_precision([t for _, t, _ in outputs[:2]], predicted[:2], thresholds=(0.5,))
+    assert result == pytest.approx({
+        "iou": pixels["iou"], "f1": pixels["f1"], "ap50": instances["ap_mean"][0], "score": instances["ap_mean"][0],
+        "objects": instances["tp"][0] + instances["fn"][0], "errors": instances["fp"][0] + instances["fn"][0]})

@@ -19,6 +19,7 @@ from .targets import as_instance_labels
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "pixel_scores",
+    "PixelCounts",
     "iou_matrix",
     "MatchCounts",
     "match_counts",
@@ -42,19 +43,41 @@ def pixel_scores(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray | N
     Returns:
         ``{"iou": ..., "f1": ...}``; both 1.0 when neither has foreground.
     """
-    pred = np.asarray(prediction) > 0
-    true = np.asarray(truth) > 0
-    if pred.shape != true.shape:
-        raise InputError(f"prediction shape {pred.shape} differs from ground truth {true.shape}")
-    if mask is not None:
-        pred, true = pred[mask], true[mask]
-    intersection = np.count_nonzero(pred & true)
-    union = np.count_nonzero(pred | true)
-    total = np.count_nonzero(pred) + np.count_nonzero(true)
-    return {
-        "iou": intersection / union if union else 1.0,
-        "f1": 2 * intersection / total if total else 1.0,
-    }
+    counts = PixelCounts()
+    counts.add(prediction, truth, mask)
+    return counts.scores()
+
+
+@dataclass
+class PixelCounts:
+    """Foreground pixels of predictions and truths, summed plane by plane for :func:`pixel_scores`.
+
+    Scores of many planes without holding them all: a validation stack of 2048x2048
+    planes would otherwise keep every plane's labels until the end.
+    """
+
+    overlap: int = 0  # foreground in both
+    extent: int = 0  # foreground in either
+    total: int = 0  # foreground in the prediction plus foreground in the truth
+
+    def add(self, prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Count one more pair of planes (see :func:`pixel_scores` for the arguments)."""
+        pred = np.asarray(prediction) > 0
+        true = np.asarray(truth) > 0
+        if pred.shape != true.shape:
+            raise InputError(f"prediction shape {pred.shape} differs from ground truth {true.shape}")
+        if mask is not None:
+            pred, true = pred[mask], true[mask]
+        self.overlap += np.count_nonzero(pred & true)
+        self.extent += np.count_nonzero(pred | true)
+        self.total += np.count_nonzero(pred) + np.count_nonzero(true)
+
+    def scores(self) -> dict:
+        """``{"iou": ..., "f1": ...}`` of the planes counted; both 1.0 when neither has foreground."""
+        return {
+            "iou": self.overlap / self.extent if self.extent else 1.0,
+            "f1": 2 * self.overlap / self.total if self.total else 1.0,
+        }
 
 
 def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:

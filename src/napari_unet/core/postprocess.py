@@ -14,12 +14,14 @@ a second per 2048x2048 plane.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .metrics import average_precision, pixel_scores
+from .metrics import PixelCounts, average_precision
 
 __all__ = ["FEWEST_OBJECTS_TO_CHOOSE", "THRESHOLD_CHOICES", "choose_threshold", "enough_to_choose", "foreground_probability", "probabilities_to_labels"]
 
@@ -292,8 +294,8 @@ def enough_to_choose(truths: list[np.ndarray]) -> bool:
 
 
 def choose_threshold(
-    probabilities: list[np.ndarray],
-    truths: list[np.ndarray],
+    probabilities: Iterable[np.ndarray],
+    truths: Sequence[np.ndarray],
     current: float = 0.5,
     min_size: int = 10,
     gap: int = 1,
@@ -306,7 +308,10 @@ def choose_threshold(
     objects is measured rather than assumed.
 
     Args:
-        probabilities: ``(classes, H, W)`` network outputs of fully annotated planes.
+        probabilities: ``(classes, H, W)`` network outputs of fully annotated planes, in
+            the order of ``truths``. Read one plane at a time: given an iterator, only
+            one plane's outputs need to be in memory (a validation stack of 300 planes of
+            2048x2048 holds 15 GB of them).
         truths: Their ground-truth instance labels.
         current: The threshold used so far. It stays when the planes hold fewer than
             :data:`FEWEST_OBJECTS_TO_CHOOSE` objects or no other threshold scores
@@ -322,16 +327,18 @@ def choose_threshold(
     """
     if not enough_to_choose(truths):
         return current
-
-    def score(threshold: float) -> tuple[float, float]:
-        predictions = [probabilities_to_labels(p, threshold, min_size, gap) for p in probabilities]
-        ap50 = average_precision(truths, predictions, thresholds=(0.5,))["ap_mean"][0]
-        pooled = pixel_scores(np.concatenate([p.ravel() for p in predictions]),
-                              np.concatenate([t.ravel() for t in truths]))
-        return ap50, pooled["iou"]
-
-    choices = THRESHOLD_CHOICES[probabilities[0].shape[0]]
-    candidates = sorted({current, *choices}, key=lambda t: abs(t - current))
-    scores = [score(t) for t in candidates]
+    candidates: list[float] = []
+    plane_ap, pixels = [], []  # per plane and candidate; per candidate
+    for plane, truth in zip(probabilities, truths):
+        if not candidates:
+            candidates = sorted({current, *THRESHOLD_CHOICES[plane.shape[0]]}, key=lambda t: abs(t - current))
+            pixels = [PixelCounts() for _ in candidates]
+        predictions = [probabilities_to_labels(plane, threshold, min_size, gap) for threshold in candidates]
+        plane_ap.append([average_precision(truth, predicted, thresholds=(0.5,))["ap_mean"][0]
+                         for predicted in predictions])
+        for counts, predicted in zip(pixels, predictions):
+            counts.add(predicted, truth)
+    ap50 = np.mean(plane_ap, axis=0).tolist()
+    scores = [(ap, counts.scores()["iou"]) for ap, counts in zip(ap50, pixels)]
     best = max(scores)
     return candidates[scores.index(best)]  # the first of equals: nearest to current

@@ -31,7 +31,7 @@ from .augment import AugmentConfig, augment_batch
 from .bundle import Model
 from .device import autocast, grad_scaler, resolve_device, smaller_batch_after
 from .errors import InputError, InputWarning, ModelFileError
-from .metrics import average_precision, pixel_scores
+from .metrics import PixelCounts, average_precision
 from .model import NetworkConfig
 from .modelfile import model_file_path
 from .normalize import IntensityRange, Normalization, as_planes, normalization_for
@@ -553,21 +553,21 @@ def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_s
     AP come ``objects`` (annotated objects on those planes) and ``errors`` (false and
     missed objects at IoU 0.5).
     """
-    truths, predictions, pixels_pred, pixels_true = [], [], [], []
+    # Counted plane by plane: a validation stack keeps no plane's labels beyond its own.
+    pixels, plane_ap, objects, errors = PixelCounts(), [], 0, 0
     for probabilities, labels, mask in _network_outputs(model, planes, device, amp, tile_size):
         predicted = probabilities_to_labels(probabilities, model.threshold, gap=model.gap)
-        pixels_pred.append(predicted[mask])
-        pixels_true.append(labels[mask])
+        pixels.add(predicted, labels, mask)
         if mask.all():
-            truths.append(labels)
-            predictions.append(predicted)
-    scores = pixel_scores(np.concatenate(pixels_pred), np.concatenate(pixels_true))
+            instances = average_precision(labels, predicted, thresholds=(0.5,))
+            plane_ap.append(instances["ap_mean"][0])
+            objects += instances["tp"][0] + instances["fn"][0]
+            errors += instances["fp"][0] + instances["fn"][0]
+    scores = pixels.scores()
     result = {"iou": float(scores["iou"]), "f1": float(scores["f1"])}
-    if truths:
-        instances = average_precision(truths, predictions, thresholds=(0.5,))
-        result["ap50"] = float(instances["ap_mean"][0])
-        result["objects"] = int(instances["tp"][0] + instances["fn"][0])
-        result["errors"] = int(instances["fp"][0] + instances["fn"][0])
+    if plane_ap:
+        result["ap50"] = float(np.mean(plane_ap))
+        result["objects"], result["errors"] = int(objects), int(errors)
     result["score"] = result.get("ap50", result["iou"])
     return result
 
@@ -575,11 +575,12 @@ def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_s
 def _tuned_threshold(model: Model, planes: list, device: torch.device, amp: bool) -> float:
     """The post-processing threshold that segments the fully annotated ``planes`` best."""
     complete = [plane for plane in planes if plane[3].all()]
-    if not enough_to_choose([labels for _, _, labels, _ in complete]):
+    truths = [labels for _, _, labels, _ in complete]
+    if not enough_to_choose(truths):
         return model.threshold  # spare the network pass: the threshold would stay
-    outputs = list(_network_outputs(model, complete, device, amp))
-    return choose_threshold([p for p, _, _ in outputs], [labels for _, labels, _ in outputs], model.threshold,
-                            gap=model.gap)
+    # One plane's outputs at a time, however many planes there are.
+    probabilities = (plane_probabilities for plane_probabilities, _, _ in _network_outputs(model, complete, device, amp))
+    return choose_threshold(probabilities, truths, model.threshold, gap=model.gap)
 
 
 def tune_threshold(model: Model, samples: Sequence[TrainingSample], device: str | torch.device = "auto",
