@@ -549,9 +549,10 @@ def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_s
     """Pixel IoU/F1 over the annotated pixels and AP at IoU 0.5 on fully annotated planes.
 
     The planes are ``(name, image, labels, mask)``, as :func:`_split_planes` makes them
-    (the image normalized, or :class:`_Unnormalized`). ``score`` is the AP when some validation plane is fully annotated, else the IoU. With
-    AP come ``objects`` (annotated objects on those planes) and ``errors`` (false and
-    missed objects at IoU 0.5).
+    (the image normalized, or :class:`_Unnormalized`). ``score`` is the AP when some
+    validation plane is fully annotated, else the IoU. With AP come ``objects``
+    (annotated objects on those planes) and ``errors`` (false and missed objects at IoU
+    0.5).
     """
     # Counted plane by plane: a validation stack keeps no plane's labels beyond its own.
     pixels, plane_ap, objects, errors = PixelCounts(), [], 0, 0
