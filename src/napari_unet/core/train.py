@@ -726,6 +726,11 @@ def train_iter(
 
     freeze_norm = fine_tuning if config.freeze_norm is None else config.freeze_norm
     batch_size = config.batch_size  # halved if the device runs out of memory
+
+    def settings(stop_reason: str) -> dict:
+        """What the model records of this run, as it stands."""
+        return dict(config.to_dict(), stop_reason=stop_reason, steps=step, batch_size=batch_size,
+                    intensity_ranges=intensity_ranges)
     history: list[dict] = []
     best_score, best_rank, best_state = None, None, None
     best_is_given = False
@@ -794,9 +799,8 @@ def train_iter(
                     validations_without_gain = 0 if gained else validations_without_gain + 1
                 history.append(record)
                 if checkpoint is not None and (not validation_planes or improved):
-                    training = dict(config.to_dict(), stop_reason="checkpoint", steps=step, batch_size=batch_size,
-                                    intensity_ranges=intensity_ranges)
-                    _save_checkpoint(model, checkpoint, history, training, diameter, pixel_size, pixel_unit)
+                    _save_checkpoint(model, checkpoint, history, settings("checkpoint"), diameter, pixel_size,
+                                     pixel_unit)
                 logger.info("step %d: %s", step, record)
             yield TrainingProgress(
                 step=step,
@@ -824,9 +828,7 @@ def train_iter(
             logger.info("post-processing threshold %.2f -> %.2f (best on the validation images)", model.threshold, threshold)
         model.threshold = threshold
     network.to("cpu", memory_format=torch.contiguous_format).eval()
-    training = dict(config.to_dict(), stop_reason=stop_reason, steps=step, batch_size=batch_size,
-                    intensity_ranges=intensity_ranges)
-    _record(model, history, training, diameter, pixel_size, pixel_unit)
+    _record(model, history, settings(stop_reason), diameter, pixel_size, pixel_unit)
     if best_is_given:
         model.name, model.training_data, model.evaluation = identity
     return TrainingResult(model=model, history=history, stop_reason=stop_reason, unchanged=best_is_given)
