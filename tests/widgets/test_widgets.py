@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -337,6 +338,74 @@ def test_predict_by_the_layers_contrast_limits_gives_the_cores_labels_for_that_r
     assert np.abs(expected.probability - plain).max() > 1e-3  # the range changes what the network sees
     np.testing.assert_array_equal(viewer.layers["nuclei probability"].data, expected.probability)
     np.testing.assert_array_equal(viewer.layers["nuclei prediction"].data, expected.labels)
+
+
+def _recording_amp(monkeypatch, module, name: str, seen: list) -> None:
+    """Replace ``module.name`` by a wrapper that notes the ``amp`` it is called with."""
+    real = getattr(module, name)
+
+    def noting(*args, **kwargs):
+        seen.append((name, kwargs.get("amp")))
+        return real(*args, **kwargs)
+
+    def noting_generator(*args, **kwargs):  # napari's worker runs generator functions as such
+        return (yield from noting(*args, **kwargs))
+
+    monkeypatch.setattr(module, name, noting_generator if inspect.isgeneratorfunction(real) else noting)
+
+
+def test_float32_reaches_the_prediction_and_the_diameter_estimate(make_napari_viewer, qtbot, monkeypatch):
+    from napari_unet.core import predict as core_predict
+    from napari_unet.widgets import PredictWidget
+
+    seen = []
+    _recording_amp(monkeypatch, core_predict, "predict_iter", seen)
+    _recording_amp(monkeypatch, core_predict, "estimate_diameter", seen)
+    viewer = make_napari_viewer()
+    image, _ = synthetic_nuclei((64, 72), count=6, seed=2)
+    viewer.add_image(image, name="nuclei")
+    model = tiny_model_in_session(viewer, object_diameter=12.0)
+    widget = docked(viewer, PredictWidget)
+    widget.image.value = viewer.layers["nuclei"]
+    widget.device.value = "cpu"
+    widget.threshold.value = 0.01  # an untrained model: make sure something is found
+    assert not widget.float32.value  # mixed precision unless asked
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=30_000)
+    widget.float32.value = True
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=30_000)
+    widget.estimate_diameter()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=30_000)
+    assert seen == [("predict_iter", True), ("predict_iter", False), ("estimate_diameter", False)]
+    expected = core_predict.predict(model, image, threshold=0.01, device="cpu", amp=False).labels
+    np.testing.assert_array_equal(widget.output.data, expected)  # the float32 prediction's layer
+
+
+def test_training_in_float32_predicts_the_trained_image_in_float32(viewer_with_nuclei, qtbot, monkeypatch):
+    from napari_unet.core import predict as core_predict
+    from napari_unet.core import train as core_train
+    from napari_unet.widgets import TrainWidget
+
+    configs, seen = [], []
+    real = core_train.train_iter
+
+    def noting(training, *args, **kwargs):  # a generator function, as the worker needs
+        configs.append(kwargs["config"])
+        return (yield from real(training, *args, **kwargs))
+
+    monkeypatch.setattr(core_train, "train_iter", noting)
+    _recording_amp(monkeypatch, core_predict, "predict_iter", seen)
+    viewer = viewer_with_nuclei
+    widget = docked(viewer, TrainWidget)
+    widget.image.value, widget.labels_layer.value = viewer.layers["nuclei"], viewer.layers["truth"]
+    fast_settings(widget)
+    widget.float32.value = True
+    widget.start_training()
+    qtbot.waitUntil(lambda: widget.model is not None and "nuclei prediction" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: bool(seen), timeout=30_000)
+    assert [config.amp for config in configs] == [False]
+    assert seen == [("predict_iter", False)]
 
 
 def test_predict_rgb_with_a_one_channel_model_warns_and_works(make_napari_viewer, qtbot, notifications):

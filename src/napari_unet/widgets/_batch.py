@@ -30,6 +30,7 @@ from ._common import (
     ScrollingDock,
     connect_worker,
     device_choice,
+    float32_choice,
     guarded,
     prediction_settings,
     report_error,
@@ -122,10 +123,7 @@ class BatchWidget(ScrollingDock):
             tooltip="Segment again the files whose label files exist. Off: they are kept and skipped, so that a "
             "rerun goes on where the last one stopped.")
         self.device = device_choice()
-        self.float32 = CheckBox(
-            label="float32", value=False,
-            tooltip="Run the network in float32. Off: mixed precision where the device is faster with it (float16 "
-            "on CUDA GPUs, bfloat16 on CPUs with Intel AMX), about twice as fast; a few outlines move.")
+        self.float32 = float32_choice()
         self.compile = CheckBox(label="compile network", value=False,
                                 tooltip="Compile the network before the first plane (torch.compile): about 8 % "
                                 "faster on a CPU after 10-25 s per image size; worth it for long batches.")

@@ -23,6 +23,7 @@ from ._common import (
     connect_worker,
     contrast_limits_choice,
     device_choice,
+    float32_choice,
     geometry,
     guarded,
     intensity_range,
@@ -68,6 +69,7 @@ def start_prediction(
     threshold: float | None = None,
     min_size: int = 10,
     device: str = "auto",
+    amp: bool = True,
     diameter: float | None = None,
     test_time_augmentation: bool = False,
     intensity_range: tuple[float, float] | None = None,
@@ -87,6 +89,7 @@ def start_prediction(
         threshold: Post-processing probability threshold (None: the model's own).
         min_size: Smallest object kept, in pixels.
         device: "auto", "cpu", "cuda" or "mps".
+        amp: Mixed precision where the device is faster with it; False: float32.
         diameter: Typical object diameter in the image, in pixels; the image is rescaled
             so that its objects match the model's. Without it, the layer's pixel size
             (its scale) is used when both it and the model's pixel size are known.
@@ -134,7 +137,7 @@ def start_prediction(
             probability_layer.refresh()
 
     worker = create_worker(
-        guarded(predict_iter), model, data, tile_size=tile_size, threshold=threshold, min_size=min_size, device=device,
+        guarded(predict_iter), model, data, tile_size=tile_size, threshold=threshold, min_size=min_size, device=device, amp=amp,
         channel_axis=-1 if image.rgb else None, diameter=diameter or None, pixel_size=_pixel_size_for(image, model),
         test_time_augmentation=test_time_augmentation, intensity_range=intensity_range,
         _start_thread=False, _ignore_errors=True,
@@ -177,12 +180,14 @@ class PredictWidget(ScrollingDock):
         self.current_plane_only = CheckBox(text="predict current plane only", value=False,
                                            tooltip="Fast feedback: only the plane on screen, into the last prediction layer.")
         self.device = device_choice()
+        self.float32 = float32_choice()
         self.run = PushButton(text="Predict")
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, max=1000)
         self.contents.extend([
             self.image, self.model, self.tile_size, self.threshold, self.min_size, self.diameter, self.estimate,
-            self.orientations, self.contrast_limits, self.probability, self.current_plane_only, self.device, self.run, self.cancel, self.progress,
+            self.orientations, self.contrast_limits, self.probability, self.current_plane_only, self.device,
+            self.float32, self.run, self.cancel, self.progress,
         ])
         self.run.changed.connect(self.start)
         self.cancel.changed.connect(self.stop)
@@ -227,7 +232,8 @@ class PredictWidget(ScrollingDock):
         self._output_image = image
         self._worker, self.output = start_prediction(
             self._viewer, image, model, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
-            min_size=self.min_size.value, device=self.device.value, diameter=self.diameter.value,
+            min_size=self.min_size.value, device=self.device.value, amp=not self.float32.value,
+            diameter=self.diameter.value,
             test_time_augmentation=self.orientations.value, intensity_range=intensity_range(self.contrast_limits, image),
             probability=self.probability.value, current_plane_only=self.current_plane_only.value,
             output=self.output if self.current_plane_only.value and same_image else None,
@@ -250,8 +256,8 @@ class PredictWidget(ScrollingDock):
         self._worker = create_worker(
             guarded(estimate_diameter), model, plane, channel_axis=-1 if image.rgb else None,
             tile_size=self.tile_size.value or None, threshold=self.threshold.value, min_size=self.min_size.value,
-            device=self.device.value, intensity_range=intensity_range(self.contrast_limits, image),
-            _start_thread=False, _ignore_errors=True,
+            device=self.device.value, amp=not self.float32.value,
+            intensity_range=intensity_range(self.contrast_limits, image), _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, None, self._on_estimated, "the diameter estimate", self._on_finish)
         self._worker.start()

@@ -29,6 +29,7 @@ from ._common import (
     connect_worker,
     contrast_limits_choice,
     device_choice,
+    float32_choice,
     geometry,
     guarded,
     intensity_range,
@@ -68,8 +69,7 @@ class TrainWidget(ScrollingDock):
         self._closed = threading.Event()  # the dock was closed
         self._pairs: list[tuple] = []
         self.model = None  # the last model trained here
-        self._predict_diameter = None  # object diameter to predict the trained image with
-        self._predict_intensity_range = None  # and its intensity range
+        self._prediction_options = {}  # how the trained image is predicted when training ends
         self._trained_image = None  # the image layer predicted when training is done
 
         self.image = create_widget(annotation="napari.layers.Image", label="image",
@@ -115,6 +115,7 @@ class TrainWidget(ScrollingDock):
         self.contrast_limits = contrast_limits_choice(
             "as when predicting with this setting, so that the model learns the planes as it will see them.")
         self.device = device_choice()
+        self.float32 = float32_choice()
         self.predict_when_done = CheckBox(text="predict the image when done", value=True,
                                           tooltip="Segment the trained image with the new model as soon as training ends.")
         self.start = PushButton(text="Start training")
@@ -126,7 +127,7 @@ class TrainWidget(ScrollingDock):
             self.image, self.labels_layer, self.regions, self.new_labels, self.add_pair, self.clear_pairs, self.pairs_label,
             self.convention, self.start_from, self.max_minutes, self.epochs, self.patch_size, self.batch_size,
             self.learning_rate, self.w0, self.sigma, self.augment, self.diameter, self.contrast_limits, self.device,
-            self.predict_when_done,
+            self.float32, self.predict_when_done,
             self.start, self.stop, self.save, self.progress, self.status,
         ])
         self.plot = TrainingPlot()
@@ -253,6 +254,7 @@ class TrainWidget(ScrollingDock):
             epochs=self.epochs.value, max_minutes=self.max_minutes.value, patch_size=self.patch_size.value,
             batch_size=self.batch_size.value, learning_rate=self.learning_rate.value or None, w0=self.w0.value,
             sigma=self.sigma.value, device=self.device.value, augment=AugmentConfig(strength=self.augment.value),
+            amp=not self.float32.value,
         )
 
     # -- training -------------------------------------------------------------------------
@@ -277,11 +279,13 @@ class TrainWidget(ScrollingDock):
         # From scratch on a CPU a lighter network trains in minutes; a GPU takes the paper's size.
         on_gpu = resolve_device(config.device).type != "cpu"
         network = NetworkConfig() if on_gpu else NetworkConfig(depth=3, base_width=16)
-        # A fine-tuned model keeps its own object size; predicting this image needs the same rescaling.
         diameter = self.diameter.value or None
-        self._predict_diameter = diameter if model is not None else None
         self._trained_image = self._training_pairs()[0][0]
-        self._predict_intensity_range = samples[0].intensity_range
+        self._prediction_options = {
+            "device": config.device, "amp": config.amp, "intensity_range": samples[0].intensity_range,
+            # A fine-tuned model keeps its own object size; predicting this image needs the same rescaling.
+            "diameter": diameter if model is not None else None,
+        }
         self._stop.clear()
         self._closed.clear()  # a training started here runs in a dock that is open again
         self.plot.clear()
@@ -343,8 +347,7 @@ class TrainWidget(ScrollingDock):
             from ._predict import start_prediction
 
             try:
-                start_prediction(self._viewer, image, result.model, device=self.device.value,
-                                 diameter=self._predict_diameter, intensity_range=self._predict_intensity_range)
+                start_prediction(self._viewer, image, result.model, **self._prediction_options)
             except NapariUnetError as error:  # a layer the model cannot rescale, for one
                 report_error(error, "the prediction of the trained image")
 
