@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,10 +124,17 @@ def test_predict_reports_a_corrupt_input_and_goes_on(tmp_path, tiny_model_file, 
     [
         (["predict", "--model", "no-such-model", "x.tif", "--out", "o"], "no model file"),
         (["train", "--images", "missing/", "--labels", "missing/", "--out", "m"], "no such file or folder"),
+        (["predict", "--model", "models.safetensors", "x.tif", "--out", "o"],
+         "models.safetensors is a folder, not a model file"),
+        (["predict", "--model", "nuclei", "x.tif", "--out", "notes.txt/labels"],
+         "cannot create the folder notes.txt/labels: not a directory"),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    tifffile.imwrite("x.tif", synthetic_nuclei((32, 32), count=2, seed=0)[0])
+    Path("notes.txt").write_text("a file, not a folder")
+    Path("models.safetensors").mkdir()  # a folder chosen as the model
     assert main(argv) == 2
     assert message in _error_line(capsys)
 

@@ -312,6 +312,16 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, model):
         output_paths([tmp_path / "x" / "cells.tif", tmp_path / "x" / "cells.tiff"], tmp_path / "out")
 
 
+def test_an_output_folder_that_cannot_be_made_fails_before_any_file(tmp_path, model):
+    _write(tmp_path / "cells.tif", "single")
+    (tmp_path / "out").write_text("a file where the folder should be")
+    with pytest.raises(InputError, match=f"^cannot write into {tmp_path / 'out'}: it is a file, not a folder$"):
+        predict_files(model, tmp_path / "cells.tif", tmp_path / "out", **OPTIONS)
+    with pytest.raises(InputError, match="^cannot create the folder .*: not a directory$"):
+        predict_files(model, tmp_path / "cells.tif", tmp_path / "out" / "labels", **OPTIONS)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cells.tif", "out"]
+
+
 def test_a_file_without_objects_to_estimate_the_diameter_from_is_segmented_unscaled_with_a_warning(
         tmp_path, model, monkeypatch):
     model.object_diameter = 12.0

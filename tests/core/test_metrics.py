@@ -365,27 +365,6 @@ def test_a_binary_mask_counts_its_connected_components_as_objects():
         average_precision(mask, labels[:-1])
 
 
-@pytest.mark.parametrize("values", [
-    [0, 3, 3, 7, 1000],  # gaps: a table from value to number
-    [2, 5, 5, 9],  # no background
-    [0, 1, 2**40],  # too far apart for a table: sorted
-    [-3, 0, 4],  # negative: sorted
-    [0.0, 2.5, 7.0],  # not integers: sorted
-])
-def test_relabelling_numbers_objects_in_the_order_of_their_values_by_table_or_by_sorting(values):
-    from napari_unet.core.metrics import _relabel
-
-    rng = np.random.default_rng(0)
-    labels = rng.choice(np.array(values), size=(30, 40))
-    numbered, count = _relabel(labels)
-    objects = sorted(set(np.unique(labels).tolist()) - {0})
-    assert count == len(objects)
-    expected = np.zeros(labels.shape, np.int64)
-    for number, value in enumerate(objects, start=1):
-        expected[labels == value] = number
-    np.testing.assert_array_equal(numbered, expected)
-
-
 def test_pixel_counts_of_planes_one_by_one_score_as_the_planes_together():
     from napari_unet.core.metrics import PixelCounts
 

@@ -11,12 +11,14 @@ from scipy import ndimage
 from skimage.draw import disk
 from skimage.segmentation import expand_labels
 
+from napari_unet.core.scale import equivalent_diameters
 from napari_unet.core.targets import (
     MAX_CLASS_WEIGHT,
     as_instance_labels,
     border_weights,
     class_balance_weights,
     class_targets,
+    consecutive_labels,
     nearest_object_distances,
     touching_borders,
 )
@@ -428,3 +430,34 @@ def test_a_mask_with_one_nonzero_value_is_split_into_objects():
     mask[6:9, 10:15] = 255
     objects = as_instance_labels(mask)
     assert objects.max() == 2 and set(np.unique(objects[mask > 0])) == {1, 2}
+
+
+@pytest.mark.parametrize("values", [
+    [0, 3, 3, 7, 1000],  # gaps: a table from value to number
+    [2, 5, 5, 9],  # no background
+    [0, 1, 2**40],  # too far apart for a table: sorted
+    [-3, 0, 4],  # negative: sorted
+    [0.0, 2.5, 7.0],  # not integers: sorted
+])
+def test_consecutive_labels_number_objects_in_the_order_of_their_values_by_table_or_by_sorting(values):
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice(np.array(values), size=(30, 40))
+    numbered, count = consecutive_labels(labels)
+    objects = sorted(set(np.unique(labels).tolist()) - {0})
+    assert count == len(objects)
+    expected = np.zeros(labels.shape, np.int64)
+    for number, value in enumerate(objects, start=1):
+        expected[labels == value] = number
+    np.testing.assert_array_equal(numbered, expected)
+
+
+def test_label_values_far_above_the_pixel_count_are_numbered_and_measured_without_a_table_of_them():
+    labels = np.zeros((40, 50), np.uint64)
+    labels[5:15, 5:15] = 2**40  # napari accepts any value; a table indexed by it would need 8 TiB
+    labels[20:30, 20:35] = 3 * 2**40
+    numbered = as_instance_labels(labels)
+    assert numbered.max() == 2 and np.array_equal(numbered > 0, labels > 0)
+    np.testing.assert_allclose(equivalent_diameters(labels), np.sqrt(4 * np.array([100, 150]) / np.pi))
+    small = labels // 2**40 * 7
+    np.testing.assert_array_equal(as_instance_labels(small), small)  # values within the pixel count stay

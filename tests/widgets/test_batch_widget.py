@@ -196,3 +196,16 @@ def test_compiling_where_it_is_not_possible_says_so_and_still_segments(batch_wid
     qtbot.waitUntil(lambda: widget.run.enabled and widget.result is not None, timeout=60_000)
     assert sorted(p.name for p in (tmp_path / "in" / "labels").iterdir()) == ["a_hyper.tif", "b_single.tif"]
     assert any(severity == "warning" and "could not compile the network" in text for severity, text in notifications)
+
+
+def test_an_output_folder_that_cannot_be_made_is_said_plainly_in_the_status(batch_widget, qtbot, tmp_path, notifications):
+    widget = batch_widget
+    _inputs(tmp_path / "in")
+    (tmp_path / "out").write_text("a file where the folder should be")
+    widget.inputs.value, widget.out_dir.value = str(tmp_path / "in"), tmp_path / "out"
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=30_000)
+    said = f"cannot write into {tmp_path / 'out'}: it is a file, not a folder"
+    assert widget.status.value == said
+    assert [text for severity, text in notifications if severity == "error"] == [said]
+    assert (tmp_path / "out").read_text() == "a file where the folder should be"

@@ -2,15 +2,16 @@
 
 Each test is one defect a review found in the napari widgets, in a real viewer
 (pytest-qt, under Xvfb): which layer a prediction goes into, pixel sizes in other units
-than the model's, multiscale layers, stopping or closing a Train dock early, training
-pairs of different pixel sizes, the spacing of a batch result, and the files a widget
-writes. Images are tiny and networks untrained, so that each test takes seconds on a CPU.
+than the model's, rotated layers, multiscale and lazily read layers, stopping or closing
+a Train dock or napari early, one job at a time, training pairs of different pixel
+sizes, the spacing of a batch result, and the files a widget writes. Images are tiny and networks untrained, so that each test takes seconds on a CPU.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
 
 import numpy as np
 import pytest
@@ -176,6 +177,127 @@ def test_cancelling_a_prediction_says_so(make_napari_viewer, qtbot, one_torch_th
     infos = [text for severity, text in notifications if severity == "info"]
     assert any("cancelled" in text and "stack prediction" in text for text in infos), notifications
     assert not widget.cancel.enabled
+
+
+def test_a_rotated_and_sheared_image_gets_its_prediction_and_new_labels_in_place(make_napari_viewer, qtbot,
+                                                                                 one_torch_thread):
+    from napari_unet.widgets import PredictWidget, TrainWidget
+
+    viewer = make_napari_viewer()
+    image, _ = _nuclei(viewer, scale=(0.5, 0.5), translate=(10.0, 0.0), rotate=30, shear=[0.2])
+    tiny_model_in_session(viewer)
+    widget = docked(viewer, PredictWidget)
+    widget.device.value = "cpu"
+    _predict(widget, qtbot)
+    train = docked(viewer, TrainWidget)
+    train.image.value = image
+    train.new_labels.clicked.emit()
+    corner = (63, 63)
+    for layer in (viewer.layers["nuclei prediction"], viewer.layers["nuclei labels [1]"]):
+        np.testing.assert_allclose(layer.data_to_world(corner), image.data_to_world(corner))
+
+
+def test_a_lazily_read_image_is_read_by_the_worker_not_by_napari(make_napari_viewer, qtbot, one_torch_thread):
+    dask = pytest.importorskip("dask")
+    import dask.array as da
+
+    from napari_unet.widgets import PredictWidget
+
+    image, labels = synthetic_nuclei((64, 64), count=5, seed=1)
+    readers = []
+
+    def read(plane):  # as a reader plugin opening a large file lazily
+        readers.append(threading.current_thread() is threading.main_thread())
+        return image
+
+    viewer = make_napari_viewer()
+    lazy = da.stack([da.from_delayed(dask.delayed(read)(plane), image.shape, image.dtype) for plane in range(3)])
+    layer = viewer.add_image(lazy, name="lazy", contrast_limits=(0, float(image.max())))
+    tiny_model_in_session(viewer)
+    widget = docked(viewer, PredictWidget)
+    widget.device.value = "cpu"
+    train = _train_widget(viewer, layer, viewer.add_labels(np.stack([labels] * 3), name="lazy labels"))
+    train.predict_when_done.value = False
+    readers.clear()  # napari read planes to show them
+    with dask.config.set(scheduler="synchronous"):  # each read in the thread that asks for the pixels
+        _predict(widget, qtbot)
+        train.start_training()
+        qtbot.waitUntil(lambda: train.start.enabled, timeout=60_000)
+    # Reading a large file on napari's thread would freeze it for as long as the read takes.
+    assert readers and not any(readers), readers
+    assert train.model is not None and viewer.layers["lazy prediction"].data.shape == (3, 64, 64)
+
+
+def test_estimate_waits_while_a_prediction_runs(make_napari_viewer, qtbot, one_torch_thread):
+    from napari_unet.widgets import PredictWidget
+
+    viewer = make_napari_viewer()
+    image, _ = synthetic_nuclei((64, 64), count=5, seed=1)
+    viewer.add_image(np.stack([image] * 6), name="stack")
+    tiny_model_in_session(viewer, object_diameter=12.0)
+    widget = docked(viewer, PredictWidget)
+    widget.device.value = "cpu"
+    widget.start()
+    # Cancel and the end of a job act on the one running: a second job at once would take them over.
+    assert not widget.estimate.enabled and not widget.run.enabled and widget.cancel.enabled
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=30_000)
+    assert widget.estimate.enabled and not widget.cancel.enabled
+
+
+def test_a_folder_chosen_as_the_model_file_is_called_a_folder(make_napari_viewer, tmp_path, notifications):
+    from napari_unet.widgets import PredictWidget
+    from napari_unet.widgets._common import FILE
+
+    viewer = make_napari_viewer()
+    _nuclei(viewer)
+    widget = docked(viewer, PredictWidget)
+    widget.model.source.value = FILE
+    widget.start()
+    assert any("choose a model file first" in text for text in _errors(notifications)), notifications
+    folder = tmp_path / "models.safetensors"
+    folder.mkdir()
+    widget.model.path.value = folder
+    widget.start()
+    assert any(f"{folder} is a folder" in text for text in _errors(notifications)), notifications
+    assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei labels"]
+
+
+@pytest.mark.parametrize("job", ["training", "prediction"])
+def test_closing_napari_while_a_job_runs_ends_it_quietly(make_napari_viewer, qtbot, one_torch_thread, job):
+    from napari_unet.widgets import PredictWidget
+
+    viewer = make_napari_viewer()
+    image, labels = _nuclei(viewer)
+    tiny_model_in_session(viewer)
+    if job == "training":
+        widget = _train_widget(viewer, image, labels, minutes=30)
+        widget.start_training()
+        qtbot.waitUntil(lambda: len(widget.plot.series["loss"]) >= 1, timeout=60_000)
+    else:
+        stack = viewer.add_image(np.stack([image.data] * 200), name="stack")
+        widget = docked(viewer, PredictWidget)
+        widget.image.value, widget.device.value = stack, "cpu"
+        widget.start()
+        qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=30_000)
+    worker = widget._worker
+    assert worker is not None and worker.is_running
+    viewer.close()
+    # The worker's last signals must not reach widgets napari has destroyed (pytest-qt
+    # fails the test on any exception raised in Qt's event loop).
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)
+    qtbot.wait(200)
+
+
+def test_a_training_that_fails_says_why_in_its_status(make_napari_viewer, qtbot, one_torch_thread, notifications):
+    viewer = make_napari_viewer()
+    image, labels = _nuclei(viewer)
+    labels.data = np.where(labels.data > 0, labels.data, -1)  # -1 outside the nuclei: refused by the core
+    tiny_model_in_session(viewer)
+    widget = _train_widget(viewer, image, labels)
+    widget.start_training()
+    qtbot.waitUntil(lambda: widget.start.enabled, timeout=30_000)
+    assert "must not be negative" in widget.status.value
+    assert any("must not be negative" in text for text in _errors(notifications))
 
 
 # -- Train widget -----------------------------------------------------------------------

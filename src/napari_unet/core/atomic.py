@@ -1,4 +1,5 @@
-"""Replacing a file in one step, so that a reader never sees it half written."""
+"""Writing files safely: folders checked before any work, files replaced in one step so that a
+reader never sees one half written."""
 
 from __future__ import annotations
 
@@ -10,7 +11,29 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["replaced_atomically"]
+__all__ = ["writable_folder", "replaced_atomically"]
+
+
+def _reason(error: OSError) -> str:
+    """What the system says went wrong, in its words ("permission denied")."""
+    return (error.strerror or str(error)).lower()
+
+
+def writable_folder(folder: str | os.PathLike) -> Path:
+    """``folder``, created with its parents where needed.
+
+    Raises:
+        InputError: If it cannot be created: a file of that name, no permission, a
+            read-only or full disk.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"cannot write into {folder}: it is a file, not a folder") from None
+    except OSError as error:
+        raise InputError(f"cannot create the folder {folder}: {_reason(error)}") from None
+    return folder
 
 
 @contextlib.contextmanager
@@ -27,7 +50,8 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
         path: The file to write; its folder must exist.
 
     Raises:
-        InputError: If ``path`` is a folder.
+        InputError: If ``path`` is a folder, or cannot be written (no permission, a
+            read-only or full disk), named without the temporary file's name.
     """
     path = Path(path)
     if path.is_dir():
@@ -39,9 +63,13 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
             break
         except FileExistsError:  # another writer's temporary file of the same name
             continue
+        except OSError as error:
+            raise InputError(f"cannot write {path}: {_reason(error)}") from None
     try:
         yield temporary
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):  # the disk filled up, say: nothing was replaced
+            raise InputError(f"cannot write {path}: {_reason(error)}") from error
         raise

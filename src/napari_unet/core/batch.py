@@ -40,6 +40,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from .. import __version__
+from .atomic import writable_folder
 from .bundle import Model
 from .errors import ImageWarning, InputError, InputWarning, NapariUnetError
 from .io import ImageInfo, collect_tiffs, search_root
@@ -463,6 +464,7 @@ def predict_files_iter(
     if channel is not None and (channel < 0 or model.config.in_channels != 1):
         raise InputError(f"channel {channel}: a channel is chosen by its number from 0, for a model that takes one "
                          f"(this one takes {model.config.in_channels})")
+    writable_folder(out_dir)  # a folder that cannot be made fails now, not at the first file
     executor = executor or LocalExecutor()
     finished = [labels.exists() and (prob is None or prob.exists()) and not overwrite for labels, prob in targets]
     settings = _batch_settings(model, predict_options, channel)

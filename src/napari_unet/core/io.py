@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .atomic import replaced_atomically
+from .atomic import replaced_atomically, writable_folder
 from .errors import InputError
 from .units import is_length, length_unit
 
@@ -189,7 +189,7 @@ def write_tiff(
     float32); BigTIFF is used when the data need it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(path.parent)
     data = np.asarray(data)
     imagej = data.dtype in (np.uint8, np.uint16, np.float32) and data.ndim <= 6
     # Planes are gray, never colour samples (tifffile would store 3 or 4 planes as RGB).

@@ -14,7 +14,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .errors import InputError
-from .targets import as_instance_labels
+from .targets import as_instance_labels, consecutive_labels
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -80,32 +80,14 @@ class PixelCounts:
         }
 
 
-def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Consecutive labels 1..n in the order of the values (0 stays background)."""
-    if labels.dtype.kind in "ui" and labels.size:
-        low, high = labels.min(), labels.max()
-        if low >= 0 and high <= 4 * labels.size:
-            # A table from value to number: one pass over the pixels, where np.unique sorts
-            # them (a fifth of a validation of 20 DSB2018 images went into sorting labels).
-            present = np.zeros(int(high) + 1, bool)
-            present[labels] = True
-            present[0] = False
-            numbers = np.cumsum(present)
-            return numbers[labels], int(numbers[-1])
-    values, inverse = np.unique(labels, return_inverse=True)
-    objects = values != 0
-    numbers = np.cumsum(objects) * objects  # of each distinct value; 0 for the background
-    return numbers[inverse].reshape(labels.shape), int(objects.sum())
-
-
 def iou_matrix(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """IoU of every ground-truth object (rows) with every predicted object (columns)."""
     truth = np.asarray(truth)
     prediction = np.asarray(prediction)
     if truth.shape != prediction.shape:
         raise InputError(f"prediction shape {prediction.shape} differs from ground truth {truth.shape}")
-    true_ids, n_true = _relabel(truth)
-    pred_ids, n_pred = _relabel(prediction)
+    true_ids, n_true = consecutive_labels(truth)
+    pred_ids, n_pred = consecutive_labels(prediction)
     overlap = np.bincount(
         (true_ids * (n_pred + 1) + pred_ids).ravel(), minlength=(n_true + 1) * (n_pred + 1)
     ).reshape(n_true + 1, n_pred + 1)

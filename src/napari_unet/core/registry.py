@@ -47,6 +47,8 @@ def load_model(name_or_path: str | os.PathLike) -> Model:
         return load_model_file(path)
     if path.name and not path.suffix and path.with_suffix(MODEL_SUFFIX).is_file():  # as save_model names it
         return load_model_file(path.with_suffix(MODEL_SUFFIX))
+    if text and path.is_dir():
+        raise ModelFileError(f"{text} is a folder, not a model file; choose the {MODEL_SUFFIX} file in it")
     names = ", ".join(embedded_models()) or "none yet"
     raise ModelFileError(f"no model file {text!r} and no embedded model of that name (embedded: {names})")
 

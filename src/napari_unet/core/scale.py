@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .bundle import Model
 from .errors import InputError
+from .targets import consecutive_labels
 from .units import in_unit
 
 __all__ = ["pixel_size_for_model", "scale_factor", "usable_diameter", "scaled_shape", "resize_plane", "resize_labels", "equivalent_diameters", "object_diameter"]
@@ -134,7 +135,8 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
     """Diameter (pixels) of the circle of each object's area, for every object in ``labels``."""
-    areas = np.bincount(np.asarray(labels).ravel().astype(np.int64))[1:]
+    numbered, _ = consecutive_labels(np.asarray(labels))  # any values: 2**40 must not size a table
+    areas = np.bincount(numbered.ravel())[1:]
     return np.sqrt(4 * areas[areas > 0] / math.pi)
 
 

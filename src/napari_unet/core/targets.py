@@ -21,6 +21,7 @@ from .errors import InputError
 
 __all__ = [
     "as_instance_labels",
+    "consecutive_labels",
     "touching_borders",
     "class_targets",
     "class_balance_weights",
@@ -36,11 +37,31 @@ BORDER_TERM_TOLERANCE = 1e-6
 MAX_CLASS_WEIGHT = 10.0
 
 
+def consecutive_labels(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Labels numbered 1..n in the order of their values (0 stays background), and n."""
+    if labels.dtype.kind in "ui" and labels.size:
+        low, high = labels.min(), labels.max()
+        if low >= 0 and high <= 4 * labels.size:
+            # A table from value to number: one pass over the pixels, where np.unique sorts
+            # them (a fifth of a validation of 20 DSB2018 images went into sorting labels).
+            present = np.zeros(int(high) + 1, bool)
+            present[labels] = True
+            present[0] = False
+            numbers = np.cumsum(present)
+            return numbers[labels], int(numbers[-1])
+    values, inverse = np.unique(labels, return_inverse=True)
+    objects = values != 0
+    numbers = np.cumsum(objects) * objects  # of each distinct value; 0 for the background
+    return numbers[inverse].reshape(labels.shape), int(objects.sum())
+
+
 def as_instance_labels(labels: np.ndarray) -> np.ndarray:
     """Integer instance labels from integer, float or binary input.
 
     A binary mask (bool, or a single nonzero value such as 0/1 or 0/255) is split into
-    connected components, one object each.
+    connected components, one object each. Values far above the pixel count (napari
+    allows any, such as 2**40) are numbered 1..n, so that tables indexed by label fit in
+    memory.
     """
     labels = np.asarray(labels)
     if labels.dtype == bool:
@@ -55,6 +76,8 @@ def as_instance_labels(labels: np.ndarray) -> np.ndarray:
     if objects.size and objects.min() == objects.max():
         # One value for all objects: a mask, whose touching objects could never be told apart.
         return ndimage.label(labels > 0)[0]
+    if objects.size and objects.max() > labels.size:
+        return consecutive_labels(labels)[0]
     return labels
 
 

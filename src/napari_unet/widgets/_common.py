@@ -7,6 +7,7 @@ computes on pixels. torch is imported only when a widget first needs a model or 
 from __future__ import annotations
 
 import inspect
+import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -152,10 +153,9 @@ class ModelChooser(Container):
                 raise ModelFileError("no model has been trained in this session yet")
             return self._session.latest
         if choice == FILE:
-            path = Path(self.path.value)
-            if not path.is_file():
+            if str(self.path.value) in ("", "."):  # the field's value before a file is chosen
                 raise ModelFileError("choose a model file first")
-            return load_model(path)
+            return load_model(self.path.value)
         return load_model(choice[len(EMBEDDED_PREFIX):])
 
 
@@ -253,6 +253,8 @@ class ScrollingDock(Container):
         self.contents = Container()
         self.margins = (0, 0, 0, 0)
         self.native.layout().addWidget(_VerticalScrollArea(self.contents.native))
+        destroyed = self._destroyed = threading.Event()
+        self.native.destroyed.connect(lambda *_: destroyed.set())
 
     def reset_choices(self, *_) -> None:
         """Update the layer choices; napari calls it whenever layers change."""
@@ -267,6 +269,23 @@ class ScrollingDock(Container):
         """
         self.native.destroyed.connect(lambda *_: callback())
         _UndockWatcher(self.native, callback)
+
+    def unless_destroyed(self, callback: Callable | None) -> Callable | None:
+        """``callback``, made to do nothing once napari has destroyed this dock's Qt widgets.
+
+        Closing the napari window destroys them while a worker may still be running: its
+        last signals must not touch them.
+        """
+        if callback is None:
+            return None
+        destroyed = self._destroyed
+
+        def call(*args):
+            if not destroyed.is_set():
+                return callback(*args)
+            return None
+
+        return call
 
 
 def wrapped_label(value: str = "") -> Label:
@@ -327,6 +346,10 @@ def geometry(layer) -> dict:
         "scale": spatial_scale(layer),
         "translate": tuple(float(t) for t in layer.translate[:count]),
         "units": tuple(layer.units[:count]),
+        # A rotated or sheared image keeps its layers in place (the transforms of its spatial axes).
+        "rotate": np.array(layer.rotate),
+        "shear": np.array(layer.shear),
+        "affine": np.array(layer.affine.affine_matrix),
     }
 
 
@@ -346,29 +369,40 @@ def pixel_size(layer) -> tuple[tuple[float, float] | None, str]:
     return (scale[0], scale[1]), unit
 
 
-def pixels(layer, plane: tuple[int, ...] = ()) -> np.ndarray:
-    """A numpy copy of the layer's pixels at full resolution, or of one plane of them.
+def pixel_source(layer, plane: tuple[int, ...] = ()):
+    """The layer's pixels at full resolution, or one plane of them, as the layer holds them.
 
-    Dask or zarr arrays are read here; of a multiscale image, the finest level.
+    Of a multiscale image, the finest level. A dask or zarr array (a large file opened
+    lazily) is read only when converted to numpy: hand it to the core in a worker, so
+    that reading does not freeze napari.
 
     Args:
         layer: An Image or Labels layer.
         plane: Index of the plane along the leading axes (empty: all of it).
     """
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    return np.array(data[plane] if plane else data)
+    return data[plane] if plane else data
+
+
+def pixels(layer, plane: tuple[int, ...] = ()) -> np.ndarray:
+    """A numpy copy of :func:`pixel_source`, read here: for labels the user may paint meanwhile."""
+    return np.array(pixel_source(layer, plane))
+
+
+def error_message(error: BaseException, doing: str) -> str:
+    """An error in plain words: the core's own message, or what failed and why."""
+    from ..core.errors import NapariUnetError
+
+    if isinstance(error, NapariUnetError):
+        return str(error)
+    if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
+        return f"{doing} ran out of memory; lower the batch size, patch size or tile size and try again"
+    return f"{doing} failed: {error}"
 
 
 def report_error(error: BaseException, doing: str) -> None:
     """Show an error as a napari notification in plain words, without a traceback dialog."""
-    from ..core.errors import NapariUnetError
-
-    if isinstance(error, NapariUnetError):
-        show_error(str(error))
-    elif "out of memory" in str(error).lower():
-        show_error(f"{doing} ran out of memory; lower the batch size, patch size or tile size and try again")
-    else:
-        show_error(f"{doing} failed: {error}")
+    show_error(error_message(error, doing))
 
 
 class WorkerFailure(Exception):
@@ -401,15 +435,32 @@ def guarded(function: Callable) -> Callable:
     return run
 
 
-def connect_worker(worker, on_yield: Callable | None, on_return: Callable, doing: str, on_finish: Callable) -> None:
-    """Wire a napari worker to the widget: progress, result, errors and warnings as notifications."""
+def connect_worker(worker, dock: ScrollingDock, on_yield: Callable | None, on_return: Callable, doing: str,
+                   on_finish: Callable, on_error: Callable | None = None) -> None:
+    """Wire a napari worker to a dock widget: progress, result, errors and warnings as notifications.
+
+    Args:
+        worker: The napari worker, not started yet.
+        dock: The widget whose callbacks these are; they stop once it is destroyed.
+        on_yield: Called with each value a generator worker yields.
+        on_return: Called with the worker's result.
+        doing: What the worker does, for error messages ("training").
+        on_finish: Called when the worker ends, however it ends.
+        on_error: Called with the notification's message when the worker fails.
+    """
     if hasattr(worker, "yielded"):  # generator workers only
-        worker.yielded.connect(on_yield)
-    worker.returned.connect(on_return)
-    worker.errored.connect(lambda error: report_error(error, doing))
+        worker.yielded.connect(dock.unless_destroyed(on_yield))
+    worker.returned.connect(dock.unless_destroyed(on_return))
+    def failed(error: BaseException) -> None:
+        message = error_message(error, doing)
+        show_error(message)
+        if on_error is not None:
+            on_error(message)
+
+    worker.errored.connect(dock.unless_destroyed(failed))
     # ``warned`` carries warnings.showwarning's arguments; the first is the warning itself.
     worker.warned.connect(lambda arguments: show_warning(str(arguments[0])))
-    worker.finished.connect(on_finish)
+    worker.finished.connect(dock.unless_destroyed(on_finish))
 
 
 __all__ = [
@@ -422,6 +473,7 @@ __all__ = [
     "spatial_scale",
     "geometry",
     "pixel_size",
+    "pixel_source",
     "pixels",
     "prediction_settings",
     "wrapped_label",

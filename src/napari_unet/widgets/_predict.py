@@ -28,7 +28,7 @@ from ._common import (
     guarded,
     intensity_range,
     pixel_size,
-    pixels,
+    pixel_source,
     prediction_settings,
     report_error,
     show_error,
@@ -63,6 +63,7 @@ def _pixel_size_for(image, model) -> tuple[float, float] | None:
 
 def start_prediction(
     viewer: napari.viewer.Viewer,
+    dock: ScrollingDock,
     image,
     model,
     tile_size: int | None = None,
@@ -83,6 +84,7 @@ def start_prediction(
 
     Args:
         viewer: The viewer to add layers to.
+        dock: The widget that asks; its callbacks stop once napari destroys it.
         image: The Image layer.
         model: A :class:`~napari_unet.core.bundle.Model`.
         tile_size: Largest tile edge in pixels (None: the core's default).
@@ -113,7 +115,7 @@ def start_prediction(
 
     shape = spatial_shape(image)
     plane_index = _current_plane(viewer, image) if current_plane_only else ()
-    data = pixels(image, plane_index)
+    data = pixel_source(image, plane_index)  # read by the worker: a large file must not freeze napari
     placement = geometry(image)
     if output is None or output not in viewer.layers or tuple(output.data.shape) != shape:
         output = viewer.add_labels(np.zeros(shape, np.int32), name=f"{image.name} prediction", **placement)
@@ -142,7 +144,7 @@ def start_prediction(
         test_time_augmentation=test_time_augmentation, intensity_range=intensity_range,
         _start_thread=False, _ignore_errors=True,
     )
-    connect_worker(worker, show_plane, lambda _: None, "prediction", on_finish or (lambda: None))
+    connect_worker(worker, dock, show_plane, lambda _: None, "prediction", on_finish or (lambda: None))
     worker.start()
     return worker, output
 
@@ -224,14 +226,15 @@ class PredictWidget(ScrollingDock):
         if chosen is None:
             return
         image, model = chosen
-        self.run.enabled, self.cancel.enabled = False, True
+        # One job at a time: Cancel and the end of the job act on the one running.
+        self.run.enabled, self.estimate.enabled, self.cancel.enabled = False, False, True
         self.progress.value = 0
         self._cancelled = False
         # One plane goes into the last prediction layer only if that segments the same image.
         same_image = self.output is not None and self._output_image is image
         self._output_image = image
         self._worker, self.output = start_prediction(
-            self._viewer, image, model, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
+            self._viewer, self, image, model, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
             min_size=self.min_size.value, device=self.device.value, amp=not self.float32.value,
             diameter=self.diameter.value,
             test_time_augmentation=self.orientations.value, intensity_range=intensity_range(self.contrast_limits, image),
@@ -251,7 +254,7 @@ class PredictWidget(ScrollingDock):
             return
         image, model = chosen
         plane_index = _current_plane(self._viewer, image)
-        plane = pixels(image, plane_index)
+        plane = pixel_source(image, plane_index)
         self.run.enabled = self.estimate.enabled = False
         self._worker = create_worker(
             guarded(estimate_diameter), model, plane, channel_axis=-1 if image.rgb else None,
@@ -259,7 +262,7 @@ class PredictWidget(ScrollingDock):
             device=self.device.value, amp=not self.float32.value,
             intensity_range=intensity_range(self.contrast_limits, image), _start_thread=False, _ignore_errors=True,
         )
-        connect_worker(self._worker, None, self._on_estimated, "the diameter estimate", self._on_finish)
+        connect_worker(self._worker, self, None, self._on_estimated, "the diameter estimate", self._on_finish)
         self._worker.start()
 
     def _on_estimated(self, diameter):

@@ -34,6 +34,7 @@ from ._common import (
     guarded,
     intensity_range,
     pixel_size,
+    pixel_source,
     pixels,
     report_error,
     session_models,
@@ -217,8 +218,9 @@ class TrainWidget(ScrollingDock):
                 mask = labelled_planes_mask(label_data)
             if not mask.any():
                 raise InputError(f"nothing is annotated in {labels.name}: paint at least one object first")
-            image_data = pixels(image)
-            samples.append(TrainingSample(image_data, label_data, mask, name=image.name,
+            # The image is read in the worker (a large file must not freeze napari); the labels
+            # are copied now, so that painting can go on meanwhile.
+            samples.append(TrainingSample(pixel_source(image), label_data, mask, name=image.name,
                                           intensity_range=intensity_range(self.contrast_limits, image)))
         return samples
 
@@ -296,7 +298,8 @@ class TrainWidget(ScrollingDock):
             guarded(train_iter), samples, model=model, config=config, network_config=network, stop=self._stop,
             pixel_size=size, pixel_unit=unit, diameter=diameter, _start_thread=False, _ignore_errors=True,
         )
-        connect_worker(self._worker, self._on_progress, self._on_trained, "training", lambda: self._set_running(False))
+        connect_worker(self._worker, self, self._on_progress, self._on_trained, "training",
+                       lambda: self._set_running(False), on_error=self._on_failed)
         self._worker.start()
 
     def stop_training(self, *_):
@@ -323,6 +326,9 @@ class TrainWidget(ScrollingDock):
         best = f", best score {progress.best_score:.3f}" if progress.best_score is not None else ""
         self.status.value = f"step {progress.step}, loss {progress.loss:.4f}{best}, {progress.elapsed:.0f} s"
 
+    def _on_failed(self, message: str):
+        self.status.value = message
+
     def _on_trained(self, result):
         if result.model.training["steps"] == 0:
             # Stopped before the first step: nothing was learned, so nothing replaces the
@@ -347,7 +353,7 @@ class TrainWidget(ScrollingDock):
             from ._predict import start_prediction
 
             try:
-                start_prediction(self._viewer, image, result.model, **self._prediction_options)
+                start_prediction(self._viewer, self, image, result.model, **self._prediction_options)
             except NapariUnetError as error:  # a layer the model cannot rescale, for one
                 report_error(error, "the prediction of the trained image")
 
