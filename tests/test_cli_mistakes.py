@@ -64,9 +64,50 @@ def test_stopped_before_the_first_step_the_model_file_is_left_as_it_was(pair, tm
         return (yield from real(samples, stop=stop, **kwargs))
 
     monkeypatch.setattr(core_train, "train_iter", stopped_at_once)
-    assert _train(pair, "--out", str(out), "--epochs", "1", *TINY) == 130
+    assert _train(pair, "--out", str(out), "--epochs", "1", "--overwrite", *TINY) == 130
     assert "before its first step" in _error_line(capsys)
     assert out.read_bytes() == before
+
+
+def test_stopped_after_some_steps_the_model_is_saved_and_the_exit_code_says_interrupted(pair, tmp_path, capsys,
+                                                                                        monkeypatch):
+    real = core_train.train_iter
+
+    def stopped(samples, stop=None, **kwargs):
+        generator = real(samples, stop=stop, **kwargs)
+        yield next(generator)
+        stop.set()  # as Ctrl-C during training does
+        return (yield from generator)
+
+    monkeypatch.setattr(core_train, "train_iter", stopped)
+    out = tmp_path / "m.safetensors"
+    assert _train(pair, "--out", str(out), "--epochs", "50", *TINY) == 130  # as scripts expect of Ctrl-C
+    assert json.loads(capsys.readouterr().out)["stop_reason"] == "stopped"
+    assert out.is_file()
+
+
+def test_an_existing_model_file_is_replaced_only_with_overwrite_and_never_the_starting_model(pair, tmp_path, capsys):
+    start = Model.new(NetworkConfig(depth=2, base_width=4)).save(tmp_path / "start.safetensors")
+    before = start.read_bytes()
+    for extra in ([], ["--overwrite"]):  # the model fine-tuning starts from is an input
+        assert _train(pair, "--init", str(start), "--out", str(start), "--epochs", "1", *extra, *TINY) == 2
+        assert _error_line(capsys) == (f"napari-unet: error: {start} is the model training starts from (--init); "
+                                       "write the new model to another file")
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(before)
+    assert _train(pair, "--out", str(other), "--epochs", "1", *TINY) == 2
+    assert _error_line(capsys) == (f"napari-unet: error: {other} exists; choose another file name, or add "
+                                   "--overwrite to replace it")
+    assert start.read_bytes() == other.read_bytes() == before
+    assert _train(pair, "--out", str(other), "--epochs", "1", "--overwrite", *TINY) == 0
+    assert other.read_bytes() != before
+
+
+@pytest.mark.parametrize("flag", [["--diameter", "30"], ["--train-norm"]])
+def test_fine_tuning_flags_without_a_model_to_fine_tune_are_refused(pair, tmp_path, capsys, flag):
+    assert _train(pair, "--out", str(tmp_path / "m.safetensors"), "--epochs", "1", *flag, *TINY) == 2
+    assert f"{flag[0]} applies when fine-tuning a model (--init NAME or PATH)" in _error_line(capsys)
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_images_of_different_pixel_sizes_are_not_trained_together(pair, capsys, tmp_path):

@@ -67,6 +67,22 @@ def test_predict_folders_and_globs_prints_a_table_and_reruns_skip(tmp_path, mode
     assert rows["b_hyper.tif"][0] == "6" and (out / "b_hyper.tif").read_bytes() == first
 
 
+def test_a_recursive_pattern_above_the_output_folder_leaves_out_earlier_outputs(tmp_path, model_file, inputs,
+                                                                               capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    command = ["predict", "--model", model_file, "in/**/*.tif", "--out", "in/labels", *FAST]
+    assert main(command) == 0
+    capsys.readouterr()
+    # The same command again goes on where the first stopped: the label files it wrote are
+    # not inputs (they would be segmented, and nested one folder deeper every run).
+    assert main(command) == 0
+    captured = capsys.readouterr()
+    assert set(_table(captured.out)) == {"a_stack.tif", "b_hyper.tif"}
+    assert all("skipped" in " ".join(row) for row in _table(captured.out).values())
+    assert "2 file(s) in the output folder in/labels are not taken as inputs" in captured.err
+    assert sorted(path.name for path in (inputs / "labels").iterdir()) == ["a_stack.tif", "b_hyper.tif"]
+
+
 def test_a_corrupt_input_fails_alone_with_a_summary_and_exit_code_1(tmp_path, model_file, inputs, capsys):
     (inputs / "c_broken.tif").write_bytes(b"II*\x00not really")
     code = main(["predict", "--model", model_file, str(inputs), "--out", str(tmp_path / "out"), *FAST])

@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "or binary masks whose connected components are the objects; same names as the images")
     train.add_argument("--out", required=True,
                        help="model file to write (.safetensors); rewritten whenever validation improves")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the --out file if it exists (default: refuse; never the --init model)")
     train.add_argument("--init", default="scratch",
                        help="start from 'scratch', an embedded model's name or a model file (default: scratch)")
     train.add_argument("--train-norm", action="store_true",
@@ -290,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
+    from .core.atomic import writable_folder
     from .core.augment import AugmentConfig
     from .core.errors import InputError, ModelFileError
     from .core.io import collect_tiffs, pair_by_name, read_tiff
@@ -303,15 +306,26 @@ def _train(args) -> int:
 
     if (args.val_images is None) != (args.val_labels is None):
         raise InputError("--val-images and --val-labels go together")
+    if args.init == "scratch" and (args.diameter or args.train_norm):
+        flag = "--diameter" if args.diameter else "--train-norm"
+        raise InputError(f"{flag} applies when fine-tuning a model (--init NAME or PATH); a new model "
+                         "learns the objects at the size and contrast they have in these images")
     intensity_range = None if args.intensity_range is None else tuple(args.intensity_range)
     if intensity_range is not None:
         IntensityRange(*intensity_range)  # a wrong range is said before the images are read
     # Checked before any work: the model file is written during training (checkpoints),
     # and must never replace an image, a label file or a folder.
     try:
-        model_file_path(args.out)
+        out = model_file_path(args.out)
     except ModelFileError as error:
         raise InputError(f"--out names the model file to write: {error}") from None
+    if out.exists():
+        init = Path(args.init).expanduser()
+        if any(file.is_file() and file.samefile(out) for file in (init, Path(f"{init}.safetensors"))):
+            raise InputError(f"{out} is the model training starts from (--init); write the new model to another file")
+        if not args.overwrite:
+            raise InputError(f"{out} exists; choose another file name, or add --overwrite to replace it")
+    writable_folder(out.parent)  # said now, not at the first checkpoint minutes later
     pixel_size, unit = args.pixel_size, "um" if args.pixel_size else ""
     first = ""  # the file the pixel size comes from
 
@@ -370,7 +384,7 @@ def _train(args) -> int:
 
     try:
         generator = train_iter(samples, model=model, config=config, network_config=network, stop=stop,
-                               pixel_size=pixel_size, pixel_unit=unit, checkpoint=args.out,
+                               pixel_size=pixel_size, pixel_unit=unit, checkpoint=out,
                                validation_samples=validation, diameter=args.diameter)
         # Ctrl-C ends training after the current step and still saves the best model so far.
         with _ctrl_c_sets(stop, "after the current step"):
@@ -378,16 +392,16 @@ def _train(args) -> int:
     finally:
         progress.close()
     if result.model.training["steps"] == 0:
-        print(f"napari-unet: training stopped before its first step; {args.out} was not written", file=sys.stderr)
+        print(f"napari-unet: training stopped before its first step; {out} was not written", file=sys.stderr)
         return 130 if stop.is_set() else EXIT_FAILED
-    path = result.model.save(args.out)
+    path = result.model.save(out)
     if result.unchanged:
         print(f"napari-unet: {result.why_unchanged()} ({args.init}); {path} holds it unchanged", file=sys.stderr)
     last = result.history[-1] if result.history else {}
     print(json.dumps({"model": str(path), "stop_reason": result.stop_reason, "steps": result.model.training["steps"],
                       "unchanged": result.unchanged, "threshold": result.model.threshold,
                       "last_validation": _rounded(last)}))
-    return 0
+    return 130 if result.stop_reason == "stopped" else 0  # Ctrl-C: the model is saved, the run was cut short
 
 
 def _rounded(values: dict) -> dict:
@@ -420,8 +434,11 @@ def _predict(args) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out is the folder to write results into, and {args.out} is a file")
     model = load_model(args.model)
-    # Each input must match a file; the engine takes a file given twice (a folder and a glob) once.
-    files = [path for spec in args.inputs for path in collect_tiffs(spec)]
+    for spec in args.inputs:
+        collect_tiffs(spec)  # each input must match a file
+    # The engine expands them itself: a file given twice (a folder and a glob) is taken once,
+    # and a folder or pattern above the output folder leaves out an earlier run's outputs.
+    files = list(args.inputs)
     options = {"tile_size": args.tile_size, "batch_size": args.batch_size, "threshold": args.threshold,
                "min_size": args.min_size, "device": args.device, "diameter": args.diameter,
                "amp": not args.float32, "compile_network": args.compile, "test_time_augmentation": args.tta,
@@ -675,6 +692,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as error:  # the system's, in its words: an input/output error, a disk gone
+        where = f": {error.filename}" if error.filename else ""
+        print(f"napari-unet: error: {(error.strerror or str(error)).lower()}{where}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

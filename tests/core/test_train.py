@@ -163,17 +163,21 @@ def test_fine_tuning_that_only_hurts_gives_the_model_back_unchanged(nuclei, tiny
     config = TrainingConfig(**dict(FAST, epochs=2))
     model = train([TrainingSample(image, labels)], network_config=tiny_config, config=config).model
     model.name, model.evaluation = "nuclei-like", {"ap50_pooled": 0.9}
+    model.object_diameter = 30.0
     before = _weights(model)
-    # Annotations that say every nucleus is background, validated against the real ones.
-    misled = train([TrainingSample(image, np.zeros_like(labels))], model=model,
-                   config=replace(config, learning_rate=0.05),
-                   validation_samples=[TrainingSample(image, labels)])
+    # Annotations of nuclei where there are none, validated against the real ones, with a
+    # pixel size the model does not record.
+    misplaced = np.roll(labels, (labels.shape[0] // 2, labels.shape[1] // 2), axis=(0, 1))
+    misled = train([TrainingSample(image, misplaced)], model=model, config=replace(config, learning_rate=0.05),
+                   validation_samples=[TrainingSample(image, labels)], pixel_size=(0.4, 0.4), pixel_unit="um")
     assert misled.history[0]["step"] == 0 and misled.history[-1]["iou"] < misled.history[0]["iou"]
     assert _same_weights(_weights(misled.model), before)
     # All of it unchanged, and said so: its name, figures and threshold still hold.
     assert misled.unchanged
     assert (misled.model.name, misled.model.evaluation, misled.model.threshold) == (
         "nuclei-like", {"ap50_pooled": 0.9}, model.threshold)
+    # What rescales its predictions too: they must stay as they were.
+    assert (misled.model.object_diameter, misled.model.pixel_size, misled.model.pixel_unit) == (30.0, None, "")
     assert misled.starting_score == misled.history[0]["score"] < 1.0
     assert f"than the starting model (score {misled.starting_score:.3f})" in misled.why_unchanged()
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["writable_folder", "replaced_atomically"]
+__all__ = ["writable_folder", "write_errors_said_plainly", "replaced_atomically"]
 
 
 def _reason(error: OSError) -> str:
@@ -20,11 +21,11 @@ def _reason(error: OSError) -> str:
 
 
 def writable_folder(folder: str | os.PathLike) -> Path:
-    """``folder``, created with its parents where needed.
+    """``folder``, created with its parents where needed, once a file could be made in it.
 
     Raises:
-        InputError: If it cannot be created: a file of that name, no permission, a
-            read-only or full disk.
+        InputError: If it cannot be created or written into: a file of that name, no
+            permission, a read-only disk.
     """
     folder = Path(folder)
     try:
@@ -33,7 +34,21 @@ def writable_folder(folder: str | os.PathLike) -> Path:
         raise InputError(f"cannot write into {folder}: it is a file, not a folder") from None
     except OSError as error:
         raise InputError(f"cannot create the folder {folder}: {_reason(error)}") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # nameless where the system allows: nothing is left
+            pass
+    except OSError as error:
+        raise InputError(f"cannot write into the folder {folder}: {_reason(error)}") from None
     return folder
+
+
+@contextlib.contextmanager
+def write_errors_said_plainly(path: str | os.PathLike) -> Iterator[None]:
+    """Turn the system's errors in writing ``path`` (a full disk, say) into an :class:`InputError` naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {_reason(error)}") from error
 
 
 @contextlib.contextmanager
@@ -66,10 +81,9 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
         except OSError as error:
             raise InputError(f"cannot write {path}: {_reason(error)}") from None
     try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException as error:
+        with write_errors_said_plainly(path):  # the disk filled up, say: nothing was replaced
+            yield temporary
+            os.replace(temporary, path)
+    except BaseException:
         temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError):  # the disk filled up, say: nothing was replaced
-            raise InputError(f"cannot write {path}: {_reason(error)}") from error
         raise

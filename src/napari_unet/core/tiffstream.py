@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .atomic import writable_folder, write_errors_said_plainly
 from .errors import InputError
 from .io import ImageInfo, TiffErrors, _pixel_size
 
@@ -205,9 +206,10 @@ class PageTiffWriter:
         if metadata.resolution is not None:
             self._options["resolution"] = metadata.resolution
             self._options["resolutionunit"] = metadata.resolution_unit
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writable_folder(self.path.parent)
         bigtiff = math.prod(self.shape) * self.dtype.itemsize > BIGTIFF_BYTES
-        self._writer = tifffile.TiffWriter(self.partial, bigtiff=bigtiff)
+        with write_errors_said_plainly(self.path):
+            self._writer = tifffile.TiffWriter(self.partial, bigtiff=bigtiff)
 
     def write(self, page: np.ndarray) -> None:
         """Append the next page."""
@@ -217,16 +219,18 @@ class PageTiffWriter:
         # stack, and how it was made.
         first = self._written == 0
         extratags = [(SETTINGS_TAG, "s", 0, self._settings, True)] if first and self._settings else []
-        self._writer.write(np.asarray(page, self.dtype), description=self._description if first else None,
-                           extratags=extratags, **self._options)
+        with write_errors_said_plainly(self.path):
+            self._writer.write(np.asarray(page, self.dtype), description=self._description if first else None,
+                               extratags=extratags, **self._options)
         self._written += 1
 
     def commit(self) -> Path:
         """Close the file and give it its final name; returns the final path."""
         if self._written != self.pages:
             raise ValueError(f"{self.path}: {self._written} of {self.pages} pages written")
-        self._writer.close()
-        os.replace(self.partial, self.path)
+        with write_errors_said_plainly(self.path):
+            self._writer.close()
+            os.replace(self.partial, self.path)
         self._committed = True
         return self.path
 

@@ -828,9 +828,12 @@ def train_iter(
             logger.info("post-processing threshold %.2f -> %.2f (best on the validation images)", model.threshold, threshold)
         model.threshold = threshold
     network.to("cpu", memory_format=torch.contiguous_format).eval()
-    _record(model, history, settings(stop_reason), diameter, pixel_size, pixel_unit)
     if best_is_given:
+        # The given model as it was: what it records of its objects' size and of its pixels
+        # rescales every prediction, so this run's data must not replace it.
         model.name, model.training_data, model.evaluation = identity
+        diameter, pixel_size = None, None
+    _record(model, history, settings(stop_reason), diameter, pixel_size, pixel_unit)
     return TrainingResult(model=model, history=history, stop_reason=stop_reason, unchanged=best_is_given)
 
 
