@@ -129,25 +129,54 @@ def test_images_of_different_pixel_sizes_are_not_trained_together(pair, capsys, 
     (["--seed", "-1"], "--seed"), (["--w0", "nan"], "--w0"), (["--augment", "-1"], "--augment"),
     (["--dice-weight", "-0.5"], "--dice-weight"), (["--depth", "12"], "depth is at most"),
     (["--patch-size", "100000"], "patch size must be from 8 to"),
+    (["--out", ""], "argument --out: is empty"),  # an unset shell variable
+    (["--out", ".safetensors"], "give the model file a name before .safetensors"),
 ])
-def test_impossible_training_settings_are_refused(pair, tmp_path, capsys, flags, message):
+def test_impossible_training_settings_are_refused(pair, tmp_path, capsys, flags, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     settings = list(TINY)
     if flags[0] in settings:  # the flag under test replaces TINY's
         position = settings.index(flags[0])
         del settings[position : position + 2]
+    out = [] if "--out" in flags else ["--out", str(tmp_path / "m.safetensors")]
     try:
-        code = _train(pair, "--out", str(tmp_path / "m.safetensors"), *settings, *flags)
+        code = _train(pair, *out, *settings, *flags)
     except SystemExit as exit:  # argparse's refusal of a flag's value
         code = exit.code
     assert code == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "m.safetensors").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "labels"]
 
 
-def test_labels_that_are_not_whole_numbers_are_one_line(pair, tmp_path, capsys):
+def test_labels_that_are_not_whole_numbers_are_one_line_naming_the_file(pair, tmp_path, capsys):
     tifffile.imwrite(pair[1] / "a.tif", np.full((64, 64), 0.5, np.float32))
     assert _train(pair, "--out", str(tmp_path / "m.safetensors"), "--epochs", "1", *TINY) == 2
-    assert "whole numbers" in _error_line(capsys)
+    # Among many files, the one to mend.
+    assert _error_line(capsys) == "napari-unet: error: a.tif: labels must hold whole numbers (0 = background, 1..N = objects)"
+
+
+def test_an_image_given_as_labels_is_said_to_look_like_one(pair, tmp_path, capsys):
+    images, labels = pair
+    tifffile.imwrite(labels / "a.tif", tifffile.imread(images / "a.tif"))  # the image, by mistake
+    assert _train(pair, "--out", str(tmp_path / "m.safetensors"), "--epochs", "1", "--steps-per-epoch", "1",
+                  *TINY) == 0
+    err = capsys.readouterr().err
+    assert "napari-unet: warning: a.tif: the labels look like an image, not labels" in err
+    assert main(["evaluate", "--pred", str(labels), "--gt", str(images)]) == 0
+    assert f"warning: {images / 'a.tif'} (ground truth): the labels look like an image" in capsys.readouterr().err
+    # Real labels are not taken for an image.
+    tifffile.imwrite(labels / "a.tif", synthetic_nuclei((64, 64), count=6, seed=0)[1].astype(np.uint16))
+    assert main(["evaluate", "--pred", str(labels), "--gt", str(labels)]) == 0
+    assert "look like an image" not in capsys.readouterr().err
+
+
+def test_a_colour_training_image_is_named_in_its_warning(pair, tmp_path, capsys):
+    image = tifffile.imread(pair[0] / "a.tif")
+    tifffile.imwrite(pair[0] / "a.tif", np.stack([image] * 3, axis=-1), photometric="rgb")
+    assert _train(pair, "--out", str(tmp_path / "m.safetensors"), "--epochs", "1", "--steps-per-epoch", "1",
+                  *TINY) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert any(line.startswith("napari-unet: warning: a.tif: ") and "gray" in line for line in warnings), warnings
 
 
 def test_the_same_files_as_images_and_labels_are_refused(pair, tmp_path, capsys):

@@ -24,7 +24,7 @@ import numpy as np
 import tifffile
 
 from .core.errors import InputError
-from .core.io import TIFF_SUFFIXES, _pixel_size
+from .core.io import TIFF_SUFFIXES, _pixel_size, unreadable_tiff
 from .core.memory import total_memory
 from .core.units import length_unit
 
@@ -95,7 +95,7 @@ def _read_one(path: Path) -> LayerData:
             else:
                 data = series.asarray()
     except Exception as error:  # tifffile and its codecs report damage with many types
-        raise InputError(f"{path} is not a readable TIFF file ({error})") from error
+        raise unreadable_tiff(path, error) from error
 
     rgb = "S" in axes and shape[axes.index("S")] in (3, 4)
     if rgb and not axes.endswith("S"):

@@ -71,6 +71,13 @@ def _converted(text: str, convert, kind: str):
         raise argparse.ArgumentTypeError(f"must be {kind}, not {text!r}") from None
 
 
+def _path(text: str) -> str:
+    """A path that names something: an empty one (an unset shell variable) would mean "here"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name a file or folder")
+    return text
+
+
 def _positive_int(text: str) -> int:
     value = _converted(text, int, "a positive whole number")
     if value < 1:
@@ -140,10 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train or fine-tune a U-Net. Images and labels pair by file name "
         "(a single image file pairs with a single labels file); multi-page TIFFs pair page by page.",
     )
-    train.add_argument("--images", required=True, help="TIFF file, folder of TIFFs, or glob pattern of the images")
-    train.add_argument("--labels", required=True, help="instance labels (0 = background, 1..N = objects), "
+    train.add_argument("--images", required=True, type=_path, help="TIFF file, folder of TIFFs, or glob pattern of the images")
+    train.add_argument("--labels", required=True, type=_path, help="instance labels (0 = background, 1..N = objects), "
                        "or binary masks whose connected components are the objects; same names as the images")
-    train.add_argument("--out", required=True,
+    train.add_argument("--out", required=True, type=_path,
                        help="model file to write (.safetensors); rewritten whenever validation improves")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the --out file if it exists (default: refuse; never the --init model)")
@@ -210,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="TIFF files, folders or glob patterns (single images, stacks, ImageJ hyperstacks, "
                          "OME-TIFF, BigTIFF)")
-    predict.add_argument("--out", required=True, help="output folder (created if needed; never an input's file)")
+    predict.add_argument("--out", required=True, type=_path, help="output folder (created if needed; never an input's file)")
     predict.add_argument("--tile-size", type=_positive_int,
                          help="largest tile edge in pixels (default: 1024 on a GPU; on a CPU up to 2048, as memory "
                          "allows, so that planes up to 2048x2048 go through the network in one pass; at least 4 "
@@ -265,9 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         "at IoU 0.5 to 0.95 pooled and per-image mean, and the ISBI 2012 pixel error and "
         "foreground-restricted Rand score V_rand; files pair by name.",
     )
-    evaluate.add_argument("--pred", required=True, help="folder, glob or file of predicted label TIFFs")
-    evaluate.add_argument("--gt", required=True, help="folder, glob or file of ground-truth label TIFFs")
-    evaluate.add_argument("--json", help="also write the results to this JSON file")
+    evaluate.add_argument("--pred", required=True, type=_path, help="folder, glob or file of predicted label TIFFs")
+    evaluate.add_argument("--gt", required=True, type=_path, help="folder, glob or file of ground-truth label TIFFs")
+    evaluate.add_argument("--json", type=_path, help="also write the results to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
 
     models = commands.add_parser(
@@ -282,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sample", help="write generated nuclei images and labels to try things out",
         description="Write generated fluorescence-like nuclei (images/ and labels/) for a first try.",
     )
-    sample.add_argument("--out", required=True, help="folder to write images/ and labels/ into")
+    sample.add_argument("--out", required=True, type=_path, help="folder to write images/ and labels/ into")
     sample.add_argument("--count", type=_positive_int, default=8, help="number of images (default: 8)")
     sample.add_argument("--size", type=_sample_size, default=256, help="image edge in pixels, 32 to 4096 (default: 256)")
     sample.add_argument("--overwrite", action="store_true", help="replace sample files that exist (default: refuse)")
@@ -587,13 +594,17 @@ def _evaluate(args) -> int:
 
 def _instance_planes(labels, path: Path, what: str) -> list:
     """The planes of a label image as the metrics score them, refused with the file's name."""
-    from .core.errors import InputError
+    from .core.errors import InputError, InputWarning
     from .core.metrics import label_planes
+    from .core.targets import intensity_image_warning
 
     try:
-        return label_planes(labels)
+        planes = label_planes(labels)
     except InputError as error:
         raise InputError(f"{path} ({what}): {error}") from None
+    if (looks_wrong := intensity_image_warning(labels)) is not None:
+        warnings.warn(f"{path} ({what}): {looks_wrong}", InputWarning, stacklevel=2)
+    return planes
 
 
 def _models(args) -> int:

@@ -205,7 +205,22 @@ def test_truncated_file_is_an_input_error(tmp_path, keep, dtype):
     path.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(InputError) as raised:
         read_tiff(path)
-    assert str(path) in str(raised.value)
+    assert str(raised.value) == f"{path} is not a readable TIFF file: it is damaged or truncated"
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"II*\x00\x08\x00\x00\x00", "it is damaged or truncated"),  # a header and nothing else
+    (b"II*\x00garbage", "it is damaged or truncated"),
+    (b"plain text, renamed", "it is not a TIFF file"),
+])
+def test_unreadable_files_are_said_in_plain_words_whichever_part_of_tifffile_fails(tmp_path, content, reason):
+    path = tmp_path / "image.tif"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as raised:
+        read_tiff(path)
+    # Not tifffile's own words ("list index out of range"), which stay the cause.
+    assert str(raised.value) == f"{path} is not a readable TIFF file: {reason}"
+    assert raised.value.__cause__ is not None
 
 
 def test_missing_file_is_an_input_error(tmp_path):

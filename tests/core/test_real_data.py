@@ -61,3 +61,15 @@ def test_training_on_isbi2012_em_separates_membranes(shared_data):
     baseline = float(np.mean(~cells))  # predicting "cell" everywhere
     assert pixel_error < 0.75 * baseline, (pixel_error, baseline)
     assert pixel_scores(probability > 0.5, cells)["f1"] > 0.85
+
+
+def test_real_labels_are_not_taken_for_images_and_real_images_are(shared_data):
+    from napari_unet.core.targets import intensity_image_warning
+
+    for kind in ("images", "labels"):
+        files = sorted((shared_data / "dsb2018" / kind).glob("*.tif"))[:10]
+        found = [intensity_image_warning(read_tiff(path)[0]) for path in files]
+        assert all(found) if kind == "images" else not any(found)
+    isbi = shared_data / "isbi2012"
+    assert intensity_image_warning(read_tiff(isbi / "volume.tif")[0][:2]) is not None
+    assert intensity_image_warning(read_tiff(isbi / "labels.tif")[0][:2]) is None

@@ -461,3 +461,4 @@ def test_label_values_far_above_the_pixel_count_are_numbered_and_measured_withou
     np.testing.assert_allclose(equivalent_diameters(labels), np.sqrt(4 * np.array([100, 150]) / np.pi))
     small = labels // 2**40 * 7
     np.testing.assert_array_equal(as_instance_labels(small), small)  # values within the pixel count stay
+

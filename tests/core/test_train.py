@@ -286,6 +286,28 @@ def test_fine_tuning_holds_out_a_whole_image_when_enough_remain(count, whole_pla
         assert not any(mask[:, 36:].any() for _, _, _, mask in train_planes)
 
 
+def test_a_validation_fraction_near_one_still_leaves_a_whole_image_to_train_on():
+    planes = [(f"image {index}", np.zeros((1, 32, 40), np.float32), np.ones((32, 40), np.int32),
+               np.ones((32, 40), bool)) for index in range(6)]
+    train_planes, validation = _validation_split(planes, 0.99, np.random.default_rng(0))
+    # Not a stripe of 1 % of every image to train on, too narrow to train on: no validation at all.
+    assert len(train_planes) == 1 and len(validation) == 5
+    assert all(plane[2].shape == (32, 40) for plane in train_planes + validation)
+
+
+@pytest.mark.parametrize("model", [None, "given"])
+def test_no_annotation_left_to_validate_on_is_said(tiny_config, model):
+    image, labels = synthetic_nuclei((48, 48), count=2, seed=0)
+    image, labels = image[:, :16], labels[:, :16]  # too narrow to hold out a stripe of
+    given = Model.new(tiny_config) if model else None
+    with pytest.warns(InputWarning, match="no annotation is left to validate on") as caught:
+        result = train([TrainingSample(image, labels)], model=given, network_config=tiny_config,
+                       config=TrainingConfig(**dict(FAST, val_fraction=0.1)))
+    said = " ".join(str(warning.message) for warning in caught)
+    assert ("replace the starting model" if model else "last weights are kept") in said
+    assert result.model.training["steps"] == 3 and not any("score" in entry for entry in result.history)
+
+
 @pytest.mark.parametrize(
     ("start_from_a_model", "images", "separate_validation", "expected"),
     [

@@ -340,6 +340,19 @@ def test_predict_when_done_predicts_the_trained_image_after_the_choice_changed(m
     assert "trained prediction" in viewer.layers and "other prediction" not in viewer.layers
 
 
+def test_a_trained_image_removed_meanwhile_is_said_not_to_be_predicted(make_napari_viewer, qtbot, one_torch_thread,
+                                                                        notifications):
+    viewer = make_napari_viewer()
+    image, labels = _nuclei(viewer, "trained")
+    tiny_model_in_session(viewer)
+    widget = _train_widget(viewer, image, labels)
+    widget.start_training()
+    viewer.layers.remove(image)  # training goes on with its copy
+    qtbot.waitUntil(lambda: widget.start.enabled, timeout=60_000)
+    assert widget.model is not None and "trained prediction" not in viewer.layers
+    assert any("trained was removed during training" in text for _, text in notifications), notifications
+
+
 def test_regions_without_any_labelled_object_warn(make_napari_viewer, qtbot, one_torch_thread, notifications):
     viewer = make_napari_viewer()
     image, _ = synthetic_nuclei((64, 64), count=5, seed=1)

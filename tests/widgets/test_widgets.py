@@ -15,6 +15,7 @@ import tifffile
 from napari_unet.core.bundle import Model
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.widgets._common import SCRATCH
 
 from .helpers import docked, fast_settings, tiny_model_in_session
 
@@ -37,6 +38,7 @@ def test_train_then_predict_when_done(viewer_with_nuclei, qtbot, notifications):
     widget = docked(viewer, TrainWidget)
     widget.image.value = viewer.layers["nuclei"]
     widget.labels_layer.value = viewer.layers["truth"]
+    widget.start_from.source.value = SCRATCH  # a new model records the layer's pixel size
     fast_settings(widget)
     widget.start_training()
     assert not widget.start.enabled and widget.stop.enabled

@@ -119,6 +119,21 @@ class TiffErrors(logging.Handler):
         logging.getLogger("tifffile").removeHandler(self)
 
 
+def unreadable_tiff(path: str | os.PathLike, error: Exception) -> InputError:
+    """The error to raise for a file that tifffile (or one of its codecs) could not read, in plain words.
+
+    tifffile's own words ("list index out of range", page offsets) are kept as the cause,
+    for ``-v`` and tracebacks.
+    """
+    if isinstance(error, tifffile.TiffFileError) and str(error).startswith("not a TIFF file"):
+        reason = "it is not a TIFF file"
+    elif isinstance(error, MemoryError):
+        reason = "it does not fit in memory"
+    else:
+        reason = "it is damaged or truncated"
+    return InputError(f"{path} is not a readable TIFF file: {reason}")
+
+
 def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     """Read the first image series of a TIFF file and its pixel size.
 
@@ -138,7 +153,7 @@ def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
             # differently shaped series: a stack read as one plane, without a word.
             raise ValueError(f"damaged or truncated: {damage.messages[0]}")
     except Exception as error:  # tifffile and its codecs report damage with many types
-        raise InputError(f"{path} is not a readable TIFF file ({error})") from error
+        raise unreadable_tiff(path, error) from error
     return data, info
 
 

@@ -65,6 +65,8 @@ def model_file_path(path: str | os.PathLike) -> Path:
             a model written under another name could replace an image or a label file.
     """
     path = Path(path).expanduser()
+    if path.name.lower() == MODEL_SUFFIX:  # a hidden file, not a name with the suffix
+        raise ModelFileError(f"give the model file a name before {MODEL_SUFFIX}, as in model{MODEL_SUFFIX}")
     if path.suffix and path.suffix.lower() != MODEL_SUFFIX:
         raise ModelFileError(f"a model file needs a name ending in {MODEL_SUFFIX}, not {path.name}")
     if path.is_dir() or path.with_suffix(MODEL_SUFFIX).is_dir():

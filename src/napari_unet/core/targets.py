@@ -22,6 +22,7 @@ from .errors import InputError
 __all__ = [
     "as_instance_labels",
     "consecutive_labels",
+    "intensity_image_warning",
     "touching_borders",
     "class_targets",
     "class_balance_weights",
@@ -53,6 +54,25 @@ def consecutive_labels(labels: np.ndarray) -> tuple[np.ndarray, int]:
     objects = values != 0
     numbers = np.cumsum(objects) * objects  # of each distinct value; 0 for the background
     return numbers[inverse].reshape(labels.shape), int(objects.sum())
+
+
+def intensity_image_warning(labels: np.ndarray) -> str | None:
+    """What to tell a user whose label image looks like an intensity image given by mistake; None when it does not.
+
+    Instance labels change value only where two objects touch: neighbouring object pixels
+    differ in under 2 % of places in the DSB2018 and ISBI labels, and in 30 to 97 % in
+    their images. Over a fifth is taken for an image.
+    """
+    labels = np.asarray(labels)
+    left, right = labels[..., :-1], labels[..., 1:]
+    both = (left != 0) & (right != 0)
+    pairs = int(both.sum())
+    differing = int((both & (left != right)).sum())
+    if pairs < 100 or differing <= 0.2 * pairs:
+        return None
+    return (f"the labels look like an image, not labels: neighbouring object pixels have different numbers in "
+            f"{differing / pairs:.0%} of places, where labels give all pixels of an object one number "
+            "(0 = background)")
 
 
 def as_instance_labels(labels: np.ndarray) -> np.ndarray:

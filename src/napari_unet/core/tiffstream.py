@@ -20,7 +20,7 @@ import tifffile
 
 from .atomic import writable_folder, write_errors_said_plainly
 from .errors import InputError
-from .io import ImageInfo, TiffErrors, _pixel_size
+from .io import ImageInfo, TiffErrors, _pixel_size, unreadable_tiff
 
 __all__ = ["TiffMetadata", "TiffPageReader", "PageTiffWriter", "partial_path", "written_settings"]
 
@@ -99,7 +99,7 @@ class TiffPageReader:
             self.metadata = _metadata(self._tif, page)
         except Exception as error:  # tifffile and its codecs report damage with many types
             self.close()
-            raise InputError(f"{self.path} is not a readable TIFF file ({error})") from error
+            raise unreadable_tiff(self.path, error) from error
         leading = len(self.shape) - len(self.page_shape)
         if leading < 0 or self.shape[leading:] != self.page_shape:
             self.close()

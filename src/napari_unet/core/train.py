@@ -11,6 +11,7 @@ validation images best. :func:`train` is the plain synchronous wrapper.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -30,7 +31,7 @@ from .annotation import labelled_planes_mask
 from .augment import AugmentConfig, augment_batch
 from .bundle import Model
 from .device import autocast, grad_scaler, resolve_device, smaller_batch_after
-from .errors import InputError, InputWarning, ModelFileError
+from .errors import ImageWarning, InputError, InputWarning, ModelFileError
 from .metrics import PixelCounts, average_precision
 from .model import NetworkConfig
 from .modelfile import model_file_path
@@ -47,7 +48,7 @@ from .scale import (
     scale_factor,
     scaled_shape,
 )
-from .targets import as_instance_labels, border_weights, class_targets
+from .targets import as_instance_labels, border_weights, class_targets, intensity_image_warning
 
 __all__ = ["TrainingSample", "TrainingConfig", "TrainingProgress", "TrainingResult", "train_iter", "train", "tune_threshold"]
 
@@ -277,30 +278,60 @@ def _pixels(image: np.ndarray | _Unnormalized) -> np.ndarray:
     return image.pixels() if isinstance(image, _Unnormalized) else image
 
 
-def _split_planes(samples: Sequence[TrainingSample], model: Model):
-    """Yield (name, :class:`_Unnormalized` image plane (C,H,W), labels plane, mask plane) of every annotated plane."""
+def _split_planes(samples: Sequence[TrainingSample], model: Model) -> list[tuple]:
+    """(name, :class:`_Unnormalized` image plane (C,H,W), labels plane, mask plane) of every annotated plane.
+
+    Raises:
+        InputError: If a sample cannot be used, naming the sample (the file, for the
+            command line), as do the warnings about one.
+    """
+    planes = []
     for sample in samples:
-        normalize = normalization_for(model.normalization, sample.intensity_range)
-        planes, stack_shape = as_planes(sample.image, model.config.in_channels)
-        labels = np.asarray(sample.labels)
-        if labels.shape != stack_shape + planes.shape[-2:]:
-            raise InputError(
-                f"{sample.name}: labels of shape {labels.shape} do not match the image "
-                f"(shape {np.shape(sample.image)}); they must cover the same pixels"
-            )
-        labels = labels.reshape(-1, *planes.shape[-2:])
-        if sample.mask is None:
-            # As in napari: the planes of a stack that hold a label are annotated, the
-            # others ignored (not taught as background). A single plane counts whole.
-            masks = labelled_planes_mask(labels) if len(labels) > 1 else np.ones(labels.shape, bool)
-        else:
-            masks = np.asarray(sample.mask, bool)
-            if masks.size != labels.size:
-                raise InputError(f"{sample.name}: the annotation mask does not match the labels' shape")
-            masks = masks.reshape(labels.shape)
-        for plane, plane_labels, plane_mask in zip(planes, labels, masks):
-            if plane_mask.any():
-                yield sample.name, _Unnormalized(plane, normalize), as_instance_labels(plane_labels), plane_mask
+        with _naming(sample.name):
+            planes.extend(_sample_planes(sample, model))
+    return planes
+
+
+@contextlib.contextmanager
+def _naming(name: str) -> Iterator[None]:
+    """Errors and image warnings raised within, with ``name`` before them when they do not start with it."""
+    def named(message: str) -> str:
+        return message if message.startswith(name) else f"{name}: {message}"
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except InputError as error:
+            raise InputError(named(str(error))) from None
+    for warning in caught:
+        message = str(warning.message)
+        warnings.warn(named(message) if issubclass(warning.category, ImageWarning) else message, warning.category,
+                      stacklevel=4)
+
+
+def _sample_planes(sample: TrainingSample, model: Model) -> Iterator[tuple]:
+    normalize = normalization_for(model.normalization, sample.intensity_range)
+    planes, stack_shape = as_planes(sample.image, model.config.in_channels)
+    labels = np.asarray(sample.labels)
+    if labels.shape != stack_shape + planes.shape[-2:]:
+        raise InputError(f"labels of shape {labels.shape} do not match the image (shape {np.shape(sample.image)}); "
+                         "they must cover the same pixels")
+    labels = labels.reshape(-1, *planes.shape[-2:])
+    if (looks_wrong := intensity_image_warning(labels)) is not None:
+        warnings.warn(looks_wrong, ImageWarning, stacklevel=2)
+    if sample.mask is None:
+        # As in napari: the planes of a stack that hold a label are annotated, the
+        # others ignored (not taught as background). A single plane counts whole.
+        masks = labelled_planes_mask(labels) if len(labels) > 1 else np.ones(labels.shape, bool)
+    else:
+        masks = np.asarray(sample.mask, bool)
+        if masks.size != labels.size:
+            raise InputError("the annotation mask does not match the labels' shape")
+        masks = masks.reshape(labels.shape)
+    for plane, plane_labels, plane_mask in zip(planes, labels, masks):
+        if plane_mask.any():
+            yield sample.name, _Unnormalized(plane, normalize), as_instance_labels(plane_labels), plane_mask
 
 
 def _resized(plane: tuple, factor: float) -> tuple:
@@ -333,14 +364,14 @@ def _prepare_plane(model: Model, config: TrainingConfig, normalized, labels, mas
 def _validation_split(planes: list, fraction: float, rng: np.random.Generator, whole_plane: bool = False):
     """Split (name, image, labels, mask) planes into training and validation.
 
-    Whole planes are held out when there are enough; otherwise the last ``fraction`` of
-    every plane's columns is held out (and removed from its training mask). With
-    ``whole_plane``, one whole plane is held out even when ``fraction`` of the planes
-    rounds to none, as long as 3 remain to train on.
+    Whole planes are held out when there are enough, always leaving one to train on;
+    otherwise the last ``fraction`` of every plane's columns is held out (and removed from
+    its training mask). With ``whole_plane``, one whole plane is held out even when
+    ``fraction`` of the planes rounds to none, as long as 3 remain to train on.
     """
     if fraction <= 0:
         return planes, []
-    count = int(round(len(planes) * fraction))
+    count = min(int(round(len(planes) * fraction)), len(planes) - 1)
     if whole_plane and count == 0 and len(planes) >= 4:
         count = 1
     if count >= 1 and len(planes) - count >= 1:
@@ -686,11 +717,12 @@ def train_iter(
         # images: their stripes 19 -> 6 errors while the other 75 images fell from AP50
         # 0.859 to 0.840; with one of the 5 held out whole, the model was kept).
         train_planes, validation_planes = _validation_split(planes, config.val_fraction, rng, whole_plane=fine_tuning)
-        if fine_tuning and not validation_planes and config.val_fraction > 0:
-            warnings.warn("no annotation is left to validate on (the held-out right-most part of each plane holds "
-                          "none): training cannot check that the model gets better, and its last weights replace "
-                          "the starting model; annotate more planes, or up to the right edge",
-                          InputWarning, stacklevel=2)
+        if not validation_planes and config.val_fraction > 0:
+            kept = "replace the starting model" if fine_tuning else "are kept"
+            warnings.warn(f"no annotation is left to validate on (holding out the right-most {config.val_fraction:.0%} "
+                          "of each plane leaves nothing annotated there, or too little to train on): training cannot "
+                          f"check that the model gets better, and its last weights {kept}; annotate more planes, "
+                          "larger ones, or up to their right edge", InputWarning, stacklevel=2)
     else:
         train_planes = planes
         validation_planes = [_resized(plane, factor) for plane in _split_planes(validation_samples, model)]

@@ -348,7 +348,9 @@ class TrainWidget(ScrollingDock):
             show_info(f"training finished ({result.stop_reason}); the model is kept for this session")
         image = self._trained_image
         wanted = self.predict_when_done.value and not self._closed.is_set()
-        if wanted and image is not None and image in self._viewer.layers:
+        if wanted and image is not None and image not in self._viewer.layers:
+            show_info(f"the layer {image.name} was removed during training; it is not predicted")
+        elif wanted and image is not None:
             from ..core.errors import NapariUnetError
             from ._predict import start_prediction
 
