@@ -199,7 +199,7 @@ def main() -> None:
         napari_unet(
             "train", "--images", str(train / "images"), "--labels", str(train / "labels"),
             "--val-images", str(validation / "images"), "--val-labels", str(validation / "labels"),
-            "--out", str(model), "--init", args.init, "--max-minutes", str(args.minutes), "--device", args.device,
+            "--out", str(model), "--overwrite", "--init", args.init,  # the work folder is the script's own "--max-minutes", str(args.minutes), "--device", args.device,
             *arguments, threads=args.threads,
         )
     else:

@@ -127,12 +127,16 @@ def test_predict_reports_a_corrupt_input_and_goes_on(tmp_path, tiny_model_file, 
         (["predict", "--model", "models.safetensors", "x.tif", "--out", "o"],
          "models.safetensors is a folder, not a model file"),
         (["predict", "--model", "nuclei", "x.tif", "--out", "notes.txt/labels"],
-         "cannot create the folder notes.txt/labels: not a directory"),
+         "cannot write into notes.txt/labels: notes.txt is a file, not a folder"),
+        (["train", "--images", "x.tif", "--labels", "y.tif", "--out", "notes.txt/m.safetensors"],
+         "cannot write into notes.txt: it is a file, not a folder"),  # before any training
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tifffile.imwrite("x.tif", synthetic_nuclei((32, 32), count=2, seed=0)[0])
+    image, labels = synthetic_nuclei((32, 32), count=2, seed=0)
+    tifffile.imwrite("x.tif", image)
+    tifffile.imwrite("y.tif", labels.astype(np.uint16))
     Path("notes.txt").write_text("a file, not a folder")
     Path("models.safetensors").mkdir()  # a folder chosen as the model
     assert main(argv) == 2

@@ -6,6 +6,7 @@ Each case comes from a review that tried to break the command line as a user wou
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -103,10 +104,41 @@ def test_an_existing_model_file_is_replaced_only_with_overwrite_and_never_the_st
     assert other.read_bytes() != before
 
 
-@pytest.mark.parametrize("flag", [["--diameter", "30"], ["--train-norm"]])
-def test_fine_tuning_flags_without_a_model_to_fine_tune_are_refused(pair, tmp_path, capsys, flag):
+def test_the_starting_model_is_found_as_training_finds_it(pair, tmp_path, capsys, monkeypatch):
+    from napari_unet.core import registry
+
+    packaged = tmp_path / "package-models"
+    packaged.mkdir()
+    Model.new(NetworkConfig(depth=2, base_width=4)).save(packaged / "shipped.safetensors")
+    monkeypatch.setattr(registry, "_EMBEDDED", packaged)
+    real = core_train.train_iter
+
+    def stopped_at_once(samples, stop=None, **kwargs):  # the guard is what is tested, not training
+        stop.set()
+        return (yield from real(samples, stop=stop, **kwargs))
+
+    monkeypatch.setattr(core_train, "train_iter", stopped_at_once)
+    monkeypatch.chdir(tmp_path)
+    for name in ("shipped", "scratch"):
+        Model.new(NetworkConfig(depth=2, base_width=4)).save(f"{name}.safetensors")
+    # An embedded name, and "scratch", read no file of the current folder: it may be replaced.
+    for init in ("shipped", "scratch"):
+        assert _train(pair, "--init", init, "--out", f"{init}.safetensors", "--overwrite", *TINY) == 130
+        assert "before its first step" in _error_line(capsys)
+    # The embedded model's own file is the one it starts from.
+    before = (packaged / "shipped.safetensors").read_bytes()
+    assert _train(pair, "--init", "shipped", "--out", str(packaged / "shipped.safetensors"), "--overwrite", *TINY) == 2
+    assert "is the model training starts from (--init)" in _error_line(capsys)
+    assert (packaged / "shipped.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(("flag", "said"), [
+    (["--diameter", "30"], "an object diameter is for fine-tuning a model"),
+    (["--train-norm"], "--train-norm applies when fine-tuning a model (--init NAME or PATH)"),
+])
+def test_fine_tuning_flags_without_a_model_to_fine_tune_are_refused(pair, tmp_path, capsys, flag, said):
     assert _train(pair, "--out", str(tmp_path / "m.safetensors"), "--epochs", "1", *flag, *TINY) == 2
-    assert f"{flag[0]} applies when fine-tuning a model (--init NAME or PATH)" in _error_line(capsys)
+    assert said in _error_line(capsys)
     assert not (tmp_path / "m.safetensors").exists()
 
 
@@ -194,6 +226,18 @@ def test_a_fine_tuned_model_is_not_named_and_scored_as_the_one_it_started_from(p
     child = load_model_file(tmp_path / "child.safetensors")
     assert child.name == "" and child.evaluation == {}
     assert "fine-tuned from nuclei on 1 image(s)" in child.training_data and "DSB2018" in child.training_data
+
+
+def test_a_result_that_cannot_be_written_is_a_failure_in_one_line_not_a_usage_mistake(pair, tmp_path, capsys,
+                                                                                       monkeypatch):
+    def disk_full(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    report = tmp_path / "scores.json"
+    assert main(["evaluate", "--pred", str(pair[1]), "--gt", str(pair[1]), "--json", str(report)]) == 1
+    assert _error_line(capsys) == f"napari-unet: error: cannot write {report}: no space left on device"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "labels"]  # no partial file
 
 
 def test_evaluate_never_writes_its_json_over_a_label_file(pair, capsys):

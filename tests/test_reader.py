@@ -139,6 +139,18 @@ def test_damaged_page_of_a_lazy_file_names_the_file(tmp_path, monkeypatch):
         data.compute()
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_truncated_stack_is_refused_not_shown_as_fewer_planes(tmp_path, monkeypatch, lazy):
+    path = tmp_path / "cut.tif"
+    _hyperstack(path)
+    content = path.read_bytes()
+    path.write_bytes(content[: int(len(content) * 0.6)])  # tifffile would give one plane, with a log line
+    if lazy:
+        monkeypatch.setattr(_reader, "LAZY_BYTES", 0)
+    with pytest.raises(InputError, match="cut.tif is not a readable TIFF file: it is damaged or truncated"):
+        _read(path)
+
+
 def test_a_list_of_paths_gives_one_layer_per_file(tmp_path):
     paths = [tmp_path / "a.tif", tmp_path / "b.TIFF"]
     for value, path in enumerate(paths):

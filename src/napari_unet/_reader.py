@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .core.errors import InputError
-from .core.io import TIFF_SUFFIXES, _pixel_size, unreadable_tiff
+from .core.io import TIFF_SUFFIXES, TiffErrors, _pixel_size, unreadable_tiff
 from .core.memory import total_memory
 from .core.units import length_unit
 
@@ -85,7 +84,7 @@ def read_tiffs(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[La
 def _read_one(path: Path) -> LayerData:
     """The layer data tuple of one file (see ``read_tiffs``)."""
     try:
-        with tifffile.TiffFile(path) as tif:
+        with TiffErrors() as damage, tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, shape = series.axes, series.shape
             pixel_size, xy_unit = _pixel_size(tif)
@@ -94,6 +93,10 @@ def _read_one(path: Path) -> LayerData:
                 data = _lazy_array(path, series)
             else:
                 data = series.asarray()
+        if damage.messages:
+            # tifffile recovers from a truncated or damaged file with a smaller or
+            # differently shaped series: a stack shown as one plane, without a word.
+            raise ValueError(f"damaged or truncated: {damage.messages[0]}")
     except Exception as error:  # tifffile and its codecs report damage with many types
         raise unreadable_tiff(path, error) from error
 
@@ -222,5 +225,5 @@ class _PageReader:
             else:
                 data = page.asarray()
         except Exception as error:  # tifffile and its codecs report damage with many types
-            raise InputError(f"{self._path}: page {index} is not readable ({error})") from error
+            raise unreadable_tiff(self._path, error, str(index)) from error  # napari counts from 0
         return data.reshape((1,) * len(self._leading_shape) + self._page_shape)

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model file to write (.safetensors); rewritten whenever validation improves")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the --out file if it exists (default: refuse; never the --init model)")
-    train.add_argument("--init", default="scratch",
+    train.add_argument("--init", default="scratch", type=_path,
                        help="start from 'scratch', an embedded model's name or a model file (default: scratch)")
     train.add_argument("--train-norm", action="store_true",
                        help="with --init: re-estimate the batch-norm statistics from these images (default: keep "
@@ -179,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=_fraction, default=0.1,
                        help="share of images kept for validation (default: 0.1; fine-tuning holds out at least one "
                             "of 4 or more; ignored with --val-images)")
-    train.add_argument("--val-images", help="images to validate on, never trained on (TIFF file, folder or glob)")
-    train.add_argument("--val-labels", help="labels of --val-images, same names")
+    train.add_argument("--val-images", type=_path, help="images to validate on, never trained on (TIFF file, folder or glob)")
+    train.add_argument("--val-labels", type=_path, help="labels of --val-images, same names")
     train.add_argument("--patience", type=_positive_int, help="stop after this many validations without improvement")
     train.add_argument("--intensity-range", type=_intensity, nargs=2, metavar=("LOW", "HIGH"),
                        help="map these intensities to 0 and 1 in every plane of the training and validation images, "
@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         "per input, same name, axes, page order and pixel size. Outputs are renamed into place when complete; "
         "a rerun skips the inputs whose output exists. Unreadable inputs are reported and skipped (exit status 1).",
     )
-    predict.add_argument("--model", required=True, help="embedded model name or model file")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+    predict.add_argument("--model", required=True, type=_path, help="embedded model name or model file")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", type=_path,
                          help="TIFF files, folders or glob patterns (single images, stacks, ImageJ hyperstacks, "
                          "OME-TIFF, BigTIFF)")
     predict.add_argument("--out", required=True, type=_path, help="output folder (created if needed; never an input's file)")
@@ -299,7 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from .core.atomic import writable_folder
     from .core.augment import AugmentConfig
     from .core.errors import InputError, ModelFileError
     from .core.io import collect_tiffs, pair_by_name, read_tiff
@@ -307,16 +306,15 @@ def _train(args) -> int:
     from .core.modelfile import model_file_path
     from .core.normalize import IntensityRange
     from .core.progress import run_to_end
-    from .core.registry import load_model
+    from .core.registry import load_model, model_source
     from .core.train import TrainingConfig, TrainingSample, train_iter
     from .core.units import same_pixel_size
 
     if (args.val_images is None) != (args.val_labels is None):
         raise InputError("--val-images and --val-labels go together")
-    if args.init == "scratch" and (args.diameter or args.train_norm):
-        flag = "--diameter" if args.diameter else "--train-norm"
-        raise InputError(f"{flag} applies when fine-tuning a model (--init NAME or PATH); a new model "
-                         "learns the objects at the size and contrast they have in these images")
+    if args.init == "scratch" and args.train_norm:
+        raise InputError("--train-norm applies when fine-tuning a model (--init NAME or PATH): a new model "
+                         "learns its batch-norm statistics anyway")
     intensity_range = None if args.intensity_range is None else tuple(args.intensity_range)
     if intensity_range is not None:
         IntensityRange(*intensity_range)  # a wrong range is said before the images are read
@@ -327,12 +325,11 @@ def _train(args) -> int:
     except ModelFileError as error:
         raise InputError(f"--out names the model file to write: {error}") from None
     if out.exists():
-        init = Path(args.init).expanduser()
-        if any(file.is_file() and file.samefile(out) for file in (init, Path(f"{init}.safetensors"))):
+        start = None if args.init == "scratch" else model_source(args.init)
+        if start is not None and start.samefile(out):
             raise InputError(f"{out} is the model training starts from (--init); write the new model to another file")
         if not args.overwrite:
             raise InputError(f"{out} exists; choose another file name, or add --overwrite to replace it")
-    writable_folder(out.parent)  # said now, not at the first checkpoint minutes later
     pixel_size, unit = args.pixel_size, "um" if args.pixel_size else ""
     first = ""  # the file the pixel size comes from
 
@@ -432,14 +429,11 @@ def _predict(args) -> int:
 
     from .core.batch import predict_files_iter
     from .core.device import resolve_device
-    from .core.errors import InputError
     from .core.io import collect_tiffs
     from .core.progress import run_to_end
     from .core.registry import load_model
 
     resolve_device(args.device)  # an unavailable device is one usage error, not a failure per file
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError(f"--out is the folder to write results into, and {args.out} is a file")
     model = load_model(args.model)
     for spec in args.inputs:
         collect_tiffs(spec)  # each input must match a file
@@ -554,13 +548,15 @@ def _results_table(files) -> str:
 def _evaluate(args) -> int:
     import numpy as np
 
-    from .core.atomic import replaced_atomically
+    from .core.atomic import replaced_atomically, writable_folder
     from .core.errors import InputError
     from .core.io import collect_tiffs, pair_by_name, read_tiff
     from .core.metrics import average_precision, isbi_scores, pixel_scores
 
     if args.json and Path(args.json).suffix.lower() != ".json":
         raise InputError(f"--json names the JSON file to write, ending in .json, not {args.json}")
+    if args.json:
+        writable_folder(Path(args.json).parent)  # said before the files are read and scored
     pairs = pair_by_name(collect_tiffs(args.gt), collect_tiffs(args.pred), "ground-truth file(s) have no prediction")
     truths, predictions = [], []
     for truth_path, prediction_path in pairs:
@@ -681,12 +677,18 @@ def main(argv: list[str] | None = None) -> int:
         if not any(isinstance(handler, logging.NullHandler) for handler in tifffile_log.handlers):
             tifffile_log.addHandler(logging.NullHandler())
     warnings.showwarning = lambda message, category, *rest, **kw: print(f"napari-unet: warning: {message}", file=sys.stderr)
-    from .core.errors import NapariUnetError
+    from .core.errors import NapariUnetError, WriteError
 
     try:
         return args.handler(args)
-    except (NapariUnetError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
+    except WriteError as error:  # work was done and could not be kept: a failure, not a usage mistake
         print(f"napari-unet: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except NapariUnetError as error:
+        print(f"napari-unet: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
+        print(f"napari-unet: error: {_system_error(error)}", file=sys.stderr)
         return EXIT_USAGE
     except FloatingPointError as error:
         print(f"napari-unet: error: {error}", file=sys.stderr)
@@ -703,10 +705,16 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as error:  # the system's, in its words: an input/output error, a disk gone
-        where = f": {error.filename}" if error.filename else ""
-        print(f"napari-unet: error: {(error.strerror or str(error)).lower()}{where}", file=sys.stderr)
+    except OSError as error:  # an input/output error, a disk gone
+        print(f"napari-unet: error: {_system_error(error)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _system_error(error: OSError) -> str:
+    """An error of the operating system in one line: the file, then what the system says of it."""
+    from .core.errors import system_reason
+
+    return f"{error.filename}: {system_reason(error)}" if error.filename else system_reason(error)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import threading
 import time
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -317,9 +318,27 @@ def test_an_output_folder_that_cannot_be_made_fails_before_any_file(tmp_path, mo
     (tmp_path / "out").write_text("a file where the folder should be")
     with pytest.raises(InputError, match=f"^cannot write into {tmp_path / 'out'}: it is a file, not a folder$"):
         predict_files(model, tmp_path / "cells.tif", tmp_path / "out", **OPTIONS)
-    with pytest.raises(InputError, match="^cannot create the folder .*: not a directory$"):
+    with pytest.raises(InputError, match=f"^cannot write into .*labels: {tmp_path / 'out'} is a file, not a folder$"):
         predict_files(model, tmp_path / "cells.tif", tmp_path / "out" / "labels", **OPTIONS)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cells.tif", "out"]
+
+
+def test_an_output_that_cannot_be_written_fails_its_own_file_and_the_batch_goes_on(tmp_path, model, monkeypatch):
+    for name in ("a", "b", "c"):
+        _write(tmp_path / f"{name}.tif", "single")  # one plane each: the next unit out is the next file's
+    real = tifffile.TiffWriter.write
+
+    def disk_full_for_b(writer, *args, **kwargs):
+        if Path(writer._fh.path).name.startswith(".b.tif"):  # b's partial file
+            raise OSError(28, "No space left on device")
+        return real(writer, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffWriter, "write", disk_full_for_b)
+    result = predict_files(model, sorted(tmp_path.glob("*.tif")), tmp_path / "out", **OPTIONS)
+    assert [(item.path.name, item.error) for item in result.failed] == [
+        ("b.tif", f"cannot write {tmp_path / 'out' / 'b.tif'}: no space left on device")]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a.tif", "c.tif"]  # no partial file left
+    assert [item.path.name for item in result.files] == ["a.tif", "b.tif", "c.tif"]
 
 
 def test_a_file_without_objects_to_estimate_the_diameter_from_is_segmented_unscaled_with_a_warning(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.core.errors import InputError
+from napari_unet.core.errors import InputError, WriteError
 from napari_unet.core.io import ImageInfo, collect_tiffs, pair_by_name, read_tiff, write_tiff
 
 
@@ -223,6 +223,20 @@ def test_unreadable_files_are_said_in_plain_words_whichever_part_of_tifffile_fai
     assert raised.value.__cause__ is not None
 
 
+@pytest.mark.parametrize(("error", "reason"), [
+    (PermissionError(13, "Permission denied"), "the system cannot read it (permission denied)"),
+    (ValueError("<COMPRESSION.EER_V0: 65000> requires the 'imagecodecs' package"),
+     "it uses a compression that cannot be decoded here (<COMPRESSION.EER_V0: 65000> requires the 'imagecodecs' "
+     "package)"),
+    (IndexError("list index out of range"), "it is damaged or truncated"),
+])
+def test_why_a_tiff_is_unreadable_is_said_as_far_as_it_is_known(error, reason):
+    from napari_unet.core.io import unreadable_tiff
+
+    assert str(unreadable_tiff("cells.tif", error)) == f"cells.tif is not a readable TIFF file: {reason}"
+    assert str(unreadable_tiff("cells.tif", error, "3 of 20")) == f"cells.tif: page 3 of 20 is not readable: {reason}"
+
+
 def test_missing_file_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_tiff(tmp_path / "absent.tif")
@@ -234,7 +248,7 @@ def test_missing_file_is_an_input_error(tmp_path):
 
 
 @pytest.mark.parametrize(("error", "raised"), [
-    (OSError(28, "No space left on device"), InputError),  # said in plain words, naming the file
+    (OSError(28, "No space left on device"), WriteError),  # said in plain words, naming the file
     (KeyboardInterrupt(), KeyboardInterrupt),
 ])
 def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, error, raised):
@@ -250,7 +264,7 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, error, rai
     monkeypatch.setattr(tifffile, "imwrite", failing_imwrite)
     with pytest.raises(raised) as failure:
         write_tiff(path, np.zeros((8, 8), np.int32))
-    if raised is InputError:
+    if raised is WriteError:
         assert str(failure.value) == f"cannot write {path}: no space left on device"
     with pytest.raises(raised):
         write_tiff(tmp_path / "new.tif", np.zeros((8, 8), np.int32))

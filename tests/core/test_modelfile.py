@@ -12,7 +12,7 @@ import torch
 
 from napari_unet.core import registry
 from napari_unet.core.bundle import Model
-from napari_unet.core.errors import InputError, ModelFileError
+from napari_unet.core.errors import ModelFileError, WriteError
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.modelfile import (
     FORMAT_NAME,
@@ -131,7 +131,7 @@ def test_saving_over_a_model_replaces_it(tmp_path):
 # --- atomic save ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("error", "raised"), [(OSError("disk full"), InputError), (KeyboardInterrupt(), KeyboardInterrupt)])
+@pytest.mark.parametrize(("error", "raised"), [(OSError("disk full"), WriteError), (KeyboardInterrupt(), KeyboardInterrupt)])
 def test_a_failed_save_keeps_the_previous_file(tmp_path, monkeypatch, error, raised):
     path = tmp_path / "model.safetensors"
     save_model(_model(seed=1), path)
@@ -154,7 +154,7 @@ def test_a_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", failing_sync)
-    with pytest.raises(InputError, match=f"cannot write {tmp_path / 'new.safetensors'}: disk full"):
+    with pytest.raises(WriteError, match=f"cannot write {tmp_path / 'new.safetensors'}: disk full"):
         save_model(_model(), tmp_path / "new.safetensors")
     assert _files(tmp_path) == []
 

@@ -440,7 +440,6 @@ def test_a_mask_with_one_nonzero_value_is_split_into_objects():
     [0.0, 2.5, 7.0],  # not integers: sorted
 ])
 def test_consecutive_labels_number_objects_in_the_order_of_their_values_by_table_or_by_sorting(values):
-
     rng = np.random.default_rng(0)
     labels = rng.choice(np.array(values), size=(30, 40))
     numbered, count = consecutive_labels(labels)

@@ -290,7 +290,7 @@ def test_a_validation_fraction_near_one_still_leaves_a_whole_image_to_train_on()
     planes = [(f"image {index}", np.zeros((1, 32, 40), np.float32), np.ones((32, 40), np.int32),
                np.ones((32, 40), bool)) for index in range(6)]
     train_planes, validation = _validation_split(planes, 0.99, np.random.default_rng(0))
-    # Not a stripe of 1 % of every image to train on, too narrow to train on: no validation at all.
+    # Whole images, one left to train on: not a stripe of 1 % of every image, too narrow to train on.
     assert len(train_planes) == 1 and len(validation) == 5
     assert all(plane[2].shape == (32, 40) for plane in train_planes + validation)
 

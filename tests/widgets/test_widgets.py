@@ -150,6 +150,17 @@ def test_learning_rate_is_the_cores_choice_until_the_user_sets_one(make_napari_v
     assert widget._config().learning_rate == pytest.approx(0.003)
 
 
+def test_the_object_diameter_is_offered_only_to_fine_tune(make_napari_viewer):
+    from napari_unet.widgets import TrainWidget
+    from napari_unet.widgets._common import EMBEDDED_PREFIX
+
+    widget = docked(make_napari_viewer(), TrainWidget)
+    widget.start_from.source.value = SCRATCH  # a new model has no object size to rescale the images to
+    assert not widget.diameter.enabled
+    widget.start_from.source.value = EMBEDDED_PREFIX + "nuclei"
+    assert widget.diameter.enabled
+
+
 @pytest.mark.parametrize("widget_name", ["PredictWidget", "BatchWidget"])
 def test_threshold_follows_the_model_unless_the_user_chose_one(make_napari_viewer, tmp_path, widget_name):
     import napari_unet.widgets as widgets

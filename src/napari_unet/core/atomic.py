@@ -10,45 +10,53 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, WriteError, system_reason
 
-__all__ = ["writable_folder", "write_errors_said_plainly", "replaced_atomically"]
-
-
-def _reason(error: OSError) -> str:
-    """What the system says went wrong, in its words ("permission denied")."""
-    return (error.strerror or str(error)).lower()
+__all__ = ["made_folder", "writable_folder", "write_errors_said_plainly", "replaced_atomically"]
 
 
-def writable_folder(folder: str | os.PathLike) -> Path:
-    """``folder``, created with its parents where needed, once a file could be made in it.
+def made_folder(folder: str | os.PathLike) -> Path:
+    """``folder``, created with its parents where needed.
 
     Raises:
-        InputError: If it cannot be created or written into: a file of that name, no
+        InputError: If it cannot be created: a file of that name (or above it), no
             permission, a read-only disk.
     """
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise InputError(f"cannot write into {folder}: it is a file, not a folder") from None
     except OSError as error:
-        raise InputError(f"cannot create the folder {folder}: {_reason(error)}") from None
+        # Most often the folder, or one above it, is a file: say which.
+        file = next((path for path in (folder, *folder.parents) if path.is_file()), None)
+        if file is None:
+            raise InputError(f"cannot create the folder {folder}: {system_reason(error)}") from None
+        which = "it is" if file == folder else f"{file} is"
+        raise InputError(f"cannot write into {folder}: {which} a file, not a folder") from None
+    return folder
+
+
+def writable_folder(folder: str | os.PathLike) -> Path:
+    """:func:`made_folder`, once a file could be made in it: checked before long work writes there.
+
+    Raises:
+        InputError: If it cannot be created or written into.
+    """
+    folder = made_folder(folder)
     try:
         with tempfile.TemporaryFile(dir=folder):  # nameless where the system allows: nothing is left
             pass
     except OSError as error:
-        raise InputError(f"cannot write into the folder {folder}: {_reason(error)}") from None
+        raise InputError(f"cannot write into the folder {folder}: {system_reason(error)}") from None
     return folder
 
 
 @contextlib.contextmanager
 def write_errors_said_plainly(path: str | os.PathLike) -> Iterator[None]:
-    """Turn the system's errors in writing ``path`` (a full disk, say) into an :class:`InputError` naming it."""
+    """Turn the system's errors in writing ``path`` (a full disk, say) into a :class:`WriteError` naming it."""
     try:
         yield
     except OSError as error:
-        raise InputError(f"cannot write {path}: {_reason(error)}") from error
+        raise WriteError(f"cannot write {path}: {system_reason(error)}") from error
 
 
 @contextlib.contextmanager
@@ -65,8 +73,9 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
         path: The file to write; its folder must exist.
 
     Raises:
-        InputError: If ``path`` is a folder, or cannot be written (no permission, a
-            read-only or full disk), named without the temporary file's name.
+        InputError: If ``path`` is a folder.
+        WriteError: If it cannot be written (no permission, a read-only or full disk),
+            named without the temporary file's name.
     """
     path = Path(path)
     if path.is_dir():
@@ -79,7 +88,7 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
         except FileExistsError:  # another writer's temporary file of the same name
             continue
         except OSError as error:
-            raise InputError(f"cannot write {path}: {_reason(error)}") from None
+            raise WriteError(f"cannot write {path}: {system_reason(error)}") from None
     try:
         with write_errors_said_plainly(path):  # the disk filled up, say: nothing was replaced
             yield temporary

@@ -306,7 +306,7 @@ class _LabelsOverflow(InputError):
 
 
 class _UnitFailed(Exception):
-    """The executor failed on a unit of ``job``; ``error`` says why."""
+    """The executor failed on a unit of ``job``, or its output could not be written; ``error`` says why."""
 
     def __init__(self, job: _Job, error: NapariUnetError):
         super().__init__(str(error))
@@ -853,9 +853,14 @@ def _predict_jobs(model: Model, units: Iterable[Unit], owners: _Owners, executor
                 job, number = owners.popleft()
                 given += 1
                 if job.error is None:  # else its file failed while being read
-                    job.write(event)
-                    if job.written == job.units:
-                        job.complete()
+                    try:
+                        job.write(event)
+                        if job.written == job.units:
+                            job.complete()
+                    except _LabelsOverflow:
+                        raise
+                    except NapariUnetError as error:  # its output could not be written (a full disk)
+                        raise _UnitFailed(job, error) from error
                     yield progress(job, PredictProgress(number, job.units, 1, 1))
             else:
                 index, done, total = event

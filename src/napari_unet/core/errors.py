@@ -5,7 +5,7 @@ the input and, where possible, what to do about it. The command line prints thes
 line; the napari widgets show them as notifications.
 """
 
-__all__ = ["NapariUnetError", "InputError", "ModelFileError", "InputWarning", "ImageWarning"]
+__all__ = ["NapariUnetError", "InputError", "ModelFileError", "WriteError", "InputWarning", "ImageWarning", "system_reason"]
 
 
 class NapariUnetError(ValueError):
@@ -18,6 +18,15 @@ class InputError(NapariUnetError):
 
 class ModelFileError(NapariUnetError):
     """A model file that is missing, corrupt, truncated or not a napari-unet model."""
+
+
+class WriteError(NapariUnetError):
+    """A result that could not be written once work had begun: a full or read-only disk, no permission."""
+
+
+def system_reason(error: OSError) -> str:
+    """What the operating system says went wrong, in its words ("permission denied")."""
+    return (error.strerror or str(error)).lower()
 
 
 class InputWarning(UserWarning):

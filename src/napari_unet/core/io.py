@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .atomic import replaced_atomically, writable_folder
-from .errors import InputError
+from .atomic import made_folder, replaced_atomically
+from .errors import InputError, system_reason
 from .units import is_length, length_unit
 
 __all__ = ["TIFF_SUFFIXES", "ImageInfo", "TiffErrors", "collect_tiffs", "pair_by_name", "read_tiff", "write_tiff"]
@@ -119,19 +119,26 @@ class TiffErrors(logging.Handler):
         logging.getLogger("tifffile").removeHandler(self)
 
 
-def unreadable_tiff(path: str | os.PathLike, error: Exception) -> InputError:
-    """The error to raise for a file that tifffile (or one of its codecs) could not read, in plain words.
+def unreadable_tiff(path: str | os.PathLike, error: Exception, page: str | None = None) -> InputError:
+    """The error to raise for a file (or one ``page`` of it, "3 of 20") that tifffile could not read, in plain words.
 
-    tifffile's own words ("list index out of range", page offsets) are kept as the cause,
-    for ``-v`` and tracebacks.
+    tifffile's own words where they say what is wrong (a compression it cannot decode);
+    for damage, which it reports with any exception ("list index out of range", page
+    offsets), only that the file is damaged: its words stay the error's cause.
     """
-    if isinstance(error, tifffile.TiffFileError) and str(error).startswith("not a TIFF file"):
+    words = str(error)
+    if isinstance(error, OSError) and not isinstance(error, tifffile.TiffFileError):
+        reason = f"the system cannot read it ({system_reason(error)})"  # permission, a disk gone
+    elif isinstance(error, tifffile.TiffFileError) and words.startswith("not a TIFF file"):
         reason = "it is not a TIFF file"
+    elif "compression" in words.lower() or "imagecodecs" in words:
+        reason = f"it uses a compression that cannot be decoded here ({words})"
     elif isinstance(error, MemoryError):
         reason = "it does not fit in memory"
     else:
         reason = "it is damaged or truncated"
-    return InputError(f"{path} is not a readable TIFF file: {reason}")
+    what = f"{path}: page {page} is not readable" if page else f"{path} is not a readable TIFF file"
+    return InputError(f"{what}: {reason}")
 
 
 def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
@@ -204,7 +211,7 @@ def write_tiff(
     float32); BigTIFF is used when the data need it.
     """
     path = Path(path)
-    writable_folder(path.parent)
+    made_folder(path.parent)
     data = np.asarray(data)
     imagej = data.dtype in (np.uint8, np.uint16, np.float32) and data.ndim <= 6
     # Planes are gray, never colour samples (tifffile would store 3 or 4 planes as RGB).

@@ -16,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-from .atomic import replaced_atomically, writable_folder
+from .atomic import made_folder, replaced_atomically
 from .bundle import Model
 from .errors import ModelFileError
 from .model import NetworkConfig, UNet
@@ -90,7 +90,7 @@ def save_model(model: Model, path: str | os.PathLike) -> Path:
     from safetensors.torch import save
 
     path = model_file_path(path)
-    writable_folder(path.parent)
+    made_folder(path.parent)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.network.state_dict().items()}
     header = {_HEADER_KEY: json.dumps(_metadata(model))}
     # Written through a file opened here: safetensors' own save_file makes a file that

@@ -13,7 +13,7 @@ from .bundle import Model
 from .errors import InputError, ModelFileError
 from .modelfile import MODEL_SUFFIX, load_model_file, read_metadata
 
-__all__ = ["DEFAULT_MODEL", "as_model", "embedded_models", "load_model"]
+__all__ = ["DEFAULT_MODEL", "as_model", "embedded_models", "load_model", "model_source"]
 
 _EMBEDDED = Path(__file__).resolve().parent.parent / "models"
 
@@ -31,6 +31,20 @@ def embedded_models() -> dict[str, dict]:
     return {name: read_metadata(_EMBEDDED / f"{name}{MODEL_SUFFIX}") for name in names}
 
 
+def model_source(name_or_path: str | os.PathLike) -> Path | None:
+    """The file :func:`load_model` reads for ``name_or_path`` (an embedded model's own file), or None where there is none."""
+    text = str(name_or_path)
+    embedded = _EMBEDDED / f"{text}{MODEL_SUFFIX}"
+    if os.sep not in text and "/" not in text and embedded.is_file():
+        return embedded
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    if path.name and not path.suffix and path.with_suffix(MODEL_SUFFIX).is_file():  # as save_model names it
+        return path.with_suffix(MODEL_SUFFIX)
+    return None
+
+
 def load_model(name_or_path: str | os.PathLike) -> Model:
     """Load an embedded model by name, or a model file by path (``.safetensors`` may be left out).
 
@@ -38,16 +52,11 @@ def load_model(name_or_path: str | os.PathLike) -> Model:
         ModelFileError: If there is no such embedded model or file, or the file is not a
             usable model.
     """
+    source = model_source(name_or_path)
+    if source is not None:
+        return load_model_file(source)
     text = str(name_or_path)
-    embedded = _EMBEDDED / f"{text}{MODEL_SUFFIX}"
-    if os.sep not in text and "/" not in text and embedded.is_file():
-        return load_model_file(embedded)
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return load_model_file(path)
-    if path.name and not path.suffix and path.with_suffix(MODEL_SUFFIX).is_file():  # as save_model names it
-        return load_model_file(path.with_suffix(MODEL_SUFFIX))
-    if text and path.is_dir():
+    if text and Path(name_or_path).expanduser().is_dir():
         raise ModelFileError(f"{text} is a folder, not a model file; choose the {MODEL_SUFFIX} file in it")
     names = ", ".join(embedded_models()) or "none yet"
     raise ModelFileError(f"no model file {text!r} and no embedded model of that name (embedded: {names})")

@@ -72,7 +72,7 @@ def intensity_image_warning(labels: np.ndarray) -> str | None:
         return None
     return (f"the labels look like an image, not labels: neighbouring object pixels have different numbers in "
             f"{differing / pairs:.0%} of places, where labels give all pixels of an object one number "
-            "(0 = background)")
+            "(0 = background); check that the label images are given as labels, not the images")
 
 
 def as_instance_labels(labels: np.ndarray) -> np.ndarray:

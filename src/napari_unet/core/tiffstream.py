@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .atomic import writable_folder, write_errors_said_plainly
+from .atomic import made_folder, write_errors_said_plainly
 from .errors import InputError
 from .io import ImageInfo, TiffErrors, _pixel_size, unreadable_tiff
 
@@ -128,7 +128,7 @@ class TiffPageReader:
                 raise ValueError("the page is missing")
             return page.asarray().reshape(self.page_shape)
         except Exception as error:  # tifffile and its codecs report damage with many types
-            raise InputError(f"{self.path}: page {index + 1} of {self.pages} is not readable ({error})") from error
+            raise unreadable_tiff(self.path, error, f"{index + 1} of {self.pages}") from error
 
     def close(self) -> None:
         if self._tif is not None:
@@ -206,7 +206,7 @@ class PageTiffWriter:
         if metadata.resolution is not None:
             self._options["resolution"] = metadata.resolution
             self._options["resolutionunit"] = metadata.resolution_unit
-        writable_folder(self.path.parent)
+        made_folder(self.path.parent)
         bigtiff = math.prod(self.shape) * self.dtype.itemsize > BIGTIFF_BYTES
         with write_errors_said_plainly(self.path):
             self._writer = tifffile.TiffWriter(self.partial, bigtiff=bigtiff)

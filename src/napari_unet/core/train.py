@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .annotation import labelled_planes_mask
+from .atomic import writable_folder
 from .augment import AugmentConfig, augment_batch
 from .bundle import Model
 from .device import autocast, grad_scaler, resolve_device, smaller_batch_after
@@ -93,6 +94,9 @@ FINE_TUNE_LEARNING_RATE = 5e-4
 #: training images cannot show the model forgetting what it knew (0.0005 then took AP50 on
 #: 75 other images from 0.792 to 0.786; 0.0002 held it, 0.795), so the step stays gentle.
 STRIPE_FINE_TUNE_LEARNING_RATE = 2e-4
+
+#: Narrowest part of a plane left to train on beside a validation stripe held out of it, in pixels.
+MIN_STRIPE_TRAINING_WIDTH = 16
 
 #: Largest training patch edge: a batch of larger ones outgrows any GPU's memory.
 MAX_PATCH_SIZE = 2048
@@ -294,20 +298,26 @@ def _split_planes(samples: Sequence[TrainingSample], model: Model) -> list[tuple
 
 @contextlib.contextmanager
 def _naming(name: str) -> Iterator[None]:
-    """Errors and image warnings raised within, with ``name`` before them when they do not start with it."""
-    def named(message: str) -> str:
-        return message if message.startswith(name) else f"{name}: {message}"
+    """Input errors and image warnings raised within, given with ``name`` before them; other warnings as they were.
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        except InputError as error:
-            raise InputError(named(str(error))) from None
-    for warning in caught:
-        message = str(warning.message)
-        warnings.warn(named(message) if issubclass(warning.category, ImageWarning) else message, warning.category,
-                      stacklevel=4)
+    (``warnings`` records the warnings of the whole process meanwhile: of another
+    thread too, which then come out named, as in a batch.)
+    """
+    def named(message: str) -> str:
+        return message if message.startswith(f"{name}:") else f"{name}: {message}"
+
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield
+            except InputError as error:
+                raise InputError(named(str(error))) from None
+    finally:  # given also when an error follows them
+        for warning in caught:
+            message = named(str(warning.message)) if issubclass(warning.category, ImageWarning) else warning.message
+            warnings.warn_explicit(message, warning.category, warning.filename, warning.lineno)
 
 
 def _sample_planes(sample: TrainingSample, model: Model) -> Iterator[tuple]:
@@ -374,7 +384,7 @@ def _validation_split(planes: list, fraction: float, rng: np.random.Generator, w
     count = min(int(round(len(planes) * fraction)), len(planes) - 1)
     if whole_plane and count == 0 and len(planes) >= 4:
         count = 1
-    if count >= 1 and len(planes) - count >= 1:
+    if count >= 1:
         order = rng.permutation(len(planes))
         held = set(order[:count].tolist())
         return [p for i, p in enumerate(planes) if i not in held], [p for i, p in enumerate(planes) if i in held]
@@ -382,7 +392,7 @@ def _validation_split(planes: list, fraction: float, rng: np.random.Generator, w
     for name, image, labels, mask in planes:
         width = labels.shape[-1]
         cut = width - max(int(round(width * fraction)), 1)
-        if cut < 16:
+        if cut < MIN_STRIPE_TRAINING_WIDTH:
             train.append((name, image, labels, mask))  # too narrow to split
             continue
         if not mask[:, cut:].any():
@@ -674,15 +684,20 @@ def train_iter(
             as prediction does.
 
     Raises:
-        InputError: If there is nothing annotated to train on, or the data do not fit.
+        InputError: If there is nothing annotated to train on, the data do not fit, or a
+            diameter is given for a new model.
     """
     config = config or TrainingConfig()
     model = None if model is None else as_model(model)
+    if model is None and diameter:
+        raise InputError("an object diameter is for fine-tuning a model, whose objects the images are rescaled to; "
+                         "a new model learns the objects at the size they have in these images")
     # Every sample's range is checked before any work; the model records them.
     intensity_ranges = _intensity_ranges([*samples, *(validation_samples or ())])
     if checkpoint is not None:
         try:
-            model_file_path(checkpoint)  # refused before any work, not at the first checkpoint
+            # Refused before any work, not at the first checkpoint minutes later.
+            writable_folder(model_file_path(checkpoint).parent)
         except ModelFileError as error:
             raise InputError(f"the checkpoint is a model file: {error}") from None
     rng = np.random.default_rng(config.seed)
@@ -719,10 +734,11 @@ def train_iter(
         train_planes, validation_planes = _validation_split(planes, config.val_fraction, rng, whole_plane=fine_tuning)
         if not validation_planes and config.val_fraction > 0:
             kept = "replace the starting model" if fine_tuning else "are kept"
-            warnings.warn(f"no annotation is left to validate on (holding out the right-most {config.val_fraction:.0%} "
-                          "of each plane leaves nothing annotated there, or too little to train on): training cannot "
-                          f"check that the model gets better, and its last weights {kept}; annotate more planes, "
-                          "larger ones, or up to their right edge", InputWarning, stacklevel=2)
+            warnings.warn(f"no annotation is left to validate on (no image can be held out whole, and holding out "
+                          f"the right-most {config.val_fraction:.0%} of each plane leaves nothing annotated there, or "
+                          f"under {MIN_STRIPE_TRAINING_WIDTH} pixels to train on): training cannot check that the model "
+                          f"gets better, and its last weights {kept}; annotate more planes, larger ones, or up to "
+                          "their right edge", InputWarning, stacklevel=2)
     else:
         train_planes = planes
         validation_planes = [_resized(plane, factor) for plane in _split_planes(validation_samples, model)]

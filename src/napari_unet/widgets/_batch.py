@@ -193,7 +193,7 @@ class BatchWidget(ScrollingDock):
             _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self, self._on_progress, self._on_done, "the batch", self._on_finish,
-                       on_error=self._on_failed)
+                       on_error=lambda message: setattr(self.status, "value", message))
         self._worker.start()
 
     def stop(self, *_):
@@ -235,9 +235,6 @@ class BatchWidget(ScrollingDock):
         if self.result is None:
             return []
         return [(item.output.name, str(item.output)) for item in self.result.files if item.output is not None]
-
-    def _on_failed(self, message: str):
-        self.status.value = message
 
     def _on_finish(self):
         self.run.enabled, self.cancel.enabled = True, False

@@ -451,6 +451,7 @@ def connect_worker(worker, dock: ScrollingDock, on_yield: Callable | None, on_re
     if hasattr(worker, "yielded"):  # generator workers only
         worker.yielded.connect(dock.unless_destroyed(on_yield))
     worker.returned.connect(dock.unless_destroyed(on_return))
+
     def failed(error: BaseException) -> None:
         message = error_message(error, doing)
         show_error(message)

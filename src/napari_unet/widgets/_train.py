@@ -24,6 +24,7 @@ from magicgui.widgets import (
 )
 
 from ._common import (
+    SCRATCH,
     ModelChooser,
     ScrollingDock,
     connect_worker,
@@ -135,6 +136,8 @@ class TrainWidget(ScrollingDock):
         self.contents.native.layout().addWidget(self.plot)
 
         self.new_labels.changed.connect(self._create_labels_layer)
+        self.start_from.on_change(self._offer_diameter)
+        self._offer_diameter()
         self.add_pair.changed.connect(self._add_pair)
         self.clear_pairs.changed.connect(self._clear_pairs)
         # A pair whose layer is deleted is no longer trained on.
@@ -148,6 +151,9 @@ class TrainWidget(ScrollingDock):
         self.when_closed(lambda: (closed.set(), stop.set()))
 
     # -- inputs ---------------------------------------------------------------------------
+
+    def _offer_diameter(self, *_):
+        self.diameter.enabled = self.start_from.source.value != SCRATCH
 
     def _create_labels_layer(self, *_):
         image = self.image.value
@@ -186,7 +192,8 @@ class TrainWidget(ScrollingDock):
         return list(self._pairs) or [(self.image.value, self.labels_layer.value)]
 
     def _samples(self):
-        """Training samples from the chosen layers (copies, so painting can go on meanwhile)."""
+        """Training samples from the chosen layers: copies of the labels, so that painting can go on
+        meanwhile, and the images as the layers hold them, to be read in the worker."""
         from ..core.annotation import labelled_planes_mask, regions_mask
         from ..core.errors import InputError
         from ..core.train import TrainingSample
@@ -281,12 +288,14 @@ class TrainWidget(ScrollingDock):
         # From scratch on a CPU a lighter network trains in minutes; a GPU takes the paper's size.
         on_gpu = resolve_device(config.device).type != "cpu"
         network = NetworkConfig() if on_gpu else NetworkConfig(depth=3, base_width=16)
-        diameter = self.diameter.value or None
+        # Only a fine-tuned model has objects of its own size to rescale the images to (the
+        # field is off for a new one).
+        diameter = (self.diameter.value or None) if model is not None else None
         self._trained_image = self._training_pairs()[0][0]
         self._prediction_options = {
             "device": config.device, "amp": config.amp, "intensity_range": samples[0].intensity_range,
             # A fine-tuned model keeps its own object size; predicting this image needs the same rescaling.
-            "diameter": diameter if model is not None else None,
+            "diameter": diameter,
         }
         self._stop.clear()
         self._closed.clear()  # a training started here runs in a dock that is open again
@@ -299,7 +308,7 @@ class TrainWidget(ScrollingDock):
             pixel_size=size, pixel_unit=unit, diameter=diameter, _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self, self._on_progress, self._on_trained, "training",
-                       lambda: self._set_running(False), on_error=self._on_failed)
+                       lambda: self._set_running(False), on_error=lambda message: setattr(self.status, "value", message))
         self._worker.start()
 
     def stop_training(self, *_):
@@ -325,9 +334,6 @@ class TrainWidget(ScrollingDock):
                 self.plot.add("ap50", progress.step, progress.validation["ap50"])
         best = f", best score {progress.best_score:.3f}" if progress.best_score is not None else ""
         self.status.value = f"step {progress.step}, loss {progress.loss:.4f}{best}, {progress.elapsed:.0f} s"
-
-    def _on_failed(self, message: str):
-        self.status.value = message
 
     def _on_trained(self, result):
         if result.model.training["steps"] == 0:
