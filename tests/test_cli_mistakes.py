@@ -240,6 +240,19 @@ def test_a_result_that_cannot_be_written_is_a_failure_in_one_line_not_a_usage_mi
     assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "labels"]  # no partial file
 
 
+def test_a_cluster_that_lost_its_workers_is_a_failure_in_one_line(pair, tmp_path, capsys, monkeypatch):
+    from napari_unet.core import batch
+    from napari_unet.core.errors import ClusterError
+
+    def lost(*args, **kwargs):
+        raise ClusterError("the Dask cluster lost a plane: its workers stopped or were killed")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(batch, "predict_files_iter", lost)
+    assert main(["predict", "--model", "nuclei", str(pair[0]), "--out", str(tmp_path / "o")]) == 1
+    assert _error_line(capsys) == "napari-unet: error: the Dask cluster lost a plane: its workers stopped or were killed"
+
+
 def test_evaluate_never_writes_its_json_over_a_label_file(pair, capsys):
     labels = pair[1] / "a.tif"
     before = labels.read_bytes()

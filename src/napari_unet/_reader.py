@@ -11,9 +11,9 @@ while ``napari_unet.core`` stays free of them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import re
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .core.io import TIFF_SUFFIXES, TiffErrors, _pixel_size, unreadable_tiff
+from .core.io import TIFF_SUFFIXES, TiffErrors, _pixel_size, ome_pixels, unreadable_tiff
 from .core.memory import total_memory
 from .core.units import length_unit
 
@@ -137,12 +137,10 @@ def _read_one(path: Path) -> LayerData:
 
 def _z_spacing(tif: tifffile.TiffFile) -> tuple[float | None, str]:
     """Distance between Z planes and its unit, from OME or ImageJ metadata."""
-    if tif.is_ome and tif.ome_metadata:
-        size = re.search(r'PhysicalSizeZ="([0-9.eE+-]+)"', tif.ome_metadata)
-        if size and float(size.group(1)) > 0:
-            unit = re.search(r'PhysicalSizeZUnit="([^"]+)"', tif.ome_metadata)
-            unit = unit.group(1) if unit else "um"  # the OME schema's default
-            return float(size.group(1)), length_unit(unit)
+    ome = ome_pixels(tif)
+    with contextlib.suppress(KeyError, ValueError):
+        if float(ome["PhysicalSizeZ"]) > 0:
+            return float(ome["PhysicalSizeZ"]), length_unit(ome.get("PhysicalSizeZUnit", "um"))  # OME's default
     if tif.is_imagej:
         metadata = tif.imagej_metadata or {}
         spacing = metadata.get("spacing")

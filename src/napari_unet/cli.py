@@ -677,11 +677,11 @@ def main(argv: list[str] | None = None) -> int:
         if not any(isinstance(handler, logging.NullHandler) for handler in tifffile_log.handlers):
             tifffile_log.addHandler(logging.NullHandler())
     warnings.showwarning = lambda message, category, *rest, **kw: print(f"napari-unet: warning: {message}", file=sys.stderr)
-    from .core.errors import NapariUnetError, WriteError
+    from .core.errors import ClusterError, NapariUnetError, WriteError
 
     try:
         return args.handler(args)
-    except WriteError as error:  # work was done and could not be kept: a failure, not a usage mistake
+    except (WriteError, ClusterError) as error:  # work begun could not be finished: a failure, not a usage mistake
         print(f"napari-unet: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except NapariUnetError as error:

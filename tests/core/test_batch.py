@@ -341,6 +341,44 @@ def test_an_output_that_cannot_be_written_fails_its_own_file_and_the_batch_goes_
     assert [item.path.name for item in result.files] == ["a.tif", "b.tif", "c.tif"]
 
 
+def test_a_plane_the_cluster_lost_stops_the_batch_and_one_that_kept_killing_workers_fails_its_file(tmp_path, model):
+    pytest.importorskip("distributed")
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker
+
+    from napari_unet.core import distributed as dask_batch
+    from napari_unet.core.errors import ClusterError, NapariUnetError
+
+    class Lost:  # a future of the cluster, failed
+        def __init__(self, error):
+            self.error = error
+
+        def result(self):
+            raise self.error
+
+    with pytest.raises(ClusterError, match="the Dask cluster lost a plane"):
+        dask_batch._result(Lost(CancelledError()))
+    with pytest.raises(NapariUnetError, match="died each time") as raised:
+        dask_batch._result(Lost(KilledWorker("task", "worker", 3)))
+    assert not isinstance(raised.value, ClusterError)
+
+    class LosesTheSecondPlane(batch.LocalExecutor):
+        def predict_units(self, *args):
+            for number, event in enumerate(super().predict_units(*args)):
+                if number == 1:
+                    raise ClusterError("the Dask cluster lost a plane")
+                yield event
+
+    for name in ("a", "b", "c"):
+        _write(tmp_path / f"{name}.tif", "single")
+    # Not one file failed and the others tried on a cluster that is gone: the batch stops.
+    with pytest.raises(ClusterError):
+        predict_files(model, sorted(tmp_path.glob("*.tif")), tmp_path / "out", executor=LosesTheSecondPlane(),
+                      **OPTIONS)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a.tif"]
+
+
 def test_a_file_without_objects_to_estimate_the_diameter_from_is_segmented_unscaled_with_a_warning(
         tmp_path, model, monkeypatch):
     model.object_diameter = 12.0
@@ -416,6 +454,14 @@ def test_arrays_numpy_zarr_dask_and_tiff_out(tmp_path, model):
     np.testing.assert_array_equal(tifffile.imread(path), expected)
     with pytest.raises(InputError, match="shape"):
         predict_array(model, data, np.zeros((3, 36, 28), np.int32), **OPTIONS)
+    # Labels are whole numbers: a boolean or float array would hold them wrong, without a word.
+    for dtype in (bool, np.float32):
+        with pytest.raises(InputError, match=f"the labels array holds {np.dtype(dtype)}"):
+            predict_array(model, data, np.zeros(data.shape, dtype), **OPTIONS)
+    np.testing.assert_array_equal(predict_array(model, data.tolist(), **OPTIONS), expected)  # nested lists too
+    with pytest.raises(InputError, match=r"^the array: channel axis 5 is not one of its axes before height and "
+                                         r"width \(0 to 1\)$"):
+        predict_array(model, data, channel_axis=5, **OPTIONS)
 
 
 def test_stopping_an_array_prediction_returns_none(model):

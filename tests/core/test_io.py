@@ -149,6 +149,19 @@ def test_ome_physical_size(tmp_path, sizes, expected):
     assert info.unit == expected[1]
 
 
+def test_an_ome_file_of_several_images_gives_the_pixel_size_of_the_image_read(tmp_path):
+    path = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as writer:
+        writer.write(np.zeros((2, 24, 32), np.uint16), photometric="minisblack",
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.004, "PhysicalSizeY": 0.004, "PhysicalSizeZ": 0.05})
+        # A smaller second image (an overview, a pyramid level) with pixels of its own.
+        writer.write(np.zeros((6, 8), np.uint16), photometric="minisblack",
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.016, "PhysicalSizeY": 0.016})
+    data, info = read_tiff(path)
+    assert data.shape == (2, 24, 32)
+    assert info.pixel_size == pytest.approx((0.004, 0.004)) and info.unit == "um"
+
+
 def test_ome_pixel_size_survives_writing_labels(tmp_path):
     source = tmp_path / "image.ome.tif"
     tifffile.imwrite(source, np.zeros((24, 32), np.uint16), ome=True,

@@ -414,3 +414,10 @@ def test_a_model_is_saved_only_under_a_model_files_name_and_found_without_its_su
     assert saved.name == "run.safetensors"
     monkeypatch.chdir(tmp_path)
     assert registry.load_model("run").config == model.config  # found as save_model named it
+
+
+def test_a_model_is_saved_by_its_name_too(tmp_path):
+    from napari_unet.core.registry import load_model
+
+    path = save_model("nuclei", tmp_path / "mine.safetensors")  # as everywhere a model is taken
+    assert load_model_file(path).config == load_model("nuclei").config

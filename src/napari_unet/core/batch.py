@@ -42,7 +42,7 @@ import numpy as np
 from .. import __version__
 from .atomic import writable_folder
 from .bundle import Model
-from .errors import ImageWarning, InputError, InputWarning, NapariUnetError
+from .errors import ClusterError, ImageWarning, InputError, InputWarning, NapariUnetError
 from .io import ImageInfo, collect_tiffs, search_root
 from .normalize import as_planes, normalization_for
 from .predict import (
@@ -869,7 +869,7 @@ def _predict_jobs(model: Model, units: Iterable[Unit], owners: _Owners, executor
                     yield progress(job, PredictProgress(number, job.units, done, total))
             if stop is not None and stop.is_set():
                 raise _Stopped
-    except _LabelsOverflow:
+    except (_LabelsOverflow, ClusterError):
         raise
     except NapariUnetError as error:
         if not owners:
@@ -916,6 +916,8 @@ def predict_array_iter(
             it is a path that does not name a TIFF file.
     """
     model = as_model(model)
+    if not hasattr(array, "shape"):  # a list, say; a lazy array (Dask, Zarr) is read plane by plane
+        array = np.asarray(array)
     shape = tuple(array.shape)
     if len(shape) < 2:
         raise InputError(f"an image needs at least two axes (height, width), got shape {shape}")
@@ -955,6 +957,9 @@ def predict_array_iter(
             labels = np.zeros(out_shape, np.int32) if out is None else out
             if tuple(labels.shape) != out_shape:
                 raise InputError(f"the labels array has shape {tuple(labels.shape)}; it needs {out_shape}")
+            if np.dtype(labels.dtype).kind not in "ui":
+                raise InputError(f"the labels array holds {np.dtype(labels.dtype)}; labels need whole numbers "
+                                 "(an unsigned or signed integer type)")
             yield from stream(_ArrayPlanes(labels, plan.out_leading_shape))
             return labels
         with PageTiffWriter(out, out_shape, plan.out_axes, np.uint32, TiffMetadata()) as writer:

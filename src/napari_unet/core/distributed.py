@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 from .batch import PLANE_WARNINGS, PlaneResult, Unit, predict_plane
 from .bundle import Model
-from .errors import InputError
+from .errors import ClusterError, InputError, NapariUnetError
 from .predict import GPU_TILE_SIZE
 
 __all__ = ["DaskExecutor", "dask_executor"]
@@ -92,12 +92,35 @@ class DaskExecutor:
                                                       pure=False))
                 if not pending:
                     return
-                (labels, probability_plane), said = pending.popleft().result()
+                (labels, probability_plane), said = _result(pending.popleft())
                 yield PlaneResult(finished, labels, probability_plane, tuple(said))
                 finished += 1
         finally:
             if pending:  # stopped or failed: the cluster need not finish planes nobody writes
                 self.client.cancel(list(pending))
+
+
+def _result(future):
+    """A plane's result from the cluster.
+
+    Raises:
+        NapariUnetError: If workers died each time they took the plane (it needs more
+            memory than a worker has, most often): its file fails, the batch goes on.
+        ClusterError: If the cluster lost the plane otherwise (its workers were stopped):
+            what is left of the batch cannot be trusted to finish.
+    """
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker
+
+    try:
+        return future.result()
+    except KilledWorker as error:
+        raise NapariUnetError("the Dask workers died each time they predicted a plane of this file (out of "
+                              "memory, most often); give the workers more memory, or a smaller --tile-size") from error
+    except CancelledError as error:
+        raise ClusterError("the Dask cluster lost a plane: its workers stopped or were killed; run the same "
+                           "command again to go on with the files not finished") from error
 
 
 def _predict_plane_with_warnings(*args) -> tuple[tuple, list[tuple[str, type[Warning]]]]:

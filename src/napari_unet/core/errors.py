@@ -5,7 +5,7 @@ the input and, where possible, what to do about it. The command line prints thes
 line; the napari widgets show them as notifications.
 """
 
-__all__ = ["NapariUnetError", "InputError", "ModelFileError", "WriteError", "InputWarning", "ImageWarning", "system_reason"]
+__all__ = ["NapariUnetError", "InputError", "ModelFileError", "WriteError", "ClusterError", "InputWarning", "ImageWarning", "system_reason"]
 
 
 class NapariUnetError(ValueError):
@@ -22,6 +22,10 @@ class ModelFileError(NapariUnetError):
 
 class WriteError(NapariUnetError):
     """A result that could not be written once work had begun: a full or read-only disk, no permission."""
+
+
+class ClusterError(NapariUnetError):
+    """A Dask cluster that lost the work given to it: its workers stopped or were killed."""
 
 
 def system_reason(error: OSError) -> str:

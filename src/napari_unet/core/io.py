@@ -164,16 +164,28 @@ def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     return data, info
 
 
+def ome_pixels(tif: tifffile.TiffFile) -> dict[str, str]:
+    """The attributes of the OME-XML's first ``Pixels`` element: of the image that is read.
+
+    A file may hold several images (a pyramid's levels, a label image beside the data),
+    each with its own physical sizes; the first is ``tif.series[0]``. Empty for a file
+    without OME metadata.
+    """
+    if not (tif.is_ome and tif.ome_metadata):
+        return {}
+    pixels = re.search(r"<(?:\w+:)?Pixels\b([^>]*)>", tif.ome_metadata)
+    return dict(re.findall(r'(\w+)="([^"]*)"', pixels.group(1))) if pixels else {}
+
+
 def _pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None, str]:
-    if tif.is_ome and tif.ome_metadata:
-        sizes = {
-            axis: float(value)
-            for axis, value in re.findall(r'PhysicalSize([XY])="([0-9.eE+-]+)"', tif.ome_metadata)
-        }
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-        if "X" in sizes:
-            unit = unit.group(1) if unit else "um"
-            return (sizes.get("Y", sizes["X"]), sizes["X"]), length_unit(unit)
+    ome = ome_pixels(tif)
+    if "PhysicalSizeX" in ome:
+        try:
+            x = float(ome["PhysicalSizeX"])
+            y = float(ome.get("PhysicalSizeY", x))
+        except ValueError:
+            return None, ""
+        return (y, x), length_unit(ome.get("PhysicalSizeXUnit", "um"))  # the OME schema's default unit
     page = tif.pages.first
     x_tag, y_tag = page.tags.get("XResolution"), page.tags.get("YResolution")
     if x_tag is None or y_tag is None:

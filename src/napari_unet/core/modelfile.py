@@ -74,11 +74,11 @@ def model_file_path(path: str | os.PathLike) -> Path:
     return path if path.suffix else path.with_suffix(MODEL_SUFFIX)
 
 
-def save_model(model: Model, path: str | os.PathLike) -> Path:
+def save_model(model: Model | str | os.PathLike, path: str | os.PathLike) -> Path:
     """Write ``model`` to ``path`` atomically.
 
     Args:
-        model: The model to save.
+        model: The model to save, or an embedded model's name or a model file's path.
         path: Target file, ending in ``.safetensors`` (appended when it has no suffix).
 
     Raises:
@@ -91,6 +91,9 @@ def save_model(model: Model, path: str | os.PathLike) -> Path:
 
     path = model_file_path(path)
     made_folder(path.parent)
+    from .registry import as_model  # a model by name, as everywhere a model is taken
+
+    model = as_model(model)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.network.state_dict().items()}
     header = {_HEADER_KEY: json.dumps(_metadata(model))}
     # Written through a file opened here: safetensors' own save_file makes a file that

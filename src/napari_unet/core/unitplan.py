@@ -96,7 +96,11 @@ def plan_units(name: str, axes: str, leading_shape: tuple[int, ...], page_axes: 
                                  f"{leading_shape + page_shape} (axes {axes}) has that length")
             channel_axis = candidates[0]
         if not 0 <= channel_axis < len(leading_shape):
-            raise InputError(f"{name}: channel axis {channel_axis} is not one of its plane axes {leading_axes}")
+            if not leading_shape:
+                raise InputError(f"{name}: channel axis {channel_axis}, but it has no axis besides height and width")
+            named = "" if set(leading_axes) == {"Q"} else f", {leading_axes}"  # arrays' axes have no names
+            raise InputError(f"{name}: channel axis {channel_axis} is not one of its axes before height and width "
+                             f"(0 to {len(leading_shape) - 1}{named})")
         unit_channel_axis = 0
     out_leading = tuple(length for axis, length in enumerate(leading_shape) if axis != channel_axis)
     out_axes = "".join(letter for axis, letter in enumerate(leading_axes) if axis != channel_axis)
