@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from napari_unet.core import train as train_module
 from napari_unet.core.annotation import labelled_planes_mask, regions_mask
 from napari_unet.core.bundle import Model
 from napari_unet.core.errors import InputError, InputWarning
@@ -156,6 +158,30 @@ def test_fine_tuning_continues_the_history(nuclei, tiny_config):
     assert [r["step"] for r in second.history] == [3, 3, 6]
     assert second.history[1]["loss"] is None and "iou" in second.history[1]
     assert second.training["steps"] == 3
+
+
+@pytest.mark.parametrize("painted", [3, "all"])
+def test_fine_tuning_warns_when_the_model_finds_many_objects_left_unpainted(painted, monkeypatch):
+    from napari_unet.core.registry import load_model
+
+    image, labels = synthetic_nuclei((256, 256), count=40, seed=0)
+    objects = np.unique(labels)[1:]
+    if painted != "all":  # a few nuclei painted, the rest left as background by mistake
+        labels = np.where(np.isin(labels, objects[:painted]), labels, 0)
+    seen = []
+    real = train_module._warn_if_objects_unpainted
+    monkeypatch.setattr(train_module, "_warn_if_objects_unpainted", lambda *args: seen.append(real(*args)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train([TrainingSample(image, labels, name="cells.tif")], model=load_model("nuclei"),
+              config=TrainingConfig(**dict(FAST, patch_size=128, epochs=1, steps_per_epoch=1, val_fraction=0.0)))
+    said = [str(warning.message) for warning in caught if "where nothing is painted" in str(warning.message)]
+    assert len(seen) == 1  # the starting model looked once, before training
+    if painted == "all":
+        assert said == []
+    else:
+        assert len(said) == 1 and said[0].startswith("cells.tif: the starting model finds ")
+        assert "against 3 painted" in said[0] and "regions" in said[0]
 
 
 def test_fine_tuning_that_only_hurts_gives_the_model_back_unchanged(nuclei, tiny_config):

@@ -49,7 +49,7 @@ from .scale import (
     scale_factor,
     scaled_shape,
 )
-from .targets import as_instance_labels, border_weights, class_targets, intensity_image_warning
+from .targets import as_instance_labels, border_weights, class_targets, consecutive_labels, intensity_image_warning
 
 __all__ = ["TrainingSample", "TrainingConfig", "TrainingProgress", "TrainingResult", "train_iter", "train", "tune_threshold"]
 
@@ -614,6 +614,36 @@ def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_s
     return result
 
 
+#: Whole annotated planes the starting model segments before fine-tuning, to see whether
+#: objects were left unpainted (each costs one prediction).
+UNPAINTED_CHECK_PLANES = 3
+
+
+def _warn_if_objects_unpainted(model: Model, planes: list, device: torch.device, amp: bool) -> None:
+    """Warn when the starting model finds more objects where nothing is painted than are painted.
+
+    Every pixel of an annotated plane that is not painted is learned as background: the
+    first thing users do wrong is to paint a few objects of a plane and leave the rest,
+    which then teaches the model to miss them (a contrast-inverted DSB2018 image with 15
+    of its 133 nuclei painted took held-out AP50 to about 0.2, against 0.8 with a region
+    drawn around them). Only whole planes (no regions) are looked at, a few of them.
+    """
+    whole = [plane for plane in planes if plane[3].all()][:UNPAINTED_CHECK_PLANES]
+    unpainted = painted = 0
+    for probabilities, labels, _ in _network_outputs(model, whole, device, amp):
+        predicted = probabilities_to_labels(probabilities, model.threshold, gap=model.gap)
+        overlapping = np.unique(predicted[labels > 0])
+        unpainted += int(predicted.max()) - np.count_nonzero(overlapping)
+        painted += consecutive_labels(labels)[1]
+    if unpainted >= max(10, painted):
+        names = ", ".join(dict.fromkeys(name for name, _, _, _ in whole))
+        warnings.warn(f"{names}: the starting model finds {unpainted} objects where nothing is painted, against "
+                      f"{painted} painted; every unpainted pixel of an annotated plane is learned as background, so "
+                      "paint every object, or draw rectangles around the painted ones (the Train widget's regions) "
+                      "so that only they count; if those are not objects but what the model must unlearn, all is "
+                      "well", InputWarning, stacklevel=3)
+
+
 def _tuned_threshold(model: Model, planes: list, device: torch.device, amp: bool) -> float:
     """The post-processing threshold that segments the fully annotated ``planes`` best."""
     complete = [plane for plane in planes if plane[3].all()]
@@ -748,6 +778,8 @@ def train_iter(
         chosen = (SCRATCH_LEARNING_RATE if not fine_tuning
                   else FINE_TUNE_LEARNING_RATE if unseen else STRIPE_FINE_TUNE_LEARNING_RATE)
         config = replace(config, learning_rate=chosen)  # recorded with the model
+    if fine_tuning:
+        _warn_if_objects_unpainted(model, planes, device, config.amp)
     diameter = _object_diameter(train_planes)
 
     input_size = network.valid_input_size(config.patch_size)
