@@ -117,7 +117,7 @@ def _result(future):
         return future.result()
     except KilledWorker as error:
         raise NapariUnetError("the Dask workers died each time they predicted a plane of this file (out of "
-                              "memory, most often); give the workers more memory, or a smaller --tile-size") from error
+                              "memory, most often); give the workers more memory, or choose a smaller tile size") from error
     except CancelledError as error:
         raise ClusterError("the Dask cluster lost a plane: its workers stopped or were killed; run the same "
                            "command again to go on with the files not finished") from error

@@ -89,11 +89,11 @@ def save_model(model: Model | str | os.PathLike, path: str | os.PathLike) -> Pat
     """
     from safetensors.torch import save
 
+    from .registry import as_model  # imports this module: imported here
+
+    model = as_model(model)  # a model by name too, as everywhere a model is taken
     path = model_file_path(path)
     made_folder(path.parent)
-    from .registry import as_model  # a model by name, as everywhere a model is taken
-
-    model = as_model(model)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.network.state_dict().items()}
     header = {_HEADER_KEY: json.dumps(_metadata(model))}
     # Written through a file opened here: safetensors' own save_file makes a file that
