@@ -84,7 +84,7 @@ def read_tiffs(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[La
 def _read_one(path: Path) -> LayerData:
     """The layer data tuple of one file (see ``read_tiffs``)."""
     try:
-        with TiffErrors() as damage, tifffile.TiffFile(path) as tif:
+        with TiffErrors(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, shape = series.axes, series.shape
             pixel_size, xy_unit = _pixel_size(tif)
@@ -93,10 +93,6 @@ def _read_one(path: Path) -> LayerData:
                 data = _lazy_array(path, series)
             else:
                 data = series.asarray()
-        if damage.messages:
-            # tifffile recovers from a truncated or damaged file with a smaller or
-            # differently shaped series: a stack shown as one plane, without a word.
-            raise ValueError(f"damaged or truncated: {damage.messages[0]}")
     except Exception as error:  # tifffile and its codecs report damage with many types
         raise unreadable_tiff(path, error) from error
 

@@ -100,7 +100,12 @@ def pair_by_name(images: list[Path], labels: list[Path], missing: str = "image(s
 
 
 class TiffErrors(logging.Handler):
-    """Collects the errors that tifffile logs (instead of raising) in this thread, within a block."""
+    """Refuses a file whose reading, within the block, made tifffile log an error in this thread.
+
+    tifffile recovers from a truncated or damaged file with a smaller or differently
+    shaped series (a stack read as one plane) and only logs it: the block's end raises a
+    ValueError instead, when nothing else was raised in it.
+    """
 
     def __init__(self):
         super().__init__(logging.ERROR)
@@ -115,8 +120,10 @@ class TiffErrors(logging.Handler):
         logging.getLogger("tifffile").addHandler(self)
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, error_type, *_) -> None:
         logging.getLogger("tifffile").removeHandler(self)
+        if error_type is None and self.messages:
+            raise ValueError(f"damaged or truncated: {self.messages[0]}")
 
 
 def unreadable_tiff(path: str | os.PathLike, error: Exception, page: str | None = None) -> InputError:
@@ -151,14 +158,10 @@ def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     if not path.is_file():
         raise InputError(f"file not found: {path}")
     try:
-        with TiffErrors() as damage, tifffile.TiffFile(path) as tif:
+        with TiffErrors(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             data = series.asarray()
             info = ImageInfo(series.axes, *_pixel_size(tif))
-        if damage.messages:
-            # tifffile recovers from a truncated or damaged file with a smaller or
-            # differently shaped series: a stack read as one plane, without a word.
-            raise ValueError(f"damaged or truncated: {damage.messages[0]}")
     except Exception as error:  # tifffile and its codecs report damage with many types
         raise unreadable_tiff(path, error) from error
     return data, info
