@@ -80,15 +80,14 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a file name to write")
-    while True:
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-        try:
-            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:  # another writer's temporary file of the same name
-            continue
-        except OSError as error:
-            raise WriteError(f"cannot write {path}: {system_reason(error)}") from None
+    with write_errors_said_plainly(path):  # no permission, a read-only disk
+        while True:
+            temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+            try:
+                os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                break
+            except FileExistsError:  # another writer's temporary file of the same name
+                continue
     try:
         with write_errors_said_plainly(path):  # the disk filled up, say: nothing was replaced
             yield temporary
