@@ -136,8 +136,8 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
     """Diameter (pixels) of the circle of each object's area, for every object in ``labels``."""
     numbered, _ = consecutive_labels(np.asarray(labels))  # any values: 2**40 must not size a table
-    areas = np.bincount(numbered.ravel())[1:]
-    return np.sqrt(4 * areas[areas > 0] / math.pi)
+    areas = np.bincount(numbered.ravel())[1:]  # numbered 1..n: every number has pixels
+    return np.sqrt(4 * areas / math.pi)
 
 
 def object_diameter(labels: np.ndarray) -> float | None:
