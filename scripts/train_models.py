@@ -49,6 +49,25 @@ RECIPES = {
                   "--batch-size", "8", "--learning-rate", "0.001", "--schedule", "cosine",
                   "--steps-per-epoch", "250", "--seed", "0"],
     },
+    "cells": {
+        "description": "Whole cells in phase contrast (adherent cells at 10x), 3 classes: background, "
+        "interior, boundary",
+        "training_data": "Usiigaci phase-contrast training images (oist/Usiigaci, MIT), except the 6 held "
+        "out for validation (scripts/splits/usiigaci-validation.txt)",
+        "train": ["--classes", "3", "--depth", "4", "--base-width", "16", "--patch-size", "256",
+                  "--batch-size", "4", "--learning-rate", "0.0005", "--schedule", "cosine",
+                  "--steps-per-epoch", "150", "--seed", "0"],
+    },
+    "nuclei-he": {
+        "description": "Nuclei in H&E and other haematoxylin-stained tissue (RGB), read through the "
+        "haematoxylin stain; 3 classes: background, interior, boundary",
+        "training_data": "DSB2018 stage1_train H&E tissue images (BBBC038, CC0), except the 12 held out "
+        "for validation (scripts/splits/dsb2018-color-validation.txt), each also with 4 copies of other "
+        "stain colours and magnifications",
+        "train": ["--classes", "3", "--depth", "4", "--base-width", "16", "--patch-size", "192",
+                  "--batch-size", "4", "--learning-rate", "0.0005", "--schedule", "cosine",
+                  "--steps-per-epoch", "200", "--seed", "0"],
+    },
     "em-neurites": {
         "description": "Serial-section EM cell membranes and neurites (as in the U-Net paper), "
         "2 classes: membrane, cell interior",
@@ -82,24 +101,92 @@ def _link_pairs(names: list[str], source: Path, target: Path) -> None:
                 link.symlink_to(source / kind / name)
 
 
-def nuclei_split(work: Path) -> tuple[Path, Path]:
-    """Training and validation folders of symbolic links into dsb2018, split by the fixed list."""
-    names = sorted(path.name for path in (DATA / "dsb2018" / "images").glob("*.tif"))
-    listing = SPLITS / "dsb2018-validation.txt"
-    if listing.is_file():
-        validation = listing.read_text().split()
+def listed_split(work: Path, dataset: str, listing: str, count: int, seed: int) -> tuple[Path, Path]:
+    """Training and validation folders of symbolic links into ``dataset``, split by a fixed list.
+
+    The list (``scripts/splits/<listing>``) is drawn once with ``seed`` and committed, so
+    every later run validates on the same images.
+    """
+    names = sorted(path.name for path in (DATA / dataset / "images").glob("*.tif"))
+    path = SPLITS / listing
+    if path.is_file():
+        validation = path.read_text().split()
     else:
-        order = np.random.default_rng(NUCLEI_SPLIT_SEED).permutation(len(names))
-        validation = sorted(names[i] for i in order[:NUCLEI_VALIDATION_COUNT])
+        order = np.random.default_rng(seed).permutation(len(names))
+        validation = sorted(names[i] for i in order[:count])
         SPLITS.mkdir(parents=True, exist_ok=True)
-        listing.write_text("\n".join(validation) + "\n")
+        path.write_text("\n".join(validation) + "\n")
     missing = set(validation) - set(names)
     if missing:
-        raise SystemExit(f"validation images missing from {DATA / 'dsb2018'}: {sorted(missing)[:3]}...")
+        raise SystemExit(f"validation images missing from {DATA / dataset}: {sorted(missing)[:3]}...")
     held = set(validation)
-    _link_pairs([n for n in names if n not in held], DATA / "dsb2018", work / "train")
-    _link_pairs(validation, DATA / "dsb2018", work / "validation")
+    _link_pairs([n for n in names if n not in held], DATA / dataset, work / "train")
+    _link_pairs(validation, DATA / dataset, work / "validation")
     return work / "train", work / "validation"
+
+
+def nuclei_split(work: Path) -> tuple[Path, Path]:
+    """The DSB2018 fluorescence images: 80 held out, drawn with seed 2018."""
+    return listed_split(work, "dsb2018", "dsb2018-validation.txt", NUCLEI_VALIDATION_COUNT, NUCLEI_SPLIT_SEED)
+
+
+def cells_split(work: Path) -> tuple[Path, Path]:
+    """The Usiigaci phase-contrast images: 6 of 30 held out, drawn with seed 2019."""
+    return listed_split(work, "usiigaci", "usiigaci-validation.txt", 6, 2019)
+
+
+def stained_split(work: Path) -> tuple[Path, Path]:
+    """The DSB2018 H&E images: 12 of 57 held out, drawn with seed 2020, plus restained copies."""
+    train, validation = listed_split(work, "dsb2018_color", "dsb2018-color-validation.txt", 12, 2020)
+    add_restained(train, copies=4)
+    return train, validation
+
+
+def add_restained(train: Path, copies: int) -> None:
+    """Put ``copies`` versions of each H&E training image beside it, as another lab would stain and scan it.
+
+    Labs differ in the colour and strength of their haematoxylin and eosin and in their
+    magnification (20x-40x). Each copy is the image's stain amounts (colour deconvolution)
+    drawn again with stain colours moved by a few percent, amounts scaled by 0.7-1.4 and
+    the whole rescaled by 0.7-1.6, its labels rescaled alike.
+    """
+    from scipy import ndimage
+
+    from napari_unet.core.normalize import _STAINS
+
+    for kind in ("images", "labels"):
+        for old in (train / kind).glob("restained-*.tif"):
+            old.unlink()
+    rng = np.random.default_rng(20000)
+    for path in sorted((train / "images").glob("*.tif")):
+        rgb = tifffile.imread(path)[..., :3]
+        labels = tifffile.imread(train / "labels" / path.name)
+        density = -np.log10(np.clip(rgb / 255.0, 1 / 255, 1.0))
+        amounts = density @ np.linalg.inv(_STAINS)
+        for copy in range(copies):
+            stains = _STAINS + rng.normal(0, 0.05, _STAINS.shape)
+            stains = np.abs(stains) / np.linalg.norm(stains, axis=1, keepdims=True)
+            scaled = amounts * rng.uniform(0.7, 1.4, 3) + rng.uniform(-0.03, 0.03, 3)
+            image = np.clip(255 * 10 ** -(np.maximum(scaled, 0) @ stains), 0, 255)
+            zoom = rng.uniform(0.7, 1.6)
+            image = ndimage.zoom(image, (zoom, zoom, 1), order=1)
+            zoomed = ndimage.zoom(labels, zoom, order=0)
+            name = f"restained-{path.stem}-{copy}.tif"
+            tifffile.imwrite(train / "images" / name, image.round().astype(np.uint8), photometric="rgb")
+            tifffile.imwrite(train / "labels" / name, zoomed.astype(np.uint16), photometric="minisblack")
+
+
+def stained_init(work: Path, init: str) -> str:
+    """``init`` as a model that reads RGB images through their haematoxylin stain."""
+    from napari_unet.core.normalize import Normalization
+    from napari_unet.core.registry import load_model
+
+    if init == "scratch":
+        raise SystemExit("nuclei-he starts from a grayscale nuclei model (--init nuclei)")
+    model = load_model(init)
+    settings = model.normalization.to_dict() | {"colour": "haematoxylin"}
+    model.normalization = Normalization.from_dict(settings)
+    return str(model.save(work / "init-haematoxylin.safetensors"))
 
 
 def add_synthetic(train: Path, count: int) -> None:
@@ -182,7 +269,10 @@ def main() -> None:
 
     recipe = RECIPES[args.name]
     work = args.work / args.name
-    train, validation = (nuclei_split if args.name == "nuclei" else em_split)(work)
+    splits = {"nuclei": nuclei_split, "nuclei-he": stained_split, "cells": cells_split, "em-neurites": em_split}
+    train, validation = splits[args.name](work)
+    if args.name == "nuclei-he" and not args.evaluate_only:
+        args.init = stained_init(work, args.init)
     if args.name == "nuclei":
         add_synthetic(train, args.synthetic)
         if args.synthetic:
@@ -199,7 +289,9 @@ def main() -> None:
         napari_unet(
             "train", "--images", str(train / "images"), "--labels", str(train / "labels"),
             "--val-images", str(validation / "images"), "--val-labels", str(validation / "labels"),
-            "--out", str(model), "--overwrite", "--init", args.init,  # the work folder is the script's own "--max-minutes", str(args.minutes), "--device", args.device,
+            # --overwrite: the work folder is the script's own.
+            "--out", str(model), "--overwrite", "--init", args.init,
+            "--max-minutes", str(args.minutes), "--device", args.device,
             *arguments, threads=args.threads,
         )
     else:
@@ -208,7 +300,8 @@ def main() -> None:
     if args.name == "em-neurites":
         held_out = "held-out ISBI 2012 slices " + "-".join(str(i) for i in EM_VALIDATION_SLICES[::3])
     else:
-        held_out = f"{len(list((validation / 'images').glob('*.tif')))} held-out dsb2018 images"
+        source = {"nuclei": "dsb2018", "nuclei-he": "dsb2018 H&E", "cells": "usiigaci"}[args.name]
+        held_out = f"{len(list((validation / 'images').glob('*.tif')))} held-out {source} images"
     figures = {"data": held_out, **validation_figures(model, validation, args)}
     # The same with test-time augmentation (predict --tta), the figures' second row in docs/models.md.
     figures.update({f"tta_{key}": value for key, value in validation_figures(model, validation, args, "--tta").items()})

@@ -150,7 +150,7 @@ def test_bad_percentiles_raise_value_error(low, high):
 def test_normalization_round_trip():
     normalization = Normalization(2.5, 97.0)
     assert Normalization.from_dict(normalization.to_dict()) == normalization
-    assert normalization.to_dict() == {"low_percentile": 2.5, "high_percentile": 97.0}
+    assert normalization.to_dict() == {"low_percentile": 2.5, "high_percentile": 97.0, "colour": "luminance"}
 
 
 # --- as_planes -----------------------------------------------------------------------

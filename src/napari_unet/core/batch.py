@@ -242,7 +242,7 @@ class LocalExecutor:
 
 def _only_plane(model: Model, pixels: np.ndarray, channel_axis: int | None) -> np.ndarray:
     """The ``(channels, H, W)`` plane of a unit."""
-    planes, _ = as_planes(pixels, model.config.in_channels, channel_axis)
+    planes, _ = as_planes(pixels, model.config.in_channels, channel_axis, model.normalization.colour)
     if len(planes) != 1:
         raise ValueError(f"a unit must be one plane, not {len(planes)}")
     return planes[0]
@@ -411,6 +411,15 @@ def _count_units(path: Path, in_channels: int, channel: int | None) -> int:
         return 0
 
 
+def _is_colour_file(path: Path) -> bool:
+    """Whether a TIFF's pages are colour (RGB or RGBA samples), from its header; False if it cannot be read."""
+    try:
+        with TiffPageReader(path) as reader:
+            return reader.page_axes.endswith("S") and reader.page_shape[-1] in (3, 4)
+    except NapariUnetError:
+        return False
+
+
 def predict_files_iter(
     model: Model,
     files: str | os.PathLike | Sequence[str | os.PathLike],
@@ -459,6 +468,8 @@ def predict_files_iter(
     if isinstance(files, str | os.PathLike):
         files = [files]
     files = _input_files_once(files, out_dir)
+    if channel is None:
+        model = model.for_colours(_is_colour_file(path) for path in files)
     targets = output_paths(files, out_dir, probability)
     _check_options(model, predict_options)
     if channel is not None and (channel < 0 or model.config.in_channels != 1):
@@ -929,6 +940,7 @@ def predict_array_iter(
     axes = "Q" * (len(shape) - 2) + "YX"
     if channel_axis is not None and channel_axis < 0:
         channel_axis += len(shape)
+    model = model.for_colours([channel_axis is not None and shape[channel_axis] in (3, 4)])
     plan = plan_units("the array", axes, shape[:-2], "YX", shape[-2:], model.config.in_channels, channel_axis)
     _check_options(model, predict_options)
     out_shape = plan.out_leading_shape + shape[-2:]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from .errors import InputError
 from .model import NetworkConfig, UNet
-from .normalize import Normalization
+from .normalize import Normalization, is_colour
 
 __all__ = ["Model"]
 
@@ -36,6 +37,10 @@ class Model:
         training_data: Where the training images came from, for humans.
         evaluation: Figures measured on held-out images (metric name to value), with
             what they were measured on under "data".
+        colour_model: The model that segments colour (RGB) images in this one's place,
+            if there is one: the embedded ``nuclei`` reads fluorescence and hands
+            stained tissue to ``nuclei-he``. Not saved with the model: a model file is
+            one network.
     """
 
     network: UNet
@@ -51,6 +56,7 @@ class Model:
     training: dict = field(default_factory=dict)
     training_data: str = ""
     evaluation: dict = field(default_factory=dict)
+    colour_model: Model | None = None
 
     @classmethod
     def new(cls, config: NetworkConfig | None = None, **kwargs) -> Model:
@@ -60,6 +66,28 @@ class Model:
     @property
     def config(self) -> NetworkConfig:
         return self.network.config
+
+    def for_image(self, image, channel_axis: int | None = None) -> Model:
+        """The model that segments ``image``: its colour model for a colour image, else this one.
+
+        Only the shape is looked at, so a lazy (Dask, Zarr) image is not read.
+        """
+        return self.for_colours([is_colour(image, self.config.in_channels, channel_axis)])
+
+    def for_colours(self, colours) -> Model:
+        """The model that segments images of which ``colours`` says, for each, whether it is in colour.
+
+        Raises:
+            InputError: If some are in colour and others not, and this model hands colour
+                images to another model.
+        """
+        kinds = set(colours)
+        if self.colour_model is None:
+            return self
+        if len(kinds) > 1:
+            raise InputError(f"{self.name or 'this model'} segments gray images itself and colour images with "
+                             f"{self.colour_model.name or 'another model'}: give the colour and gray images apart")
+        return self.colour_model if kinds == {True} else self
 
     def copy(self) -> Model:
         """A deep copy whose weights can be trained without touching this model."""

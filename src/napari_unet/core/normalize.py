@@ -14,7 +14,12 @@ import numpy as np
 
 from .errors import ImageWarning, InputError
 
-__all__ = ["IntensityRange", "Normalization", "as_planes", "normalization_for"]
+__all__ = ["COLOUR_CONVERSIONS", "IntensityRange", "Normalization", "as_planes", "haematoxylin", "is_colour",
+           "normalization_for"]
+
+#: How a one-channel model reads a colour (RGB) image: its luminance, or the haematoxylin
+#: stain of a colour deconvolution (nuclei bright on dark in H&E and other haematoxylin stains).
+COLOUR_CONVERSIONS = ("luminance", "haematoxylin")
 
 
 @dataclass(frozen=True)
@@ -24,14 +29,21 @@ class Normalization:
     Args:
         low_percentile: Percentile mapped to 0.
         high_percentile: Percentile mapped to 1.
+        colour: How a one-channel model reads an RGB image, one of
+            :data:`COLOUR_CONVERSIONS`: ``"luminance"`` (gray, with a warning, since the
+            model was not made for colour) or ``"haematoxylin"`` (the model reads stained
+            tissue).
     """
 
     low_percentile: float = 1.0
     high_percentile: float = 99.8
+    colour: str = "luminance"
 
     def __post_init__(self):
         if not 0 <= self.low_percentile < self.high_percentile <= 100:
             raise ValueError("need 0 <= low_percentile < high_percentile <= 100")
+        if self.colour not in COLOUR_CONVERSIONS:
+            raise ValueError(f"colour must be one of {', '.join(COLOUR_CONVERSIONS)}, not {self.colour!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,20 +188,23 @@ def _integer_percentiles(plane: np.ndarray, percentiles: tuple[float, ...]) -> l
 
 
 def as_planes(
-    image: np.ndarray, in_channels: int, channel_axis: int | None = None
+    image: np.ndarray, in_channels: int, channel_axis: int | None = None, colour: str = "luminance"
 ) -> tuple[np.ndarray, tuple[int, ...]]:
     """Bring an image into the ``(planes, channels, height, width)`` layout of the network.
 
     The last two axes are always height and width. Without ``channel_axis``, a
     one-channel model reads every leading axis as a stack axis (Z, T, ...), except that a
     trailing axis of 3 or 4 on an image whose other axes are large is read as RGB(A) and
-    converted to gray with a warning; a multi-channel model takes the first axis of the
-    right length as channels.
+    converted to one channel as ``colour`` says; a multi-channel model takes the first axis
+    of the right length as channels.
 
     Args:
         image: Array with at least two dimensions.
         in_channels: Channels the model takes.
         channel_axis: Axis holding the channels, if the caller knows it.
+        colour: How a one-channel model reads RGB(A): ``"luminance"`` converts to gray
+            with a warning, ``"haematoxylin"`` takes the haematoxylin stain (see
+            :func:`haematoxylin`).
 
     Returns:
         The planes and the stack shape (the leading axes other than channels), so that
@@ -205,7 +220,7 @@ def as_planes(
         image = image.astype(np.uint8)
     if not (np.issubdtype(image.dtype, np.number)) or np.iscomplexobj(image):
         raise InputError(f"cannot read pixel values of type {image.dtype}")
-    if channel_axis is None and _looks_rgb(image):
+    if channel_axis is None and is_colour(image, 1):
         channel_axis = image.ndim - 1
     if channel_axis is not None:
         if image.ndim < 3:
@@ -216,7 +231,9 @@ def as_planes(
         channels = image.shape[channel_axis]
         image = np.moveaxis(image, channel_axis, -3)
         if channels != in_channels:
-            if in_channels == 1 and channels in (3, 4):
+            if in_channels == 1 and channels in (3, 4) and colour == "haematoxylin":
+                image = haematoxylin(image)
+            elif in_channels == 1 and channels in (3, 4):
                 warnings.warn(
                     f"the image has {channels} colour channels and the model takes one; "
                     "it was converted to gray (if they are planes of a stack, save the file as a "
@@ -244,8 +261,18 @@ def as_planes(
     return image.reshape(-1, *image.shape[-3:]), stack_shape
 
 
-def _looks_rgb(image: np.ndarray) -> bool:
-    return image.ndim >= 3 and image.shape[-1] in (3, 4) and min(image.shape[-3:-1]) > 4
+def is_colour(image, in_channels: int, channel_axis: int | None = None) -> bool:
+    """Whether a one-channel model gets ``image`` as colour (RGB or RGBA), as :func:`as_planes` reads it.
+
+    Only ``image.shape`` is looked at.
+    """
+    shape = tuple(np.shape(image))
+    if in_channels != 1 or len(shape) < 3:
+        return False
+    if channel_axis is None:
+        return shape[-1] in (3, 4) and min(shape[-3:-1]) > 4
+    return -len(shape) <= channel_axis < len(shape) and shape[channel_axis] in (3, 4)
+
 
 
 def _to_gray(image: np.ndarray) -> np.ndarray:
@@ -253,3 +280,35 @@ def _to_gray(image: np.ndarray) -> np.ndarray:
     rgb = image[..., :3, :, :].astype(np.float32)
     gray = 0.299 * rgb[..., 0, :, :] + 0.587 * rgb[..., 1, :, :] + 0.114 * rgb[..., 2, :, :]
     return gray[..., np.newaxis, :, :]
+
+
+# Optical densities of one unit of haematoxylin, eosin and DAB in red, green and blue
+# (Ruifrok and Johnston, Anal. Quant. Cytol. Histol. 2001), the rows normalized; the
+# inverse separates an image's optical density into the three stains.
+_STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_STAINS /= np.linalg.norm(_STAINS, axis=1, keepdims=True)
+_UNMIX = np.linalg.inv(_STAINS).astype(np.float32)
+
+
+def haematoxylin(image: np.ndarray) -> np.ndarray:
+    """The haematoxylin stain of ``(..., 3 or 4, H, W)`` RGB(A) planes, as one channel.
+
+    Colour deconvolution (Ruifrok and Johnston 2001): the optical density of each pixel,
+    ``-log10`` of its transmitted light, is split into haematoxylin, eosin and DAB. The
+    haematoxylin density is bright where nuclei are, as in a fluorescence image of a DNA
+    stain, whatever the eosin around them. Integer images are read against their type's
+    largest value, float images against 1 when they fit it and their own maximum otherwise.
+
+    Returns:
+        float32 planes ``(..., 1, H, W)`` of haematoxylin optical density (0 or more).
+    """
+    rgb = np.asarray(image)[..., :3, :, :]
+    if rgb.dtype.kind in "ui":
+        white = float(np.iinfo(rgb.dtype).max)
+    else:
+        finite = rgb[np.isfinite(rgb)]
+        white = max(float(finite.max()), 1.0) if finite.size else 1.0
+    transmitted = np.clip(rgb.astype(np.float32) / np.float32(white), 1.0 / 255, 1.0)
+    density = -np.log10(transmitted)
+    stain = np.einsum("...chw,c->...hw", density, _UNMIX[:, 0])
+    return np.maximum(stain, 0.0, out=stain)[..., np.newaxis, :, :]

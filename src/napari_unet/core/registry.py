@@ -1,7 +1,9 @@
 """Models addressed by name: those shipped inside the package.
 
 A name resolves to ``napari_unet/models/<name>.safetensors``; anything else is read as a
-path to a model file.
+path to a model file. An embedded model may hand colour images to another
+(:data:`COLOUR_MODELS`): ``nuclei`` segments fluorescence itself and H&E-stained tissue
+with ``nuclei-he``, so that one name serves both.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ _EMBEDDED = Path(__file__).resolve().parent.parent / "models"
 
 #: The embedded model offered first: what most users fine-tune.
 DEFAULT_MODEL = "nuclei"
+
+#: Embedded models that segment colour (RGB) images with another embedded model.
+COLOUR_MODELS = {"nuclei": "nuclei-he"}
 
 
 def embedded_models() -> dict[str, dict]:
@@ -54,7 +59,11 @@ def load_model(name_or_path: str | os.PathLike) -> Model:
     """
     source = model_source(name_or_path)
     if source is not None:
-        return load_model_file(source)
+        model = load_model_file(source)
+        colour_source = model_source(COLOUR_MODELS.get(str(name_or_path), ""))
+        if source.parent == _EMBEDDED and colour_source is not None and colour_source.parent == _EMBEDDED:
+            model.colour_model = load_model_file(colour_source)
+        return model
     text = str(name_or_path)
     if text and Path(name_or_path).expanduser().is_dir():
         raise ModelFileError(f"{text} is a folder, not a model file; choose the {MODEL_SUFFIX} file in it")

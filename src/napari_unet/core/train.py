@@ -36,7 +36,7 @@ from .errors import ImageWarning, InputError, InputWarning, ModelFileError
 from .metrics import PixelCounts, average_precision
 from .model import NetworkConfig
 from .modelfile import model_file_path
-from .normalize import IntensityRange, Normalization, as_planes, normalization_for
+from .normalize import IntensityRange, Normalization, as_planes, is_colour, normalization_for
 from .postprocess import choose_threshold, enough_to_choose, probabilities_to_labels
 from .predict import predict_probabilities
 from .progress import run_to_end
@@ -322,7 +322,7 @@ def _naming(name: str) -> Iterator[None]:
 
 def _sample_planes(sample: TrainingSample, model: Model) -> Iterator[tuple]:
     normalize = normalization_for(model.normalization, sample.intensity_range)
-    planes, stack_shape = as_planes(sample.image, model.config.in_channels)
+    planes, stack_shape = as_planes(sample.image, model.config.in_channels, colour=model.normalization.colour)
     labels = np.asarray(sample.labels)
     if labels.shape != stack_shape + planes.shape[-2:]:
         raise InputError(f"labels of shape {labels.shape} do not match the image (shape {np.shape(sample.image)}); "
@@ -718,7 +718,10 @@ def train_iter(
             diameter is given for a new model.
     """
     config = config or TrainingConfig()
-    model = None if model is None else as_model(model)
+    if model is not None:
+        # A model that hands colour images to another (nuclei: H&E to nuclei-he) is
+        # fine-tuned as the one that segments these images.
+        model = as_model(model).for_colours(is_colour(sample.image, 1) for sample in samples)
     if model is None and diameter:
         raise InputError("an object diameter is for fine-tuning a model, whose objects the images are rescaled to; "
                          "a new model learns the objects at the size they have in these images")
@@ -734,6 +737,7 @@ def train_iter(
     torch.manual_seed(config.seed)
     fine_tuning = model is not None
     model = model.copy() if fine_tuning else Model.new(network_config or NetworkConfig())
+    model.colour_model = None  # the new weights are for the kind of images given
     identity = (model.name, model.training_data, model.evaluation)
     if fine_tuning:
         # New weights are another model: the name and the figures were the given model's.
