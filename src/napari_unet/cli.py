@@ -619,6 +619,8 @@ def _models(args) -> int:
 
 def _describe_model(name: str, metadata: dict) -> str:
     """A few lines for people: what the model segments, what it learnt from, how well it did."""
+    from .core.registry import COLOUR_MODELS
+
     network = metadata.get("network", {})
     lines = [f"{name}: {metadata.get('description') or 'no description'}"]
     if metadata.get("training_data"):
@@ -635,6 +637,8 @@ def _describe_model(name: str, metadata: dict) -> str:
         lines.append(f"  network:         depth {network.get('depth')}, base width {network.get('base_width')}, "
                      f"{network.get('in_channels')} channel(s) in, {network.get('num_classes')} classes")
     lines.append(f"  threshold:       {metadata.get('threshold', 0.5):g} (post-processing, unless --threshold)")
+    if name in COLOUR_MODELS:
+        lines.append(f"  colour images:   segmented with {COLOUR_MODELS[name]} (RGB stained tissue)")
     evaluation = metadata.get("evaluation") or {}
     # Figures measured with test-time augmentation (scripts/train_models.py) get a line of their own.
     plain = {key: value for key, value in evaluation.items() if not key.startswith("tta_")}

@@ -36,6 +36,7 @@ from ._common import (
     report_error,
     show_error,
     show_info,
+    threshold_setting,
     wrapped_label,
 )
 
@@ -185,7 +186,7 @@ class BatchWidget(ScrollingDock):
             guarded(predict_files_iter), model, files, Path(out_dir), probability=self.probability.value,
             overwrite=self.overwrite.value,
             channel=None if self.channel.value < 0 else self.channel.value,
-            stop=self._stop, tile_size=self.tile_size.value or None, threshold=self.threshold.value,
+            stop=self._stop, tile_size=self.tile_size.value or None, threshold=threshold_setting(self.threshold, self.model),
             min_size=self.min_size.value, device=self.device.value, amp=not self.float32.value,
             compile_network=self.compile.value,
             diameter="auto" if self._estimating else (self.diameter.value or None),

@@ -159,6 +159,16 @@ class ModelChooser(Container):
         return load_model(choice[len(EMBEDDED_PREFIX):])
 
 
+def threshold_setting(threshold: FloatSpinBox, model: ModelChooser) -> float | None:
+    """The threshold to give the core: None where the field shows the chosen model's own.
+
+    With None the core takes the threshold of the model that segments the image, which
+    for a colour image may be another: ``nuclei`` hands H&E tissue to ``nuclei-he``.
+    """
+    recorded = model.recorded_threshold()
+    return None if recorded is not None and np.isclose(threshold.value, recorded) else threshold.value
+
+
 def prediction_settings(model: ModelChooser) -> tuple[SpinBox, FloatSpinBox, SpinBox, CheckBox]:
     """The tile size, threshold, smallest object and test-time augmentation fields of the widgets that predict.
 
