@@ -3,8 +3,11 @@
 Reruns the recipe of docs/models.md with the project's own command line:
 
     python scripts/train_models.py nuclei --minutes 70
+    python scripts/train_models.py cells --minutes 85 --init nuclei
+    python scripts/train_models.py nuclei-he --minutes 75 --init nuclei
     python scripts/train_models.py em-neurites --minutes 5.7 --device cuda
     python scripts/train_models.py nuclei --minutes 70 --no-embed   # train and report only
+    python scripts/train_models.py nuclei --embed-only              # then embed what it reported
 
 Each run splits the data of ``../shared/data`` into training and validation images
 (fixed: the validation names are listed in ``scripts/splits/``), lays the split out as
@@ -263,6 +266,9 @@ def main() -> None:
     parser.add_argument("--no-embed", action="store_true", help="train and report, but leave the package alone")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="skip training: choose the threshold, evaluate (and embed) the model the work folder holds")
+    parser.add_argument("--embed-only", action="store_true",
+                        help="embed the model the work folder holds with the figures of its last evaluation "
+                        "(summary.json), as a run with --no-embed left them")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"the real data folder {DATA} is missing")
@@ -271,13 +277,18 @@ def main() -> None:
     work = args.work / args.name
     splits = {"nuclei": nuclei_split, "nuclei-he": stained_split, "cells": cells_split, "em-neurites": em_split}
     train, validation = splits[args.name](work)
-    if args.name == "nuclei-he" and not args.evaluate_only:
+    if args.name == "nuclei-he" and not (args.evaluate_only or args.embed_only):
         args.init = stained_init(work, args.init)
     if args.name == "nuclei":
         add_synthetic(train, args.synthetic)
         if args.synthetic:
             recipe["training_data"] += f", plus {args.synthetic} generated images of touching nuclei"
     model = work / f"{args.name}.safetensors"
+    if args.embed_only:
+        summary = json.loads((work / "summary.json").read_text())
+        figures = {key: value for key, value in summary.items() if key not in ("model", "train_minutes", "hardware")}
+        embed(model, args.name, recipe, figures, validation)
+        return
     arguments = list(recipe["train"])
     for option in ("learning_rate", "batch_size", "steps_per_epoch", "base_width"):
         if getattr(args, option):
@@ -310,7 +321,7 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not args.no_embed:
-        embed(model, args.name, recipe, figures)
+        embed(model, args.name, recipe, figures, validation)
 
 
 def validation_figures(model: Path, validation: Path, args, *options: str) -> dict:
@@ -347,12 +358,19 @@ def retune_threshold(path: Path, validation: Path, device: str) -> None:
     model.save(path)
 
 
-def embed(path: Path, name: str, recipe: dict, figures: dict) -> None:
+def embed(path: Path, name: str, recipe: dict, figures: dict, validation: Path) -> None:
     """Write the trained model into the package with its name, description and validation figures."""
+    from napari_unet.core.familiarity import HESITATION, hesitation
     from napari_unet.core.modelfile import load_model_file
+    from napari_unet.core.predict import predict
 
     model = load_model_file(path)
     model.name, model.description = name, recipe["description"]
+    # How unsure it is of its own kind of image, as training records it: the
+    # unfamiliar-image check compares other images with this.
+    images = [tifffile.imread(image) for image in sorted((validation / "images").glob("*.tif"))]
+    planes = [plane for image in images for plane in (image if image.ndim == 3 and name == "em-neurites" else [image])]
+    figures = {**figures, HESITATION: round(hesitation(predict(model, plane).probability for plane in planes), 4)}
     model.training_data, model.evaluation = recipe["training_data"], figures
     written = model.save(EMBEDDED / f"{name}.safetensors")
     print(f"embedded {written} ({written.stat().st_size / 1e6:.1f} MB)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,12 @@ import tifffile
 
 from napari_unet._sample_data import sample_nuclei
 from napari_unet.core.metrics import average_precision, isbi_scores
-from napari_unet.core.predict import predict
+from napari_unet.core.predict import estimate_diameter, predict
+from napari_unet.core.errors import ImageWarning
 from napari_unet.core.registry import _EMBEDDED, embedded_models, load_model
 from napari_unet.core.scale import equivalent_diameters, resize_labels, resize_plane
 
-SHIPPED = ("nuclei", "em-neurites")
+SHIPPED = ("nuclei", "nuclei-he", "cells", "em-neurites")
 #: The issue's limit on a shipped weight file.
 MAX_BYTES = 20 * 1024**2
 
@@ -144,3 +146,55 @@ def test_em_neurites_on_held_out_isbi_slices(shared_data):
 def test_nuclei_is_offered_first():
     # The widgets' model choice defaults to the first embedded model.
     assert next(iter(embedded_models())) == "nuclei"
+
+
+SPLITS = Path(__file__).resolve().parents[2] / "scripts" / "splits"
+
+
+def _held_out(shared_data, dataset: str, listing: str, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first ``count`` images of a model's validation split, which it never trained on, with labels."""
+    names = (SPLITS / listing).read_text().split()[:count]
+    return [(tifffile.imread(shared_data / dataset / "images" / name),
+             tifffile.imread(shared_data / dataset / "labels" / name)) for name in names]
+
+
+def test_nuclei_hands_stained_tissue_to_nuclei_he():
+    model = load_model("nuclei")
+    assert model.colour_model.name == "nuclei-he"
+    assert model.colour_model.normalization.colour == "haematoxylin"
+    assert model.for_image(np.zeros((64, 64, 3), np.uint8)) is model.colour_model
+    assert model.for_image(np.zeros((64, 64), np.uint8)) is model
+    # Addressed by its own name, or by a path, a model is one network.
+    assert load_model("nuclei-he").colour_model is None
+    assert load_model(_EMBEDDED / "nuclei.safetensors").colour_model is None
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_nuclei_segments_held_out_h_and_e_tissue(shared_data):
+    pairs = _held_out(shared_data, "dsb2018_color", "dsb2018-color-validation.txt", 4)
+    model = load_model("nuclei")
+    predictions = [predict(model, image, device="cpu").labels for image, _ in pairs]
+    ap50 = average_precision([labels for _, labels in pairs], predictions)["ap_pooled"][0]
+    assert ap50 > H_AND_E_AP50
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_cells_segments_held_out_phase_contrast(shared_data):
+    (image, labels), = _held_out(shared_data, "usiigaci", "usiigaci-validation.txt", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImageWarning)  # its own kind of image: no warning
+        prediction = predict(load_model("cells"), image, device="cpu")
+    assert average_precision([labels], [prediction.labels])["ap_pooled"][0] > CELLS_AP50
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_model_says_when_an_image_is_unlike_its_training_data(shared_data, nuclei):
+    (phase_contrast, _), = _held_out(shared_data, "usiigaci", "usiigaci-validation.txt", 1)
+    with pytest.warns(ImageWarning, match="looks unlike the images nuclei was trained on.*embedded: cells"):
+        predict(nuclei, phase_contrast[:512, :512], device="cpu")
+    with pytest.warns(ImageWarning, match="no diameter estimated: the image looks unlike"):
+        assert estimate_diameter(nuclei, phase_contrast[:512, :512], device="cpu") is None
+    fluorescence, _ = _held_out(shared_data, "dsb2018", "dsb2018-validation.txt", 1)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImageWarning)
+        predict(nuclei, fluorescence, device="cpu")

@@ -437,6 +437,30 @@ def test_predict_rgb_with_a_one_channel_model_warns_and_works(make_napari_viewer
     assert any(severity == "warning" and "gray" in text for severity, text in notifications)
 
 
+def test_predict_stained_tissue_with_nuclei_hands_it_to_nuclei_he(make_napari_viewer, qtbot, notifications):
+    from napari_unet.core.predict import predict
+    from napari_unet.core.registry import load_model
+    from napari_unet.widgets import PredictWidget
+    from napari_unet.widgets._common import EMBEDDED_PREFIX
+
+    _, labels = synthetic_nuclei((128, 128), count=10, seed=3)
+    rgb = np.full(labels.shape + (3,), (235, 170, 200), np.uint8)  # eosin pink
+    rgb[labels > 0] = (90, 60, 150)  # haematoxylin purple
+    viewer = make_napari_viewer()
+    viewer.add_image(rgb, name="tissue", rgb=True)
+    widget = docked(viewer, PredictWidget)
+    widget.image.value = viewer.layers["tissue"]
+    widget.model.source.value = EMBEDDED_PREFIX + "nuclei"
+    widget.device.value = "cpu"
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=60_000)
+    # nuclei-he's own threshold, not the nuclei threshold the field shows.
+    expected = predict(load_model("nuclei-he"), rgb, device="cpu").labels
+    np.testing.assert_array_equal(viewer.layers["tissue prediction"].data, expected)
+    assert expected.max() > 0
+    assert not any("gray" in text for _, text in notifications)  # read through its stain, not made gray
+
+
 def test_unreadable_model_file_is_a_notification(make_napari_viewer, tmp_path, notifications):
     from napari_unet.widgets import PredictWidget
 

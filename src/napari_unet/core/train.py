@@ -33,11 +33,12 @@ from .augment import AugmentConfig, augment_batch
 from .bundle import Model
 from .device import autocast, grad_scaler, resolve_device, smaller_batch_after
 from .errors import ImageWarning, InputError, InputWarning, ModelFileError
+from .familiarity import HESITATION, hesitation
 from .metrics import PixelCounts, average_precision
 from .model import NetworkConfig
 from .modelfile import model_file_path
 from .normalize import IntensityRange, Normalization, as_planes, is_colour, normalization_for
-from .postprocess import choose_threshold, enough_to_choose, probabilities_to_labels
+from .postprocess import choose_threshold, enough_to_choose, foreground_probability, probabilities_to_labels
 from .predict import predict_probabilities
 from .progress import run_to_end
 from .registry import as_model
@@ -98,6 +99,9 @@ STRIPE_FINE_TUNE_LEARNING_RATE = 2e-4
 #: AP50 on the validation objects from which a model being fine-tuned counts as knowing the
 #: kind of image, and keeps its batch-norm statistics (see ``TrainingConfig.freeze_norm``).
 FAMILIAR_AP50 = 0.5
+
+#: Validation planes whose outputs say how unsure a trained model is of its own kind of image.
+HESITATION_PLANES = 20
 
 #: Narrowest part of a plane left to train on beside a validation stripe held out of it, in pixels.
 MIN_STRIPE_TRAINING_WIDTH = 16
@@ -921,6 +925,10 @@ def train_iter(
         if threshold != model.threshold:
             logger.info("post-processing threshold %.2f -> %.2f (best on the validation images)", model.threshold, threshold)
         model.threshold = threshold
+        # How unsure the model is of its own kind of image, for the unfamiliar-image check.
+        model.evaluation[HESITATION] = round(hesitation(
+            foreground_probability(probabilities) for probabilities, _, _ in
+            _network_outputs(model, validation_planes[:HESITATION_PLANES], device, config.amp)), 4)
     network.to("cpu", memory_format=torch.contiguous_format).eval()
     if best_is_given:
         # The given model as it was: what it records of its objects' size and of its pixels
