@@ -12,7 +12,7 @@ import tifffile
 from napari_unet.core.batch import predict_array, predict_files
 from napari_unet.core.bundle import Model
 from napari_unet.core.errors import ImageWarning, InputError
-from napari_unet.core.familiarity import diffuse_uncertainty, unfamiliar_image_message
+from napari_unet.core.familiarity import HESITATION, diffuse_uncertainty, unfamiliar_image_message
 from napari_unet.core.modelfile import load_model_file, save_model
 from napari_unet.core.normalize import Normalization, as_planes, haematoxylin, is_colour
 from napari_unet.core.predict import predict
@@ -125,8 +125,9 @@ def test_fine_tuning_on_colour_images_trains_the_colour_model(gray_and_colour, n
                               model=gray, config=config))
 
 
-def _trained(model: Model, diameter: float = 16.0) -> Model:
-    model.history, model.object_diameter = [{"step": 1}], diameter
+def _trained(model: Model, diameter: float = 16.0, hesitation: float = 0.002) -> Model:
+    """``model`` as training leaves it: its objects' size and its hesitation on its validation images."""
+    model.evaluation, model.object_diameter = {HESITATION: hesitation}, diameter
     return model
 
 
@@ -142,15 +143,30 @@ def test_hesitating_over_wide_areas_is_unfamiliar(tiny_config):
     assert diffuse_uncertainty(probability, 3) > 0.5
     message = unfamiliar_image_message(_trained(Model.new(tiny_config, name="nuclei")), labels, probability)
     assert message.startswith("the image looks unlike the images nuclei was trained on")
-    # A model never trained knows no kind of image to compare with.
+    # A model never measured on images of its kind has nothing to compare with.
     assert unfamiliar_image_message(Model.new(tiny_config), labels, probability) is None
+    # One that hesitated as much over its own kind is not surprised.
+    assert unfamiliar_image_message(_trained(Model.new(tiny_config), hesitation=0.6), labels, probability) is None
 
 
 def test_specks_far_smaller_than_the_model_objects_are_texture(tiny_config):
     _, labels = synthetic_nuclei((256, 256), count=60, radius=(2, 3), seed=6)
     probability = (labels > 0).astype(np.float32)
-    probability[::12, ::12] = 0.5  # a little hesitation away from edges: about 0.6 % of the plane
+    # A little hesitation, scattered: 0.6 % of the plane.
+    probability[np.random.default_rng(0).random(probability.shape) < 0.006] = 0.5
     message = unfamiliar_image_message(_trained(Model.new(tiny_config), diameter=30), labels, probability)
     assert "texture" in message
     # The same specks are objects to a model of their size.
     assert unfamiliar_image_message(_trained(Model.new(tiny_config), diameter=6), labels, probability) is None
+
+
+def test_training_records_how_unsure_the_model_is_of_its_validation_images(tiny_config, nuclei):
+    image, labels = nuclei
+    samples = [TrainingSample(image, labels), TrainingSample(image[:, ::-1].copy(), labels[:, ::-1].copy())]
+    config = TrainingConfig(epochs=1, steps_per_epoch=2, patch_size=64, batch_size=2, device="cpu")
+    result = run_to_end(train_iter(samples, network_config=tiny_config, config=config))
+    assert 0.0 <= result.model.evaluation[HESITATION] <= 1.0
+    # Fine-tuning without validation images leaves nothing measured, and nothing judged.
+    config = TrainingConfig(epochs=1, steps_per_epoch=2, patch_size=64, batch_size=2, val_fraction=0, device="cpu")
+    tuned = run_to_end(train_iter(samples[:1], model=result.model, config=config)).model
+    assert HESITATION not in tuned.evaluation

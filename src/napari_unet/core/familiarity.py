@@ -72,20 +72,21 @@ def unfamiliar_image_message(model: Model, labels: np.ndarray, probability: np.n
     """What a user should read when ``model``'s output says the image is unlike its training data, else None.
 
     Args:
-        model: The model that predicted; one never trained is not judged.
+        model: The model that predicted; one that does not record its :data:`HESITATION`
+            (trained without validation images, or never) is not judged.
         labels: The plane's labels.
         probability: The plane's foreground probability, on the same grid.
         pixel_scale: Pixels of this grid per pixel of the model's scale (1 / the scale
             factor the plane was predicted at).
     """
-    if not model.history:
-        return None  # untrained: it knows no kind of image yet
+    if HESITATION not in model.evaluation:
+        return None  # never measured on held-out images of its kind: nothing to compare with
     band = max(1, round(EDGE_BAND * pixel_scale))
     diffuse = diffuse_uncertainty(probability, band)
     # Some kinds of image are less clear-cut than fluorescence (H&E: 0.2 to 2 % of each
-    # plane): a model that records how much it hesitated on its own validation images
-    # is judged against twice that.
-    limit = max(DIFFUSE_LIMIT, 2 * model.evaluation.get(HESITATION, 0.0))
+    # plane): the model is judged against twice what it hesitated over on its own
+    # validation images.
+    limit = max(DIFFUSE_LIMIT, 2 * model.evaluation[HESITATION])
     if diffuse >= limit:
         why = f"it is unsure of {diffuse:.1%} of the image, away from any object's edge"
     else:
