@@ -21,9 +21,10 @@ from napari_unet.core import predict as predict_module
 from napari_unet.core.bundle import Model
 from napari_unet.core.device import resolve_device
 from napari_unet.core.errors import InputError
+from napari_unet.core.metrics import average_precision, pixel_scores
 from napari_unet.core.model import NetworkConfig, UNet
 from napari_unet.core.normalize import as_planes
-from napari_unet.core.predict import Prediction, image_border
+from napari_unet.core.predict import Prediction, image_border, predict
 
 
 def torch_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
@@ -181,3 +182,17 @@ def report(result: dict) -> dict:
     """Print the result as one JSON object on stdout, and return it."""
     print(json.dumps(result))
     return result
+
+
+def scores(model, images, truths, device) -> dict:
+    """AP50, AP75, mean AP over IoU 0.5:0.95 (per image) and pixel IoU of the model's predictions of ``images``."""
+    predictions = [predict(model, image, device=device).labels for image in images]
+    instances = average_precision(truths, predictions)
+    thresholds = instances["thresholds"]
+    pixels = pixel_scores(np.concatenate([p.ravel() for p in predictions]), np.concatenate([t.ravel() for t in truths]))
+    return {
+        "ap50": round(instances["ap_pooled"][thresholds.index(0.5)], 4),
+        "ap75": round(instances["ap_pooled"][thresholds.index(0.75)], 4),
+        "mean_ap_0.5_0.95": round(float(np.mean(instances["ap_mean"])), 4),
+        "pixel_iou": round(pixels["iou"], 4),
+    }

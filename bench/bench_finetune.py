@@ -35,11 +35,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from _common import environment, report, torch_device, torch_parser
+from _common import environment, report, scores, torch_device, torch_parser
 from scipy import ndimage
 
-from napari_unet.core.metrics import average_precision, pixel_scores
-from napari_unet.core.predict import predict
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.registry import load_model
 from napari_unet.core.train import TrainingConfig, TrainingSample, train_iter
@@ -49,20 +47,6 @@ DATA = ROOT.parent / "shared" / "data"
 SPLIT = ROOT / "scripts" / "splits" / "dsb2018-validation.txt"
 #: Images a user annotates.
 FINE_TUNE_IMAGES = 5
-
-
-def scores(model, images, truths, device) -> dict:
-    """AP50, AP75, mean AP over IoU 0.5:0.95 and pixel IoU of the model's predictions."""
-    predictions = [predict(model, image, device=device).labels for image in images]
-    instances = average_precision(truths, predictions)
-    thresholds = instances["thresholds"]
-    pixels = pixel_scores(np.concatenate([p.ravel() for p in predictions]), np.concatenate([t.ravel() for t in truths]))
-    return {
-        "ap50": round(instances["ap_pooled"][thresholds.index(0.5)], 4),
-        "ap75": round(instances["ap_pooled"][thresholds.index(0.75)], 4),
-        "mean_ap_0.5_0.95": round(float(np.mean(instances["ap_mean"])), 4),
-        "pixel_iou": round(pixels["iou"], 4),
-    }
 
 
 def fine_tune(model, images, labels, minutes: float, device: str, learning_rate: float | None) -> tuple[object, dict]:
