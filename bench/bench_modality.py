@@ -23,6 +23,7 @@ JSON object.
     python bench/bench_modality.py                          # every kind, 3 minutes each
     python bench/bench_modality.py --kinds he_tissue phase_contrast --minutes 1
     python bench/bench_modality.py --quick                  # 20 s per kind
+    python bench/bench_modality.py --batch-norm keep        # the starting model's batch-norm statistics kept
 """
 
 from __future__ import annotations
@@ -75,9 +76,14 @@ def kind_data(kind: str) -> tuple[list, list, list, list]:
     return [volume[i] for i in train], [cells[i] for i in train], [volume[i] for i in test], [cells[i] for i in test]
 
 
-def fine_tune(model, images, labels, minutes: float, device: str) -> tuple[object, dict]:
+#: ``--batch-norm``: the core's choice, or its statistics kept or re-estimated whatever the start.
+FREEZE_NORM = {"auto": None, "keep": True, "adapt": False}
+
+
+def fine_tune(model, images, labels, minutes: float, device: str, batch_norm: str = "auto") -> tuple[object, dict]:
     """The Train widget's defaults, with a time budget; returns the model and what training did."""
-    config = TrainingConfig(max_minutes=minutes, epochs=10**6, device=device, seed=0)
+    config = TrainingConfig(max_minutes=minutes, epochs=10**6, device=device, seed=0,
+                            freeze_norm=FREEZE_NORM[batch_norm])
     samples = [TrainingSample(image, label, name=f"image {i}") for i, (image, label) in enumerate(zip(images, labels))]
     start = time.monotonic()
     result = run_to_end(train_iter(samples, model=model, config=config))
@@ -91,6 +97,8 @@ def main() -> None:
     parser = torch_parser(__doc__, "20 s of fine-tuning per kind")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="kinds of image (default: all)")
     parser.add_argument("--minutes", type=float, default=3.0, help="fine-tuning budget per kind (default: 3)")
+    parser.add_argument("--batch-norm", choices=sorted(FREEZE_NORM), default="auto",
+                        help="batch-norm statistics: the core's choice (default), kept, or re-estimated")
     args = parser.parse_args()
     device = str(torch_device(parser, args))
     if not DATA.is_dir():
@@ -102,13 +110,14 @@ def main() -> None:
     for kind in args.kinds:
         images, labels, test_images, test_labels = kind_data(kind)
         before = scores(start_model, test_images, test_labels, device)
-        tuned, training = fine_tune(start_model, images, labels, minutes, device)
+        tuned, training = fine_tune(start_model, images, labels, minutes, device, args.batch_norm)
         after = scores(tuned, test_images, test_labels, device)
         print(f"{kind}: AP50 {before['ap50']:.3f} -> {after['ap50']:.3f} in {training['steps']} steps", file=sys.stderr)
         results.append({"kind": kind, "annotated_images": len(images), "scored_images": len(test_images),
                         "before": before, "after": after, **training})
     report({"benchmark": "fine-tune on a modality the model never saw", "start_model": "nuclei (fluorescence network)",
-            "minutes_per_kind": round(minutes, 2), "results": results, **environment(torch.device(device), args.quick)})
+            "minutes_per_kind": round(minutes, 2), "batch_norm": args.batch_norm, "results": results,
+            **environment(torch.device(device), args.quick)})
 
 
 if __name__ == "__main__":

@@ -96,10 +96,6 @@ FINE_TUNE_LEARNING_RATE = 5e-4
 #: 75 other images from 0.792 to 0.786; 0.0002 held it, 0.795), so the step stays gentle.
 STRIPE_FINE_TUNE_LEARNING_RATE = 2e-4
 
-#: AP50 on the validation objects from which a model being fine-tuned counts as knowing the
-#: kind of image, and keeps its batch-norm statistics (see ``TrainingConfig.freeze_norm``).
-FAMILIAR_AP50 = 0.5
-
 #: Validation planes whose outputs say how unsure a trained model is of its own kind of image.
 HESITATION_PLANES = 20
 
@@ -145,12 +141,11 @@ class TrainingConfig:
             (:func:`~napari_unet.core.device.mixed_precision_dtype`); validations too.
         augment: Augmentation strengths.
         freeze_norm: Keep the batch-norm statistics of the model being fine-tuned
-            instead of re-estimating them from the few new images (None: when
-            fine-tuning a model that already finds the validation objects, AP50 of
-            at least :data:`FAMILIAR_AP50`). A handful of images gives poor
-            statistics, and ones that drift away from what the rest of the network
-            learned with; but on a kind of image the model never saw, its statistics
-            are those of other images, and the new ones serve it better.
+            instead of re-estimating them from the few new images (None: only when
+            fine-tuning). A handful of images gives poor statistics, and ones that
+            drift away from what the rest of the network learned with; even on kinds
+            of image the model never saw, re-estimating them did not pay off
+            (``bench/bench_modality.py --batch-norm``).
     """
 
     epochs: int = 50
@@ -839,10 +834,7 @@ def train_iter(
         # A model that matches no validation object cannot be made worse: nothing to protect.
         given = None if validation.get("ap50") == 0 else validation
         history.append({"step": 0, "epoch": 0, "loss": None, "seconds": round(time.monotonic() - start, 2), **validation})
-    freeze_norm = config.freeze_norm
-    if freeze_norm is None:
-        freeze_norm = fine_tuning and (given is None and not validation_planes or
-                                       given is not None and given.get("ap50", 0) >= FAMILIAR_AP50)
+    freeze_norm = fine_tuning if config.freeze_norm is None else config.freeze_norm
     validations_without_gain = 0
     stop_reason = "epochs"
     step = 0
