@@ -11,15 +11,19 @@ import pytest
 import tifffile
 
 from napari_unet._sample_data import sample_nuclei
+from napari_unet.core.errors import ImageWarning
 from napari_unet.core.metrics import average_precision, isbi_scores
 from napari_unet.core.predict import estimate_diameter, predict
-from napari_unet.core.errors import ImageWarning
 from napari_unet.core.registry import _EMBEDDED, embedded_models, load_model
 from napari_unet.core.scale import equivalent_diameters, resize_labels, resize_plane
 
 SHIPPED = ("nuclei", "nuclei-he", "cells", "em-neurites")
 #: The issue's limit on a shipped weight file.
 MAX_BYTES = 20 * 1024**2
+#: Floors well under what the shipped models score on the held-out images of these tests
+#: (0.70 on 4 H&E images, 0.76 on set1.tif): far under them is a broken model.
+H_AND_E_AP50 = 0.55
+CELLS_AP50 = 0.6
 
 
 @pytest.fixture(scope="module")
