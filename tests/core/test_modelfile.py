@@ -112,7 +112,7 @@ def test_metadata_can_be_read_without_the_weights(tmp_path):
     assert metadata["network"] == NetworkConfig(depth=2, base_width=4).to_dict()
     assert metadata["pixel_size"] == [0.5, 0.25]
     assert metadata["gap"] == 2
-    assert metadata["normalization"] == {"low_percentile": 2.0, "high_percentile": 99.0}
+    assert metadata["normalization"] == {"low_percentile": 2.0, "high_percentile": 99.0, "colour": "luminance"}
     assert isinstance(metadata["package_version"], str) and metadata["package_version"]
 
 
