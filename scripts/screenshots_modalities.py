@@ -95,8 +95,9 @@ def main() -> int:
         if train.model is None:
             raise RuntimeError(f"training failed ({train.status.value}); see the messages above")
         print(f"fine-tuned for {time.monotonic() - started:.0f} s: {train.status.value}")
-        # "predict the image when done" adds a layer once the worker has predicted it.
-        process_events_until(lambda: len(viewer.layers) > predictions_before, 120, "the prediction after training")
+        # "predict the image when done" adds a layer, and fills it once the worker has predicted it.
+        process_events_until(lambda: len(viewer.layers) > predictions_before and viewer.layers[-1].data.any(), 120,
+                             "the prediction after training")
         after = viewer.layers[-1]
         print(f"H&E {name}: after fine-tuning AP50 {ap50(truth, after.data):.3f} (on the image it trained on)")
         after.opacity = 0.6
