@@ -274,7 +274,6 @@ def is_colour(image, in_channels: int, channel_axis: int | None = None) -> bool:
     return -len(shape) <= channel_axis < len(shape) and shape[channel_axis] in (3, 4)
 
 
-
 def _to_gray(image: np.ndarray) -> np.ndarray:
     """Luminance (ITU-R BT.601) of ``(..., 3 or 4, H, W)``; alpha is dropped."""
     rgb = image[..., :3, :, :].astype(np.float32)

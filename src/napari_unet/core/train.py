@@ -814,6 +814,7 @@ def train_iter(
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
 
+    freeze_norm = fine_tuning if config.freeze_norm is None else config.freeze_norm
     batch_size = config.batch_size  # halved if the device runs out of memory
 
     def settings(stop_reason: str) -> dict:
@@ -834,7 +835,6 @@ def train_iter(
         # A model that matches no validation object cannot be made worse: nothing to protect.
         given = None if validation.get("ap50") == 0 else validation
         history.append({"step": 0, "epoch": 0, "loss": None, "seconds": round(time.monotonic() - start, 2), **validation})
-    freeze_norm = fine_tuning if config.freeze_norm is None else config.freeze_norm
     validations_without_gain = 0
     stop_reason = "epochs"
     step = 0

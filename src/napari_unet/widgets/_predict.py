@@ -235,7 +235,8 @@ class PredictWidget(ScrollingDock):
         same_image = self.output is not None and self._output_image is image
         self._output_image = image
         self._worker, self.output = start_prediction(
-            self._viewer, self, image, model, tile_size=self.tile_size.value or None, threshold=threshold_setting(self.threshold, self.model),
+            self._viewer, self, image, model, tile_size=self.tile_size.value or None,
+            threshold=threshold_setting(self.threshold, self.model),
             min_size=self.min_size.value, device=self.device.value, amp=not self.float32.value,
             diameter=self.diameter.value,
             test_time_augmentation=self.orientations.value, intensity_range=intensity_range(self.contrast_limits, image),
@@ -259,7 +260,8 @@ class PredictWidget(ScrollingDock):
         self.run.enabled = self.estimate.enabled = False
         self._worker = create_worker(
             guarded(estimate_diameter), model, plane, channel_axis=-1 if image.rgb else None,
-            tile_size=self.tile_size.value or None, threshold=threshold_setting(self.threshold, self.model), min_size=self.min_size.value,
+            tile_size=self.tile_size.value or None, threshold=threshold_setting(self.threshold, self.model),
+            min_size=self.min_size.value,
             device=self.device.value, amp=not self.float32.value,
             intensity_range=intensity_range(self.contrast_limits, image), _start_thread=False, _ignore_errors=True,
         )
