@@ -1,0 +1,85 @@
+"""Training throughput on a CPU that something else keeps busy, against the same CPU idle.
+
+A napari user's CPU is never idle: the viewer renders, a browser runs, another analysis
+runs beside it. Losing one of two cores to another process should at most halve the
+steps training makes in a time budget. This script fine-tunes the embedded ``nuclei`` on
+10 held-out DSB2018 images for a fixed time (the Train widget's defaults, no validation)
+in a fresh process per run, idle and beside one busy-looping process, under torch's
+default threading and under the OpenMP settings that change how its threads wait. The
+peer is the idle default run on the same machine: each ``ratio`` is steps over its steps.
+Needs ``../shared/data``. Prints one JSON object.
+
+    python bench/bench_shared_cpu.py                  # 30 s per run, 6 runs
+    python bench/bench_shared_cpu.py --seconds 60
+    python bench/bench_shared_cpu.py --quick          # 8 s per run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+#: Thread settings compared: torch's default, threads that sleep at once when they wait,
+#: and a single thread.
+SETTINGS = {"default": {}, "passive_wait": {"OMP_WAIT_POLICY": "PASSIVE"}, "one_thread": {"OMP_NUM_THREADS": "1"}}
+
+#: Run in a fresh process: OpenMP reads its settings once, when torch loads it.
+TRAIN = """
+import json, sys, warnings
+import tifffile
+warnings.simplefilter("ignore")
+from napari_unet.core.progress import run_to_end
+from napari_unet.core.train import TrainingConfig, TrainingSample, train_iter
+data, split, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+names = open(split).read().split()[:10]
+samples = [TrainingSample(tifffile.imread(f"{data}/images/{n}"), tifffile.imread(f"{data}/labels/{n}")) for n in names]
+config = TrainingConfig(max_minutes=seconds / 60, epochs=10**6, device="cpu", seed=0, val_fraction=0)
+result = run_to_end(train_iter(samples, model="nuclei", config=config))
+print(json.dumps({"steps": result.model.training["steps"]}))
+"""
+
+
+def steps(seconds: float, environment: dict) -> int:
+    """Training steps one fresh process makes in ``seconds``."""
+    run = subprocess.run([sys.executable, "-c", TRAIN, str(DATA / "dsb2018"),
+                          str(ROOT / "scripts" / "splits" / "dsb2018-validation.txt"), str(seconds)],
+                         env={**os.environ, **environment}, capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])["steps"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="training time per run (default: 30)")
+    parser.add_argument("--quick", action="store_true", help="8 s per run")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        parser.error(f"the real data folder {DATA} is missing")
+    seconds = 8.0 if args.quick else args.seconds
+    results = {}
+    for load in ("idle", "busy"):
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None
+        try:
+            for name, environment in SETTINGS.items():
+                results[f"{load}_{name}"] = steps(seconds, environment)
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+    peer = results["idle_default"]
+    print(json.dumps({
+        "benchmark": "training steps beside one busy process", "seconds_per_run": seconds, "steps": results,
+        "ratio_to_idle_default": {key: round(value / peer, 3) for key, value in results.items()},
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "quick": args.quick,
+    }))
+
+
+if __name__ == "__main__":
+    main()
