@@ -81,9 +81,9 @@ class Model:
             InputError: If some are in colour and others not, and this model hands colour
                 images to another model.
         """
-        kinds = set(colours)
         if self.colour_model is None:
-            return self
+            return self  # without looking at them: a batch's files need not be opened
+        kinds = set(colours)
         if len(kinds) > 1:
             raise InputError(f"{self.name or 'this model'} segments gray images itself and colour images with "
                              f"{self.colour_model.name or 'another model'}: give the colour and gray images apart")
