@@ -368,3 +368,13 @@ def test_malformed_command_lines_are_refused_in_one_line_that_says_where_help_is
     assert len(err) == 1 and message in err[0]  # not argparse's usage block above it
     command = "napari-unet" if argv[0] == "segment" else f"napari-unet {argv[0]}"
     assert err[0].startswith(f"{command}: error: ") and err[0].endswith(f"(see {command} --help)")
+
+
+def test_labels_without_an_object_are_one_line_and_write_no_model(pair, tmp_path, capsys):
+    images, labels = pair
+    tifffile.imwrite(labels / "a.tif", np.zeros((64, 64), np.uint16))
+    out = tmp_path / "empty.safetensors"
+    assert _train(pair, "--out", str(out), "--epochs", "1", *TINY) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "error: the annotations contain no object" in errors[0]
+    assert not out.exists()

@@ -366,9 +366,11 @@ def test_label_dtypes(labels_dtype, tiny_config):
     assert result.model.training["steps"] == 3
 
 
-def test_all_zero_labels_and_a_single_object_still_train(tiny_config):
+def test_labels_without_an_object_are_refused_and_a_single_object_trains(tiny_config):
     image, labels = synthetic_nuclei((64, 64), count=6, seed=5)
-    train([TrainingSample(image, np.zeros_like(labels))], network_config=tiny_config, config=TrainingConfig(**FAST))
+    with pytest.raises(InputError, match="the annotations contain no object: paint at least one"):
+        train([TrainingSample(image, np.zeros_like(labels))], network_config=tiny_config,
+              config=TrainingConfig(**FAST))
     single = np.zeros_like(labels)
     single[20:30, 20:30] = 1
     train([TrainingSample(image, single)], network_config=tiny_config, config=TrainingConfig(**FAST))

@@ -720,8 +720,8 @@ def train_iter(
             as prediction does.
 
     Raises:
-        InputError: If there is nothing annotated to train on, the data do not fit, or a
-            diameter is given for a new model.
+        InputError: If there is nothing annotated to train on, or no object in what is
+            annotated, the data do not fit, or a diameter is given for a new model.
     """
     config = config or TrainingConfig()
     if model is not None:
@@ -763,8 +763,9 @@ def train_iter(
     if not planes:
         raise InputError("nothing is annotated: draw labels in at least one plane (or region) first")
     if not any(labels[mask].any() for _, _, labels, mask in planes):
-        warnings.warn("the annotations contain no object: the model can only learn background",
-                      InputWarning, stacklevel=2)
+        # Such a model could only learn that nothing is ever an object.
+        raise InputError("the annotations contain no object: paint at least one object (rectangles or planes "
+                         "without objects then teach background beside it)")
     if validation_samples is None:
         # A model being fine-tuned is kept unless the new weights validate clearly better,
         # and only a plane it never trained on can show that they lost generality: a stripe
