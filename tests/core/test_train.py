@@ -378,8 +378,10 @@ def test_labels_without_an_object_are_refused_and_a_single_object_trains(tiny_co
 
 def test_images_smaller_than_the_patch_are_padded(tiny_config):
     image, labels = synthetic_nuclei((64, 64), count=6, seed=5)
+    small_labels = labels[:20, :30].copy()
+    small_labels[5:12, 5:12] = small_labels.max() + 1  # an object in the corner, whatever the generator put there
     result = train(
-        [TrainingSample(image[:20, :30], labels[:20, :30])],
+        [TrainingSample(image[:20, :30], small_labels)],
         network_config=tiny_config,
         config=TrainingConfig(**dict(FAST, patch_size=64)),
     )

@@ -353,13 +353,13 @@ def test_a_trained_image_removed_meanwhile_is_said_not_to_be_predicted(make_napa
     assert any("trained was removed during training" in text for _, text in notifications), notifications
 
 
-def test_regions_without_any_labelled_object_warn(make_napari_viewer, qtbot, one_torch_thread, notifications):
+def test_regions_without_any_labelled_object_are_refused(make_napari_viewer, qtbot, one_torch_thread, notifications):
     viewer = make_napari_viewer()
     image, _ = synthetic_nuclei((64, 64), count=5, seed=1)
     viewer.add_image(image, name="image")
     viewer.add_labels(np.zeros((64, 64), np.int32), name="empty")
-    # A rectangle annotates its pixels as background: a valid annotation, but with no object
-    # in it the model can learn nothing else, and the user should hear why.
+    # A rectangle annotates its pixels as background; with no object in any of them the
+    # model could learn nothing else, and the user should hear why before any training.
     viewer.add_shapes([np.array([[0.0, 0.0], [0.0, 50.0], [50.0, 50.0], [50.0, 0.0]])], shape_type="rectangle",
                       name="regions")
     tiny_model_in_session(viewer)
@@ -368,8 +368,9 @@ def test_regions_without_any_labelled_object_warn(make_napari_viewer, qtbot, one
     widget.predict_when_done.value = False
     widget.start_training()
     qtbot.waitUntil(lambda: widget.start.enabled, timeout=60_000)
-    warnings = [text for severity, text in notifications if severity == "warning"]
-    assert any("no object" in text for text in warnings), notifications
+    errors = [text for severity, text in notifications if severity == "error"]
+    assert any("the annotations contain no object" in text for text in errors), notifications
+    assert widget.model is None  # nothing trained
 
 
 def test_closing_the_train_dock_ends_its_training(make_napari_viewer, qtbot, one_torch_thread):
