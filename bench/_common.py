@@ -25,6 +25,8 @@ from napari_unet.core.metrics import average_precision, pixel_scores
 from napari_unet.core.model import NetworkConfig, UNet
 from napari_unet.core.normalize import as_planes
 from napari_unet.core.predict import Prediction, image_border, predict
+from napari_unet.core.progress import run_to_end
+from napari_unet.core.train import TrainingConfig, TrainingSample, train_iter
 
 
 def torch_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
@@ -196,3 +198,20 @@ def scores(model, images, truths, device) -> dict:
         "mean_ap_0.5_0.95": round(float(np.mean(instances["ap_mean"])), 4),
         "pixel_iou": round(pixels["iou"], 4),
     }
+
+
+def fine_tune(model, images, labels, minutes: float, device: str, **settings) -> tuple[object, dict]:
+    """The Train widget's defaults, with a time budget; returns the model and what training did.
+
+    Args:
+        settings: Further :class:`~napari_unet.core.train.TrainingConfig` fields (the
+            learning rate, ``freeze_norm``) where a script compares them.
+    """
+    config = TrainingConfig(max_minutes=minutes, epochs=10**6, device=device, seed=0, **settings)
+    samples = [TrainingSample(image, label, name=f"image {i}") for i, (image, label) in enumerate(zip(images, labels))]
+    start = time.monotonic()
+    result = run_to_end(train_iter(samples, model=model, config=config))
+    training = result.model.training
+    return result.model, {"train_seconds": round(time.monotonic() - start, 1), "steps": training["steps"],
+                          "learning_rate": training["learning_rate"], "stop_reason": result.stop_reason,
+                          "model_kept": result.unchanged}

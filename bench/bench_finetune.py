@@ -29,18 +29,15 @@ ratio after/before of AP50. Needs ``../shared/data``. Prints one JSON object.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import torch
-from _common import environment, report, scores, torch_device, torch_parser
+from _common import environment, fine_tune, report, scores, torch_device, torch_parser
 from scipy import ndimage
 
-from napari_unet.core.progress import run_to_end
 from napari_unet.core.registry import load_model
-from napari_unet.core.train import TrainingConfig, TrainingSample, train_iter
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -49,21 +46,10 @@ SPLIT = ROOT / "scripts" / "splits" / "dsb2018-validation.txt"
 FINE_TUNE_IMAGES = 5
 
 
-def fine_tune(model, images, labels, minutes: float, device: str, learning_rate: float | None) -> tuple[object, dict]:
-    """The Train widget's defaults, with a time budget; returns the model and what training did."""
-    config = TrainingConfig(max_minutes=minutes, epochs=10**6, patch_size=256, batch_size=4,
-                            learning_rate=learning_rate, device=device, seed=0)
-    samples = [TrainingSample(image, label, name=f"image {i}") for i, (image, label) in enumerate(zip(images, labels))]
-    start = time.monotonic()
-    result = run_to_end(train_iter(samples, model=model, config=config))
-    return result.model, {"train_seconds": round(time.monotonic() - start, 1), "steps": result.model.training["steps"],
-                          "learning_rate": result.model.training["learning_rate"], "stop_reason": result.stop_reason}
-
-
 def compare(model, kind: str, train_images, train_labels, test_images, test_labels, minutes, device,
             learning_rate) -> dict:
     before = scores(model, test_images, test_labels, device)
-    tuned, training = fine_tune(model, train_images, train_labels, minutes, device, learning_rate)
+    tuned, training = fine_tune(model, train_images, train_labels, minutes, device, learning_rate=learning_rate)
     after = scores(tuned, test_images, test_labels, device)
     ratio = round(after["ap50"] / before["ap50"], 3) if before["ap50"] else None  # None: nothing found before
     print(f"{kind}: AP50 {before['ap50']:.3f} -> {after['ap50']:.3f}", file=sys.stderr)

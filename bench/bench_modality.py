@@ -29,18 +29,15 @@ JSON object.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import torch
-from _common import environment, report, scores, torch_device, torch_parser
+from _common import environment, fine_tune, report, scores, torch_device, torch_parser
 from scipy import ndimage
 
-from napari_unet.core.progress import run_to_end
 from napari_unet.core.registry import load_model
-from napari_unet.core.train import TrainingConfig, TrainingSample, train_iter
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -80,19 +77,6 @@ def kind_data(kind: str) -> tuple[list, list, list, list]:
 FREEZE_NORM = {"auto": None, "keep": True, "adapt": False}
 
 
-def fine_tune(model, images, labels, minutes: float, device: str, batch_norm: str = "auto") -> tuple[object, dict]:
-    """The Train widget's defaults, with a time budget; returns the model and what training did."""
-    config = TrainingConfig(max_minutes=minutes, epochs=10**6, device=device, seed=0,
-                            freeze_norm=FREEZE_NORM[batch_norm])
-    samples = [TrainingSample(image, label, name=f"image {i}") for i, (image, label) in enumerate(zip(images, labels))]
-    start = time.monotonic()
-    result = run_to_end(train_iter(samples, model=model, config=config))
-    training = result.model.training
-    return result.model, {"train_seconds": round(time.monotonic() - start, 1), "steps": training["steps"],
-                          "learning_rate": training["learning_rate"], "stop_reason": result.stop_reason,
-                          "model_kept": result.unchanged}
-
-
 def main() -> None:
     parser = torch_parser(__doc__, "20 s of fine-tuning per kind")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="kinds of image (default: all)")
@@ -110,7 +94,8 @@ def main() -> None:
     for kind in args.kinds:
         images, labels, test_images, test_labels = kind_data(kind)
         before = scores(start_model, test_images, test_labels, device)
-        tuned, training = fine_tune(start_model, images, labels, minutes, device, args.batch_norm)
+        tuned, training = fine_tune(start_model, images, labels, minutes, device,
+                                    freeze_norm=FREEZE_NORM[args.batch_norm])
         after = scores(tuned, test_images, test_labels, device)
         print(f"{kind}: AP50 {before['ap50']:.3f} -> {after['ap50']:.3f} in {training['steps']} steps", file=sys.stderr)
         results.append({"kind": kind, "annotated_images": len(images), "scored_images": len(test_images),

@@ -61,6 +61,14 @@ def predict_with(viewer, predict, image_layer, model: str):
     return predict.output
 
 
+def save_overlay(viewer, image_layer, overlay, name: str, opacity: float = 0.6) -> None:
+    """Screenshot ``overlay`` translucent over its image, the two alone and in full view."""
+    overlay.opacity = opacity
+    show_only(viewer, [image_layer, overlay])
+    viewer.reset_view()
+    save_screenshot(viewer, name)
+
+
 def main() -> int:
     import napari
 
@@ -76,10 +84,7 @@ def main() -> int:
         predict_dock, predict = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")
         prediction = predict_with(viewer, predict, image_layer, "nuclei")
         print(f"H&E {name}: nuclei (nuclei-he) AP50 {ap50(truth, prediction.data):.3f}")
-        prediction.opacity = 0.6
-        show_only(viewer, [image_layer, prediction])
-        viewer.reset_view()
-        save_screenshot(viewer, "predict-he.png")
+        save_overlay(viewer, image_layer, prediction, "predict-he.png")
 
         # -- H&E: fine-tune nuclei on the annotated image for a minute -------------------
         train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
@@ -100,10 +105,7 @@ def main() -> int:
                              "the prediction after training")
         after = viewer.layers[-1]
         print(f"H&E {name}: after fine-tuning AP50 {ap50(truth, after.data):.3f} (on the image it trained on)")
-        after.opacity = 0.6
-        show_only(viewer, [image_layer, after])
-        viewer.reset_view()
-        save_screenshot(viewer, "train-he.png")
+        save_overlay(viewer, image_layer, after, "train-he.png")
 
         # -- Phase contrast: predict with cells ----------------------------------------
         for layer in list(viewer.layers):
@@ -114,10 +116,7 @@ def main() -> int:
         image_layer = viewer.add_image(image, name=name)
         prediction = predict_with(viewer, predict, image_layer, "cells")
         print(f"phase contrast {name}: cells AP50 {ap50(truth, prediction.data):.3f}")
-        prediction.opacity = 0.5
-        show_only(viewer, [image_layer, prediction])
-        viewer.reset_view()
-        save_screenshot(viewer, "predict-phase-contrast.png")
+        save_overlay(viewer, image_layer, prediction, "predict-phase-contrast.png", opacity=0.5)
     finally:
         viewer.close()
     return 0

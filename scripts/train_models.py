@@ -368,9 +368,10 @@ def embed(path: Path, name: str, recipe: dict, figures: dict, validation: Path) 
     model.name, model.description = name, recipe["description"]
     # How unsure it is of its own kind of image, as training records it: the
     # unfamiliar-image check compares other images with this.
-    images = [tifffile.imread(image) for image in sorted((validation / "images").glob("*.tif"))]
-    planes = [plane for image in images for plane in (image if image.ndim == 3 and name == "em-neurites" else [image])]
-    figures = {**figures, HESITATION: round(hesitation(predict(model, plane).probability for plane in planes), 4)}
+    probabilities = (predict(model, tifffile.imread(image)).probability
+                     for image in sorted((validation / "images").glob("*.tif")))
+    planes = (plane for probability in probabilities for plane in probability.reshape(-1, *probability.shape[-2:]))
+    figures = {**figures, HESITATION: round(hesitation(planes), 4)}
     model.training_data, model.evaluation = recipe["training_data"], figures
     written = model.save(EMBEDDED / f"{name}.safetensors")
     print(f"embedded {written} ({written.stat().st_size / 1e6:.1f} MB)")

@@ -940,9 +940,7 @@ def predict_array_iter(
     axes = "Q" * (len(shape) - 2) + "YX"
     if channel_axis is not None and channel_axis < 0:
         channel_axis += len(shape)
-    # (A channel axis that does not exist is refused by the plan below.)
-    model = model.for_colours([channel_axis is not None and 0 <= channel_axis < len(shape)
-                               and shape[channel_axis] in (3, 4)])
+    model = model.for_image(array, channel_axis)
     plan = plan_units("the array", axes, shape[:-2], "YX", shape[-2:], model.config.in_channels, channel_axis)
     _check_options(model, predict_options)
     out_shape = plan.out_leading_shape + shape[-2:]

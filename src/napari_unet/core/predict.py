@@ -795,20 +795,21 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
     normalized = normalization_for(model.normalization, intensity_range)(plane)
     measurements: dict[float, float | None] = {}  # by scale factor
 
-    def measured(factor: float) -> float | None:
+    def labelled_at(factor: float) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and foreground probability of the plane predicted at ``factor`` of its size."""
+        shape = scaled_shape(plane.shape[-2:], factor)
+        probabilities = run_to_end(_stitched_probabilities(
+            model.network, resize_plane(normalized, shape), tile_size, batch_size, device, amp, False))
+        return _labelled(probabilities, shape, threshold, min_size, model.gap, 1.0,
+                         _labels_on_the_device(probabilities, shape))
+
+    def measured(factor: float, labels: np.ndarray | None = None) -> float | None:
         # A scale within 10 % of one already predicted gives about the same objects: reuse
         # it (objects near the model's size then cost two or three predictions, not four).
         for done, found in measurements.items():
             if abs(factor / done - 1) < 0.1:
                 return found
-        shape = scaled_shape(plane.shape[-2:], factor)
-        probabilities = run_to_end(_stitched_probabilities(
-            model.network, resize_plane(normalized, shape), tile_size, batch_size, device, amp, False))
-        labels, probability = _labelled(probabilities, shape, threshold, min_size, model.gap, 1.0,
-                                        _labels_on_the_device(probabilities, shape))
-        if not measurements:
-            unfamiliar.append(unfamiliar_image_message(model, labels, probability))
-        found = object_diameter(labels)
+        found = object_diameter(labelled_at(factor)[0] if labels is None else labels)
         measurements[factor] = None if found is None else found / factor
         return measurements[factor]
 
@@ -823,13 +824,14 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
             estimate = found
         return estimate, False
 
-    unfamiliar: list[str | None] = []  # what the first prediction, at the model's scale, says of the image
-    at_model_scale = measured(1.0)
-    if unfamiliar[0]:
+    labels, probability = labelled_at(1.0)
+    unfamiliar = unfamiliar_image_message(model, labels, probability)
+    if unfamiliar:
         # Specks of texture would be taken for objects and the image rescaled to them
         # (a 1000x1000 H&E image to `nuclei`: 5.4 pixels, 3x larger, 41 s).
-        warnings.warn(f"no diameter estimated: {unfamiliar[0]}", ImageWarning, stacklevel=3)
+        warnings.warn(f"no diameter estimated: {unfamiliar}", ImageWarning, stacklevel=3)
         return None
+    at_model_scale = measured(1.0, labels)
     candidates = [checked(first) for first in (at_model_scale, measured(0.5)) if first is not None]
     confirmed = [estimate for estimate, agrees in candidates if agrees]
     estimate = max(confirmed) if confirmed else candidates[0][0] if candidates else None

@@ -727,7 +727,8 @@ def train_iter(
     if model is not None:
         # A model that hands colour images to another (nuclei: H&E to nuclei-he) is
         # fine-tuned as the one that segments these images.
-        model = as_model(model).for_colours(is_colour(sample.image, 1) for sample in samples)
+        model = as_model(model)
+        model = model.for_colours(is_colour(sample.image, model.config.in_channels) for sample in samples)
     if model is None and diameter:
         raise InputError("an object diameter is for fine-tuning a model, whose objects the images are rescaled to; "
                          "a new model learns the objects at the size they have in these images")
