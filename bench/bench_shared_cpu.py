@@ -4,12 +4,14 @@ A napari user's CPU is never idle: the viewer renders, a browser runs, another a
 runs beside it. Losing one of two cores to another process should at most halve the
 steps training makes in a time budget. This script fine-tunes the embedded ``nuclei`` on
 10 held-out DSB2018 images for a fixed time (the Train widget's defaults, no validation)
-in a fresh process per run, idle and beside one busy-looping process, under torch's
-default threading and under the OpenMP settings that change how its threads wait. The
-peer is the idle default run on the same machine: each ``ratio`` is steps over its steps.
-Needs ``../shared/data``. Prints one JSON object.
+in a fresh process per run, idle and beside one busy-looping process, under the thread
+count training chooses from its step times (``adaptive``, the default), under torch's own
+count kept throughout (``all_threads``), under OpenMP threads that sleep at once when they
+wait (``passive_wait``) and under one thread. The peer is the idle ``all_threads`` run on
+the same machine: each ``ratio`` is steps over its steps. Needs ``../shared/data``.
+Prints one JSON object.
 
-    python bench/bench_shared_cpu.py                  # 30 s per run, 6 runs
+    python bench/bench_shared_cpu.py                  # 30 s per run, 8 runs
     python bench/bench_shared_cpu.py --seconds 60
     python bench/bench_shared_cpu.py --quick          # 8 s per run
 """
@@ -27,15 +29,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
-#: Thread settings compared: torch's default, threads that sleep at once when they wait,
-#: and a single thread.
-SETTINGS = {"default": {}, "passive_wait": {"OMP_WAIT_POLICY": "PASSIVE"}, "one_thread": {"OMP_NUM_THREADS": "1"}}
+#: Thread settings compared (environment of the run): the count training chooses, torch's
+#: own count kept, threads that sleep at once when they wait, and a single thread.
+SETTINGS = {
+    "adaptive": {},
+    "all_threads": {"BENCH_FIXED_THREADS": "1"},
+    "passive_wait": {"OMP_WAIT_POLICY": "PASSIVE", "BENCH_FIXED_THREADS": "1"},
+    "one_thread": {"OMP_NUM_THREADS": "1"},
+}
 
 #: Run in a fresh process: OpenMP reads its settings once, when torch loads it.
 TRAIN = """
-import json, sys, warnings
+import json, os, sys, warnings
 import tifffile
 warnings.simplefilter("ignore")
+if os.environ.get("BENCH_FIXED_THREADS"):  # training as it was before it chose its thread count
+    from napari_unet.core.threads import ThreadTuner
+    ThreadTuner.step_took = lambda self, seconds: None
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.train import TrainingConfig, TrainingSample, train_iter
 data, split, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -73,10 +83,10 @@ def main() -> None:
             if busy is not None:
                 busy.kill()
                 busy.wait()
-    peer = results["idle_default"]
+    peer = results["idle_all_threads"]
     print(json.dumps({
         "benchmark": "training steps beside one busy process", "seconds_per_run": seconds, "steps": results,
-        "ratio_to_idle_default": {key: round(value / peer, 3) for key, value in results.items()},
+        "ratio_to_idle_all_threads": {key: round(value / peer, 3) for key, value in results.items()},
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "quick": args.quick,
     }))
 

@@ -79,19 +79,36 @@ def test_train_predict_evaluate(sample_folder, tmp_path, capsys):
     report = tmp_path / "metrics.json"
     assert main(["evaluate", "--pred", str(out / "nuclei_00?.tif"), "--gt", str(sample_folder / "labels"),
                  "--json", str(report)]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads(report.read_text())
-    assert printed["images"] == 3 and len(printed["ap_pooled"]) == 10
+    printed = capsys.readouterr().out.splitlines()
+    written = json.loads(report.read_text())
+    assert written["images"] == 3 and len(written["ap_pooled"]) == 10
+    # The terminal gets the headline figures of the file, a short table.
+    assert printed[0] == "3 plane(s) of 3 image(s)" and len(printed) == 9
+    assert printed[1].split()[-1] == f"{written['ap_pooled'][0]:.3f}"
+    # A report is not replaced without being asked.
+    assert main(["evaluate", "--pred", str(out / "nuclei_00?.tif"), "--gt", str(sample_folder / "labels"),
+                 "--json", str(report)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    report.write_text("{}")
+    assert main(["evaluate", "--pred", str(out / "nuclei_00?.tif"), "--gt", str(sample_folder / "labels"),
+                 "--json", str(report), "--overwrite"]) == 0
+    assert json.loads(report.read_text()) == written
 
 
 def test_evaluate_a_perfect_prediction_scores_one(sample_folder, capsys):
     labels = str(sample_folder / "labels")
-    assert main(["evaluate", "--pred", labels, "--gt", labels]) == 0
-    result = json.loads(capsys.readouterr().out)
+    report = sample_folder.parent / "perfect.json"
+    assert main(["evaluate", "--pred", labels, "--gt", labels, "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
     assert result["pixel_iou"] == 1.0
     assert result["ap_pooled"] == [1.0] * 10
     assert result["mean_ap_0.5_0.95"] == 1.0
     assert result["pixel_error"] == 0.0 and result["v_rand"] == 1.0
+    table = dict(line.rsplit("  ", 1) for line in capsys.readouterr().out.splitlines()[1:])
+    assert {name.strip(): value for name, value in table.items()} == {
+        "AP at IoU 0.5 (pooled)": "1.000", "AP at IoU 0.75 (pooled)": "1.000", "mean AP, IoU 0.5-0.95": "1.000",
+        "objects: true / predicted": f"{result['tp'][0]} / {result['tp'][0]}", "pixel IoU": "1.000",
+        "pixel F1": "1.000", "pixel error (ISBI)": "0.0000", "V_rand (ISBI)": "1.000"}
 
 
 def test_predict_stack_keeps_shape_and_pixel_size(tmp_path, tiny_model_file):

@@ -301,6 +301,10 @@ def test_sample_sizes_beyond_a_plane_of_4096_are_one_line(tmp_path, capsys):
 def test_sample_does_not_overwrite_files_without_being_asked(tmp_path, capsys):
     assert main(["sample", "--out", str(tmp_path), "--count", "1", "--size", "64"]) == 0
     written = tmp_path / "labels" / "nuclei_000.tif"
+    before = written.stat().st_mtime_ns
+    # A second run of the quick start finds its own sample, and keeps it.
+    assert main(["sample", "--out", str(tmp_path), "--count", "1", "--size", "64"]) == 0
+    assert written.stat().st_mtime_ns == before
     tifffile.imwrite(written, np.zeros((8, 8), np.uint16))  # the user's own file by that name
     assert main(["sample", "--out", str(tmp_path), "--count", "1", "--size", "64"]) == 2
     assert "--overwrite" in _error_line(capsys)
@@ -330,11 +334,13 @@ def test_evaluate_splits_a_binary_mask_stack_plane_by_plane(tmp_path, capsys):
     from scipy import ndimage
 
     tifffile.imwrite(tmp_path / "labels.tif", np.stack([ndimage.label(plane > 0)[0] for plane in planes]).astype(np.uint16))
-    assert main(["evaluate", "--pred", str(tmp_path / "labels.tif"), "--gt", str(tmp_path / "mask.tif")]) == 0
-    captured = capsys.readouterr()
-    result = json.loads(captured.out)
+    report = tmp_path / "report.json"
+    assert main(["evaluate", "--pred", str(tmp_path / "labels.tif"), "--gt", str(tmp_path / "mask.tif"),
+                 "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
     assert result["planes"] == 2 and result["ap_pooled"][0] == 1.0 and result["v_rand"] == 1.0
-    assert captured.err.strip().startswith("2 plane(s) of 1 image(s): AP50 1.000")
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "2 plane(s) of 1 image(s)" and table[1].endswith("  1.000")
 
 
 def test_train_takes_the_objects_diameter_to_fine_tune_at_the_models_scale(pair, tmp_path, capsys, monkeypatch):

@@ -36,8 +36,7 @@ def _default_lazy_bytes() -> int:
     # A quarter of memory leaves room for napari's own copies (contrast limits, thumbnails,
     # the float32 arrays that training and prediction make).
     limit = 2 * 2**30
-    memory = total_memory()
-    return min(limit, memory // 4) if memory else limit
+    return min(limit, total_memory() // 4)
 
 
 #: Series larger than this many bytes open lazily (a dask array) instead of being loaded.

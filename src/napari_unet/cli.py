@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--pred", required=True, type=_path, help="folder, glob or file of predicted label TIFFs")
     evaluate.add_argument("--gt", required=True, type=_path, help="folder, glob or file of ground-truth label TIFFs")
-    evaluate.add_argument("--json", type=_path, help="also write the results to this JSON file")
+    evaluate.add_argument("--json", type=_path, help="write every figure (per threshold, per image) to this JSON file")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists (default: refuse)")
     evaluate.set_defaults(handler=_evaluate)
 
     models = commands.add_parser(
@@ -292,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, type=_path, help="folder to write images/ and labels/ into")
     sample.add_argument("--count", type=_positive_int, default=8, help="number of images (default: 8)")
     sample.add_argument("--size", type=_sample_size, default=256, help="image edge in pixels, 32 to 4096 (default: 256)")
-    sample.add_argument("--overwrite", action="store_true", help="replace sample files that exist (default: refuse)")
+    sample.add_argument("--overwrite", action="store_true",
+                        help="replace sample files that exist and differ (default: refuse; the same files are kept)")
     sample.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     sample.set_defaults(handler=_sample)
     return parser
@@ -307,6 +309,7 @@ def _train(args) -> int:
     from .core.normalize import IntensityRange
     from .core.progress import run_to_end
     from .core.registry import load_model, model_source
+    from .core.threads import BUSY_CPU_SHARE, busy_cpu_message
     from .core.train import TrainingConfig, TrainingSample, train_iter
     from .core.units import same_pixel_size
 
@@ -401,6 +404,8 @@ def _train(args) -> int:
     path = result.model.save(out)
     if result.unchanged:
         print(f"napari-unet: {result.why_unchanged()} ({args.init}); {path} holds it unchanged", file=sys.stderr)
+    if result.busy_cpu is not None and result.busy_cpu >= BUSY_CPU_SHARE:
+        print(f"napari-unet: {busy_cpu_message(result.busy_cpu)}", file=sys.stderr)
     last = result.history[-1] if result.history else {}
     print(json.dumps({"model": str(path), "stop_reason": result.stop_reason, "steps": result.model.training["steps"],
                       "unchanged": result.unchanged, "threshold": result.model.threshold,
@@ -556,7 +561,10 @@ def _evaluate(args) -> int:
     if args.json and Path(args.json).suffix.lower() != ".json":
         raise InputError(f"--json names the JSON file to write, ending in .json, not {args.json}")
     if args.json:
-        writable_folder(Path(args.json).parent)  # said before the files are read and scored
+        # Said before the files are read and scored.
+        if Path(args.json).exists() and not args.overwrite:
+            raise InputError(f"{args.json} exists; choose another --json file or add --overwrite")
+        writable_folder(Path(args.json).parent)
     pairs = pair_by_name(collect_tiffs(args.gt), collect_tiffs(args.pred), "ground-truth file(s) have no prediction")
     truths, predictions = [], []
     for truth_path, prediction_path in pairs:
@@ -576,16 +584,30 @@ def _evaluate(args) -> int:
         "mean_ap_0.5_0.95": float(np.mean(instances["ap_mean"])),
         **isbi_scores(truths, predictions),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    print(f"{result['planes']} plane(s) of {result['images']} image(s): AP50 {instances['ap_pooled'][0]:.3f}, "
-          f"AP75 {instances['ap_pooled'][5]:.3f}, mean AP 0.5-0.95 {result['mean_ap_0.5_0.95']:.3f}, "
-          f"pixel IoU {pixels['iou']:.3f}, pixel error {result['pixel_error']:.4f}, V_rand {result['v_rand']:.3f}",
-          file=sys.stderr)
+    print(_evaluation_table(result))
     if args.json:
         with replaced_atomically(args.json) as temporary:
-            temporary.write_text(text + "\n")
+            temporary.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _evaluation_table(result: dict) -> str:
+    """The headline figures of an evaluation, one per line, aligned."""
+    thresholds = result["thresholds"]
+    rows = [
+        ("AP at IoU 0.5 (pooled)", f"{result['ap_pooled'][thresholds.index(0.5)]:.3f}"),
+        ("AP at IoU 0.75 (pooled)", f"{result['ap_pooled'][thresholds.index(0.75)]:.3f}"),
+        ("mean AP, IoU 0.5-0.95", f"{result['mean_ap_0.5_0.95']:.3f}"),
+        ("objects: true / predicted", f"{result['tp'][0] + result['fn'][0]} / {result['tp'][0] + result['fp'][0]}"),
+        ("pixel IoU", f"{result['pixel_iou']:.3f}"),
+        ("pixel F1", f"{result['pixel_f1']:.3f}"),
+        ("pixel error (ISBI)", f"{result['pixel_error']:.4f}"),
+        ("V_rand (ISBI)", f"{result['v_rand']:.3f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{result['planes']} plane(s) of {result['images']} image(s)"]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines)
 
 
 def _instance_planes(labels, path: Path, what: str) -> list:
@@ -656,16 +678,33 @@ def _sample(args) -> int:
     from .core.synthetic import synthetic_nuclei
 
     out = Path(args.out)
-    names = [f"nuclei_{index:03d}.tif" for index in range(args.count)]
-    existing = [out / kind / name for kind in ("images", "labels") for name in names if (out / kind / name).exists()]
-    if existing and not args.overwrite:
-        raise InputError(f"{existing[0]} exists (and {len(existing) - 1} more); choose another --out or add --overwrite")
-    for index, name in enumerate(names):
+    files = {}  # path: the array it holds
+    for index in range(args.count):
         image, labels = synthetic_nuclei((args.size, args.size), count=max(4, args.size**2 // 2200), seed=args.seed + index)
-        write_tiff(out / "images" / name, image)
-        write_tiff(out / "labels" / name, labels.astype("uint16"))
-    print(f"wrote {args.count} images to {out / 'images'} and their labels to {out / 'labels'}")
+        name = f"nuclei_{index:03d}.tif"
+        files[out / "images" / name], files[out / "labels" / name] = image, labels.astype("uint16")
+    # Files that already hold the same sample (a second run of the quick start) are kept.
+    differing = [path for path, array in files.items() if path.exists() and not _holds(path, array)]
+    if differing and not args.overwrite:
+        raise InputError(f"{differing[0]} exists with other content (and {len(differing) - 1} more); choose another "
+                         "--out or add --overwrite")
+    for path, array in files.items():
+        if path in differing or not path.exists():
+            write_tiff(path, array)
+    print(f"{args.count} images in {out / 'images'} and their labels in {out / 'labels'}")
     return 0
+
+
+def _holds(path: Path, array) -> bool:
+    """Whether the TIFF file ``path`` holds exactly ``array`` (False for any file it cannot read)."""
+    import numpy as np
+    import tifffile
+
+    try:
+        found = tifffile.imread(path)
+    except Exception:  # not a TIFF, truncated: not the sample, whatever it is
+        return False
+    return found.shape == array.shape and found.dtype == array.dtype and bool(np.array_equal(found, array))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from napari_unet.core.postprocess import (
     FEWEST_OBJECTS_TO_CHOOSE,
     choose_threshold,
     foreground_probability,
+    growth_distance,
     probabilities_to_labels,
 )
 from napari_unet.core.targets import class_targets
@@ -132,6 +133,44 @@ def test_three_classes_do_not_grow_past_the_predicted_foreground():
     expected = labels.copy()
     expected[4, 4:14] = 0
     assert_same_objects(result, expected)
+
+
+def large_object_probabilities(size: int, rim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A three-class output of one disk ``size`` px across whose interior class only clears 0.5 ``rim`` px inside it."""
+    yy, xx = np.mgrid[: size + 20, : size + 20] - (size + 20) / 2
+    labels = (np.hypot(yy, xx) < size / 2).astype(np.int32)
+    core = ndimage.distance_transform_edt(labels) > rim
+    probabilities = np.zeros((3, *labels.shape), np.float32)
+    probabilities[0] = np.where(labels > 0, 0.05, 0.9)
+    probabilities[1] = np.where(core, 0.9, 0.05)  # what a network gives a large cell
+    probabilities[2] = 1.0 - probabilities[0] - probabilities[1]
+    return probabilities, labels
+
+
+def test_three_class_objects_grow_over_a_rim_as_wide_as_their_size_calls_for():
+    probabilities, labels = large_object_probabilities(size=48, rim=5)
+    without = probabilities_to_labels(probabilities, min_size=1)
+    assert np.count_nonzero((labels > 0) & (without == 0)) > 300  # the 2 px growth loses the rim
+    grown = probabilities_to_labels(probabilities, min_size=1, object_diameter=48)
+    assert_same_objects(grown, labels)
+    # The diameter is in the network's pixels: a plane brought back 2x larger grows 2x further.
+    large = probabilities.repeat(2, axis=1).repeat(2, axis=2)
+    grown_large = probabilities_to_labels(large, min_size=1, pixel_scale=2, object_diameter=48)
+    assert_same_objects(grown_large, labels.repeat(2, axis=0).repeat(2, axis=1))
+
+
+def test_growth_distance_is_the_boundary_width_for_small_objects_and_an_eighth_of_large_ones():
+    assert growth_distance(1, None) == growth_distance(1, 16) == 2.0
+    assert growth_distance(2, 16) == 4.0
+    assert growth_distance(1, 56) == 7.0
+
+
+def test_two_class_growth_does_not_depend_on_the_diameter(nuclei):
+    _, labels = nuclei
+    probabilities = probabilities_from_target(class_targets(labels, 2), 2)
+    probabilities = ndimage.gaussian_filter(probabilities, (0, 1.5, 1.5)).astype(np.float32)
+    np.testing.assert_array_equal(probabilities_to_labels(probabilities, 0.3, object_diameter=80),
+                                  probabilities_to_labels(probabilities, 0.3))
 
 
 def test_threshold_applies_to_the_object_class():
@@ -329,15 +368,15 @@ def test_components_of_a_tensor_are_numbered_as_scipy_numbers_them(name, min_siz
 
 
 @pytest.mark.parametrize("num_classes", [2, 3])
-@pytest.mark.parametrize("pixel_scale", [1.0, 2.5])
-def test_labels_of_a_tensor_equal_those_of_an_array(nuclei, num_classes, pixel_scale):
+@pytest.mark.parametrize(("pixel_scale", "object_diameter"), [(1.0, None), (2.5, None), (1.0, 40.0)])
+def test_labels_of_a_tensor_equal_those_of_an_array(nuclei, num_classes, pixel_scale, object_diameter):
     _, labels = nuclei
     probabilities = probabilities_from_target(class_targets(labels, num_classes), num_classes)
     # Blur, so that thresholds cut the objects at different places.
     probabilities = ndimage.gaussian_filter(probabilities, (0, 1.5, 1.5)).astype(np.float32)
     for threshold in (0.3, 0.5, 0.7):
-        expected = probabilities_to_labels(probabilities, threshold, 10, 1, pixel_scale)
-        result = probabilities_to_labels(torch.from_numpy(probabilities), threshold, 10, 1, pixel_scale)
+        expected = probabilities_to_labels(probabilities, threshold, 10, 1, pixel_scale, object_diameter)
+        result = probabilities_to_labels(torch.from_numpy(probabilities), threshold, 10, 1, pixel_scale, object_diameter)
         np.testing.assert_array_equal(result.numpy(), expected)
     assert expected.max() >= 5
 

@@ -90,10 +90,7 @@ def default_tile_size(network: UNet, device: torch.device) -> int:
     """
     if device.type != "cpu":
         return GPU_TILE_SIZE
-    available = available_memory()
-    if available is None:
-        return GPU_TILE_SIZE
-    edge = int(math.sqrt(available / 4 / _bytes_per_tile_pixel(network, 4))) // network.size_multiple * network.size_multiple
+    edge = int(math.sqrt(available_memory() / 4 / _bytes_per_tile_pixel(network, 4))) // network.size_multiple * network.size_multiple
     return max(GPU_TILE_SIZE, min(CPU_TILE_SIZE, edge))
 
 
@@ -522,8 +519,8 @@ def _labels_on_the_device(probabilities: np.ndarray | torch.Tensor, shape: tuple
             and _room_to_postprocess(probabilities.device, shape))
 
 
-def _labelled(probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int], threshold: float, min_size: int,
-              gap: int, pixel_scale: float, on_device: bool) -> tuple[np.ndarray, np.ndarray]:
+def _labelled(model: Model, probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int], threshold: float,
+              min_size: int, pixel_scale: float, on_device: bool) -> tuple[np.ndarray, np.ndarray]:
     """Labels and foreground probability of a plane, from its network output, on the plane's own grid.
 
     Made where the probabilities lie when ``on_device`` (what :func:`_labels_on_the_device`
@@ -539,7 +536,7 @@ def _labelled(probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int], 
         device = probabilities.device
         if on_device:
             try:
-                made = _labelled_here(probabilities, shape, threshold, min_size, gap, pixel_scale)
+                made = _labelled_here(model, probabilities, shape, threshold, min_size, pixel_scale)
                 return tuple(result.cpu().numpy() for result in made)
             except RuntimeError as error:
                 if not is_out_of_memory(error):
@@ -549,20 +546,21 @@ def _labelled(probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int], 
             # Out of the handler, whose traceback holds the failed attempt's tensors.
             torch.cuda.empty_cache()
         probabilities = probabilities.cpu().numpy()
-    return _labelled_here(probabilities, shape, threshold, min_size, gap, pixel_scale)
+    return _labelled_here(model, probabilities, shape, threshold, min_size, pixel_scale)
 
 
-def _labelled_here(probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int], threshold: float,
-                   min_size: int, gap: int, pixel_scale: float) -> tuple:
+def _labelled_here(model: Model, probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int], threshold: float,
+                   min_size: int, pixel_scale: float) -> tuple:
     """:func:`_labelled` on the device of ``probabilities`` (an array or tensor), results alike."""
     probabilities = resize_plane(probabilities, shape)
-    return probabilities_to_labels(probabilities, threshold, min_size, gap, pixel_scale), foreground_probability(probabilities)
+    labels = probabilities_to_labels(probabilities, threshold, min_size, model.gap, pixel_scale, model.object_diameter)
+    return labels, foreground_probability(probabilities)
 
 
 def _labelled_and_judged(model: Model, probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int],
                          threshold: float, min_size: int, pixel_scale: float, on_device: bool) -> tuple:
     """:func:`_labelled`, and what to tell the user when the output says the image is foreign to the model (or None)."""
-    labels, probability = _labelled(probabilities, shape, threshold, min_size, model.gap, pixel_scale, on_device)
+    labels, probability = _labelled(model, probabilities, shape, threshold, min_size, pixel_scale, on_device)
     return labels, probability, unfamiliar_image_message(model, labels, probability, pixel_scale)
 
 
@@ -574,9 +572,8 @@ def _room_for_another_plane(model: Model, shape: tuple[int, int]) -> bool:
     next plane holds a second set. Both sets must fit in a quarter of the memory
     available, as the tile size's feature maps must (:func:`default_tile_size`).
     """
-    available = available_memory()
     per_plane = (model.config.num_classes + 7) * 4 * shape[0] * shape[1]
-    return available is None or 2 * per_plane <= available / 4
+    return 2 * per_plane <= available_memory() / 4
 
 
 def predict_planes_iter(
@@ -800,7 +797,7 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
         shape = scaled_shape(plane.shape[-2:], factor)
         probabilities = run_to_end(_stitched_probabilities(
             model.network, resize_plane(normalized, shape), tile_size, batch_size, device, amp, False))
-        return _labelled(probabilities, shape, threshold, min_size, model.gap, 1.0,
+        return _labelled(model, probabilities, shape, threshold, min_size, 1.0,
                          _labels_on_the_device(probabilities, shape))
 
     def measured(factor: float, labels: np.ndarray | None = None) -> float | None:

@@ -51,6 +51,7 @@ from .scale import (
     scaled_shape,
 )
 from .targets import as_instance_labels, border_weights, class_targets, consecutive_labels, intensity_image_warning
+from .threads import CpuUse, ThreadTuner
 
 __all__ = ["TrainingSample", "TrainingConfig", "TrainingProgress", "TrainingResult", "train_iter", "train", "tune_threshold"]
 
@@ -210,6 +211,8 @@ class TrainingProgress:
         elapsed: Seconds since training started.
         validation: Validation metrics, on the steps that validated (else None).
         best_score: Best validation score so far (None before the first validation).
+        busy_cpu: Share of the CPU other programs took over the last seconds, training
+            on the CPU (else None).
     """
 
     step: int
@@ -219,6 +222,7 @@ class TrainingProgress:
     elapsed: float
     validation: dict | None = None
     best_score: float | None = None
+    busy_cpu: float | None = None
 
 
 @dataclass
@@ -231,6 +235,9 @@ class TrainingResult:
         stop_reason: "epochs", "time budget", "early stopping" or "stopped".
         unchanged: Fine-tuning gave the model back as it came (no weights validated
             clearly better); its name and figures then stay.
+        busy_cpu: Share of the CPU other programs took while training ran on the CPU
+            (else None): from :data:`~napari_unet.core.threads.BUSY_CPU_SHARE` on, it
+            made markedly fewer steps than the CPU gives when idle.
     """
 
     model: Model
@@ -238,6 +245,7 @@ class TrainingResult:
     stop_reason: str
     #: Fine-tuning gave the model back as it came: no weights validated clearly better.
     unchanged: bool = False
+    busy_cpu: float | None = None
 
     @property
     def starting_score(self) -> float | None:
@@ -604,7 +612,8 @@ def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_s
     # Counted plane by plane: a validation stack keeps no plane's labels beyond its own.
     pixels, plane_ap, objects, errors = PixelCounts(), [], 0, 0
     for probabilities, labels, mask in _network_outputs(model, planes, device, amp, tile_size):
-        predicted = probabilities_to_labels(probabilities, model.threshold, gap=model.gap)
+        predicted = probabilities_to_labels(probabilities, model.threshold, gap=model.gap,
+                                            object_diameter=model.object_diameter)
         pixels.add(predicted, labels, mask)
         if mask.all():
             instances = average_precision(labels, predicted, thresholds=(0.5,))
@@ -637,7 +646,8 @@ def _warn_if_objects_unpainted(model: Model, planes: list, device: torch.device,
     whole = [plane for plane in planes if plane[3].all()][:UNPAINTED_CHECK_PLANES]
     unpainted = painted = 0
     for probabilities, labels, _ in _network_outputs(model, whole, device, amp):
-        predicted = probabilities_to_labels(probabilities, model.threshold, gap=model.gap)
+        predicted = probabilities_to_labels(probabilities, model.threshold, gap=model.gap,
+                                            object_diameter=model.object_diameter)
         overlapping = np.unique(predicted[labels > 0])
         unpainted += int(predicted.max()) - np.count_nonzero(overlapping)
         painted += consecutive_labels(labels)[1]
@@ -658,7 +668,7 @@ def _tuned_threshold(model: Model, planes: list, device: torch.device, amp: bool
         return model.threshold  # spare the network pass: the threshold would stay
     # One plane's outputs at a time, however many planes there are.
     probabilities = (plane_probabilities for plane_probabilities, _, _ in _network_outputs(model, complete, device, amp))
-    return choose_threshold(probabilities, truths, model.threshold, gap=model.gap)
+    return choose_threshold(probabilities, truths, model.threshold, gap=model.gap, object_diameter=model.object_diameter)
 
 
 def tune_threshold(model: Model, samples: Sequence[TrainingSample], device: str | torch.device = "auto",
@@ -745,7 +755,7 @@ def train_iter(
     fine_tuning = model is not None
     model = model.copy() if fine_tuning else Model.new(network_config or NetworkConfig())
     model.colour_model = None  # the new weights are for the kind of images given
-    identity = (model.name, model.training_data, model.evaluation)
+    identity = (model.name, model.training_data, model.evaluation, model.object_diameter)
     if fine_tuning:
         # New weights are another model: the name and the figures were the given model's.
         model.name, model.evaluation = "", {}
@@ -837,10 +847,22 @@ def train_iter(
         # A model that matches no validation object cannot be made worse: nothing to protect.
         given = None if validation.get("ap50") == 0 else validation
         history.append({"step": 0, "epoch": 0, "loss": None, "seconds": round(time.monotonic() - start, 2), **validation})
+    # The new weights are validated with the post-processing they will be saved with, which
+    # grows objects by the size of this run's objects (the given model's own stays in
+    # ``identity``, should it be given back).
+    model.object_diameter = diameter or model.object_diameter
     validations_without_gain = 0
     stop_reason = "epochs"
     step = 0
     batches = _BatchesAhead(sampler)
+    cleanup = contextlib.ExitStack()
+    cleanup.callback(batches.close)
+    on_cpu = device.type == "cpu"
+    if on_cpu:
+        # As many threads as make steps fastest beside whatever else runs there, and what
+        # the user is told of that.
+        threads = cleanup.enter_context(ThreadTuner())
+        run_cpu_use = CpuUse()
     try:
         while step < total_steps:
             if stop is not None and stop.is_set():
@@ -854,6 +876,7 @@ def train_iter(
                     if isinstance(module, torch.nn.BatchNorm2d):
                         module.eval()
             try:
+                step_start = time.monotonic()
                 loss = _step(network, optimizer, scaler, batches(batch_size), config, device, generator,
                              input_size, output_size)
             except RuntimeError as error:
@@ -866,6 +889,8 @@ def train_iter(
             # Read after the whole step is queued: a check between forward and backward
             # would make the CPU wait for the GPU halfway through every step.
             loss_value = loss.item()
+            if on_cpu:
+                threads.step_took(time.monotonic() - step_start)
             if not math.isfinite(loss_value):
                 raise FloatingPointError("training diverged (the loss is not a number); try a lower learning rate")
 
@@ -902,6 +927,7 @@ def train_iter(
                 elapsed=time.monotonic() - start,
                 validation=validation,
                 best_score=best_score,
+                busy_cpu=threads.busy_cpu if on_cpu else None,
             )
             if config.patience is not None and validations_without_gain >= config.patience:
                 stop_reason = "early stopping"
@@ -910,7 +936,8 @@ def train_iter(
                 stop_reason = "time budget"
                 break
     finally:
-        batches.close()
+        cleanup.close()
+    busy_cpu = run_cpu_use.others_share() if on_cpu else None
 
     if best_state is not None:
         network.load_state_dict(best_state)
@@ -927,10 +954,11 @@ def train_iter(
     if best_is_given:
         # The given model as it was: what it records of its objects' size and of its pixels
         # rescales every prediction, so this run's data must not replace it.
-        model.name, model.training_data, model.evaluation = identity
+        model.name, model.training_data, model.evaluation, model.object_diameter = identity
         diameter, pixel_size = None, None
     _record(model, history, settings(stop_reason), diameter, pixel_size, pixel_unit)
-    return TrainingResult(model=model, history=history, stop_reason=stop_reason, unchanged=best_is_given)
+    return TrainingResult(model=model, history=history, stop_reason=stop_reason, unchanged=best_is_given,
+                          busy_cpu=busy_cpu)
 
 
 def _record(model: Model, history: list[dict], training: dict, diameter, pixel_size, pixel_unit) -> None:

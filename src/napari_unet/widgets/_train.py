@@ -324,6 +324,8 @@ class TrainWidget(ScrollingDock):
             self._worker = None
 
     def _on_progress(self, progress):
+        from ..core.threads import BUSY_CPU_SHARE
+
         fraction_steps = progress.step / max(progress.total_steps, 1)
         fraction_time = progress.elapsed / (60 * self.max_minutes.value)
         self.progress.value = int(1000 * min(max(fraction_steps, fraction_time), 1.0))
@@ -334,8 +336,12 @@ class TrainWidget(ScrollingDock):
                 self.plot.add("ap50", progress.step, progress.validation["ap50"])
         best = f", best score {progress.best_score:.3f}" if progress.best_score is not None else ""
         self.status.value = f"step {progress.step}, loss {progress.loss:.4f}{best}, {progress.elapsed:.0f} s"
+        if progress.busy_cpu is not None and progress.busy_cpu >= BUSY_CPU_SHARE:
+            self.status.value += f"; slowed: other programs use {progress.busy_cpu:.0%} of the CPU"
 
     def _on_trained(self, result):
+        from ..core.threads import BUSY_CPU_SHARE, busy_cpu_message
+
         if result.model.training["steps"] == 0:
             # Stopped before the first step: nothing was learned, so nothing replaces the
             # session's model (an untrained network, or a copy of the one started from).
@@ -352,6 +358,8 @@ class TrainWidget(ScrollingDock):
                       "kept as it was, for this session")
         else:
             show_info(f"training finished ({result.stop_reason}); the model is kept for this session")
+        if result.busy_cpu is not None and result.busy_cpu >= BUSY_CPU_SHARE:
+            show_info(busy_cpu_message(result.busy_cpu))
         image = self._trained_image
         wanted = self.predict_when_done.value and not self._closed.is_set()
         if wanted and image is not None and image not in self._viewer.layers:
