@@ -1,8 +1,8 @@
 """Latency of predicting one 512x512 plane, as the widget's "predict current plane only" does.
 
 That loop must feel immediate: predicting the plane on screen should take well under a
-second (here: a median below 0.5 s) on a 2-core CPU with the small network the widget
-trains on a CPU (``NetworkConfig(depth=3, base_width=16)``); the default network
+second (here: a median below 0.5 s) on a 2-core CPU with the small network trained
+from scratch on a CPU (``scratch_network_config``: depth 3, base width 16); the default network
 (``NetworkConfig()``: depth 4, base width 32) is measured too. For each network this
 times ``napari_unet.core.predict.predict`` with its defaults (normalization, tiles of at
 most 1024 pixels, one per pass on a CPU, post-processing to labels) on a generated 512x512 nuclei
@@ -43,7 +43,7 @@ from _common import (
 
 from napari_unet.core.bundle import Model
 from napari_unet.core.device import autocast, mixed_precision_dtype
-from napari_unet.core.model import NetworkConfig
+from napari_unet.core.model import NetworkConfig, scratch_network_config
 from napari_unet.core.normalize import as_planes
 from napari_unet.core.predict import _axis_tiling, predict
 from napari_unet.core.registry import embedded_models, load_model
@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
     image, labels = synthetic_nuclei((size, size), count=max(2, round(120 * size * size / 512**2)), seed=0)
     matmul = [matmul_flops_per_s(device, dtype=mixed_precision_dtype(device))]
     torch.manual_seed(0)
-    widget_cpu = measure(Model.new(NetworkConfig(depth=3, base_width=16)), image, repeats[0], device, matmul)
+    widget_cpu = measure(Model.new(scratch_network_config(torch.device("cpu"))), image, repeats[0], device, matmul)
     default = measure(Model.new(NetworkConfig()), image, repeats[1], device, matmul)
     embedded = {}
     if "nuclei" in embedded_models():

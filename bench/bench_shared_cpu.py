@@ -14,6 +14,7 @@ Prints one JSON object.
     python bench/bench_shared_cpu.py                  # 30 s per run, 8 runs
     python bench/bench_shared_cpu.py --seconds 60
     python bench/bench_shared_cpu.py --quick          # 8 s per run
+    python bench/bench_shared_cpu.py --work predict   # planes of a stack predicted, not training steps
 """
 
 from __future__ import annotations
@@ -56,10 +57,33 @@ result = run_to_end(train_iter(samples, model="nuclei", config=config))
 print(json.dumps({"steps": result.model.training["steps"]}))
 """
 
+#: The same for prediction: planes of 512x512 (four DSB2018 images side by side, over
+#: and over) that ``nuclei`` segments in the time, as a stack goes through a batch.
+PREDICT = """
+import json, os, sys, time, warnings
+import numpy as np, tifffile
+warnings.simplefilter("ignore")
+if os.environ.get("BENCH_FIXED_THREADS"):
+    from napari_unet.core.threads import ThreadTuner
+    ThreadTuner.step_took = lambda self, seconds: None
+from napari_unet.core.predict import predict_planes_iter
+from napari_unet.core.registry import load_model
+data, split, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+names = open(split).read().split()[:4]
+tiles = [tifffile.imread(f"{data}/images/{n}")[:256, :256].astype(np.float32) for n in names]
+plane = np.block([[tiles[0], tiles[1]], [tiles[2], tiles[3]]])[None]
+model, planes, start = load_model("nuclei"), 0, time.monotonic()
+for _, done, total, finished in predict_planes_iter(model, ((plane, 1.0) for _ in range(10**6)), device="cpu"):
+    planes += finished is not None
+    if time.monotonic() - start >= seconds:
+        break
+print(json.dumps({"steps": planes}))
+"""
 
-def steps(seconds: float, environment: dict) -> int:
-    """Training steps one fresh process makes in ``seconds``."""
-    run = subprocess.run([sys.executable, "-c", TRAIN, str(DATA / "dsb2018"),
+
+def steps(code: str, seconds: float, environment: dict) -> int:
+    """Training steps (or planes predicted) that one fresh process running ``code`` makes in ``seconds``."""
+    run = subprocess.run([sys.executable, "-c", code, str(DATA / "dsb2018"),
                           str(ROOT / "scripts" / "splits" / "dsb2018-validation.txt"), str(seconds)],
                          env={**os.environ, **environment}, capture_output=True, text=True, check=True)
     return json.loads(run.stdout.strip().splitlines()[-1])["steps"]
@@ -69,6 +93,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="training time per run (default: 30)")
     parser.add_argument("--quick", action="store_true", help="8 s per run")
+    parser.add_argument("--work", choices=("train", "predict"), default="train",
+                        help="fine-tune (steps), or predict a stack plane by plane (planes) (default: train)")
     args = parser.parse_args()
     if not DATA.is_dir():
         parser.error(f"the real data folder {DATA} is missing")
@@ -78,14 +104,14 @@ def main() -> None:
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None
         try:
             for name, environment in SETTINGS.items():
-                results[f"{load}_{name}"] = steps(seconds, environment)
+                results[f"{load}_{name}"] = steps(TRAIN if args.work == "train" else PREDICT, seconds, environment)
         finally:
             if busy is not None:
                 busy.kill()
                 busy.wait()
     peer = results["idle_all_threads"]
     print(json.dumps({
-        "benchmark": "training steps beside one busy process", "seconds_per_run": seconds, "steps": results,
+        "benchmark": f"{'training steps' if args.work == 'train' else 'planes predicted'} beside one busy process", "seconds_per_run": seconds, "steps": results,
         "ratio_to_idle_all_threads": {key: round(value / peer, 3) for key, value in results.items()},
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "quick": args.quick,
     }))

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_unet.cli import main
 from napari_unet.core.bundle import Model
-from napari_unet.core.model import NetworkConfig
+from napari_unet.core.model import NetworkConfig, scratch_network_config
 from napari_unet.core.modelfile import load_model_file
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train import STRIPE_FINE_TUNE_LEARNING_RATE
@@ -44,9 +45,15 @@ def test_train_predict_evaluate(sample_folder, tmp_path, capsys):
     code = main(["train", "--images", str(sample_folder / "images"), "--labels", str(sample_folder / "labels"),
                  "--out", str(model), "--epochs", "2", "--steps-per-epoch", "2", "--val-fraction", "0.34", *TINY])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["steps"] == 4 and summary["stop_reason"] == "epochs"
     assert model.is_file()
+    # People read one line of what training did.
+    best = max(record["score"] for record in load_model_file(model).history if record.get("score") is not None)
+    assert captured.err.strip().splitlines()[-1] == (
+        f"napari-unet: 4 steps in {summary['last_validation']['seconds']:.0f} s (epochs), best validation AP50 "
+        f"{best:.3f}; model written to {model}")
     assert summary["threshold"] == load_model_file(model).threshold  # the one prediction will use
     assert load_model_file(model).training["learning_rate"] == 1e-3  # from scratch
 
@@ -230,6 +237,23 @@ def test_train_with_explicit_validation_images(sample_folder, tmp_path, capsys):
                  "--val-labels", str(sample_folder / "labels" / "nuclei_002.tif"), "--schedule", "cosine"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "iou" in summary["last_validation"]
+
+
+def test_a_new_network_has_the_size_the_core_gives_the_device(sample_folder, tmp_path, capsys):
+    from napari_unet.cli import build_parser
+
+    model = tmp_path / "model.safetensors"
+    flags = TINY[TINY.index("--patch-size"):]  # TINY without its depth and width
+    assert main(["train", "--images", str(sample_folder / "images"), "--labels", str(sample_folder / "labels"),
+                 "--out", str(model), "--epochs", "1", "--steps-per-epoch", "1", "--val-fraction", "0", *flags]) == 0
+    cpu = scratch_network_config(torch.device("cpu"))
+    assert load_model_file(model).network.config == cpu  # as the Train widget on a CPU
+    assert f"from scratch (depth {cpu.depth}, base width {cpu.base_width})" in capsys.readouterr().err
+    # The help says the core's sizes; it states them without importing torch.
+    train = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    helps = {action.dest: action.help for action in train._actions}
+    assert f"default: {NetworkConfig.depth}, or {cpu.depth} when training on a CPU" in helps["depth"]
+    assert f"default: {NetworkConfig.base_width}, or {cpu.base_width} when training on a CPU" in helps["base_width"]
 
 
 def test_help_explains_every_flag():

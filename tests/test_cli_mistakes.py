@@ -149,7 +149,9 @@ def test_images_of_different_pixel_sizes_are_not_trained_together(pair, capsys, 
     tifffile.imwrite(images / "b.tif", image, imagej=True, resolution=(4.0, 4.0), metadata={"unit": "um"})
     tifffile.imwrite(labels / "b.tif", label)
     assert _train(pair, "--out", str(tmp_path / "m.safetensors"), "--epochs", "1", *TINY) == 2
-    assert "different pixel sizes" in _error_line(capsys)
+    said = _error_line(capsys)
+    assert "a.tif and b.tif have different pixel sizes (0.5 x 0.5 um and 0.25 x 0.25 um)" in said
+    assert said.endswith("train on images of one pixel size together, or give --pixel-size")
     # The same pixel size in another unit is the same pixel size.
     tifffile.imwrite(images / "b.tif", image, imagej=True, resolution=(0.002, 0.002), metadata={"unit": "nm"})
     assert _train(pair, "--out", str(tmp_path / "m.safetensors"), "--epochs", "1", "--steps-per-epoch", "1",

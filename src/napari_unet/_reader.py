@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .core.io import TIFF_SUFFIXES, TiffErrors, _pixel_size, ome_pixels, unreadable_tiff
+from .core.io import TIFF_SUFFIXES, TiffErrors, ome_pixels, tiff_pixel_size, unreadable_tiff
 from .core.memory import total_memory
 from .core.units import length_unit
 
@@ -86,7 +86,7 @@ def _read_one(path: Path) -> LayerData:
         with TiffErrors(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, shape = series.axes, series.shape
-            pixel_size, xy_unit = _pixel_size(tif)
+            pixel_size, xy_unit = tiff_pixel_size(tif)
             z_size, z_unit = _z_spacing(tif)
             if series.nbytes > LAZY_BYTES:
                 data = _lazy_array(path, series)

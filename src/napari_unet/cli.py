@@ -188,8 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "--intensity-range), so that the model learns the planes as it will see them (default: each "
                        "plane's percentiles)")
     train.add_argument("--augment", type=_non_negative_float, default=1.0, help="augmentation strength, 0 = off (default: 1)")
-    train.add_argument("--depth", type=_positive_int, default=4, help="poolings of a new network (default: 4)")
-    train.add_argument("--base-width", type=_positive_int, default=32, help="channels of a new network's first level (default: 32)")
+    # The defaults are the core's (core.model.scratch_network_config), which depend on the
+    # device; importing it here would import torch for every command, --help included.
+    train.add_argument("--depth", type=_positive_int,
+                       help="poolings of a new network (default: 4, or 3 when training on a CPU)")
+    train.add_argument("--base-width", type=_positive_int,
+                       help="channels of a new network's first level (default: 32, or 16 when training on a CPU)")
     train.add_argument("--classes", type=int, choices=(2, 3), default=2,
                        help="2: background/foreground with gaps between touching objects (paper); "
                        "3: background/interior/boundary (default: 2)")
@@ -286,6 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print the models' full metadata as JSON")
     models.set_defaults(handler=_models)
 
+    export = commands.add_parser(
+        "export", help="write a model as a bioimage.io model package",
+        description="Write a model as a bioimage.io model package (a zip, spec format 0.5) for the BioImage Model "
+        "Zoo and the tools that read it: PyTorch and TorchScript weights, the percentile scaling, the class "
+        "probabilities as output, test tensors and a README that describes what the spec cannot (the "
+        "post-processing into objects, the object size). Needs napari-unet[bioimageio]. napari-unet loads the "
+        "package back (--model PACKAGE.zip) as the model it was exported from.",
+    )
+    export.add_argument("model", type=_path, metavar="MODEL", help="embedded model name or model file (.safetensors)")
+    export.add_argument("out", type=_path, metavar="OUT.zip", help="package to write (.zip)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT.zip if it exists (default: refuse)")
+    export.set_defaults(handler=_export)
+
     sample = commands.add_parser(
         "sample", help="write generated nuclei images and labels to try things out",
         description="Write generated fluorescence-like nuclei (images/ and labels/) for a first try.",
@@ -302,16 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from .core.augment import AugmentConfig
+    from .core.device import resolve_device
     from .core.errors import InputError, ModelFileError
     from .core.io import collect_tiffs, pair_by_name, read_tiff
-    from .core.model import NetworkConfig
+    from .core.model import scratch_network_config
     from .core.modelfile import model_file_path
     from .core.normalize import IntensityRange
     from .core.progress import run_to_end
     from .core.registry import load_model, model_source
     from .core.threads import BUSY_CPU_SHARE, busy_cpu_message
     from .core.train import TrainingConfig, TrainingSample, train_iter
-    from .core.units import same_pixel_size
+    from .core.units import common_pixel_size
 
     if (args.val_images is None) != (args.val_labels is None):
         raise InputError("--val-images and --val-labels go together")
@@ -333,11 +351,9 @@ def _train(args) -> int:
             raise InputError(f"{out} is the model training starts from (--init); write the new model to another file")
         if not args.overwrite:
             raise InputError(f"{out} exists; choose another file name, or add --overwrite to replace it")
-    pixel_size, unit = args.pixel_size, "um" if args.pixel_size else ""
-    first = ""  # the file the pixel size comes from
+    calibrated = []  # (name, pixel size, unit) of the images whose files record a pixel size
 
     def read_samples(images: str, labels: str) -> list[TrainingSample]:
-        nonlocal pixel_size, unit, first
         samples = []
         for image_path, labels_path in pair_by_name(collect_tiffs(images), collect_tiffs(labels)):
             if image_path.resolve() == labels_path.resolve():
@@ -345,19 +361,20 @@ def _train(args) -> int:
             image, info = read_tiff(image_path)
             samples.append(TrainingSample(image, read_tiff(labels_path)[0], name=image_path.name,
                                           intensity_range=intensity_range))
-            if args.pixel_size or info.pixel_size is None:
-                continue
-            if pixel_size is None:
-                pixel_size, unit, first = info.pixel_size, info.unit, image_path.name
-            elif not same_pixel_size(pixel_size, unit, info.pixel_size, info.unit):
-                # The model would learn objects at two scales and record one of them.
-                raise InputError(f"{first} and {image_path.name} have different pixel sizes ({pixel_size[0]:g} "
-                                 f"{unit} and {info.pixel_size[0]:g} {info.unit}); train images of one pixel "
-                                 "size together, or give --pixel-size")
+            # A file without a pixel size takes the others': only the known ones must agree.
+            if info.pixel_size is not None:
+                calibrated.append((image_path.name, info.pixel_size, info.unit))
         return samples
 
     samples = read_samples(args.images, args.labels)
     validation = None if args.val_images is None else read_samples(args.val_images, args.val_labels)
+    if args.pixel_size:  # the user's pixel size is that of every image, whatever the files say
+        pixel_size, unit = args.pixel_size, "um"
+    else:
+        try:
+            pixel_size, unit = common_pixel_size(calibrated)
+        except InputError as error:
+            raise InputError(f"{error}, or give --pixel-size") from None
     model = None if args.init == "scratch" else load_model(args.init)
     budget_only = args.max_minutes and not args.epochs  # then the time budget ends training
     config = TrainingConfig(
@@ -369,9 +386,12 @@ def _train(args) -> int:
         amp=not args.float32, augment=AugmentConfig(strength=args.augment),
         freeze_norm=False if args.train_norm else None,
     )
-    network = NetworkConfig(depth=args.depth, base_width=args.base_width, num_classes=args.classes, padding=args.padding)
-    print(f"training on {len(samples)} image(s), {'from scratch' if model is None else 'starting from ' + args.init}",
-          file=sys.stderr)
+    network = scratch_network_config(resolve_device(args.device), depth=args.depth, base_width=args.base_width,
+                                     num_classes=args.classes, padding=args.padding)
+    # A new network's size depends on the device: say which one this run builds.
+    origin = (f"from scratch (depth {network.depth}, base width {network.base_width})" if model is None
+              else f"starting from {args.init}")
+    print(f"training on {len(samples)} image(s), {origin}", file=sys.stderr)
     stop = threading.Event()
     progress = _Progress("train")
 
@@ -406,11 +426,23 @@ def _train(args) -> int:
         print(f"napari-unet: {result.why_unchanged()} ({args.init}); {path} holds it unchanged", file=sys.stderr)
     if result.busy_cpu is not None and result.busy_cpu >= BUSY_CPU_SHARE:
         print(f"napari-unet: {busy_cpu_message(result.busy_cpu)}", file=sys.stderr)
+    print(f"napari-unet: {_training_summary(result)}; model written to {path}", file=sys.stderr)
     last = result.history[-1] if result.history else {}
     print(json.dumps({"model": str(path), "stop_reason": result.stop_reason, "steps": result.model.training["steps"],
                       "unchanged": result.unchanged, "threshold": result.model.threshold,
                       "last_validation": _rounded(last)}))
     return 130 if result.stop_reason == "stopped" else 0  # Ctrl-C: the model is saved, the run was cut short
+
+
+def _training_summary(result) -> str:
+    """What a training run did, in one line: steps, time, why it ended and its best validation."""
+    validated = [record for record in result.history if record.get("score") is not None]
+    seconds = result.history[-1]["seconds"] if result.history else 0.0
+    summary = f"{result.model.training['steps']} steps in {seconds:.0f} s ({result.stop_reason})"
+    if validated:
+        best = max(validated, key=lambda record: record["score"])
+        summary += f", best validation {'AP50' if 'ap50' in best else 'pixel IoU'} {best['score']:.3f}"
+    return summary
 
 
 def _rounded(values: dict) -> dict:
@@ -670,6 +702,22 @@ def _describe_model(name: str, metadata: dict) -> str:
     if averaged:
         lines.append(f"  with --tta:      {', '.join(f'{key} {value}' for key, value in averaged.items())}")
     return "\n".join(lines)
+
+
+def _export(args) -> int:
+    from .core.bioimageio import export_bioimageio, package_path
+    from .core.errors import InputError
+    from .core.registry import COLOUR_MODELS
+
+    out = package_path(args.out)
+    if out.exists() and not args.overwrite:  # said before the model is loaded and its package made
+        raise InputError(f"{out} exists; choose another file name, or add --overwrite to replace it")
+    path = export_bioimageio(args.model, out, overwrite=True)
+    print(f"{args.model} written to {path} as a bioimage.io model package")
+    if args.model in COLOUR_MODELS:  # the package holds one network: colour images need the other one
+        print(f"napari-unet: {args.model} hands colour (RGB) images to {COLOUR_MODELS[args.model]}, which this "
+              f"package does not hold; export {COLOUR_MODELS[args.model]} too for stained tissue", file=sys.stderr)
+    return 0
 
 
 def _sample(args) -> int:

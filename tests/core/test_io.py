@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from napari_unet.core.errors import InputError, WriteError
-from napari_unet.core.io import ImageInfo, collect_tiffs, pair_by_name, read_tiff, write_tiff
+from napari_unet.core.io import ImageInfo, collect_tiffs, pair_by_name, read_tiff, tiff_pixel_size, write_tiff
 
 
 def _data(dtype, shape, seed=0) -> np.ndarray:
@@ -160,6 +160,21 @@ def test_an_ome_file_of_several_images_gives_the_pixel_size_of_the_image_read(tm
     data, info = read_tiff(path)
     assert data.shape == (2, 24, 32)
     assert info.pixel_size == pytest.approx((0.004, 0.004)) and info.unit == "um"
+
+
+def test_the_pixel_size_of_an_open_file_is_the_one_read_tiff_gives(tmp_path):
+    ome = tmp_path / "image.ome.tif"
+    tifffile.imwrite(ome, np.zeros((24, 32), np.uint16), ome=True,
+                     metadata={"PhysicalSizeX": 4.0, "PhysicalSizeY": 2.0, "PhysicalSizeXUnit": "nm"})
+    imagej = write_tiff(tmp_path / "imagej.tif", np.zeros((24, 32), np.uint16), pixel_size=(0.5, 0.25))
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.zeros((24, 32), np.uint8))
+    for path, expected in [(ome, ((2.0, 4.0), "nm")), (imagej, ((0.5, 0.25), "um")), (plain, (None, ""))]:
+        with tifffile.TiffFile(path) as tif:
+            size, unit = tiff_pixel_size(tif)
+        assert (size is None) == (expected[0] is None) and unit == expected[1]
+        assert size is None or size == pytest.approx(expected[0], rel=1e-5)
+        assert (size, unit) == (read_tiff(path)[1].pixel_size, read_tiff(path)[1].unit)
 
 
 def test_ome_pixel_size_survives_writing_labels(tmp_path):

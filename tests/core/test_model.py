@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_unet.core.model import ChannelsLastMaxPool, NetworkConfig, UNet
+from napari_unet.core.model import ChannelsLastMaxPool, NetworkConfig, UNet, scratch_network_config
 
 # Tiny convolutions run faster on one thread than on several competing ones.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -248,6 +248,16 @@ def test_default_config():
     net = UNet()
     assert net.config == NetworkConfig()
     assert net.config.depth == 4 and net.config.padding == "same"
+
+
+def test_a_network_trained_from_scratch_is_lighter_on_a_cpu():
+    assert scratch_network_config(torch.device("cuda")) == NetworkConfig()
+    assert scratch_network_config(torch.device("mps")) == NetworkConfig()
+    assert scratch_network_config(torch.device("cpu")) == NetworkConfig(depth=3, base_width=16)
+    # What the user gives wins; the rest is the device's.
+    assert scratch_network_config(torch.device("cpu"), depth=5, num_classes=3, padding="valid") == NetworkConfig(
+        depth=5, base_width=16, num_classes=3, padding="valid")
+    assert scratch_network_config(torch.device("cuda"), base_width=8) == NetworkConfig(base_width=8)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,13 +149,42 @@ def test_other_programs_busy_on_the_cpu_are_measured_and_this_ones_threads_are_n
             program.kill()
             program.wait()
 
+    before = share_beside(lambda: None, lambda: None)  # what else the machine runs
     own = share_beside(start_threads, stop_threads)
     others = share_beside(start_programs, stop_programs)
-    # A program per core takes the whole CPU (less what this test and the rest of the
-    # machine need); this process's busy threads are its own use.
-    assert others > 0.6
-    assert others - own > 0.4
+    # This process's busy threads are its own use, not other programs'.
+    assert own <= before + 0.2
+    # A program per core takes the CPU (less what this test and the rest of the machine
+    # need), whatever share others took before.
+    assert others >= min(before + 0.3, 0.9)
 
 
 def test_the_message_says_how_much_of_the_cpu_others_took():
     assert busy_cpu_message(0.48).startswith("other programs used 48% of the CPU")
+
+
+def test_prediction_on_the_cpu_times_each_plane_and_gives_the_thread_count_back(monkeypatch):
+    from napari_unet.core.bundle import Model
+    from napari_unet.core.model import NetworkConfig
+    from napari_unet.core.predict import predict_iter
+
+    timed = []
+    monkeypatch.setattr(ThreadTuner, "step_took", lambda self, seconds: timed.append((self.threads, seconds)))
+    model = Model.new(NetworkConfig(depth=2, base_width=4))
+    stack = np.random.default_rng(0).random((5, 48, 64)).astype(np.float32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before - 1))  # not torch's default: the count given back is this one
+    expected = torch.get_num_threads()
+    try:
+        generator = predict_iter(model, stack, device="cpu")
+        for _ in generator:
+            pass
+        assert len(timed) == 5 and all(seconds > 0 for _, seconds in timed)  # seconds per pixel of each plane
+        assert torch.get_num_threads() == expected
+        # Stopped halfway (the Predict widget's Stop), the count comes back too.
+        generator = predict_iter(model, stack, device="cpu")
+        next(generator)
+        generator.close()
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)

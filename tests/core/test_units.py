@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from napari_unet.core.units import in_unit, length_unit, same_pixel_size
+from napari_unet.core.errors import InputError
+from napari_unet.core.units import common_pixel_size, in_unit, length_unit, same_pixel_size
 
 
 @pytest.mark.parametrize(("name", "symbol"), [
@@ -49,3 +50,21 @@ def test_units_that_cannot_be_converted_give_none():
 ])
 def test_pixel_sizes_are_the_same_once_in_one_unit(size, unit, other, other_unit, same):
     assert same_pixel_size(size, unit, other, other_unit) is same
+
+
+def test_images_trained_together_share_the_first_ones_pixel_size():
+    images = [("a.tif", (0.5, 0.5), "um"), ("b.tif", (500.0, 500.0), "nm"), ("c.tif", (0.502, 0.5), "micron")]
+    assert common_pixel_size(images) == ((0.5, 0.5), "um")
+    assert common_pixel_size([("a.tif", None, ""), ("b.tif", None, "")]) == (None, "")
+    assert common_pixel_size([]) == (None, "")
+
+
+@pytest.mark.parametrize(("other", "described"), [
+    (("c.tif", (0.25, 0.25), "um"), "0.5 x 0.5 um and 0.25 x 0.25 um"),
+    (("c.tif", None, ""), "0.5 x 0.5 um and none"),  # unknown is not the same as known
+])
+def test_images_of_different_pixel_sizes_are_named_in_the_refusal(other, described):
+    with pytest.raises(InputError) as refusal:
+        common_pixel_size([("a.tif", (0.5, 0.5), "um"), ("b.tif", (0.5, 0.5), "um"), other])
+    assert str(refusal.value) == (f"the images a.tif and c.tif have different pixel sizes ({described}); "
+                                  "train on images of one pixel size together")

@@ -21,7 +21,7 @@ from .atomic import made_folder, replaced_atomically
 from .errors import InputError, system_reason
 from .units import is_length, length_unit
 
-__all__ = ["TIFF_SUFFIXES", "ImageInfo", "TiffErrors", "collect_tiffs", "pair_by_name", "read_tiff", "write_tiff"]
+__all__ = ["TIFF_SUFFIXES", "ImageInfo", "TiffErrors", "collect_tiffs", "pair_by_name", "read_tiff", "tiff_pixel_size", "write_tiff"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -161,7 +161,7 @@ def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
         with TiffErrors(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             data = series.asarray()
-            info = ImageInfo(series.axes, *_pixel_size(tif))
+            info = ImageInfo(series.axes, *tiff_pixel_size(tif))
     except Exception as error:  # tifffile and its codecs report damage with many types
         raise unreadable_tiff(path, error) from error
     return data, info
@@ -180,7 +180,21 @@ def ome_pixels(tif: tifffile.TiffFile) -> dict[str, str]:
     return dict(re.findall(r'(\w+)="([^"]*)"', pixels.group(1))) if pixels else {}
 
 
-def _pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None, str]:
+def tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None, str]:
+    """The physical pixel size ``(y, x)`` of the image an open TIFF file holds, and its unit.
+
+    Read from the OME-XML's physical sizes when the file has them (of its first image, the
+    one read), else from the resolution tags with ImageJ's unit. The writers' default of
+    1 pixel per unit, a resolution in pixels per inch (a scanner's or screen's setting)
+    and unreadable values give no pixel size rather than a wrong one.
+
+    Args:
+        tif: The open file, as :class:`tifffile.TiffFile`.
+
+    Returns:
+        The pixel size and the symbol of its unit ("um", "nm", ...; "" when the file names
+        none); ``(None, "")`` when the file records no pixel size.
+    """
     ome = ome_pixels(tif)
     if "PhysicalSizeX" in ome:
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +49,7 @@ from .postprocess import foreground_probability, probabilities_to_labels
 from .progress import run_to_end
 from .registry import as_model
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape, usable_diameter
+from .threads import ThreadTuner
 
 __all__ = ["PredictProgress", "Prediction", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
 
@@ -601,7 +603,10 @@ def predict_planes_iter(
     to the GPU's free memory. Progress stays in order: the tile
     batches of a plane are reported once the plane before it is finished. Failures too:
     when a plane cannot be read or predicted, the plane before it is given out first, so
-    that an error always belongs to the first plane not given out.
+    that an error always belongs to the first plane not given out. On the CPU, the
+    network runs under as many threads as pass planes fastest beside whatever else the
+    machine runs (:class:`~napari_unet.core.threads.ThreadTuner`, timing each plane's
+    seconds per pixel).
 
     Args:
         model: The model.
@@ -621,6 +626,7 @@ def predict_planes_iter(
                "compile_network": compile_network}
     pending = None  # (plane, tile batches, labels in the making, on the GPU?) of the plane being post-processed
     held: list = []  # progress of the plane in the network, reported once the plane before it is done
+    threads = ThreadTuner() if resolve_device(device).type == "cpu" else None
 
     def reported():
         """The plane being post-processed, once it is done, then the progress held back."""
@@ -647,16 +653,22 @@ def predict_planes_iter(
                 yield from reported()
             tiles = (_averaged_over_orientations(model.network, normalized, ORIENTATIONS, **options)
                      if test_time_augmentation else _stitched_probabilities(model.network, normalized, **options))
+            in_network = 0.0  # seconds, not counting the consumer's between the tile batches
             while True:
+                started = time.monotonic()
                 try:
                     done, total = next(tiles)
                 except StopIteration as finished:
                     probabilities = finished.value
                     break
+                finally:
+                    in_network += time.monotonic() - started
                 if done < total:
                     held.append((index, done, total, None))
                 if pending is None or pending[2].done():
                     yield from reported()
+            if threads is not None:
+                threads.step_took(in_network / normalized[0].size)
             yield from reported()
             on_gpu = _labels_on_the_device(probabilities, shape)
             pending = (index, total, _InThread(_labelled_and_judged, model, probabilities, shape, threshold, min_size,
@@ -670,6 +682,8 @@ def predict_planes_iter(
             yield plane_index, batches, batches, labelled.result()[:2]
         raise
     finally:
+        if threads is not None:
+            threads.restore()
         if pending is not None:  # stopped or failed: nobody wants these labels; let them finish
             pending[2].wait()
 

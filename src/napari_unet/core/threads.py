@@ -30,10 +30,10 @@ BUSY_CPU_SHARE = 0.25
 class ThreadTuner:
     """Keeps torch's intra-op thread count at whichever of a few counts makes steps fastest now.
 
-    Use as a context (the count torch had is restored at the end), and report the
-    duration of every step of equal work with :meth:`step_took`. While other programs
-    take under half a core, all threads run: that is what an idle CPU does best, and
-    timing other counts there would only cost steps. When they take more, the counts
+    Report the duration of every step of equal work with :meth:`step_took`, and
+    :meth:`restore` torch's count at the end (or use it as a context, which does). While
+    other programs take under half a core, all threads run: that is what an idle CPU
+    does best, and timing other counts there would only cost steps. When they take more, the counts
     all threads, half of them and one are each timed over a few steps (after one step to
     settle) and the fastest is kept; they are timed again after ``remeasure_seconds``
     (at doubling intervals while the same count keeps winning), and at once when the
@@ -66,18 +66,22 @@ class ThreadTuner:
         self._measuring = False
         self._won_last: int | None = None
         self._kept_since = 0.0
+        torch.set_num_threads(self.most)
 
     @property
     def threads(self) -> int:
         """The thread count torch uses now."""
         return self._current
 
+    def restore(self) -> None:
+        """Give torch back the thread count it had (of the calling thread, as torch keeps it)."""
+        torch.set_num_threads(self._given)
+
     def __enter__(self) -> ThreadTuner:
-        torch.set_num_threads(self._current)
         return self
 
     def __exit__(self, *exc) -> None:
-        torch.set_num_threads(self._given)
+        self.restore()
 
     def step_took(self, seconds: float) -> None:
         """Record the duration of one step under the current count, and change the count as the timings say."""

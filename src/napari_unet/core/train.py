@@ -657,7 +657,7 @@ def _warn_if_objects_unpainted(model: Model, planes: list, device: torch.device,
                       f"{painted} painted; every unpainted pixel of an annotated plane is learned as background, so "
                       "paint every object, or draw rectangles around the painted ones (the Train widget's regions) "
                       "so that only they count; if those are not objects but what the model must unlearn, all is "
-                      "well", InputWarning, stacklevel=3)
+                      "well", InputWarning, stacklevel=4)
 
 
 def _tuned_threshold(model: Model, planes: list, device: torch.device, amp: bool) -> float:
@@ -733,6 +733,91 @@ def train_iter(
         InputError: If there is nothing annotated to train on, or no object in what is
             annotated, the data do not fit, or a diameter is given for a new model.
     """
+    run = _set_up(samples, model, config, network_config, pixel_size, pixel_unit, checkpoint, validation_samples,
+                  diameter)
+    config, model, network, device = run.config, run.model, run.model.network, run.device
+    stepper = _Stepper(run)
+    best = _BestWeights()
+    history: list[dict] = []
+    start = time.monotonic()
+    if run.fine_tuning and run.validation_planes:
+        # The model as it came is the first candidate: fine-tuning that does not clearly
+        # make the validation images better gives it back unchanged.
+        validation = validate(model, run.validation_planes, device, config.amp)
+        best.start_from_given(validation, network)
+        history.append({"step": 0, "epoch": 0, "loss": None, "seconds": round(time.monotonic() - start, 2), **validation})
+    # The new weights are validated with the post-processing they will be saved with, which
+    # grows objects by the size of this run's objects (the given model's own stays in
+    # ``run.identity``, should it be given back).
+    model.object_diameter = run.diameter or model.object_diameter
+    stop_reason = "epochs"
+    try:
+        while stepper.step < stepper.total_steps:
+            if stop is not None and stop.is_set():
+                stop_reason = "stopped"
+                break
+            loss = stepper.train_step(time.monotonic() - start)
+            if loss is None:  # out of memory: the batch was halved, the step is taken again
+                continue
+            step = stepper.step
+            validation = None
+            # The last step of a time budget is validated like the end of an epoch: with a
+            # decaying learning rate the last weights are often the best ones.
+            out_of_time = config.max_minutes is not None and time.monotonic() - start >= 60 * config.max_minutes
+            if step % stepper.steps_per_epoch == 0 or step == stepper.total_steps or out_of_time:
+                record = {"step": step, "epoch": step // stepper.steps_per_epoch, "loss": loss,
+                          "seconds": round(time.monotonic() - start, 2)}
+                improved = False
+                if run.validation_planes:
+                    validation = validate(model, run.validation_planes, device, config.amp)
+                    record.update(validation)
+                    improved = best.offer(validation, network)
+                history.append(record)
+                if run.checkpoint is not None and (not run.validation_planes or improved):
+                    _save_checkpoint(model, run.checkpoint, history, run.settings("checkpoint", stepper),
+                                     run.diameter, run.pixel_size, run.pixel_unit)
+                logger.info("step %d: %s", step, record)
+            yield TrainingProgress(step=step, total_steps=stepper.total_steps, epoch=step // stepper.steps_per_epoch,
+                                   loss=loss, elapsed=time.monotonic() - start, validation=validation,
+                                   best_score=best.score, busy_cpu=stepper.busy_cpu)
+            if config.patience is not None and best.validations_without_gain >= config.patience:
+                stop_reason = "early stopping"
+                break
+            if out_of_time and step < stepper.total_steps:
+                stop_reason = "time budget"
+                break
+    finally:
+        stepper.close()
+    return _finished(run, stepper, best, history, stop_reason)
+
+
+@dataclass
+class _Run:
+    """What a training run works with, once its inputs are checked and split."""
+
+    config: TrainingConfig  # with the learning rate chosen, as the model records it
+    model: Model  # the copy being trained
+    fine_tuning: bool
+    identity: tuple  # name, training data, figures and diameter of the given model
+    device: torch.device
+    train_planes: list
+    validation_planes: list
+    diameter: float | None  # of this run's objects, at the scale the network sees them
+    pixel_size: tuple[float, float] | None
+    pixel_unit: str
+    intensity_ranges: list
+    checkpoint: str | os.PathLike | None
+    rng: np.random.Generator
+
+    def settings(self, stop_reason: str, stepper: _Stepper) -> dict:
+        """What the model records of this run, as it stands."""
+        return dict(self.config.to_dict(), stop_reason=stop_reason, steps=stepper.step,
+                    batch_size=stepper.batch_size, intensity_ranges=self.intensity_ranges)
+
+
+def _set_up(samples, model, config, network_config, pixel_size, pixel_unit, checkpoint, validation_samples,
+            diameter) -> _Run:
+    """Check the inputs of :func:`train_iter`, copy the model, and split the annotated planes."""
     config = config or TrainingConfig()
     if model is not None:
         # A model that hands colour images to another (nuclei: H&E to nuclei-he) is
@@ -762,7 +847,7 @@ def train_iter(
         model.training_data = f"fine-tuned from {identity[0] or 'a model'} on {len(samples)} image(s)" + (
             f"; before that: {identity[1]}" if identity[1] else "")
     device = resolve_device(config.device)
-    network = model.network.to(device, memory_format=training_memory_format(device))
+    model.network.to(device, memory_format=training_memory_format(device))
 
     factor = 1.0
     if fine_tuning:
@@ -778,19 +863,7 @@ def train_iter(
         raise InputError("the annotations contain no object: paint at least one object (rectangles or planes "
                          "without objects then teach background beside it)")
     if validation_samples is None:
-        # A model being fine-tuned is kept unless the new weights validate clearly better,
-        # and only a plane it never trained on can show that they lost generality: a stripe
-        # of a training image improves with the image (measured, fine-tuning on 5 DSB2018
-        # images: their stripes 19 -> 6 errors while the other 75 images fell from AP50
-        # 0.859 to 0.840; with one of the 5 held out whole, the model was kept).
-        train_planes, validation_planes = _validation_split(planes, config.val_fraction, rng, whole_plane=fine_tuning)
-        if not validation_planes and config.val_fraction > 0:
-            kept = "replace the starting model" if fine_tuning else "are kept"
-            warnings.warn(f"no annotation is left to validate on (no image can be held out whole, and holding out "
-                          f"the right-most {config.val_fraction:.0%} of each plane leaves nothing annotated there, or "
-                          f"under {MIN_STRIPE_TRAINING_WIDTH} pixels to train on): training cannot check that the model "
-                          f"gets better, and its last weights {kept}; annotate more planes, larger ones, or up to "
-                          "their right edge", InputWarning, stacklevel=2)
+        train_planes, validation_planes = _held_out(planes, config, rng, fine_tuning)
     else:
         train_planes = planes
         validation_planes = [_resized(plane, factor) for plane in _split_planes(validation_samples, model)]
@@ -802,163 +875,176 @@ def train_iter(
         config = replace(config, learning_rate=chosen)  # recorded with the model
     if fine_tuning:
         _warn_if_objects_unpainted(model, planes, device, config.amp)
-    diameter = _object_diameter(train_planes)
+    return _Run(config=config, model=model, fine_tuning=fine_tuning, identity=identity, device=device,
+                train_planes=train_planes, validation_planes=validation_planes,
+                diameter=_object_diameter(train_planes), pixel_size=pixel_size, pixel_unit=pixel_unit,
+                intensity_ranges=intensity_ranges, checkpoint=checkpoint, rng=rng)
 
-    input_size = network.valid_input_size(config.patch_size)
-    output_size = network.output_size(input_size)
-    # Room around the patch for rotation, zoom, shift and deformation to pull in real context.
-    window = input_size + 2 * (input_size // 4 + int(3 * config.augment.elastic_sigma))
-    prepared = [_prepare_plane(model, config, _pixels(image), labels, mask, window)
-                for _, image, labels, mask in train_planes]
-    sampler = _PatchSampler(prepared, window, rng)
-    annotated = sum(len(p.centers) for p in prepared)
-    steps_per_epoch = config.steps_per_epoch or max(8, math.ceil(annotated / (output_size**2 * config.batch_size)))
-    total_steps = config.epochs * steps_per_epoch
 
-    parameters = [p for p in network.parameters() if p.requires_grad]
+def _held_out(planes: list, config: TrainingConfig, rng: np.random.Generator, fine_tuning: bool) -> tuple[list, list]:
+    """The training and validation planes when no validation images are given, said when none can be held out.
+
+    A model being fine-tuned is kept unless the new weights validate clearly better, and
+    only a plane it never trained on can show that they lost generality: a stripe of a
+    training image improves with the image (measured, fine-tuning on 5 DSB2018 images:
+    their stripes 19 -> 6 errors while the other 75 images fell from AP50 0.859 to 0.840;
+    with one of the 5 held out whole, the model was kept). So fine-tuning holds out whole
+    planes where it can.
+    """
+    train_planes, validation_planes = _validation_split(planes, config.val_fraction, rng, whole_plane=fine_tuning)
+    if not validation_planes and config.val_fraction > 0:
+        kept = "replace the starting model" if fine_tuning else "are kept"
+        warnings.warn(f"no annotation is left to validate on (no image can be held out whole, and holding out "
+                      f"the right-most {config.val_fraction:.0%} of each plane leaves nothing annotated there, or "
+                      f"under {MIN_STRIPE_TRAINING_WIDTH} pixels to train on): training cannot check that the model "
+                      f"gets better, and its last weights {kept}; annotate more planes, larger ones, or up to "
+                      "their right edge", InputWarning, stacklevel=4)
+    return train_planes, validation_planes
+
+
+class _Stepper:
+    """The optimizer steps of a run: patches, optimizer, learning-rate schedule and CPU threads."""
+
+    def __init__(self, run: _Run):
+        config, network, device = run.config, run.model.network, run.device
+        self.config, self.network, self.device = config, network, device
+        self.input_size = network.valid_input_size(config.patch_size)
+        self.output_size = network.output_size(self.input_size)
+        # Room around the patch for rotation, zoom, shift and deformation to pull in real context.
+        window = self.input_size + 2 * (self.input_size // 4 + int(3 * config.augment.elastic_sigma))
+        prepared = [_prepare_plane(run.model, config, _pixels(image), labels, mask, window)
+                    for _, image, labels, mask in run.train_planes]
+        annotated = sum(len(plane.centers) for plane in prepared)
+        self.steps_per_epoch = config.steps_per_epoch or max(
+            8, math.ceil(annotated / (self.output_size**2 * config.batch_size)))
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.optimizer = _optimizer([p for p in network.parameters() if p.requires_grad], config)
+        self.scaler = grad_scaler(device, config.amp)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(config.seed)
+        self.freeze_norm = run.fine_tuning if config.freeze_norm is None else config.freeze_norm
+        self.batch_size = config.batch_size  # halved if the device runs out of memory
+        self.step = 0
+        self._batches = _BatchesAhead(_PatchSampler(prepared, window, run.rng))
+        # On the CPU, as many threads as make steps fastest beside whatever else runs
+        # there, and what the user is told of that.
+        self._threads = ThreadTuner() if device.type == "cpu" else None
+        self._cpu_use = CpuUse() if device.type == "cpu" else None
+        #: Share of the CPU other programs took over the whole run, once closed (None off the CPU).
+        self.busy_cpu_over_run: float | None = None
+
+    @property
+    def busy_cpu(self) -> float | None:
+        """Share of the CPU other programs took over the last seconds (None off the CPU)."""
+        return self._threads.busy_cpu if self._threads is not None else None
+
+    def train_step(self, elapsed: float) -> float | None:
+        """One optimizer step; its loss, or None when the device ran out of memory and the batch was halved."""
+        config, network = self.config, self.network
+        if config.schedule == "cosine":
+            _set_learning_rate(self.optimizer, config, self.step / self.total_steps, elapsed)
+        network.train()
+        if self.freeze_norm:
+            for module in network.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.eval()
+        started = time.monotonic()
+        try:
+            loss = _step(network, self.optimizer, self.scaler, self._batches(self.batch_size), config, self.device,
+                         self.generator, self.input_size, self.output_size)
+        except RuntimeError as error:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.batch_size = smaller_batch_after(error, self.batch_size, self.device, "patches", (
+                f"the {self.device.type.upper()} ran out of memory training on a single patch of "
+                f"{self.input_size}x{self.input_size} pixels; choose a smaller patch size"))
+            return None
+        self.step += 1
+        # Read after the whole step is queued: a check between forward and backward
+        # would make the CPU wait for the GPU halfway through every step.
+        loss_value = loss.item()
+        if self._threads is not None:
+            self._threads.step_took(time.monotonic() - started)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError("training diverged (the loss is not a number); try a lower learning rate")
+        return loss_value
+
+    def close(self) -> None:
+        """Stop preparing patches, give torch its threads back, and measure what other programs took of the CPU."""
+        self._batches.close()
+        if self._threads is not None:
+            self._threads.restore()
+            self.busy_cpu_over_run = self._cpu_use.others_share()
+
+
+def _optimizer(parameters: list, config: TrainingConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
-        optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(
-            parameters, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    scaler = grad_scaler(device, config.amp)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(config.seed)
+        return torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
 
-    freeze_norm = fine_tuning if config.freeze_norm is None else config.freeze_norm
-    batch_size = config.batch_size  # halved if the device runs out of memory
 
-    def settings(stop_reason: str) -> dict:
-        """What the model records of this run, as it stands."""
-        return dict(config.to_dict(), stop_reason=stop_reason, steps=step, batch_size=batch_size,
-                    intensity_ranges=intensity_ranges)
-    history: list[dict] = []
-    best_score, best_rank, best_state = None, None, None
-    best_is_given = False
-    given = None  # the given model's validation, while it is the best candidate
-    start = time.monotonic()
-    if fine_tuning and validation_planes:
-        # The model as it came is the first candidate: fine-tuning that does not clearly
-        # make the validation images better gives it back unchanged.
-        validation = validate(model, validation_planes, device, config.amp)
-        best_score, best_rank, best_state = validation["score"], _rank(validation), copy.deepcopy(_cpu_state(network))
-        best_is_given = True
+class _BestWeights:
+    """The best validated weights so far, and the rule that keeps a model being fine-tuned.
+
+    The given model is the first candidate (:meth:`start_from_given`); new weights replace
+    it only when they validate clearly better (:func:`_clearly_better`), then whenever they
+    rank higher. On a tie the later, longer-trained weights are kept (small validation sets
+    often reach a perfect score early), but a tie is no gain for patience, and does not
+    replace the model being fine-tuned.
+    """
+
+    def __init__(self):
+        self.score: float | None = None
+        self.rank: tuple | None = None
+        self.state: dict | None = None
+        self.is_given = False
+        self.validations_without_gain = 0
+        self._given: dict | None = None  # the given model's validation, while it is the best candidate
+
+    def start_from_given(self, validation: dict, network: torch.nn.Module) -> None:
+        self.score, self.rank, self.state = validation["score"], _rank(validation), copy.deepcopy(_cpu_state(network))
+        self.is_given = True
         # A model that matches no validation object cannot be made worse: nothing to protect.
-        given = None if validation.get("ap50") == 0 else validation
-        history.append({"step": 0, "epoch": 0, "loss": None, "seconds": round(time.monotonic() - start, 2), **validation})
-    # The new weights are validated with the post-processing they will be saved with, which
-    # grows objects by the size of this run's objects (the given model's own stays in
-    # ``identity``, should it be given back).
-    model.object_diameter = diameter or model.object_diameter
-    validations_without_gain = 0
-    stop_reason = "epochs"
-    step = 0
-    batches = _BatchesAhead(sampler)
-    cleanup = contextlib.ExitStack()
-    cleanup.callback(batches.close)
-    on_cpu = device.type == "cpu"
-    if on_cpu:
-        # As many threads as make steps fastest beside whatever else runs there, and what
-        # the user is told of that.
-        threads = cleanup.enter_context(ThreadTuner())
-        run_cpu_use = CpuUse()
-    try:
-        while step < total_steps:
-            if stop is not None and stop.is_set():
-                stop_reason = "stopped"
-                break
-            if config.schedule == "cosine":
-                _set_learning_rate(optimizer, config, step / total_steps, time.monotonic() - start)
-            network.train()
-            if freeze_norm:
-                for module in network.modules():
-                    if isinstance(module, torch.nn.BatchNorm2d):
-                        module.eval()
-            try:
-                step_start = time.monotonic()
-                loss = _step(network, optimizer, scaler, batches(batch_size), config, device, generator,
-                             input_size, output_size)
-            except RuntimeError as error:
-                optimizer.zero_grad(set_to_none=True)
-                batch_size = smaller_batch_after(error, batch_size, device, "patches", (
-                    f"the {device.type.upper()} ran out of memory training on a single patch of "
-                    f"{input_size}x{input_size} pixels; choose a smaller patch size"))
-                continue
-            step += 1
-            # Read after the whole step is queued: a check between forward and backward
-            # would make the CPU wait for the GPU halfway through every step.
-            loss_value = loss.item()
-            if on_cpu:
-                threads.step_took(time.monotonic() - step_start)
-            if not math.isfinite(loss_value):
-                raise FloatingPointError("training diverged (the loss is not a number); try a lower learning rate")
+        self._given = None if validation.get("ap50") == 0 else validation
 
-            validation = None
-            # The last step of a time budget is validated like the end of an epoch: with a
-            # decaying learning rate the last weights are often the best ones.
-            out_of_time = config.max_minutes is not None and time.monotonic() - start >= 60 * config.max_minutes
-            if step % steps_per_epoch == 0 or step == total_steps or out_of_time:
-                elapsed = time.monotonic() - start
-                record = {"step": step, "epoch": step // steps_per_epoch, "loss": loss_value, "seconds": round(elapsed, 2)}
-                if validation_planes:
-                    validation = validate(model, validation_planes, device, config.amp)
-                    record.update(validation)
-                    gained = best_rank is None or (_rank(validation) > best_rank and _clearly_better(validation, given))
-                    # On a tie the later, longer-trained weights are kept (small validation sets
-                    # often reach a perfect score early), but a tie is no gain for patience,
-                    # and does not replace the model being fine-tuned.
-                    improved = gained or (_rank(validation) == best_rank and given is None)
-                    if improved:
-                        best_score, best_rank, given = validation["score"], _rank(validation), None
-                        best_state = copy.deepcopy(_cpu_state(network))
-                        best_is_given = False
-                    validations_without_gain = 0 if gained else validations_without_gain + 1
-                history.append(record)
-                if checkpoint is not None and (not validation_planes or improved):
-                    _save_checkpoint(model, checkpoint, history, settings("checkpoint"), diameter, pixel_size,
-                                     pixel_unit)
-                logger.info("step %d: %s", step, record)
-            yield TrainingProgress(
-                step=step,
-                total_steps=total_steps,
-                epoch=step // steps_per_epoch,
-                loss=loss_value,
-                elapsed=time.monotonic() - start,
-                validation=validation,
-                best_score=best_score,
-                busy_cpu=threads.busy_cpu if on_cpu else None,
-            )
-            if config.patience is not None and validations_without_gain >= config.patience:
-                stop_reason = "early stopping"
-                break
-            if out_of_time and step < total_steps:
-                stop_reason = "time budget"
-                break
-    finally:
-        cleanup.close()
-    busy_cpu = run_cpu_use.others_share() if on_cpu else None
+    def offer(self, validation: dict, network: torch.nn.Module) -> bool:
+        """Keep ``network``'s weights if ``validation`` makes them the best; whether it did."""
+        rank = _rank(validation)
+        gained = self.rank is None or (rank > self.rank and _clearly_better(validation, self._given))
+        improved = gained or (rank == self.rank and self._given is None)
+        if improved:
+            self.score, self.rank, self._given = validation["score"], rank, None
+            self.state = copy.deepcopy(_cpu_state(network))
+            self.is_given = False
+        self.validations_without_gain = 0 if gained else self.validations_without_gain + 1
+        return improved
 
-    if best_state is not None:
-        network.load_state_dict(best_state)
-    if validation_planes and not best_is_given:
-        threshold = _tuned_threshold(model, validation_planes, device, config.amp)
+
+def _finished(run: _Run, stepper: _Stepper, best: _BestWeights, history: list[dict], stop_reason: str
+              ) -> TrainingResult:
+    """The model with the best weights, its threshold and what it records of the run."""
+    model, network, device, config = run.model, run.model.network, run.device, run.config
+    if best.state is not None:
+        network.load_state_dict(best.state)
+    if run.validation_planes and not best.is_given:
+        threshold = _tuned_threshold(model, run.validation_planes, device, config.amp)
         if threshold != model.threshold:
             logger.info("post-processing threshold %.2f -> %.2f (best on the validation images)", model.threshold, threshold)
         model.threshold = threshold
         # How unsure the model is of its own kind of image, for the unfamiliar-image check.
         model.evaluation[HESITATION] = round(hesitation(
             foreground_probability(probabilities) for probabilities, _, _ in
-            _network_outputs(model, validation_planes[:HESITATION_PLANES], device, config.amp)), 4)
+            _network_outputs(model, run.validation_planes[:HESITATION_PLANES], device, config.amp)), 4)
     network.to("cpu", memory_format=torch.contiguous_format).eval()
-    if best_is_given:
+    diameter, pixel_size = run.diameter, run.pixel_size
+    if best.is_given:
         # The given model as it was: what it records of its objects' size and of its pixels
         # rescales every prediction, so this run's data must not replace it.
-        model.name, model.training_data, model.evaluation, model.object_diameter = identity
+        model.name, model.training_data, model.evaluation, model.object_diameter = run.identity
         diameter, pixel_size = None, None
-    _record(model, history, settings(stop_reason), diameter, pixel_size, pixel_unit)
-    return TrainingResult(model=model, history=history, stop_reason=stop_reason, unchanged=best_is_given,
-                          busy_cpu=busy_cpu)
+    _record(model, history, run.settings(stop_reason, stepper), diameter, pixel_size, run.pixel_unit)
+    return TrainingResult(model=model, history=history, stop_reason=stop_reason, unchanged=best.is_given,
+                          busy_cpu=stepper.busy_cpu_over_run)
 
 
 def _record(model: Model, history: list[dict], training: dict, diameter, pixel_size, pixel_unit) -> None:

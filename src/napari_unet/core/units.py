@@ -8,8 +8,11 @@ to one symbol per unit here, and pixel sizes are converted between them.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
-__all__ = ["length_unit", "is_length", "in_unit", "same_pixel_size"]
+from .errors import InputError
+
+__all__ = ["length_unit", "is_length", "in_unit", "same_pixel_size", "common_pixel_size"]
 
 #: Micrometers per unit, by symbol.
 _MICROMETERS = {"pm": 1e-6, "angstrom": 1e-4, "nm": 1e-3, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
@@ -77,3 +80,37 @@ def same_pixel_size(size: tuple[float, float] | None, unit: str | None,
         return size is None and other is None
     converted = in_unit(other, other_unit, unit)
     return converted is not None and all(math.isclose(a, b, rel_tol=0.01) for a, b in zip(converted, size))
+
+
+def common_pixel_size(
+    images: Iterable[tuple[str, tuple[float, float] | None, str]],
+) -> tuple[tuple[float, float] | None, str]:
+    """The one pixel size of images trained together, and its unit.
+
+    A model records a single pixel size for its training data: images of two pixel sizes
+    would teach it objects at two scales and record only one of them.
+
+    Args:
+        images: The name, pixel size (None: unknown) and unit of every image, in the order
+            the user gave them. An unknown pixel size is the same only as another unknown one.
+
+    Returns:
+        The first image's pixel size and unit; (None, "") without images.
+
+    Raises:
+        InputError: If an image's pixel size differs from the first image's, naming both.
+    """
+    first = None
+    for name, size, unit in images:
+        if first is None:
+            first = (name, size, unit)
+        elif not same_pixel_size(first[1], first[2], size, unit):
+            raise InputError(
+                f"the images {first[0]} and {name} have different pixel sizes ({_described(*first[1:])} and "
+                f"{_described(size, unit)}); train on images of one pixel size together")
+    return (None, "") if first is None else (first[1], first[2])
+
+
+def _described(size: tuple[float, float] | None, unit: str | None) -> str:
+    """A pixel size as people read it: "0.5 x 0.5 um", or "none" when unknown."""
+    return "none" if size is None else f"{size[0]:g} x {size[1]:g} {unit or ''}".rstrip()

@@ -231,30 +231,6 @@ class TrainWidget(ScrollingDock):
                                           intensity_range=intensity_range(self.contrast_limits, image)))
         return samples
 
-    def _pixel_size(self) -> tuple[tuple[float, float] | None, str]:
-        """The pixel size and unit of the training images, which must all have the same.
-
-        Raises:
-            InputError: If two training images have different pixel sizes: the model would
-                learn objects at two scales and record only one of them.
-        """
-        from ..core.errors import InputError
-        from ..core.units import same_pixel_size
-
-        pairs = self._training_pairs()
-        first, (size, unit) = pairs[0][0], pixel_size(pairs[0][0])
-        for image, _ in pairs[1:]:
-            other, other_unit = pixel_size(image)
-            if not same_pixel_size(size, unit, other, other_unit):
-                def described(value, value_unit):
-                    return "none" if value is None else f"{value[0]:g} x {value[1]:g} {value_unit}".rstrip()
-
-                raise InputError(
-                    f"the images {first.name} and {image.name} have different pixel sizes "
-                    f"({described(size, unit)} and {described(other, other_unit)}); "
-                    "train on images of one pixel size together")
-        return size, unit
-
     def _config(self):
         from ..core.augment import AugmentConfig
         from ..core.train import TrainingConfig
@@ -274,20 +250,19 @@ class TrainWidget(ScrollingDock):
 
         from ..core.device import resolve_device
         from ..core.errors import NapariUnetError
-        from ..core.model import NetworkConfig
+        from ..core.model import scratch_network_config
         from ..core.train import train_iter
+        from ..core.units import common_pixel_size
 
         try:
             samples = self._samples()
-            size, unit = self._pixel_size()
+            size, unit = common_pixel_size((image.name, *pixel_size(image)) for image, _ in self._training_pairs())
             model = self.start_from.load()
             config = self._config()
         except NapariUnetError as error:
             report_error(error, "training")
             return
-        # From scratch on a CPU a lighter network trains in minutes; a GPU takes the paper's size.
-        on_gpu = resolve_device(config.device).type != "cpu"
-        network = NetworkConfig() if on_gpu else NetworkConfig(depth=3, base_width=16)
+        network = scratch_network_config(resolve_device(config.device))
         # Only a fine-tuned model has objects of its own size to rescale the images to (the
         # field is off for a new one).
         diameter = (self.diameter.value or None) if model is not None else None
