@@ -236,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- Predict -------------------------------------------------------------------
         predict_dock, predict = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")
-        # napari stacks a new dock under the last one; put Predict beside Train instead,
-        # for the README screenshot below, so that both show whole.
+        settle(0.3)  # it opens as a tab beside Train
+        # Put Predict beside Train instead, for the README screenshot below, so that both
+        # show whole.
         viewer.window._qt_window.splitDockWidget(train_dock, predict_dock, Qt.Orientation.Horizontal)
         train_dock.hide()
         settle(0.3)
@@ -272,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs.mkdir()
         write_batch_inputs(inputs)
         batch_dock, batch = viewer.window.add_plugin_dock_widget("napari-unet", "Batch")
+        settle(0.3)
         train_dock.hide()
         predict_dock.hide()
         viewer.window.resize(*WINDOW_SIZE)

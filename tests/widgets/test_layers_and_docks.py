@@ -489,3 +489,20 @@ def test_every_setting_explains_itself_on_hover(make_napari_viewer):
         silent = [item.label or getattr(item, "text", "") for item in widget.contents
                   if not item.tooltip and not isinstance(item, (PushButton, Label, ProgressBar))]
         assert silent == [], f"{widget_class.__name__}: settings without a tooltip"
+
+
+def test_the_three_docks_open_as_tabs_of_one_dock_in_a_laptop_window(make_napari_viewer, qtbot):
+    # Stacked one above the other in a 1280x800 window, Predict and Batch were 89 pixels tall.
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1280, 800)
+    docks = {}
+    for name in ("Train", "Predict", "Batch"):  # opened one after the other, as from the Plugins menu
+        docks[name], _ = viewer.window.add_plugin_dock_widget("napari-unet", name)
+        qtbot.wait(50)
+    qtbot.waitUntil(lambda: len(window.tabifiedDockWidgets(docks["Train"])) == 2, timeout=5000)
+    assert set(window.tabifiedDockWidgets(docks["Train"])) == {docks["Predict"], docks["Batch"]}
+    # The dock opened last is the one shown, with the window's height; the canvas keeps its width.
+    qtbot.waitUntil(lambda: docks["Batch"].height() > 500, timeout=5000)
+    assert not docks["Batch"].visibleRegion().isEmpty()
+    assert viewer.window._qt_viewer.canvas.native.width() > 400

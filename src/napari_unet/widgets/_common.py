@@ -7,6 +7,7 @@ computes on pixels. torch is imported only when a widget first needs a model or 
 from __future__ import annotations
 
 import inspect
+import itertools
 import threading
 import weakref
 from collections.abc import Callable
@@ -17,8 +18,8 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
-from qtpy.QtCore import QEvent, QObject, QSize, Qt
-from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
+from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
     import napari
@@ -263,8 +264,10 @@ class ScrollingDock(Container):
         self.contents = Container()
         self.margins = (0, 0, 0, 0)
         self.native.layout().addWidget(_VerticalScrollArea(self.contents.native))
+        self.native.setObjectName(DOCK_NAME)
         destroyed = self._destroyed = threading.Event()
         self.native.destroyed.connect(lambda *_: destroyed.set())
+        self._tabs = _TabWithOtherDocks(self.native)
 
     def reset_choices(self, *_) -> None:
         """Update the layer choices; napari calls it whenever layers change."""
@@ -296,6 +299,52 @@ class ScrollingDock(Container):
             return None
 
         return call
+
+
+#: Object name of every napari-unet dock's widget, by which the docks find each other.
+DOCK_NAME = "napari-unet dock"
+_SHOWN_ORDER = "napari_unet_shown_order"
+
+
+class _TabWithOtherDocks(QObject):
+    """Puts a napari-unet dock in a tab beside the napari-unet dock already open, when it is first shown.
+
+    napari stacks docks one above the other: with Train, Predict and Batch open in a
+    1280x800 window, Predict and Batch were 89 pixels tall each. As tabs of one dock, each
+    has the window's height and the canvas keeps its width.
+    """
+
+    _shown = itertools.count(1)  # the order in which docks were first shown
+
+    def __init__(self, widget: QWidget):
+        super().__init__(widget)
+        self._widget = widget
+        widget.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.Show:
+            self._widget.removeEventFilter(self)
+            self._widget.setProperty(_SHOWN_ORDER, next(self._shown))
+            QTimer.singleShot(0, self._join)  # once napari has placed the dock
+        return False
+
+    def _join(self) -> None:
+        dock = self._widget.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        window = dock.parentWidget() if dock is not None else None
+        if not isinstance(window, QMainWindow) or dock.isFloating():
+            return
+        order = self._widget.property(_SHOWN_ORDER)
+        for other in window.findChildren(QDockWidget):
+            ours = other.findChild(QWidget, DOCK_NAME)
+            # Only docks shown before this one: two docks opened at once join one way.
+            if (ours is not None and other is not dock and other.isVisible() and not other.isFloating()
+                    and window.dockWidgetArea(other) == window.dockWidgetArea(dock)
+                    and (ours.property(_SHOWN_ORDER) or order) < order):
+                window.tabifyDockWidget(other, dock)
+                dock.raise_()  # the dock just opened is the one wanted
+                return
 
 
 def wrapped_label(value: str = "") -> Label:
