@@ -154,6 +154,8 @@ def test_predict_reports_a_corrupt_input_and_goes_on(tmp_path, tiny_model_file, 
          "cannot write into notes.txt/labels: notes.txt is a file, not a folder"),
         (["train", "--images", "x.tif", "--labels", "y.tif", "--out", "notes.txt/m.safetensors"],
          "cannot write into notes.txt: it is a file, not a folder"),  # before any training
+        (["export", "nuclei", "model.safetensors"], "a bioimage.io package is a zip file"),
+        (["export", "nuclei", "notes.txt"], "name ending in .zip, not notes.txt"),  # never over another file
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
@@ -165,6 +167,26 @@ def test_user_mistakes_give_one_line_and_exit_code_2(argv, message, capsys, tmp_
     Path("models.safetensors").mkdir()  # a folder chosen as the model
     assert main(argv) == 2
     assert message in _error_line(capsys)
+
+
+def test_export_writes_a_bioimageio_package_that_predict_takes_as_the_model(tmp_path, tiny_model_file,
+                                                                           sample_folder, capsys):
+    pytest.importorskip("bioimageio.spec")
+    package = tmp_path / "tiny.zip"
+    assert main(["export", str(tiny_model_file), str(package)]) == 0
+    assert f"written to {package} as a bioimage.io model package" in capsys.readouterr().out
+    # An existing package is replaced only when asked.
+    written = package.read_bytes()
+    assert main(["export", str(tiny_model_file), str(package)]) == 2
+    assert f"{package} exists" in (line := _error_line(capsys)) and "--overwrite" in line
+    assert package.read_bytes() == written
+    assert main(["export", str(tiny_model_file), str(package), "--overwrite"]) == 0
+    # napari-unet reads the package back as the model it was exported from.
+    images = str(sample_folder / "images")
+    assert main(["predict", "--model", str(tiny_model_file), images, "--out", str(tmp_path / "from_file")]) == 0
+    assert main(["predict", "--model", str(package), images, "--out", str(tmp_path / "from_package")]) == 0
+    for path in sorted((tmp_path / "from_file").glob("*.tif")):
+        assert np.array_equal(tifffile.imread(path), tifffile.imread(tmp_path / "from_package" / path.name))
 
 
 def test_a_file_that_is_not_a_model(tmp_path, capsys, sample_folder):
@@ -260,7 +282,7 @@ def test_help_explains_every_flag():
     from napari_unet.cli import build_parser
 
     subcommands = next(a for a in build_parser()._actions if a.dest == "command").choices
-    assert set(subcommands) == {"train", "predict", "evaluate", "models", "sample"}
+    assert set(subcommands) == {"train", "predict", "evaluate", "models", "sample", "export"}
     for name, parser in subcommands.items():
         for action in parser._actions:
             assert action.help and len(action.help) > 10, f"{name} {action.option_strings or action.dest} has no help"

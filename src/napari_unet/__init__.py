@@ -9,6 +9,7 @@ The public API, for scripts and notebooks::
     batch = nu.predict_files(model, "data/*.tif", "labels/") # TIFF files, one plane at a time
     trained = nu.train([nu.TrainingSample(image, labels)], model=model).model
     nu.save_model(trained, "finetuned.safetensors")
+    nu.export_bioimageio(trained, "finetuned.zip")          # a bioimage.io model package
 
 Importing the package is cheap: torch is imported only when one of these is first used.
 """
@@ -48,6 +49,7 @@ _API = {
     "load_model": "napari_unet.core.registry",
     "embedded_models": "napari_unet.core.registry",
     "save_model": "napari_unet.core.modelfile",
+    "export_bioimageio": "napari_unet.core.bioimageio",
     "average_precision": "napari_unet.core.metrics",
     "pixel_scores": "napari_unet.core.metrics",
     "isbi_scores": "napari_unet.core.metrics",
@@ -83,6 +85,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only
         predict_files,
         predict_files_iter,
     )
+    from .core.bioimageio import export_bioimageio
     from .core.bundle import Model
     from .core.errors import InputError, ModelFileError, NapariUnetError
     from .core.metrics import average_precision, isbi_scores, pixel_scores

@@ -43,7 +43,7 @@ def test_train_then_predict_when_done(viewer_with_nuclei, qtbot, notifications):
     widget.start_training()
     assert not widget.start.enabled and widget.stop.enabled
     qtbot.waitUntil(lambda: widget.model is not None and widget.start.enabled, timeout=60_000)
-    assert widget.save.enabled and not widget.stop.enabled
+    assert widget.save.enabled and widget.export.enabled and not widget.stop.enabled
     assert widget.model.pixel_size == (0.5, 0.5)
     assert len(widget.plot.series["loss"]) == widget.model.training["steps"] > 0
     assert any("training finished" in text for _, text in notifications)
@@ -273,6 +273,30 @@ def test_save_model_writes_a_loadable_file(viewer_with_nuclei, tmp_path):
     widget.model = Model.new(NetworkConfig(depth=2, base_width=4), pixel_size=(0.5, 0.5))
     written = widget.save_model(tmp_path / "model.safetensors")
     assert load_model_file(written).pixel_size == (0.5, 0.5)
+
+
+def test_export_writes_a_bioimageio_package_napari_unet_loads(viewer_with_nuclei, tmp_path, monkeypatch,
+                                                               notifications):
+    pytest.importorskip("bioimageio.spec")
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_unet.core.registry import load_model
+    from napari_unet.widgets import TrainWidget
+
+    widget = docked(viewer_with_nuclei, TrainWidget)
+    assert not widget.export.enabled and widget.export_package(tmp_path / "none.zip") is None  # nothing trained
+    widget.model = Model.new(NetworkConfig(depth=2, base_width=4), name="tiny", pixel_size=(0.5, 0.5))
+    # The button's file dialog offers the model's name; the package is written where the user chose.
+    offered = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        lambda parent, title, name, kinds: offered.append(name) or (str(tmp_path / "tiny.zip"), kinds))
+    widget._export_dialog()
+    assert offered == ["tiny.zip"]
+    assert load_model(tmp_path / "tiny.zip").pixel_size == (0.5, 0.5)
+    assert any("bioimage.io package written to" in text for _, text in notifications), notifications
+    # A mistake is a notification, not an exception.
+    assert widget.export_package(tmp_path / "tiny.tif") is None
+    assert any("zip file" in text for severity, text in notifications if "error" in severity.lower()), notifications
 
 
 def test_predict_a_stack_plane_by_plane_and_the_current_plane(make_napari_viewer, qtbot):

@@ -22,7 +22,8 @@ from .errors import ModelFileError
 from .model import NetworkConfig, UNet
 from .normalize import Normalization
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MODEL_SUFFIX", "model_file_path", "save_model", "load_model_file", "read_metadata", "recorded_threshold"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MODEL_SUFFIX", "check_metadata", "load_model_file", "model_file_path",
+           "model_from_metadata", "model_metadata", "read_metadata", "recorded_threshold", "save_model"]
 
 FORMAT_NAME = "napari-unet model"
 FORMAT_VERSION = 1
@@ -36,7 +37,12 @@ def _package_version() -> str:
     return __version__
 
 
-def _metadata(model: Model) -> dict:
+def model_metadata(model: Model) -> dict:
+    """Everything about ``model`` but its weights, as the JSON a model file's header holds.
+
+    A bioimage.io package carries the same (:mod:`~napari_unet.core.bioimageio`), so that
+    either is read back into the same :class:`Model` by :func:`model_from_metadata`.
+    """
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -95,7 +101,7 @@ def save_model(model: Model | str | os.PathLike, path: str | os.PathLike) -> Pat
     path = model_file_path(path)
     made_folder(path.parent)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.network.state_dict().items()}
-    header = {_HEADER_KEY: json.dumps(_metadata(model))}
+    header = {_HEADER_KEY: json.dumps(model_metadata(model))}
     # Written through a file opened here: safetensors' own save_file makes a file that
     # only its owner may read.
     with replaced_atomically(path) as temporary, open(temporary, "wb") as file:
@@ -125,13 +131,28 @@ def read_metadata(path: str | os.PathLike) -> dict:
         metadata = json.loads(header[_HEADER_KEY])
     except (KeyError, TypeError, json.JSONDecodeError) as error:
         raise ModelFileError(f"{path} is a safetensors file but not a napari-unet model") from error
+    return check_metadata(metadata, path, "a safetensors file")
+
+
+def check_metadata(metadata, source: str | os.PathLike, container: str) -> dict:
+    """``metadata`` itself, once it is known to be a napari-unet model's that this version reads.
+
+    Args:
+        metadata: What a model file's header or a package's configuration holds.
+        source: The file it came from, for the messages.
+        container: What that file is ("a safetensors file"), for the message that it
+            holds no napari-unet model.
+
+    Raises:
+        ModelFileError: If it is not a napari-unet model's, or a newer napari-unet's.
+    """
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
-        raise ModelFileError(f"{path} is a safetensors file but not a napari-unet model")
+        raise ModelFileError(f"{source} is {container} but not a napari-unet model")
     if not isinstance(metadata.get("format_version"), int):
-        raise ModelFileError(f"{path} has a damaged header (no format version)")
+        raise ModelFileError(f"{source} has a damaged header (no format version)")
     if metadata["format_version"] > FORMAT_VERSION:
         raise ModelFileError(
-            f"{path} was written by a newer napari-unet ({metadata.get('package_version')}); please upgrade"
+            f"{source} was written by a newer napari-unet ({metadata.get('package_version')}); please upgrade"
         )
     return metadata
 
@@ -160,15 +181,30 @@ def load_model_file(path: str | os.PathLike) -> Model:
     path = Path(path)
     metadata = read_metadata(path)
     try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as error:  # safetensors reports corruption with several types
+        raise ModelFileError(f"{path} is damaged: its weights cannot be read") from error
+    return model_from_metadata(metadata, tensors, path)
+
+
+def model_from_metadata(metadata: dict, tensors: dict, path: str | os.PathLike) -> Model:
+    """The :class:`Model` that ``metadata`` (see :func:`model_metadata`) and the weights ``tensors`` describe.
+
+    Args:
+        metadata: The model's metadata, checked by :func:`check_metadata`.
+        tensors: The network's state dict: parameter names to CPU tensors.
+        path: The file both came from, for the messages.
+
+    Raises:
+        ModelFileError: If a value is missing, mistyped or impossible, or the weights do
+            not fit the architecture.
+    """
+    try:
         config = NetworkConfig.from_dict(metadata["network"])
         normalization = Normalization.from_dict(metadata["normalization"])
     except Exception as error:  # missing, mistyped or impossible values
         raise ModelFileError(f"{path} has a damaged header (its network or normalization: {error})") from error
     network = UNet(config)
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except Exception as error:  # safetensors reports corruption with several types
-        raise ModelFileError(f"{path} is damaged: its weights cannot be read") from error
     # Compared here rather than by a strict load, whose error lists every tensor name.
     expected = network.state_dict()
     missing = [key for key in expected if key not in tensors]
@@ -208,7 +244,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _field(metadata: dict, key: str, kind, path: Path, default=None):
+def _field(metadata: dict, key: str, kind, path: str | os.PathLike, default=None):
     """``metadata[key]`` (``default`` when absent), which must be of ``kind``.
 
     Raises:

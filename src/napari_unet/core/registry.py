@@ -1,7 +1,8 @@
 """Models addressed by name: those shipped inside the package.
 
 A name resolves to ``napari_unet/models/<name>.safetensors``; anything else is read as a
-path to a model file. An embedded model may hand colour images to another
+path to a model file, or to a bioimage.io package that napari-unet exported
+(:mod:`~napari_unet.core.bioimageio`). An embedded model may hand colour images to another
 (:data:`COLOUR_MODELS`): ``nuclei`` segments fluorescence itself and H&E-stained tissue
 with ``nuclei-he``, so that one name serves both.
 """
@@ -9,6 +10,7 @@ with ``nuclei-he``, so that one name serves both.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 from .bundle import Model
@@ -53,11 +55,18 @@ def model_source(name_or_path: str | os.PathLike) -> Path | None:
 def load_model(name_or_path: str | os.PathLike) -> Model:
     """Load an embedded model by name, or a model file by path (``.safetensors`` may be left out).
 
+    A bioimage.io package (``.zip``) that napari-unet exported loads as the model it was
+    exported from (:func:`~napari_unet.core.bioimageio.load_package`).
+
     Raises:
         ModelFileError: If there is no such embedded model or file, or the file is not a
-            usable model.
+            usable model (a zip file that napari-unet did not export, for one).
     """
     source = model_source(name_or_path)
+    if source is not None and _is_zip(source):
+        from .bioimageio import load_package
+
+        return load_package(source)
     if source is not None:
         model = load_model_file(source)
         colour_source = model_source(COLOUR_MODELS.get(str(name_or_path), ""))
@@ -69,6 +78,13 @@ def load_model(name_or_path: str | os.PathLike) -> Model:
         raise ModelFileError(f"{text} is a folder, not a model file; choose the {MODEL_SUFFIX} file in it")
     names = ", ".join(embedded_models()) or "none yet"
     raise ModelFileError(f"no model file {text!r} and no embedded model of that name (embedded: {names})")
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` is a zip file (a bioimage.io package is one), by its suffix or, without it, its contents."""
+    suffix = path.suffix.lower()
+    # A model file's header is never read as a zip: its bytes could look like one's end by chance.
+    return suffix == ".zip" or (suffix != MODEL_SUFFIX and zipfile.is_zipfile(path))
 
 
 def as_model(model: Model | str | os.PathLike) -> Model:

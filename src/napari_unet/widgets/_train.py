@@ -123,6 +123,9 @@ class TrainWidget(ScrollingDock):
         self.start = PushButton(text="Start training")
         self.stop = PushButton(text="Stop", enabled=False)
         self.save = PushButton(text="Save model...", enabled=False)
+        self.export = PushButton(text="Export bioimage.io package...", enabled=False,
+                                 tooltip="Write the model as a bioimage.io model package (.zip) for the BioImage "
+                                 "Model Zoo and the tools that read it; needs napari-unet[bioimageio].")
         self.progress = ProgressBar(label="progress", value=0, max=1000)
         self.status = wrapped_label()
         self.contents.extend([
@@ -130,7 +133,7 @@ class TrainWidget(ScrollingDock):
             self.convention, self.start_from, self.max_minutes, self.epochs, self.patch_size, self.batch_size,
             self.learning_rate, self.w0, self.sigma, self.augment, self.diameter, self.contrast_limits, self.device,
             self.float32, self.predict_when_done,
-            self.start, self.stop, self.save, self.progress, self.status,
+            self.start, self.stop, self.save, self.export, self.progress, self.status,
         ])
         self.plot = TrainingPlot()
         self.contents.native.layout().addWidget(self.plot)
@@ -145,6 +148,7 @@ class TrainWidget(ScrollingDock):
         self.start.changed.connect(self.start_training)
         self.stop.changed.connect(self.stop_training)
         self.save.changed.connect(self._save_dialog)
+        self.export.changed.connect(self._export_dialog)
         # Closing the dock widget (or napari) ends training cleanly after the current step,
         # and nothing is predicted after it.
         stop, closed = self._stop, self._closed
@@ -294,7 +298,7 @@ class TrainWidget(ScrollingDock):
     def _set_running(self, running: bool):
         self.start.enabled = not running
         self.stop.enabled = running
-        self.save.enabled = not running and self.model is not None
+        self.save.enabled = self.export.enabled = not running and self.model is not None
         if not running:
             self._worker = None
 
@@ -372,3 +376,30 @@ class TrainWidget(ScrollingDock):
         if path:
             self.save_model(path)
 
+    def export_package(self, path: str | Path) -> Path | None:
+        """Write the trained model as a bioimage.io package at ``path`` and return the path written.
+
+        The file dialog has asked before replacing a file, so an existing one is replaced.
+        """
+        if self.model is None:
+            show_error("train a model first")
+            return None
+        from ..core.bioimageio import export_bioimageio
+        from ..core.errors import NapariUnetError
+
+        try:
+            written = export_bioimageio(self.model, path, overwrite=True)
+        except (OSError, NapariUnetError) as error:
+            report_error(error, "exporting the model")
+            return None
+        show_info(f"bioimage.io package written to {written}")
+        return written
+
+    def _export_dialog(self, *_):
+        from qtpy.QtWidgets import QFileDialog
+
+        name = f"{self.model.name or 'model'}.zip" if self.model is not None else "model.zip"
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export bioimage.io package", name,
+                                              "bioimage.io packages (*.zip)")
+        if path:
+            self.export_package(path)
