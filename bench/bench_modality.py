@@ -20,10 +20,16 @@ Each result has AP at IoU 0.5 and 0.75 (pooled), the per-image mean AP over IoU
 0.5:0.05:0.95 and the pixel IoU, before and after. Needs ``../shared/data``. Prints one
 JSON object.
 
+With ``--start closest`` each kind starts instead from the embedded model that the Train
+widget starts from by default: the one whose predictions match the annotated images best
+(``napari_unet.core.model_choice``), as a user with these images gets it (``cells`` for
+phase contrast, ``nuclei`` with ``nuclei-he`` for tissue).
+
     python bench/bench_modality.py                          # every kind, 3 minutes each
     python bench/bench_modality.py --kinds he_tissue phase_contrast --minutes 1
     python bench/bench_modality.py --quick                  # 20 s per kind
     python bench/bench_modality.py --batch-norm keep        # the starting model's batch-norm statistics kept
+    python bench/bench_modality.py --start closest          # from the embedded model closest to the images
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import torch
 from _common import environment, fine_tune, report, scores, torch_device, torch_parser
 from scipy import ndimage
 
+from napari_unet.core.model_choice import closest_embedded_model
 from napari_unet.core.registry import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +90,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0, help="fine-tuning budget per kind (default: 3)")
     parser.add_argument("--batch-norm", choices=sorted(FREEZE_NORM), default="auto",
                         help="batch-norm statistics: the core's choice (default), kept, or re-estimated")
+    parser.add_argument("--start", choices=("unseen", "closest"), default="unseen",
+                        help="a model that never saw the kind (default), or the embedded model closest to the images")
     args = parser.parse_args()
     device = str(torch_device(parser, args))
     if not DATA.is_dir():
@@ -93,14 +102,19 @@ def main() -> None:
     results = []
     for kind in args.kinds:
         images, labels, test_images, test_labels = kind_data(kind)
+        if args.start == "closest":
+            annotated = [(image, truth, None) for image, truth in zip(images, labels)]
+            start_model = load_model(closest_embedded_model(annotated, device))
         before = scores(start_model, test_images, test_labels, device)
         tuned, training = fine_tune(start_model, images, labels, minutes, device,
                                     freeze_norm=FREEZE_NORM[args.batch_norm])
         after = scores(tuned, test_images, test_labels, device)
         print(f"{kind}: AP50 {before['ap50']:.3f} -> {after['ap50']:.3f} in {training['steps']} steps", file=sys.stderr)
-        results.append({"kind": kind, "annotated_images": len(images), "scored_images": len(test_images),
+        results.append({"kind": kind, "start_model": start_model.name or "nuclei (fluorescence network)",
+                        "annotated_images": len(images), "scored_images": len(test_images),
                         "before": before, "after": after, **training})
-    report({"benchmark": "fine-tune on a modality the model never saw", "start_model": "nuclei (fluorescence network)",
+    report({"benchmark": "fine-tune on a modality the model never saw" if args.start == "unseen"
+            else "fine-tune from the embedded model closest to the images", "start": args.start,
             "minutes_per_kind": round(minutes, 2), "batch_norm": args.batch_norm, "results": results,
             **environment(torch.device(device), args.quick)})
 

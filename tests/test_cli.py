@@ -340,3 +340,15 @@ def test_train_intensity_range_reaches_the_training_and_validation_images(sample
     assert main([*arguments, "--out", str(tmp_path / "bad.safetensors"), "--intensity-range", "9", "1"]) == 2
     assert _error_line(capsys) == "napari-unet: error: an intensity range is two numbers, the lower first (got 9 and 1)"
     assert not samples and not (tmp_path / "bad.safetensors").exists()
+
+
+def test_train_from_the_closest_embedded_model_says_which_it_is(sample_folder, tmp_path, capsys):
+    out = tmp_path / "closest.safetensors"
+    assert main(["train", "--images", str(sample_folder / "images"), "--labels", str(sample_folder / "labels"),
+                 "--out", str(out), "--init", "closest", "--epochs", "1", "--steps-per-epoch", "1",
+                 "--patch-size", "32", "--batch-size", "2", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "nuclei is the embedded model closest to these images" in err
+    assert "starting from nuclei" in err
+    trained = load_model_file(out)  # nuclei given back as it was, or fine-tuned from it
+    assert trained.name == "nuclei" or trained.training_data.startswith("fine-tuned from nuclei")

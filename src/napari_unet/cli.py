@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace the --out file if it exists (default: refuse; never the --init model)")
     train.add_argument("--init", default="scratch", type=_path,
-                       help="start from 'scratch', an embedded model's name or a model file (default: scratch)")
+                       help="start from 'scratch', 'closest' (the embedded model these images look most like, "
+                       "judged from its own predictions of a few of them), an embedded model's name or a model file "
+                       "(default: scratch)")
     train.add_argument("--train-norm", action="store_true",
                        help="with --init: re-estimate the batch-norm statistics from these images (default: keep "
                        "the model's, which suits a few images; re-estimate when continuing on many)")
@@ -323,6 +325,7 @@ def _train(args) -> int:
     from .core.errors import InputError, ModelFileError
     from .core.io import collect_tiffs, pair_by_name, read_tiff
     from .core.model import scratch_network_config
+    from .core.model_choice import CLOSEST, closest_embedded_model
     from .core.modelfile import model_file_path
     from .core.normalize import IntensityRange
     from .core.progress import run_to_end
@@ -346,7 +349,7 @@ def _train(args) -> int:
     except ModelFileError as error:
         raise InputError(f"--out names the model file to write: {error}") from None
     if out.exists():
-        start = None if args.init == "scratch" else model_source(args.init)
+        start = None if args.init in ("scratch", CLOSEST) else model_source(args.init)
         if start is not None and start.samefile(out):
             raise InputError(f"{out} is the model training starts from (--init); write the new model to another file")
         if not args.overwrite:
@@ -375,6 +378,10 @@ def _train(args) -> int:
             pixel_size, unit = common_pixel_size(calibrated)
         except InputError as error:
             raise InputError(f"{error}, or give --pixel-size") from None
+    if args.init == CLOSEST:
+        args.init = closest_embedded_model([(sample.image, sample.labels, None) for sample in samples],
+                                           device=args.device)
+        print(f"{args.init} is the embedded model closest to these images", file=sys.stderr)
     model = None if args.init == "scratch" else load_model(args.init)
     budget_only = args.max_minutes and not args.epochs  # then the time budget ends training
     config = TrainingConfig(

@@ -506,3 +506,21 @@ def test_the_three_docks_open_as_tabs_of_one_dock_in_a_laptop_window(make_napari
     qtbot.waitUntil(lambda: docks["Batch"].height() > 500, timeout=5000)
     assert not docks["Batch"].visibleRegion().isEmpty()
     assert viewer.window._qt_viewer.canvas.native.width() > 400
+
+
+def test_training_starts_by_default_from_the_embedded_model_closest_to_the_images(make_napari_viewer, qtbot,
+                                                                                  one_torch_thread):
+    from napari_unet.widgets import TrainWidget
+    from napari_unet.widgets._common import CLOSEST
+
+    viewer = make_napari_viewer()
+    image, labels = _nuclei(viewer)
+    widget = docked(viewer, TrainWidget)
+    assert widget.start_from.source.value == CLOSEST  # the default of a fresh session
+    widget.image.value, widget.labels_layer.value = image, labels
+    fast_settings(widget, 0.05)
+    assert widget.start_from.recorded_threshold() is None  # no model chosen before training starts
+    widget.start_training()
+    qtbot.waitUntil(lambda: widget.start.enabled and widget.model is not None, timeout=60000)
+    # Started from nuclei: given back as it was (it segments these nuclei without an error), or fine-tuned.
+    assert widget.model.name == "nuclei" or widget.model.training_data.startswith("fine-tuned from nuclei")

@@ -36,6 +36,7 @@ from .errors import ImageWarning, InputError, InputWarning, ModelFileError
 from .familiarity import HESITATION, hesitation
 from .metrics import PixelCounts, average_precision
 from .model import NetworkConfig
+from .model_choice import CLOSEST, closest_embedded_model
 from .modelfile import model_file_path
 from .normalize import IntensityRange, Normalization, as_planes, is_colour, normalization_for
 from .postprocess import choose_threshold, enough_to_choose, foreground_probability, probabilities_to_labels
@@ -712,8 +713,10 @@ def train_iter(
 
     Args:
         samples: Annotated images.
-        model: Model to fine-tune (or an embedded model's name or a model file's path);
-            None trains a new one from scratch.
+        model: Model to fine-tune (or an embedded model's name or a model file's path;
+            ``"closest"``: the embedded model these images look most like, see
+            :func:`~napari_unet.core.model_choice.closest_embedded_model`); None trains
+            a new one from scratch.
         config: Training settings.
         network_config: Architecture when training from scratch.
         stop: Set this event to end training after the current step; the best model so
@@ -819,6 +822,10 @@ def _set_up(samples, model, config, network_config, pixel_size, pixel_unit, chec
             diameter) -> _Run:
     """Check the inputs of :func:`train_iter`, copy the model, and split the annotated planes."""
     config = config or TrainingConfig()
+    if isinstance(model, str) and model == CLOSEST:
+        model = closest_embedded_model([(sample.image, sample.labels, sample.mask) for sample in samples],
+                                       device=config.device)
+        logger.info("starting from %s, the embedded model closest to these images", model)
     if model is not None:
         # A model that hands colour images to another (nuclei: H&E to nuclei-he) is
         # fine-tuned as the one that segments these images.

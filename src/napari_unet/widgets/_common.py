@@ -30,6 +30,7 @@ SCRATCH = "new model (from scratch)"
 SESSION = "model trained in this session"
 FILE = "model file..."
 EMBEDDED_PREFIX = "embedded: "
+CLOSEST = "embedded: closest to the images"
 
 
 class SessionModels:
@@ -76,6 +77,9 @@ class ModelChooser(Container):
         # up with the other settings' labels (a label column of its own would not be).
         explanation = ("Embedded models are shipped with napari-unet; the session's model is the last one "
                        "trained in this napari window; a model file is a .safetensors file saved earlier.")
+        if allow_scratch:
+            explanation += (" Closest to the images: the embedded model that finds the training images most like "
+                            "its own, judged from its predictions of a few of them when training starts.")
         super().__init__(labels=False, layout="vertical", label=label, tooltip=explanation)
         self._session = session_models(viewer)
         self._allow_scratch = allow_scratch
@@ -90,6 +94,8 @@ class ModelChooser(Container):
     def _choices(self, _widget=None) -> list[str]:
         # The first choice is the default: the freshest model, then the embedded ones.
         choices = [SESSION] if self._session.latest is not None else []
+        if self._allow_scratch:  # training: fine-tuning carries furthest from the closest model
+            choices.append(CLOSEST)
         choices += [EMBEDDED_PREFIX + name for name in embedded_model_names()]
         if self._allow_scratch:
             choices.append(SCRATCH)
@@ -126,7 +132,7 @@ class ModelChooser(Container):
 
         choice = self.source.value
         try:
-            if choice == SCRATCH:
+            if choice in (SCRATCH, CLOSEST):  # CLOSEST: not chosen yet
                 return None
             if choice == SESSION:
                 return self._session.latest.threshold if self._session.latest is not None else None
@@ -137,8 +143,8 @@ class ModelChooser(Container):
         except (NapariUnetError, KeyError):
             return None
 
-    def load(self) -> Model | None:
-        """The chosen model (None for "from scratch").
+    def load(self) -> Model | str | None:
+        """The chosen model (None for "from scratch"; ``"closest"``, which training resolves, for :data:`CLOSEST`).
 
         Raises:
             NapariUnetError: If the model file cannot be used.
@@ -149,6 +155,10 @@ class ModelChooser(Container):
         choice = self.source.value
         if choice == SCRATCH:
             return None
+        if choice == CLOSEST:
+            from ..core.model_choice import CLOSEST as CLOSEST_NAME
+
+            return CLOSEST_NAME
         if choice == SESSION:
             if self._session.latest is None:
                 raise ModelFileError("no model has been trained in this session yet")

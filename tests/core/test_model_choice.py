@@ -1,0 +1,53 @@
+"""Tests of the choice of the embedded model closest to a user's images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.core.model_choice import CLOSEST, closest_embedded_model
+from napari_unet.core.progress import run_to_end
+from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.train import TrainingConfig, TrainingSample, train_iter
+
+SPLITS = Path(__file__).resolve().parents[2] / "scripts" / "splits"
+
+
+def _held_out(shared_data, folder: str, split: str, count: int) -> list[tuple]:
+    """``(image, labels, None)`` of the first ``count`` images of a fixed validation split."""
+    names = (SPLITS / split).read_text().split()[:count]
+    return [(tifffile.imread(shared_data / folder / "images" / name),
+             tifffile.imread(shared_data / folder / "labels" / name), None) for name in names]
+
+
+@pytest.mark.slow
+def test_each_kind_of_image_gets_the_model_made_for_it(shared_data):
+    # Images from the fixed validation splits, which no embedded model trained on.
+    assert closest_embedded_model(_held_out(shared_data, "usiigaci", "usiigaci-validation.txt", 2),
+                                  device="cpu") == "cells"
+    assert closest_embedded_model(_held_out(shared_data, "dsb2018_color", "dsb2018-color-validation.txt", 2),
+                                  device="cpu") == "nuclei"  # which reads them through nuclei-he
+    assert closest_embedded_model(_held_out(shared_data, "dsb2018", "dsb2018-validation.txt", 2),
+                                  device="cpu") == "nuclei"
+    volume = tifffile.imread(shared_data / "isbi2012" / "volume.tif")
+    labels = tifffile.imread(shared_data / "isbi2012" / "labels.tif")
+    # A stack with one annotated plane, as a user paints one: that plane is judged.
+    sparse = np.zeros_like(labels[16:20])
+    sparse[2] = labels[18]
+    assert closest_embedded_model([(volume[16:20], sparse, None)], device="cpu") == "em-neurites"
+
+
+def test_a_small_image_of_nuclei_is_given_to_nuclei():
+    # em-neurites is sure of itself on such an image, and finds cells that are not there.
+    image, labels = synthetic_nuclei((64, 64), count=5, seed=1)
+    assert closest_embedded_model([(image, labels, None)], device="cpu") == "nuclei"
+
+
+def test_training_from_the_closest_model_says_which_it_started_from():
+    image, labels = synthetic_nuclei((96, 96), count=8, seed=3)
+    config = TrainingConfig(epochs=1, steps_per_epoch=1, patch_size=64, batch_size=1, device="cpu", val_fraction=0)
+    result = run_to_end(train_iter([TrainingSample(image, labels)], model=CLOSEST, config=config))
+    assert result.model.training_data.startswith("fine-tuned from nuclei on 1 image(s)")
