@@ -25,10 +25,10 @@ def main() -> int:
     viewer = napari.Viewer(show=True, title="napari")
     try:
         viewer.window.resize(*WINDOW_SIZE)
-        viewer.open_sample("napari-unet", "nuclei")
+        viewer.open_sample("napari-unet-loop", "nuclei")
         docks = {}
         for name in ("Train", "Predict", "Batch"):
-            docks[name], _ = viewer.window.add_plugin_dock_widget("napari-unet", name)
+            docks[name], _ = viewer.window.add_plugin_dock_widget("napari-unet-loop", name)
             settle(0.3)
         docks["Train"].raise_()  # the dock a user starts with
         viewer.reset_view()

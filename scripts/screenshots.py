@@ -202,12 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     viewer = napari.Viewer(show=True, title="napari")
     try:
         viewer.window.resize(*WINDOW_SIZE)
-        viewer.open_sample("napari-unet", "nuclei")
+        viewer.open_sample("napari-unet-loop", "nuclei")
         image_layer = viewer.layers["nuclei"]
         truth_layer = viewer.layers["nuclei ground truth"]
 
         # -- Train ---------------------------------------------------------------------
-        train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+        train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Train")
         train.image.value = image_layer
         train.labels_layer.value = truth_layer
         # Small settings so that training shows progress within seconds on a CPU; the
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         save_screenshot(viewer, "train.png")
 
         # -- Predict -------------------------------------------------------------------
-        predict_dock, predict = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")
+        predict_dock, predict = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Predict")
         settle(0.3)  # it opens as a tab beside Train
         # Put Predict beside Train instead, for the README screenshot below, so that both
         # show whole.
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = work / "images"
         inputs.mkdir()
         write_batch_inputs(inputs)
-        batch_dock, batch = viewer.window.add_plugin_dock_widget("napari-unet", "Batch")
+        batch_dock, batch = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Batch")
         settle(0.3)
         train_dock.hide()
         predict_dock.hide()
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         # One of the inputs is opened (through the plugin's TIFF reader) before the batch
         # runs: any layer added after it would empty the widget's list of results, which
         # this screenshot is meant to show.
-        first_input = viewer.open(inputs / "nuclei_01.tif", plugin="napari-unet")[0]
+        first_input = viewer.open(inputs / "nuclei_01.tif", plugin="napari-unet-loop")[0]
         show_only(viewer, [first_input])
         batch.inputs.value = str(inputs / "*.tif")
         batch.out_dir.value = work / "segmented"

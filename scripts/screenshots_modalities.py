@@ -81,13 +81,13 @@ def main() -> int:
         image, truth, name = held_out("dsb2018_color", "dsb2018-color-validation.txt")
         image_layer = viewer.add_image(image, name=name, rgb=True)
         truth_layer = viewer.add_labels(truth, name=f"{name} annotation", opacity=0.5)
-        predict_dock, predict = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")
+        predict_dock, predict = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Predict")
         prediction = predict_with(viewer, predict, image_layer, "nuclei")
         print(f"H&E {name}: nuclei (nuclei-he) AP50 {ap50(truth, prediction.data):.3f}")
         save_overlay(viewer, image_layer, prediction, "predict-he.png")
 
         # -- H&E: fine-tune nuclei on the annotated image for a minute -------------------
-        train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+        train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Train")
         predict_dock.hide()
         train.image.value = image_layer
         train.labels_layer.value = truth_layer

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "napari_unet"
-DISTRIBUTION = "napari-unet"
+DISTRIBUTION = "napari-unet-loop"
 
 #: Generous limits per step: the whole module takes well under a minute, but a slow
 #: registry during an isolated build must fail the test, not hang the suite.
@@ -71,7 +71,7 @@ _CHECK_SCRIPT = textwrap.dedent(
     report["manifest_text"] = manifest_file.read_text() if manifest_file.is_file() else None
 
     # The first distribution on sys.path is the one importlib.metadata (and so npe2) uses.
-    dist = importlib.metadata.distribution("napari-unet")
+    dist = importlib.metadata.distribution("napari-unet-loop")
     report["dist_version"] = dist.version
     report["dist_files"] = [str(f) for f in dist.files or ()]
     report["dist_location"] = str(Path(dist.locate_file("")).resolve())
@@ -87,7 +87,7 @@ _CHECK_SCRIPT = textwrap.dedent(
 
         pm = PluginManager.instance()
         pm.discover()
-        manifest = pm.get_manifest("napari-unet")
+        manifest = pm.get_manifest("napari-unet-loop")
     except Exception:
         # Reported by the npe2 test; the other checks above still stand.
         report["npe2_error"] = traceback.format_exc()
@@ -421,3 +421,19 @@ def test_every_command_resolves_in_the_environment(installed, source_manifest):
         elif not _is_relative_to(outcome["module_file"], installed["purelib"]):
             problems.append(f"{command_id}: resolved from {outcome['module_file']}, outside the environment")
     assert not problems, "\n".join(problems)
+
+
+def test_the_sdist_and_the_wheel_pass_twine_check(source, tmp_path):
+    """What the publish workflow uploads to PyPI: both distributions, their metadata valid."""
+    pytest.importorskip("twine")
+    outdir = tmp_path / "dist"
+    built = _run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", outdir, source], cwd=source,
+                 timeout=BUILD_TIMEOUT_S)
+    if built.returncode != 0:  # offline: the current interpreter's setuptools
+        built = _run([sys.executable, "-m", "build", "--sdist", "--wheel", "--no-isolation", "--outdir", outdir,
+                      source], cwd=source, timeout=BUILD_TIMEOUT_S)
+    assert built.returncode == 0, _output(built)
+    distributions = sorted(path.name for path in outdir.iterdir())
+    assert [name.split("-")[0] for name in distributions] == ["napari_unet_loop"] * 2, distributions
+    checked = _run([sys.executable, "-m", "twine", "check", "--strict", *sorted(outdir.iterdir())], cwd=tmp_path)
+    assert checked.returncode == 0, _output(checked)

@@ -58,10 +58,10 @@ def test_every_python_name_in_the_manifest_imports():
 def test_npe2_validates_the_manifest():
     npe2 = pytest.importorskip("npe2")
     manifest = npe2.PluginManifest.from_file(MANIFEST)
-    assert manifest.name == "napari-unet"
+    assert manifest.name == "napari-unet-loop"
     # The installed package registers the manifest through its entry point.
-    found = npe2.PluginManifest.from_distribution("napari-unet")
-    assert found.name == "napari-unet"
+    found = npe2.PluginManifest.from_distribution("napari-unet-loop")
+    assert found.name == "napari-unet-loop"
 
 
 def test_sample_data_are_image_and_matching_labels():

@@ -199,12 +199,12 @@ def test_viewer_opens_tiffs_with_this_plugin(make_napari_viewer, tmp_path):
 
     viewer = make_napari_viewer()  # discovers the installed plugins' manifests
     manager = npe2.PluginManager.instance()
-    if "napari-unet" not in manager or not manager.get_manifest("napari-unet").contributions.readers:
+    if "napari-unet-loop" not in manager or not manager.get_manifest("napari-unet-loop").contributions.readers:
         pytest.skip("napari.yaml has no reader contribution for napari_unet._reader:get_reader yet")
     path = tmp_path / "cells.tif"
     _hyperstack(path)
 
-    layers = viewer.open(str(path), plugin="napari-unet")
+    layers = viewer.open(str(path), plugin="napari-unet-loop")
 
     assert len(layers) == 3
     assert all(layer.data.shape == (4, 16, 20) for layer in layers)

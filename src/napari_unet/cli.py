@@ -267,9 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: off)")
     cluster = predict.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", metavar="ADDRESS",
-                         help="run the planes on an existing Dask cluster, e.g. tcp://host:8786 (needs napari-unet[dask])")
+                         help="run the planes on an existing Dask cluster, e.g. tcp://host:8786 (needs napari-unet-loop[dask])")
     cluster.add_argument("--workers", type=_positive_int, metavar="N",
-                         help="start a local Dask cluster of N worker processes for the planes (needs napari-unet[dask])")
+                         help="start a local Dask cluster of N worker processes for the planes (needs napari-unet-loop[dask])")
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser(
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a model as a bioimage.io model package (a zip, spec format 0.5) for the BioImage Model "
         "Zoo and the tools that read it: PyTorch and TorchScript weights, the percentile scaling, the class "
         "probabilities as output, test tensors and a README that describes what the spec cannot (the "
-        "post-processing into objects, the object size). Needs napari-unet[bioimageio]. napari-unet loads the "
+        "post-processing into objects, the object size). Needs napari-unet-loop[bioimageio]. napari-unet loads the "
         "package back (--model PACKAGE.zip) as the model it was exported from.",
     )
     export.add_argument("model", type=_path, metavar="MODEL", help="embedded model name or model file (.safetensors)")

@@ -498,7 +498,7 @@ def test_the_three_docks_open_as_tabs_of_one_dock_in_a_laptop_window(make_napari
     window.resize(1280, 800)
     docks = {}
     for name in ("Train", "Predict", "Batch"):  # opened one after the other, as from the Plugins menu
-        docks[name], _ = viewer.window.add_plugin_dock_widget("napari-unet", name)
+        docks[name], _ = viewer.window.add_plugin_dock_widget("napari-unet-loop", name)
         qtbot.wait(50)
     qtbot.waitUntil(lambda: len(window.tabifiedDockWidgets(docks["Train"])) == 2, timeout=5000)
     assert set(window.tabifiedDockWidgets(docks["Train"])) == {docks["Predict"], docks["Batch"]}

@@ -442,7 +442,8 @@ def test_training_in_float32_predicts_the_trained_image_in_float32(viewer_with_n
     qtbot.waitUntil(lambda: widget.model is not None and "nuclei prediction" in viewer.layers, timeout=60_000)
     qtbot.waitUntil(lambda: bool(seen), timeout=30_000)
     assert [config.amp for config in configs] == [False]
-    assert seen == [("predict_iter", False)]
+    # The embedded models judged for the closest one, then the trained image: all in float32.
+    assert seen and set(seen) == {("predict_iter", False)}
 
 
 def test_predict_rgb_with_a_one_channel_model_warns_and_works(make_napari_viewer, qtbot, notifications):
@@ -533,7 +534,7 @@ def test_widgets_are_found_through_the_manifest_and_share_the_session(make_napar
     viewer = make_napari_viewer()
     widgets = {}
     for name in ("Train", "Predict", "Batch"):
-        _, widgets[name] = viewer.window.add_plugin_dock_widget("napari-unet", name)
+        _, widgets[name] = viewer.window.add_plugin_dock_widget("napari-unet-loop", name)
         assert type(widgets[name]).__name__ == f"{name}Widget"
     # A model trained in the Train widget is offered by the Predict widget of the same viewer.
     from napari_unet.core.train import TrainingResult
@@ -549,7 +550,7 @@ def test_docks_scroll_in_a_window_lower_than_their_settings(make_napari_viewer, 
 
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1200, 560)
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Train")
     area = widget.native.findChild(QScrollArea)
     assert area is not None  # the scroll area is inside what napari docked
     contents = widget.contents.native

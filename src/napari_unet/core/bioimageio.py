@@ -11,7 +11,7 @@ them. The model's own metadata (:func:`~napari_unet.core.modelfile.model_metadat
 goes into the package's ``config`` under ``napari_unet``, so that :func:`load_package`
 rebuilds the very same :class:`~napari_unet.core.bundle.Model`.
 
-The ``bioimageio.spec`` package (installed with ``napari-unet[bioimageio]``) writes and
+The ``bioimageio.spec`` package (installed with ``napari-unet-loop[bioimageio]``) writes and
 checks packages; it is imported only here, when a package is written or read.
 """
 
@@ -76,7 +76,7 @@ _EMBEDDED_TAGS = {
 _SPACE_UNITS = {"pm": "picometer", "angstrom": "angstrom", "nm": "nanometer", "um": "micrometer",
                 "mm": "millimeter", "cm": "centimeter", "m": "meter"}
 
-_MISSING_SPEC = ("bioimage.io packages need the bioimageio.core package: pip install 'napari-unet[bioimageio]' "
+_MISSING_SPEC = ("bioimage.io packages need the bioimageio.core package: pip install 'napari-unet-loop[bioimageio]' "
                  "(or pip install bioimageio.core)")
 
 

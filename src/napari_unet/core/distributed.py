@@ -38,7 +38,7 @@ def _distributed():
         import distributed
     except ImportError as error:
         raise InputError(
-            "running on Dask (--workers, --scheduler) needs dask.distributed: pip install 'napari-unet[dask]'"
+            "running on Dask (--workers, --scheduler) needs dask.distributed: pip install 'napari-unet-loop[dask]'"
         ) from error
     return distributed
 

@@ -47,7 +47,8 @@ def _annotated_plane(image: np.ndarray, labels: np.ndarray, mask: np.ndarray | N
     return planes[index], stack[index], masks[index]
 
 
-def closest_embedded_model(annotated: Sequence[tuple], device: str | torch.device = "auto") -> str:
+def closest_embedded_model(annotated: Sequence[tuple], device: str | torch.device = "auto",
+                           amp: bool = True) -> str:
     """The name of the embedded model whose predictions match the annotations best.
 
     Args:
@@ -55,6 +56,7 @@ def closest_embedded_model(annotated: Sequence[tuple], device: str | torch.devic
             the whole image, or the planes of a stack that hold labels); the first
             annotated plane of each of the first :data:`JUDGED_PLANES` is segmented.
         device: Where the models predict.
+        amp: Mixed precision, as for :func:`~napari_unet.core.predict.predict_iter`.
 
     Returns:
         The model with the highest mean AP at IoU 0.5 on those planes (inside their
@@ -68,7 +70,7 @@ def closest_embedded_model(annotated: Sequence[tuple], device: str | torch.devic
         model = load_model(name)
         ap50, pixels = [], PixelCounts()
         for image, labels, mask in planes:
-            predicted = predict(model.for_image(image), image, device=device).labels * mask
+            predicted = predict(model.for_image(image), image, device=device, amp=amp).labels * mask
             truth = as_instance_labels(labels) * mask
             ap50.append(average_precision([truth], [predicted], thresholds=(0.5,))["ap_mean"][0])
             pixels.add(predicted, truth, mask)

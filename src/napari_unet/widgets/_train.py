@@ -125,7 +125,7 @@ class TrainWidget(ScrollingDock):
         self.save = PushButton(text="Save model...", enabled=False)
         self.export = PushButton(text="Export bioimage.io package...", enabled=False,
                                  tooltip="Write the model as a bioimage.io model package (.zip) for the BioImage "
-                                 "Model Zoo and the tools that read it; needs napari-unet[bioimageio].")
+                                 "Model Zoo and the tools that read it; needs napari-unet-loop[bioimageio].")
         self.progress = ProgressBar(label="progress", value=0, max=1000)
         self.status = wrapped_label()
         self.contents.extend([
