@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0, help="fine-tuning budget per kind (default: 3)")
     parser.add_argument("--batch-norm", choices=sorted(FREEZE_NORM), default="auto",
                         help="batch-norm statistics: the core's choice (default), kept, or re-estimated")
+    parser.add_argument("--learning-rate", type=float, help="instead of the core's choice (to compare)")
     parser.add_argument("--start", choices=("unseen", "closest"), default="unseen",
                         help="a model that never saw the kind (default), or the embedded model closest to the images")
     args = parser.parse_args()
@@ -107,14 +108,14 @@ def main() -> None:
             start_model = load_model(closest_embedded_model(annotated, device))
         before = scores(start_model, test_images, test_labels, device)
         tuned, training = fine_tune(start_model, images, labels, minutes, device,
-                                    freeze_norm=FREEZE_NORM[args.batch_norm])
+                                    freeze_norm=FREEZE_NORM[args.batch_norm], learning_rate=args.learning_rate)
         after = scores(tuned, test_images, test_labels, device)
         print(f"{kind}: AP50 {before['ap50']:.3f} -> {after['ap50']:.3f} in {training['steps']} steps", file=sys.stderr)
         results.append({"kind": kind, "start_model": start_model.name or "nuclei (fluorescence network)",
                         "annotated_images": len(images), "scored_images": len(test_images),
                         "before": before, "after": after, **training})
     report({"benchmark": "fine-tune on a modality the model never saw" if args.start == "unseen"
-            else "fine-tune from the embedded model closest to the images", "start": args.start,
+            else "fine-tune from the embedded model closest to the images", "start": args.start, "learning_rate": args.learning_rate,
             "minutes_per_kind": round(minutes, 2), "batch_norm": args.batch_norm, "results": results,
             **environment(torch.device(device), args.quick)})
 
