@@ -215,7 +215,7 @@ def test_without_bioimageio_the_core_imports_and_says_what_to_install(tmp_path, 
     from napari_unet.core.bioimageio import export_bioimageio
 
     monkeypatch.setitem(sys.modules, "bioimageio.spec", None)  # as if not installed
-    with pytest.raises(InputError, match=r"pip install 'napari-unet\[bioimageio\]'"):
+    with pytest.raises(InputError, match=r"pip install 'napari-unet-loop\[bioimageio\]'"):
         export_bioimageio(_tiny(), tmp_path / "model.zip")
     assert not (tmp_path / "model.zip").exists()
 

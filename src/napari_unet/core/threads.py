@@ -33,11 +33,11 @@ class ThreadTuner:
     Report the duration of every step of equal work with :meth:`step_took`, and
     :meth:`restore` torch's count at the end (or use it as a context, which does). While
     other programs take under half a core, all threads run: that is what an idle CPU
-    does best, and timing other counts there would only cost steps. When they take more, the counts
-    all threads, half of them and one are each timed over a few steps (after one step to
-    settle) and the fastest is kept; they are timed again after ``remeasure_seconds``
-    (at doubling intervals while the same count keeps winning), and at once when the
-    kept count slows down by a third.
+    does best, and timing other counts there would only cost steps. When they take more,
+    the counts all threads, half of them and one are each timed over a few steps (after
+    one step to settle) and the fastest is kept; they are timed again after
+    ``remeasure_seconds`` (at doubling intervals while the same count keeps winning), and
+    at once when the kept count slows down by a third.
 
     Args:
         threads: The most threads to use (default: torch's count).
