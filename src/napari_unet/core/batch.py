@@ -48,7 +48,7 @@ from .normalize import as_planes, normalization_for
 from .predict import (
     NO_DIAMETER_FOUND,
     PredictProgress,
-    _checked_options,
+    checked_threshold,
     estimate_diameter,
     predict_iter,
     predict_planes_iter,
@@ -387,8 +387,8 @@ def _check_options(model: Model, options: dict) -> None:
     if unknown:
         raise TypeError(f"unknown prediction option(s) {', '.join(map(repr, unknown))}; the options are "
                         f"{', '.join(sorted(_PREDICT_OPTIONS))}")
-    _checked_options(model, options.get("tile_size"), options.get("batch_size"), options.get("threshold"),
-                     options.get("min_size", 0))
+    checked_threshold(model, options.get("tile_size"), options.get("batch_size"), options.get("threshold"),
+                      options.get("min_size", 0))
     normalization_for(model.normalization, options.get("intensity_range"))
     diameter, pixel_size = options.get("diameter"), options.get("pixel_size")
     if diameter == "auto":

@@ -28,10 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from . import bioimageio_network
 from .atomic import made_folder, replaced_atomically
 from .bundle import Model
 from .errors import InputError, ModelFileError
-from .modelfile import MODEL_SUFFIX
+from .modelfile import MODEL_SUFFIX, check_metadata, model_from_metadata, model_metadata
+from .normalize import haematoxylin
+from .postprocess import growth_distance
+from .synthetic import synthetic_nuclei
+from .units import length_unit
 
 __all__ = ["CONFIG_KEY", "PACKAGE_SUFFIX", "export_bioimageio", "is_package", "load_package", "package_path"]
 
@@ -169,8 +174,6 @@ def load_package(path: str | os.PathLike) -> Model:
     """
     import torch
 
-    from .modelfile import check_metadata, model_from_metadata
-
     path = Path(path)
     if not is_package(path):
         raise ModelFileError(f"{path} is not a bioimage.io model package (a zip file with a bioimageio.yaml); "
@@ -235,9 +238,6 @@ def _description(model: Model, folder: Path, license: str):
     import torch
     from bioimageio.spec.model import v0_5 as bio
 
-    from . import bioimageio_network
-    from .modelfile import model_metadata
-
     config = model.config
     state = {key: value.detach().cpu().contiguous() for key, value in model.network.state_dict().items()}
     torch.save(state, folder / _STATE_DICT)
@@ -262,7 +262,7 @@ def _description(model: Model, folder: Path, license: str):
     _write_cover(folder / _COVER, image, probabilities)
     (folder / _README).write_text(documentation(model, license), encoding="utf-8")
 
-    unit = _SPACE_UNITS.get(_length_unit(model.pixel_unit)) if model.pixel_size else None
+    unit = _SPACE_UNITS.get(length_unit(model.pixel_unit)) if model.pixel_size else None
     scale = {axis: (model.pixel_size[index] if unit else 1.0) for index, axis in enumerate("yx")}
     multiple = 2**config.depth
     if config.padding == "same":
@@ -345,8 +345,6 @@ def _test_image(model: Model) -> np.ndarray:
     haematoxylin stain of the same nuclei rendered as H&E tissue (the input the package
     describes), a model of several channels gets one image per channel.
     """
-    from .synthetic import synthetic_nuclei
-
     size = model.network.valid_input_size(TEST_SIZE)
     planes = []
     for channel in range(model.config.in_channels):
@@ -357,8 +355,6 @@ def _test_image(model: Model) -> np.ndarray:
 
 def _haematoxylin_of_tissue(image: np.ndarray) -> np.ndarray:
     """The haematoxylin stain of ``image``'s nuclei rendered as H&E-stained tissue."""
-    from .normalize import haematoxylin
-
     # Beer-Lambert: the nuclei's haematoxylin and an even eosin background attenuate
     # white light by the stains' optical densities (Ruifrok and Johnston's vectors).
     nuclei = (image - image.min()) / max(float(np.ptp(image)), 1.0)
@@ -423,16 +419,8 @@ def _input_summary(model: Model) -> str:
     return "image intensities, one plane at a time (any dtype, given as float32)"
 
 
-def _length_unit(unit: str) -> str:
-    from .units import length_unit
-
-    return length_unit(unit)
-
-
 def documentation(model: Model, license: str = DEFAULT_LICENSE) -> str:
     """The README of ``model``'s package: what the spec holds and what lies outside it."""
-    from .postprocess import growth_distance
-
     config = model.config
     norm = model.normalization
     lines = [

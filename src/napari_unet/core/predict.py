@@ -51,7 +51,7 @@ from .registry import as_model
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape, usable_diameter
 from .threads import ThreadTuner
 
-__all__ = ["PredictProgress", "Prediction", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
+__all__ = ["PredictProgress", "Prediction", "checked_threshold", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
 
 logger = logging.getLogger(__name__)
 
@@ -444,11 +444,19 @@ def _averaged_over_orientations(network: UNet, plane: np.ndarray, orientations: 
 _raised_tile_sizes: set[tuple[int, int]] = set()
 
 
-def _checked_options(model: Model, tile_size: int | None, batch_size: int | None, threshold: float | None,
-                     min_size: int = 0) -> float:
+def checked_threshold(model: Model, tile_size: int | None, batch_size: int | None, threshold: float | None,
+                      min_size: int = 0) -> float:
     """The threshold to use (the model's unless given), after refusing options no prediction can take.
 
-    A tile size under the network's smallest tile is raised to it, with a warning.
+    A tile size under the network's smallest tile is raised to it, with a warning. Batches
+    check their options with it before any file is read.
+
+    Args:
+        model: The model that predicts.
+        tile_size, batch_size, threshold, min_size: As for :func:`predict_iter`.
+
+    Raises:
+        InputError: If a size is not positive or the threshold is not a probability.
     """
     if (tile_size is not None and tile_size < 1) or (batch_size is not None and batch_size < 1):
         raise InputError("tile size and batch size must be positive")
@@ -620,7 +628,7 @@ def predict_planes_iter(
         ``(plane, done, total, None)`` as the tile batches of a plane are done, and
         ``(plane, total, total, (labels, probability))`` once the plane is finished.
     """
-    threshold = _checked_options(model, tile_size, batch_size, threshold, min_size)
+    threshold = checked_threshold(model, tile_size, batch_size, threshold, min_size)
     normalize = normalization_for(model.normalization, intensity_range)
     options = {"tile_size": tile_size, "batch_size": batch_size, "device": device, "amp": amp,
                "compile_network": compile_network}
@@ -748,7 +756,7 @@ def predict_iter(
             objects span about the range, as napari's contrast limits do.
     """
     model = as_model(model).for_image(image, channel_axis)
-    threshold = _checked_options(model, tile_size, batch_size, threshold, min_size)
+    threshold = checked_threshold(model, tile_size, batch_size, threshold, min_size)
     normalization_for(model.normalization, intensity_range)  # a wrong range is said before any work
     planes, stack_shape = as_planes(image, model.config.in_channels, channel_axis, model.normalization.colour)
     height, width = planes.shape[-2:]
