@@ -320,19 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from .core.augment import AugmentConfig
     from .core.device import resolve_device
-    from .core.errors import InputError, ModelFileError
-    from .core.io import collect_tiffs, pair_by_name, read_tiff
+    from .core.errors import InputError
     from .core.model import scratch_network_config
     from .core.model_choice import CLOSEST, closest_embedded_model
-    from .core.modelfile import model_file_path
     from .core.normalize import IntensityRange
     from .core.progress import run_to_end
-    from .core.registry import load_model, model_source
-    from .core.threads import BUSY_CPU_SHARE, busy_cpu_message
-    from .core.train import TrainingConfig, TrainingSample, train_iter
-    from .core.units import common_pixel_size
+    from .core.registry import load_model
+    from .core.train import train_iter
 
     if (args.val_images is None) != (args.val_labels is None):
         raise InputError("--val-images and --val-labels go together")
@@ -342,8 +337,45 @@ def _train(args) -> int:
     intensity_range = None if args.intensity_range is None else tuple(args.intensity_range)
     if intensity_range is not None:
         IntensityRange(*intensity_range)  # a wrong range is said before the images are read
-    # Checked before any work: the model file is written during training (checkpoints),
-    # and must never replace an image, a label file or a folder.
+    out = _training_output(args)
+    samples, validation, pixel_size, unit = _training_samples(args, intensity_range)
+    if args.init == CLOSEST:
+        args.init = closest_embedded_model([(sample.image, sample.labels, None) for sample in samples],
+                                           device=args.device)
+        print(f"{args.init} is the embedded model closest to these images", file=sys.stderr)
+    model = None if args.init == "scratch" else load_model(args.init)
+    config = _training_config(args)
+    network = scratch_network_config(resolve_device(args.device), depth=args.depth, base_width=args.base_width,
+                                     num_classes=args.classes, padding=args.padding)
+    # A new network's size depends on the device: say which one this run builds.
+    origin = (f"from scratch (depth {network.depth}, base width {network.base_width})" if model is None
+              else f"starting from {args.init}")
+    print(f"training on {len(samples)} image(s), {origin}", file=sys.stderr)
+    stop = threading.Event()
+    progress = _Progress("train")
+    try:
+        generator = train_iter(samples, model=model, config=config, network_config=network, stop=stop,
+                               pixel_size=pixel_size, pixel_unit=unit, checkpoint=out,
+                               validation_samples=validation, diameter=args.diameter)
+        # Ctrl-C ends training after the current step and still saves the best model so far.
+        with _ctrl_c_sets(stop, "after the current step"):
+            result = run_to_end(generator, _training_progress(args, progress))
+    finally:
+        progress.close()
+    return _trained(args, result, out, stop)
+
+
+def _training_output(args):
+    """The model file ``train`` writes, checked before any work.
+
+    The file is written during training (checkpoints), and must never replace an image, a
+    label file, a folder or the model training starts from.
+    """
+    from .core.errors import InputError, ModelFileError
+    from .core.model_choice import CLOSEST
+    from .core.modelfile import model_file_path
+    from .core.registry import model_source
+
     try:
         out = model_file_path(args.out)
     except ModelFileError as error:
@@ -354,6 +386,16 @@ def _train(args) -> int:
             raise InputError(f"{out} is the model training starts from (--init); write the new model to another file")
         if not args.overwrite:
             raise InputError(f"{out} exists; choose another file name, or add --overwrite to replace it")
+    return out
+
+
+def _training_samples(args, intensity_range) -> tuple:
+    """The training and validation samples of ``train``, and the one pixel size and unit they share."""
+    from .core.errors import InputError
+    from .core.io import collect_tiffs, pair_by_name, read_tiff
+    from .core.train import TrainingSample
+    from .core.units import common_pixel_size
+
     calibrated = []  # (name, pixel size, unit) of the images whose files record a pixel size
 
     def read_samples(images: str, labels: str) -> list[TrainingSample]:
@@ -372,20 +414,25 @@ def _train(args) -> int:
     samples = read_samples(args.images, args.labels)
     validation = None if args.val_images is None else read_samples(args.val_images, args.val_labels)
     if args.pixel_size:  # the user's pixel size is that of every image, whatever the files say
-        pixel_size, unit = args.pixel_size, "um"
-    else:
-        try:
-            pixel_size, unit = common_pixel_size(calibrated)
-        except InputError as error:
-            raise InputError(f"{error}, or give --pixel-size") from None
-    if args.init == CLOSEST:
-        args.init = closest_embedded_model([(sample.image, sample.labels, None) for sample in samples],
-                                           device=args.device)
-        print(f"{args.init} is the embedded model closest to these images", file=sys.stderr)
-    model = None if args.init == "scratch" else load_model(args.init)
-    budget_only = args.max_minutes and not args.epochs  # then the time budget ends training
-    config = TrainingConfig(
-        epochs=args.epochs or (10**9 if budget_only else 50), max_minutes=args.max_minutes,
+        return samples, validation, args.pixel_size, "um"
+    try:
+        return samples, validation, *common_pixel_size(calibrated)
+    except InputError as error:
+        raise InputError(f"{error}, or give --pixel-size") from None
+
+
+def _budget_only(args) -> bool:
+    """Whether the time budget alone ends training (no epoch count given)."""
+    return bool(args.max_minutes and not args.epochs)
+
+
+def _training_config(args):
+    """The :class:`~napari_unet.core.train.TrainingConfig` of ``train``'s flags."""
+    from .core.augment import AugmentConfig
+    from .core.train import TrainingConfig
+
+    return TrainingConfig(
+        epochs=args.epochs or (10**9 if _budget_only(args) else 50), max_minutes=args.max_minutes,
         steps_per_epoch=args.steps_per_epoch,
         patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
         schedule=args.schedule, optimizer=args.optimizer, w0=args.w0, sigma=args.sigma, dice_weight=args.dice_weight,
@@ -393,20 +440,16 @@ def _train(args) -> int:
         amp=not args.float32, augment=AugmentConfig(strength=args.augment),
         freeze_norm=False if args.train_norm else None,
     )
-    network = scratch_network_config(resolve_device(args.device), depth=args.depth, base_width=args.base_width,
-                                     num_classes=args.classes, padding=args.padding)
-    # A new network's size depends on the device: say which one this run builds.
-    origin = (f"from scratch (depth {network.depth}, base width {network.base_width})" if model is None
-              else f"starting from {args.init}")
-    print(f"training on {len(samples)} image(s), {origin}", file=sys.stderr)
-    stop = threading.Event()
-    progress = _Progress("train")
+
+
+def _training_progress(args, progress: _Progress):
+    """What ``train`` shows of each step: the bar on a terminal, the validations otherwise."""
 
     def show(update):
         note = f"loss {update.loss:.4f}"
         if update.best_score is not None:
             note += f" best {update.best_score:.3f}"
-        if budget_only:  # the bar counts seconds of the budget, not a step count that never ends
+        if _budget_only(args):  # the bar counts seconds of the budget, not a step count that never ends
             budget = 60 * args.max_minutes
             progress.update(min(round(update.elapsed), round(budget)), round(budget), f"s, step {update.step}, {note}")
             where = f"step {update.step} ({update.elapsed:.0f} of {budget:.0f} s)"
@@ -416,15 +459,13 @@ def _train(args) -> int:
         if update.validation is not None and not progress.active:
             print(f"{where} {note} val {json.dumps(_rounded(update.validation))}", file=sys.stderr)
 
-    try:
-        generator = train_iter(samples, model=model, config=config, network_config=network, stop=stop,
-                               pixel_size=pixel_size, pixel_unit=unit, checkpoint=out,
-                               validation_samples=validation, diameter=args.diameter)
-        # Ctrl-C ends training after the current step and still saves the best model so far.
-        with _ctrl_c_sets(stop, "after the current step"):
-            result = run_to_end(generator, show)
-    finally:
-        progress.close()
+    return show
+
+
+def _trained(args, result, out, stop: threading.Event) -> int:
+    """Save what ``train`` trained, say what happened, and give its exit code."""
+    from .core.threads import BUSY_CPU_SHARE, busy_cpu_message
+
     if result.model.training["steps"] == 0:
         print(f"napari-unet: training stopped before its first step; {out} was not written", file=sys.stderr)
         return 130 if stop.is_set() else EXIT_FAILED
