@@ -51,3 +51,16 @@ def test_training_from_the_closest_model_says_which_it_started_from():
     config = TrainingConfig(epochs=1, steps_per_epoch=1, patch_size=64, batch_size=1, device="cpu", val_fraction=0)
     result = run_to_end(train_iter([TrainingSample(image, labels)], model=CLOSEST, config=config))
     assert result.model.training_data.startswith("fine-tuned from nuclei on 1 image(s)")
+
+
+def test_planes_without_an_annotated_object_are_not_judged():
+    from napari_unet.core.model_choice import _annotated_plane
+
+    image, labels = synthetic_nuclei((64, 64), count=5, seed=1)
+    assert _annotated_plane(image, np.zeros_like(labels), None) is None  # it would favour finding nothing
+    region = np.zeros(labels.shape, bool)
+    region[:8, :8] = labels[:8, :8] == 0  # a rectangle of background only
+    assert _annotated_plane(image, labels, region) is None
+    stack, stack_labels = np.stack([image, image]), np.stack([np.zeros_like(labels), labels])
+    plane, plane_labels, mask = _annotated_plane(stack, stack_labels, None)
+    assert plane_labels.max() > 0 and mask.all()  # the second plane, the one painted

@@ -32,15 +32,21 @@ JUDGED_PLANES = 3
 
 
 def _annotated_plane(image: np.ndarray, labels: np.ndarray, mask: np.ndarray | None) -> tuple | None:
-    """``(image plane, labels, mask)`` of the first annotated plane of an image or stack (None: none is)."""
+    """``(image plane, labels, mask)`` of the first plane of an image or stack with an annotated object (None: none has).
+
+    A plane without objects would favour the model that finds nothing.
+    """
     image, labels = np.asarray(image), np.asarray(labels)
-    if labels.ndim == 2:
-        return image, labels, np.ones(labels.shape, bool) if mask is None else np.asarray(mask, bool)
     stack = labels.reshape(-1, *labels.shape[-2:])
-    masks = labelled_planes_mask(stack) if mask is None else np.asarray(mask, bool).reshape(stack.shape)
-    annotated = np.flatnonzero(masks.any(axis=(1, 2)))
+    if mask is not None:
+        masks = np.asarray(mask, bool).reshape(stack.shape)
+    else:  # as training reads them: a plane counts whole, a stack's planes that hold labels
+        masks = labelled_planes_mask(stack) if len(stack) > 1 else np.ones(stack.shape, bool)
+    annotated = np.flatnonzero(((stack > 0) & masks).any(axis=(1, 2)))
     if annotated.size == 0:
         return None
+    if labels.ndim == 2:
+        return image, labels, masks[0]
     index = int(annotated[0])
     colour = is_colour(image, 1)
     planes = image.reshape(-1, *image.shape[-3:]) if colour else image.reshape(-1, *image.shape[-2:])
