@@ -22,6 +22,8 @@ from napari_unet.core.predict import predict
 from napari_unet.core.registry import load_model
 from napari_unet.core.synthetic import synthetic_nuclei
 
+from .test_modelfile import with_moved_batch_norm
+
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
     # The spec's torchscript weights are TorchScript, which torch now deprecates.
@@ -36,13 +38,7 @@ def _tiny(seed=0, **config) -> Model:
                       gap=2, threshold=0.55, name="tiny", description="a tiny test model", pixel_size=(0.5, 0.25),
                       pixel_unit="um", object_diameter=12.5, training_data="generated nuclei (CC0)",
                       history=[{"step": 10, "loss": 0.5, "score": 0.25}], training={"steps": 10})
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.network.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.3, generator=generator)
-                module.running_var.uniform_(0.5, 2.0, generator=generator)
-    return model
+    return with_moved_batch_norm(model, seed)
 
 
 def _passed(summary) -> str:

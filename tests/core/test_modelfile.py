@@ -44,7 +44,11 @@ def _model(base_width=4, seed=0, **config) -> Model:
         history=[{"step": 10, "loss": 0.5, "ap50": 0.25}, {"step": 20, "loss": 0.25, "ap50": 0.5}],
         training={"steps": 20, "learning_rate": 0.001, "augment": {"strength": 1.0}},
     )
-    # Move the batch-norm statistics away from their defaults so they must be saved too.
+    return with_moved_batch_norm(model, seed)
+
+
+def with_moved_batch_norm(model: Model, seed: int = 0) -> Model:
+    """``model`` with its batch-norm statistics moved away from their defaults, so that they must be saved too."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.network.modules():

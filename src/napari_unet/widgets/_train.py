@@ -356,18 +356,7 @@ class TrainWidget(ScrollingDock):
 
     def save_model(self, path: str | Path) -> Path | None:
         """Save the trained model (atomically) and return the path written."""
-        if self.model is None:
-            show_error("train a model first")
-            return None
-        from ..core.errors import NapariUnetError
-
-        try:
-            written = self.model.save(path)
-        except (OSError, NapariUnetError) as error:
-            report_error(error, "saving the model")
-            return None
-        show_info(f"model saved to {written}")
-        return written
+        return self._written(lambda model: model.save(path), "saving the model", "model saved to")
 
     def _save_dialog(self, *_):
         from qtpy.QtWidgets import QFileDialog
@@ -381,18 +370,30 @@ class TrainWidget(ScrollingDock):
 
         The file dialog has asked before replacing a file, so an existing one is replaced.
         """
+        from ..core.bioimageio import export_bioimageio
+
+        return self._written(lambda model: export_bioimageio(model, path, overwrite=True), "exporting the model",
+                             "bioimage.io package written to")
+
+    def _written(self, write, doing: str, done: str) -> Path | None:
+        """``write(model)`` of the trained model, said in a notification: the path written, or None after an error.
+
+        Args:
+            write: Writes the model and returns the path written.
+            doing: What failed, for the error ("saving the model").
+            done: What the notification says before the path.
+        """
         if self.model is None:
             show_error("train a model first")
             return None
-        from ..core.bioimageio import export_bioimageio
         from ..core.errors import NapariUnetError
 
         try:
-            written = export_bioimageio(self.model, path, overwrite=True)
+            written = write(self.model)
         except (OSError, NapariUnetError) as error:
-            report_error(error, "exporting the model")
+            report_error(error, doing)
             return None
-        show_info(f"bioimage.io package written to {written}")
+        show_info(f"{done} {written}")
         return written
 
     def _export_dialog(self, *_):
