@@ -100,18 +100,20 @@ def main() -> None:
     minutes = 20 / 60 if args.quick else args.minutes
     start_model = load_model("nuclei")
     start_model.colour_model = None  # the fluorescence network alone: it never saw stained tissue
+    start_name = "nuclei (fluorescence network)"
     results = []
     for kind in args.kinds:
         images, labels, test_images, test_labels = kind_data(kind)
         if args.start == "closest":
             annotated = [(image, truth, None) for image, truth in zip(images, labels)]
-            start_model = load_model(closest_embedded_model(annotated, device))
+            choice = closest_embedded_model(annotated, device)
+            start_model, start_name = choice.model(), str(choice)
         before = scores(start_model, test_images, test_labels, device)
         tuned, training = fine_tune(start_model, images, labels, minutes, device,
                                     freeze_norm=FREEZE_NORM[args.batch_norm], learning_rate=args.learning_rate)
         after = scores(tuned, test_images, test_labels, device)
         print(f"{kind}: AP50 {before['ap50']:.3f} -> {after['ap50']:.3f} in {training['steps']} steps", file=sys.stderr)
-        results.append({"kind": kind, "start_model": start_model.name or "nuclei (fluorescence network)",
+        results.append({"kind": kind, "start_model": start_name,
                         "annotated_images": len(images), "scored_images": len(test_images),
                         "before": before, "after": after, **training})
     report({"benchmark": "fine-tune on a modality the model never saw" if args.start == "unseen"

@@ -340,10 +340,12 @@ def _train(args) -> int:
     out = _training_output(args)
     samples, validation, pixel_size, unit = _training_samples(args, intensity_range)
     if args.init == CLOSEST:
-        args.init = closest_embedded_model([(sample.image, sample.labels, None) for sample in samples],
-                                           device=args.device)
-        print(f"{args.init} is the embedded model closest to these images", file=sys.stderr)
-    model = None if args.init == "scratch" else load_model(args.init)
+        choice = closest_embedded_model([(sample.image, sample.labels, None) for sample in samples],
+                                        device=args.device)
+        print(f"{choice} is the embedded model closest to these images", file=sys.stderr)
+        args.init, model = choice.name, choice.model()
+    else:
+        model = None if args.init == "scratch" else load_model(args.init)
     config = _training_config(args)
     network = scratch_network_config(resolve_device(args.device), depth=args.depth, base_width=args.base_width,
                                      num_classes=args.classes, padding=args.padding)

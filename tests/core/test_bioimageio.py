@@ -159,6 +159,30 @@ def test_a_valid_padding_three_class_model_of_two_channels_passes_bioimageio_tes
     _same_predictions(loaded, model, image)
 
 
+def test_a_model_that_reads_images_inverted_says_so_in_its_package(tmp_path):
+    core = pytest.importorskip("bioimageio.core")
+    import yaml
+
+    from napari_unet.core.bioimageio import export_bioimageio
+
+    model = _tiny()
+    model.normalization = Normalization(2.0, 99.5, invert=True)
+    written = export_bioimageio(model, tmp_path / "inverted.zip")
+    # bioimageio.core runs the spec's preprocessing on the test input: it must give our output.
+    summary = core.test_description(written)
+    assert summary.status == "passed", _passed(summary)
+    with zipfile.ZipFile(written) as archive:
+        description = yaml.safe_load(archive.read("rdf.yaml"))
+        readme = archive.read("README.md").decode()
+    steps = [step for step in description["inputs"][0]["preprocessing"] if step["id"] != "ensure_dtype"]
+    assert [step["id"] for step in steps] == ["scale_range", "scale_linear"]  # in this order
+    assert (steps[1]["kwargs"]["gain"], steps[1]["kwargs"]["offset"]) == (-1.0, 1.0)
+    assert "inverted" in readme
+    loaded = load_model(written)
+    _same_model(loaded, model)
+    _same_predictions(loaded, model, synthetic_nuclei((64, 64), count=6, seed=0)[0])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["nuclei", "nuclei-he"])
 def test_embedded_models_pass_bioimageio_test_and_load_back(tmp_path, name):

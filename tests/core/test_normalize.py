@@ -150,7 +150,24 @@ def test_bad_percentiles_raise_value_error(low, high):
 def test_normalization_round_trip():
     normalization = Normalization(2.5, 97.0)
     assert Normalization.from_dict(normalization.to_dict()) == normalization
+    # Without inversion the file says nothing of it, as files did before it existed.
     assert normalization.to_dict() == {"low_percentile": 2.5, "high_percentile": 97.0, "colour": "luminance"}
+    inverted = Normalization(2.5, 97.0, invert=True)
+    assert Normalization.from_dict(inverted.to_dict()) == inverted
+    with pytest.raises(ValueError, match="true or false"):
+        Normalization(invert="yes")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_an_inverted_normalization_is_one_minus_the_plain_one(dtype):
+    image = _image(dtype, shape=(2, 1, 33, 47))
+    plain, inverted = Normalization()(image), Normalization(invert=True)(image)
+    np.testing.assert_allclose(inverted, 1.0 - plain, atol=1e-6)
+    # Dark objects on a bright background read as bright objects on a dark one.
+    dark_on_bright = np.full((1, 8, 8), 200, np.uint8)
+    dark_on_bright[0, 2:5, 2:5] = 20
+    scaled = Normalization(0, 100, invert=True)(dark_on_bright)
+    assert scaled[0, 3, 3] == pytest.approx(1.0) and scaled[0, 0, 0] == pytest.approx(0.0)
 
 
 # --- as_planes -----------------------------------------------------------------------
@@ -308,6 +325,14 @@ def test_an_intensity_range_maps_its_ends_to_0_and_1_in_every_plane():
     assert scaled.dtype == np.float32
     np.testing.assert_allclose(scaled[0, 0], [[0, 0.5], [1, 2]])
     np.testing.assert_allclose(scaled[1, 0], [[0, 0], [0, 0.05]])  # the dim plane stays dim, not stretched
+
+
+def test_an_intensity_range_keeps_the_models_inversion():
+    from napari_unet.core.normalize import normalization_for
+
+    scale = normalization_for(Normalization(invert=True), (100, 500))
+    np.testing.assert_allclose(scale(np.array([[[100, 300, 500]]], np.uint16)), [[[1, 0.5, 0]]])
+    assert normalization_for(Normalization(), (100, 500))(np.array([[[100.0]]]))[0, 0, 0] == 0
 
 
 def test_an_intensity_range_treats_nan_as_background_with_a_warning():

@@ -291,6 +291,9 @@ def _description(model: Model, folder: Path, license: str):
                 min_percentile=model.normalization.low_percentile,
                 max_percentile=model.normalization.high_percentile,
             )),
+            # A model that reads images inverted: 1 - x after the scaling.
+            *([bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=-1.0, offset=1.0))]
+              if model.normalization.invert else []),
         ],
     )
     outputs = bio.OutputTensorDescr(
@@ -470,7 +473,8 @@ def documentation(model: Model, license: str = DEFAULT_LICENSE) -> str:
     lines += [
         f"Preprocessing (in the spec, `scale_range` over y and x): each plane and channel is scaled so that "
         f"its percentiles {norm.low_percentile:g} and {norm.high_percentile:g} map to 0 and 1, without "
-        "clipping.",
+        "clipping." + (" Then the intensities are inverted (in the spec, `scale_linear` with gain -1 and "
+                       "offset 1): the model reads dark objects on a bright background." if norm.invert else ""),
         "",
         sizes,
         "",

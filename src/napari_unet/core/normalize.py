@@ -33,20 +33,31 @@ class Normalization:
             :data:`COLOUR_CONVERSIONS`: ``"luminance"`` (gray, with a warning, since the
             model was not made for colour) or ``"haematoxylin"`` (the model reads stained
             tissue).
+        invert: Whether the scaled intensities are inverted (``1 - x``), so that a model
+            of bright objects on a dark background reads dark objects on a bright one
+            (brightfield nuclei) as it reads fluorescence.
     """
 
     low_percentile: float = 1.0
     high_percentile: float = 99.8
     colour: str = "luminance"
+    invert: bool = False
 
     def __post_init__(self):
         if not 0 <= self.low_percentile < self.high_percentile <= 100:
             raise ValueError("need 0 <= low_percentile < high_percentile <= 100")
         if self.colour not in COLOUR_CONVERSIONS:
             raise ValueError(f"colour must be one of {', '.join(COLOUR_CONVERSIONS)}, not {self.colour!r}")
+        if not isinstance(self.invert, bool):
+            raise ValueError(f"invert is true or false, not {self.invert!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if not self.invert:
+            # Left out, so that earlier versions of napari-unet still read the file: they
+            # know no inversion, and read a model that inverts as damaged rather than wrongly.
+            del values["invert"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> Normalization:
@@ -68,14 +79,14 @@ class Normalization:
                 # Counting the values gives the same percentiles as sorting them, several
                 # times faster: the usual 8 and 16 bit microscopy images need no sort.
                 low, high = _integer_percentiles(plane, (self.low_percentile, self.high_percentile))
-                _scale(plane, low, high, flat_out[index])
+                _scale(plane, low, high, flat_out[index], self.invert)
                 continue
             plane = plane.astype(np.float32, copy=False)
             non_finite = _non_finite(plane, warn=not warned)
             warned = warned or non_finite is not None
             values = plane if non_finite is None else plane[~non_finite]
             low, high = np.percentile(values, [self.low_percentile, self.high_percentile])
-            _scale(plane, low, high, flat_out[index])
+            _scale(plane, low, high, flat_out[index], self.invert)
             if non_finite is not None:
                 flat_out[index][non_finite] = 0.0
         return out
@@ -92,12 +103,15 @@ class IntensityRange:
     Non-finite pixels become 0, with a warning.
 
     Args:
-        low: Intensity mapped to 0.
-        high: Intensity mapped to 1.
+        low: Intensity mapped to 0 (to 1 when inverted).
+        high: Intensity mapped to 1 (to 0 when inverted).
+        invert: Whether the scaled intensities are inverted, as the model's
+            :class:`Normalization` says.
     """
 
     low: float
     high: float
+    invert: bool = False
 
     def __post_init__(self):
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
@@ -108,7 +122,7 @@ class IntensityRange:
             raise InputError(f"an intensity range is two numbers, the lower first (got {self.low:g} and {self.high:g})")
 
     @classmethod
-    def of(cls, pair) -> IntensityRange:
+    def of(cls, pair, invert: bool = False) -> IntensityRange:
         """The range of a ``(low, high)`` pair as a user gives it.
 
         Raises:
@@ -118,13 +132,13 @@ class IntensityRange:
             low, high = (float(value) for value in pair)
         except (TypeError, ValueError):
             raise InputError(f"an intensity range is two numbers, LOW HIGH, not {pair!r}") from None
-        return cls(low, high)
+        return cls(low, high, invert)
 
     def __call__(self, planes: np.ndarray) -> np.ndarray:
         """Scale ``(..., channels, height, width)`` planes to float32."""
         planes = np.asarray(planes)
         out = np.empty(planes.shape, np.float32)
-        _scale(planes, self.low, self.high, out)
+        _scale(planes, self.low, self.high, out, self.invert)
         if planes.dtype.kind in "fc":
             non_finite = _non_finite(planes, warn=True)
             if non_finite is not None:
@@ -137,12 +151,15 @@ def normalization_for(normalization: Normalization,
     """How an image's intensities are scaled: a model's ``normalization``, or one fixed range.
 
     Training and prediction share it, so that a model fine-tuned on planes scaled by a
-    range sees them as it will when predicting with that range.
+    range sees them as it will when predicting with that range. A range keeps the model's
+    inversion: it replaces how intensities are scaled, not which way round the model reads them.
 
     Raises:
         InputError: If ``intensity_range`` is not two numbers, the lower first.
     """
-    return normalization if intensity_range is None else IntensityRange.of(intensity_range)
+    if intensity_range is None:
+        return normalization
+    return IntensityRange.of(intensity_range, normalization.invert)
 
 
 def _non_finite(values: np.ndarray, warn: bool) -> np.ndarray | None:
@@ -165,11 +182,14 @@ def _non_finite(values: np.ndarray, warn: bool) -> np.ndarray | None:
     return ~finite
 
 
-def _scale(plane: np.ndarray, low: float, high: float, out: np.ndarray) -> None:
-    """Map ``low`` to 0 and ``high`` to 1, writing float32 into ``out``."""
+def _scale(plane: np.ndarray, low: float, high: float, out: np.ndarray, invert: bool = False) -> None:
+    """Map ``low`` to 0 and ``high`` to 1 (1 and 0 when ``invert``), writing float32 into ``out``."""
     if high <= low:  # a flat plane: keep it flat instead of dividing by zero
         high = low + 1.0
-    np.subtract(plane, np.float32(low), out=out, dtype=np.float32)
+    if invert:
+        np.subtract(np.float32(high), plane, out=out, dtype=np.float32)
+    else:
+        np.subtract(plane, np.float32(low), out=out, dtype=np.float32)
     out *= 1.0 / (high - low)
 
 

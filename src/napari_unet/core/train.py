@@ -823,9 +823,10 @@ def _set_up(samples, model, config, network_config, pixel_size, pixel_unit, chec
     """Check the inputs of :func:`train_iter`, copy the model, and split the annotated planes."""
     config = config or TrainingConfig()
     if isinstance(model, str) and model == CLOSEST:
-        model = closest_embedded_model([(sample.image, sample.labels, sample.mask) for sample in samples],
-                                       device=config.device, amp=config.amp)
-        logger.info("starting from %s, the embedded model closest to these images", model)
+        choice = closest_embedded_model([(sample.image, sample.labels, sample.mask) for sample in samples],
+                                        device=config.device, amp=config.amp)
+        logger.info("starting from %s, the embedded model closest to these images", choice)
+        model = choice.model()
     if model is not None:
         # A model that hands colour images to another (nuclei: H&E to nuclei-he) is
         # fine-tuned as the one that segments these images.
