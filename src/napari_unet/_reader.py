@@ -11,7 +11,6 @@ while ``napari_unet.core`` stays free of them.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import uuid
@@ -23,9 +22,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .core.io import TIFF_SUFFIXES, TiffErrors, ome_pixels, tiff_pixel_size, unreadable_tiff
+from .core.io import TIFF_SUFFIXES, TiffErrors, tiff_pixel_size, tiff_z_step, unreadable_tiff
 from .core.memory import total_memory
-from .core.units import length_unit
 
 __all__ = ["LAZY_BYTES", "get_reader", "read_tiffs"]
 
@@ -87,7 +85,7 @@ def _read_one(path: Path) -> LayerData:
             series = tif.series[0]
             axes, shape = series.axes, series.shape
             pixel_size, xy_unit = tiff_pixel_size(tif)
-            z_size, z_unit = _z_spacing(tif)
+            z_size, z_unit = tiff_z_step(tif)
             if series.nbytes > LAZY_BYTES:
                 data = _lazy_array(path, series)
             else:
@@ -128,21 +126,6 @@ def _read_one(path: Path) -> LayerData:
     if channel_axis >= 0:
         kwargs["channel_axis"] = channel_axis
     return data, kwargs, "image"
-
-
-def _z_spacing(tif: tifffile.TiffFile) -> tuple[float | None, str]:
-    """Distance between Z planes and its unit, from OME or ImageJ metadata."""
-    ome = ome_pixels(tif)
-    with contextlib.suppress(KeyError, ValueError):
-        if float(ome["PhysicalSizeZ"]) > 0:
-            return float(ome["PhysicalSizeZ"]), length_unit(ome.get("PhysicalSizeZUnit", "um"))  # OME's default
-    if tif.is_imagej:
-        metadata = tif.imagej_metadata or {}
-        spacing = metadata.get("spacing")
-        if spacing is not None and float(spacing) > 0:
-            unit = str(metadata.get("unit", ""))
-            return float(spacing), length_unit(unit)
-    return None, ""
 
 
 def _pint_unit(name: str) -> str:

@@ -188,6 +188,23 @@ def test_ome_pixel_size_survives_writing_labels(tmp_path):
     assert written.unit == "um"
 
 
+def test_the_z_step_is_read_in_the_unit_of_the_pixel_size(tmp_path):
+    stack = np.zeros((5, 16, 16), np.uint16)
+    tifffile.imwrite(tmp_path / "imagej.tif", stack, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
+    info = read_tiff(tmp_path / "imagej.tif")[1]
+    assert (info.pixel_size, info.z_step, info.z_scale) == ((0.25, 0.25), 1.0, 4.0)
+    tifffile.imwrite(tmp_path / "ome.ome.tif", stack, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2, "PhysicalSizeZ": 500, "PhysicalSizeZUnit": "nm"})
+    info = read_tiff(tmp_path / "ome.ome.tif")[1]
+    assert info.z_step == pytest.approx(0.5) and info.z_scale == pytest.approx(2.5)
+    # Without a pixel size a z step says nothing of the stack's anisotropy.
+    tifffile.imwrite(tmp_path / "spacing_only.tif", stack, imagej=True, metadata={"spacing": 2.0, "axes": "ZYX"})
+    assert read_tiff(tmp_path / "spacing_only.tif")[1].z_scale is None
+    tifffile.imwrite(tmp_path / "plain.tif", stack)
+    assert read_tiff(tmp_path / "plain.tif")[1].z_step is None
+
+
 def test_default_resolution_is_not_a_pixel_size(tmp_path):
     path = tmp_path / "plain.tif"
     tifffile.imwrite(path, np.zeros((10, 10), np.uint8), resolution=(1.0, 1.0))

@@ -19,9 +19,9 @@ import tifffile
 
 from .atomic import made_folder, replaced_atomically
 from .errors import InputError, system_reason
-from .units import is_length, length_unit
+from .units import in_unit, is_length, length_unit
 
-__all__ = ["TIFF_SUFFIXES", "ImageInfo", "TiffErrors", "collect_tiffs", "pair_by_name", "read_tiff", "tiff_pixel_size", "write_tiff"]
+__all__ = ["TIFF_SUFFIXES", "ImageInfo", "TiffErrors", "collect_tiffs", "pair_by_name", "read_tiff", "tiff_info", "tiff_pixel_size", "tiff_z_step", "write_tiff"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -34,11 +34,21 @@ class ImageInfo:
         axes: tifffile's axes string of the array (for example "ZYX" or "YXS").
         pixel_size: Physical size of a pixel ``(y, x)`` if the file records it.
         unit: Unit of ``pixel_size`` (for example "um").
+        z_step: Distance between the planes of a z-stack, in ``unit``, if the file
+            records it together with the pixel size.
     """
 
     axes: str = ""
     pixel_size: tuple[float, float] | None = None
     unit: str = ""
+    z_step: float | None = None
+
+    @property
+    def z_scale(self) -> float | None:
+        """The z step in pixels (z step over pixel width), or None when the file does not record both."""
+        if self.z_step is None or self.pixel_size is None:
+            return None
+        return self.z_step / self.pixel_size[1]
 
 
 def collect_tiffs(spec: str | os.PathLike) -> list[Path]:
@@ -161,7 +171,7 @@ def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
         with TiffErrors(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             data = series.asarray()
-            info = ImageInfo(series.axes, *tiff_pixel_size(tif))
+            info = tiff_info(tif, series.axes)
     except Exception as error:  # tifffile and its codecs report damage with many types
         raise unreadable_tiff(path, error) from error
     return data, info
@@ -226,6 +236,37 @@ def tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None,
             return None, ""
     unit = length_unit(unit)
     return (1.0 / y_res, 1.0 / x_res), unit
+
+
+def tiff_info(tif: tifffile.TiffFile, axes: str) -> ImageInfo:
+    """What an open TIFF file says about the pixels of its image of ``axes``."""
+    pixel_size, unit = tiff_pixel_size(tif)
+    z_step, z_unit = tiff_z_step(tif)
+    if pixel_size is None or z_step is None:
+        return ImageInfo(axes, pixel_size, unit)
+    converted = in_unit((z_step, z_step), z_unit, unit)
+    return ImageInfo(axes, pixel_size, unit, converted[0] if converted is not None else None)
+
+
+def tiff_z_step(tif: tifffile.TiffFile) -> tuple[float | None, str]:
+    """The distance between the z planes of an open TIFF file, and its unit.
+
+    Read from the OME-XML's ``PhysicalSizeZ`` (of its first image), else from ImageJ's
+    ``spacing``, whose unit is the pixel size's. ``(None, "")`` when the file records
+    none, or a value that is not a positive number.
+    """
+    ome = ome_pixels(tif)
+    step, unit = None, ""
+    if "PhysicalSizeZ" in ome:
+        step, unit = ome["PhysicalSizeZ"], length_unit(ome.get("PhysicalSizeZUnit", "um"))  # OME's default unit
+    elif tif.is_imagej:
+        metadata = tif.imagej_metadata or {}
+        step, unit = metadata.get("spacing"), length_unit(str(metadata.get("unit", "")))
+    try:
+        step = float(step)
+    except (TypeError, ValueError):
+        return None, ""
+    return (step, unit) if step > 0 and np.isfinite(step) else (None, "")
 
 
 def write_tiff(

@@ -20,7 +20,7 @@ import tifffile
 
 from .atomic import made_folder, write_errors_said_plainly
 from .errors import InputError
-from .io import ImageInfo, TiffErrors, tiff_pixel_size, unreadable_tiff
+from .io import TiffErrors, tiff_info, unreadable_tiff
 
 __all__ = ["TiffMetadata", "TiffPageReader", "PageTiffWriter", "partial_path", "written_settings"]
 
@@ -91,7 +91,7 @@ class TiffPageReader:
             self.dtype = np.dtype(series.dtype)
             self.page_shape: tuple[int, ...] = tuple(page.shape)
             self.page_axes: str = page.axes
-            self.info = ImageInfo(series.axes, *tiff_pixel_size(self._tif))
+            self.info = tiff_info(self._tif, series.axes)
             self.metadata = _metadata(self._tif, page)
         except Exception as error:  # tifffile and its codecs report damage with many types
             self.close()
