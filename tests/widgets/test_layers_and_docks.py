@@ -524,3 +524,4 @@ def test_training_starts_by_default_from_the_embedded_model_closest_to_the_image
     qtbot.waitUntil(lambda: widget.start.enabled and widget.model is not None, timeout=60000)
     # Started from nuclei: given back as it was (it segments these nuclei without an error), or fine-tuned.
     assert widget.model.name == "nuclei" or widget.model.training_data.startswith("fine-tuned from nuclei")
+    assert "from nuclei, the embedded model closest to the images" in widget.status.value  # the user is told

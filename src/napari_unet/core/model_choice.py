@@ -28,6 +28,7 @@ import torch
 from .annotation import labelled_planes_mask
 from .bundle import Model
 from .errors import ImageWarning
+from .familiarity import HESITATION
 from .metrics import PixelCounts, average_precision
 from .normalize import is_colour
 from .predict import predict
@@ -78,11 +79,18 @@ class ModelChoice:
     inverted: bool = False
 
     def model(self) -> Model:
-        """The embedded model, its normalization inverted if chosen so."""
+        """The embedded model, its normalization inverted if chosen so.
+
+        An inverted model is named for it, and keeps none of the figures measured on
+        images read as they are, but for its hesitation, which the unfamiliar-image check
+        needs.
+        """
         model = load_model(self.name)
         if self.inverted:
             model = model.copy()
             model.normalization = dataclasses.replace(model.normalization, invert=True)
+            model.name = f"{self.name} (contrast inverted)"
+            model.evaluation = {key: value for key, value in model.evaluation.items() if key == HESITATION}
         return model
 
     def __str__(self) -> str:

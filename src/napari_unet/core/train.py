@@ -239,6 +239,9 @@ class TrainingResult:
         busy_cpu: Share of the CPU other programs took while training ran on the CPU
             (else None): from :data:`~napari_unet.core.threads.BUSY_CPU_SHARE` on, it
             made markedly fewer steps than the CPU gives when idle.
+        started_from: The name of the model fine-tuning started from ("" for a new
+            network or a model without a name): the closest embedded model's, when
+            training chose it.
     """
 
     model: Model
@@ -247,6 +250,7 @@ class TrainingResult:
     #: Fine-tuning gave the model back as it came: no weights validated clearly better.
     unchanged: bool = False
     busy_cpu: float | None = None
+    started_from: str = ""
 
     @property
     def starting_score(self) -> float | None:
@@ -1052,7 +1056,7 @@ def _finished(run: _Run, stepper: _Stepper, best: _BestWeights, history: list[di
         diameter, pixel_size = None, None
     _record(model, history, run.settings(stop_reason, stepper), diameter, pixel_size, run.pixel_unit)
     return TrainingResult(model=model, history=history, stop_reason=stop_reason, unchanged=best.is_given,
-                          busy_cpu=stepper.busy_cpu_over_run)
+                          busy_cpu=stepper.busy_cpu_over_run, started_from=run.identity[0] if run.fine_tuning else "")
 
 
 def _record(model: Model, history: list[dict], training: dict, diameter, pixel_size, pixel_unit) -> None:

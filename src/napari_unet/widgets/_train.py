@@ -24,6 +24,7 @@ from magicgui.widgets import (
 )
 
 from ._common import (
+    CLOSEST,
     SCRATCH,
     ModelChooser,
     ScrollingDock,
@@ -73,6 +74,7 @@ class TrainWidget(ScrollingDock):
         self.model = None  # the last model trained here
         self._prediction_options = {}  # how the trained image is predicted when training ends
         self._trained_image = None  # the image layer predicted when training is done
+        self._start_chosen_by_training = False  # the closest embedded model: training says which it chose
 
         self.image = create_widget(annotation="napari.layers.Image", label="image",
                                    options={"tooltip": "The image layer to train on."})
@@ -271,6 +273,7 @@ class TrainWidget(ScrollingDock):
         # field is off for a new one).
         diameter = (self.diameter.value or None) if model is not None else None
         self._trained_image = self._training_pairs()[0][0]
+        self._start_chosen_by_training = self.start_from.source.value == CLOSEST
         self._prediction_options = {
             "device": config.device, "amp": config.amp, "intensity_range": samples[0].intensity_range,
             # A fine-tuned model keeps its own object size; predicting this image needs the same rescaling.
@@ -331,6 +334,8 @@ class TrainWidget(ScrollingDock):
         session_models(self._viewer).set_latest(result.model)
         self.progress.value = 1000
         self.status.value = f"done ({result.stop_reason}) after {result.model.training['steps']} steps"
+        if self._start_chosen_by_training and result.started_from:
+            self.status.value += f" from {result.started_from}, the embedded model closest to the images"
         if result.unchanged:
             self.status.value += "; no clear gain, the starting model is kept"
             show_info(f"training finished ({result.stop_reason}): {result.why_unchanged()}; the starting model is "
