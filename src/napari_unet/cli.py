@@ -254,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="segment only channel N (0 is the first, Fiji's C1) of files with several: an ImageJ or "
                          "OME C axis, or colour samples (default: each channel, one after the other; colours "
                          "averaged to gray)")
+    predict.add_argument("--3d", dest="volume", action="store_true",
+                         help="label z-stacks in 3D: each object keeps one label through the planes it spans; a T axis "
+                         "gives one volume per time point, and a time-lapse without Z stays plane by plane (default: "
+                         "each plane on its own)")
+    predict.add_argument("--voxel-size", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"),
+                         help="with --3d, the z step and pixel size in one unit, for the stack's proportions "
+                         "(default: each file's own; a file that records no z step is taken as isotropic, with a "
+                         "warning)")
     predict.add_argument("--probability", action="store_true", help="also write the foreground probability (NAME_probability.tif)")
     predict.add_argument("--overwrite", action="store_true", help="segment again the inputs whose output exists (default: skip them)")
     predict.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
@@ -516,11 +524,14 @@ def _predict(args) -> int:
 
     from .core.batch import predict_files_iter
     from .core.device import resolve_device
+    from .core.errors import InputError
     from .core.io import collect_tiffs
     from .core.progress import run_to_end
     from .core.registry import load_model
 
     resolve_device(args.device)  # an unavailable device is one usage error, not a failure per file
+    if args.voxel_size and not args.volume:
+        raise InputError("--voxel-size gives the proportions of z-stacks labelled in 3D; add --3d")
     model = load_model(args.model)
     for spec in args.inputs:
         collect_tiffs(spec)  # each input must match a file
@@ -554,7 +565,8 @@ def _predict(args) -> int:
         with cluster as executor, _ctrl_c_sets(stop, "after the current tiles; finished files stay"):
             result = run_to_end(predict_files_iter(model, files, args.out, probability=args.probability,
                                                    overwrite=args.overwrite, executor=executor, stop=stop,
-                                                   channel=args.channel, **options), show)
+                                                   channel=args.channel, volume=args.volume,
+                                                   z_scale=_z_scale(args.voxel_size), **options), show)
     finally:
         progress.close()
     seconds = time.monotonic() - start
@@ -571,6 +583,14 @@ def _predict(args) -> int:
         print("napari-unet: interrupted; the same command goes on with the files not listed", file=sys.stderr)
         return 130
     return EXIT_FAILED if result.failed else 0
+
+
+def _z_scale(voxel_size) -> float | None:
+    """The z step in pixels of a ``--voxel-size Z Y X`` (None when not given)."""
+    if not voxel_size:
+        return None
+    z_step, _, pixel_width = voxel_size
+    return z_step / pixel_width
 
 
 @contextlib.contextmanager

@@ -332,6 +332,31 @@ def test_predict_a_stack_plane_by_plane_and_the_current_plane(make_napari_viewer
     assert labels.data[1].any() and not labels.data[0].any() and not labels.data[2].any()
 
 
+def test_predict_a_z_stack_in_3d_gives_the_cores_volume_labels(make_napari_viewer, qtbot):
+    from napari_unet.core.predict import predict
+    from napari_unet.core.registry import load_model
+    from napari_unet.widgets import PredictWidget
+
+    viewer = make_napari_viewer()
+    image, truth = synthetic_nuclei((96, 96), count=10, seed=3)
+    stack = np.stack([image] * 6)
+    stack[0][truth % 2 == 1] = np.median(image[truth == 0])  # odd nuclei start at the second plane
+    # z step 1.0, pixels 0.5: planes lie 2 pixels apart, as the layer's scale says.
+    viewer.add_image(stack, name="zstack", scale=(1.0, 0.5, 0.5))
+    widget = docked(viewer, PredictWidget)
+    widget.image.value = viewer.layers["zstack"]
+    widget.model.source.value = "embedded: nuclei"
+    widget.device.value = "cpu"
+    widget.volume.value = True
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=60_000)
+    expected = predict(load_model("nuclei"), stack, device="cpu", volume=True, z_scale=2.0).labels
+    labels = viewer.layers["zstack prediction"]
+    np.testing.assert_array_equal(labels.data, expected)  # the volume's labels, not the planes' own
+    assert tuple(labels.scale) == (1.0, 0.5, 0.5)
+    assert not np.array_equal(expected, predict(load_model("nuclei"), stack, device="cpu").labels)
+
+
 def test_predict_with_eight_orientations_gives_the_cores_averaged_labels(make_napari_viewer, qtbot):
     from napari_unet.core.predict import predict
     from napari_unet.widgets import PredictWidget

@@ -43,12 +43,13 @@ from .. import __version__
 from .atomic import writable_folder
 from .bundle import Model
 from .errors import ClusterError, ImageWarning, InputError, InputWarning, NapariUnetError
-from .io import ImageInfo, collect_tiffs, search_root
-from .normalize import as_planes, normalization_for
+from .io import ImageInfo, collect_tiffs, read_tiff, search_root, write_tiff
+from .normalize import as_planes, is_colour, normalization_for
 from .predict import (
     NO_DIAMETER_FOUND,
     PredictProgress,
     checked_threshold,
+    checked_z_scale,
     estimate_diameter,
     predict_iter,
     predict_planes_iter,
@@ -319,7 +320,10 @@ class _Stopped(Exception):
 
 
 #: Keywords of :func:`~napari_unet.core.predict.predict_iter` that a batch passes on.
-_PREDICT_OPTIONS = set(inspect.signature(predict_iter).parameters) - {"model", "image", "channel_axis"}
+# Not volume and z_scale: a batch's units are planes; files labelled in 3D take them as
+# arguments of their own (predict_files_iter).
+_PREDICT_OPTIONS = set(inspect.signature(predict_iter).parameters) - {"model", "image", "channel_axis", "volume",
+                                                                       "z_scale"}
 
 #: Keywords of :func:`~napari_unet.core.predict.predict_iter` that the diameter estimate also takes.
 _ESTIMATE_OPTIONS = ("tile_size", "batch_size", "device", "amp", "threshold", "min_size", "intensity_range")
@@ -429,6 +433,8 @@ def predict_files_iter(
     executor: PlaneExecutor | None = None,
     stop: threading.Event | None = None,
     channel: int | None = None,
+    volume: bool = False,
+    z_scale: float | None = None,
     **predict_options,
 ) -> Iterator[FileProgress]:
     """Segment TIFF files plane by plane; yields progress, returns a :class:`BatchResult`.
@@ -454,6 +460,10 @@ def predict_files_iter(
             inputs with several (an ImageJ or OME C axis, or colour samples); inputs
             without channels are segmented as they are. None: each channel of such an
             input is segmented (colour samples are averaged to gray).
+        volume: Label z-stacks in 3D (see :func:`_predict_volumes`): each file is read
+            whole and predicted in this process.
+        z_scale: With ``volume``, the z step in pixels for every file; None: each
+            file's own, from its metadata.
         **predict_options: Passed to :func:`~napari_unet.core.predict.predict_iter`
             (tile_size, batch_size, threshold, min_size, device, amp, diameter, pixel_size,
             intensity_range).
@@ -468,6 +478,15 @@ def predict_files_iter(
     if isinstance(files, str | os.PathLike):
         files = [files]
     files = _input_files_once(files, out_dir)
+    if volume:
+        if executor is not None and not isinstance(executor, LocalExecutor):
+            raise InputError("3D labels are made in this process, a volume at a time; a cluster segments planes: "
+                             "leave out the cluster, or 3D")
+        if channel is not None:
+            raise InputError("3D labels are made from one-channel z-stacks; choosing a channel is not supported "
+                             "with 3D: save the channel as a stack of its own")
+        return (yield from _predict_volumes(model, files, out_dir, probability, overwrite, stop, z_scale,
+                                            predict_options))
     if channel is None:
         model = model.for_colours(_is_colour_file(path) for path in files)
     targets = output_paths(files, out_dir, probability)
@@ -523,6 +542,95 @@ def predict_files_iter(
                 job.abort()
     results = skipped + [(job.index, job.result) for job in jobs if job.result is not None]
     return BatchResult([result for _, result in sorted(results, key=lambda item: item[0])], cancelled)
+
+
+def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike, probability: bool, overwrite: bool,
+                     stop: threading.Event | None, z_scale: float | None, options: dict) -> Iterator[FileProgress]:
+    """:func:`predict_files_iter` for z-stacks labelled in 3D, one file after the other.
+
+    Each file is read whole and predicted by :func:`~napari_unet.core.predict.predict_iter`
+    as a volume (a T axis gives one volume per time point); its outputs are written
+    atomically once it is done, with its pixel size and z step. A file whose axes say it
+    is a time-lapse without Z (TYX) is segmented plane by plane, as objects are never
+    followed through time. A file that fails is reported, and the others go on.
+    """
+    model = model.for_colours(_is_colour_file(path) for path in files)
+    targets = output_paths(files, out_dir, probability)
+    _check_options(model, options)
+    if z_scale is not None:
+        checked_z_scale(z_scale)
+    writable_folder(out_dir)
+    pending = [(index, path, labels_path, probability_path)
+               for index, (path, (labels_path, probability_path)) in enumerate(zip(files, targets))
+               if overwrite or not (labels_path.exists() and (probability_path is None or probability_path.exists()))]
+    waiting = {index for index, *_ in pending}
+    results = {index: FileResult(files[index], targets[index][0], skipped=True)
+               for index in range(len(files)) if index not in waiting}
+    counts = {index: _count_units(path, model.config.in_channels, None) for index, path, *_ in pending}
+    total, done = sum(counts.values()), 0
+
+    def ended(cancelled: bool = False) -> BatchResult:
+        return BatchResult([results[index] for index in sorted(results)], cancelled)
+
+    for index, path, labels_path, probability_path in pending:
+        if stop is not None and stop.is_set():
+            return ended(cancelled=True)
+        started = time.monotonic()
+        try:
+            def progress(plane: PredictProgress, index=index, path=path, before=done) -> FileProgress:
+                return FileProgress(index, len(files), path, plane, before + plane.plane + (plane.done == plane.total),
+                                    total)
+
+            prediction = yield from _volume_of_file(model, path, z_scale, options, stop, progress)
+            if prediction is None:
+                return ended(cancelled=True)
+            labels, probability_map, info = prediction
+            label_type = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
+            unit = info.unit or "um"
+            write_tiff(labels_path, labels.astype(label_type), info.pixel_size, unit, info.z_step)
+            if probability_path is not None:
+                write_tiff(probability_path, probability_map, info.pixel_size, unit, info.z_step)
+            volumes = labels.reshape(-1, *labels.shape[-3:]) if labels.ndim > 3 else labels[np.newaxis]
+            objects = sum(int(np.unique(part).size) - 1 for part in volumes)
+            results[index] = FileResult(path, labels_path, counts[index], objects, time.monotonic() - started)
+        except NapariUnetError as error:
+            results[index] = FileResult(path, None, error=str(error), seconds=time.monotonic() - started)
+        done += counts[index]
+    return ended()
+
+
+def _volume_of_file(model: Model, path: Path, z_scale: float | None, options: dict, stop: threading.Event | None,
+                    progress: Callable[[PredictProgress], FileProgress]):
+    """Predict one file's z-stack as volumes; yields progress, returns ``(labels, probability, info)`` or None if stopped.
+
+    Raises:
+        InputError: If the file cannot be read, or is no one-channel z-stack.
+    """
+    image, info = read_tiff(path)
+    axes = info.axes
+    if "C" in axes or ("S" in axes and not is_colour(image, 1)):
+        raise InputError(f"{path}: 3D labels are made from one-channel z-stacks; this file has channels (axes "
+                         f"{axes}): save the channel to segment as a stack of its own")
+    as_volume = not ("T" in axes and "Z" not in axes)
+    if as_volume and "Z" in axes and axes.index("Z") != len(axes) - 3:
+        raise InputError(f"{path}: its axes {axes} do not end with ZYX; 3D labels need the z axis just before "
+                         "height and width")
+    if not as_volume:
+        warnings.warn(f"{path.name} is a time-lapse (axes {axes}): its planes are segmented one by one",
+                      ImageWarning, stacklevel=2)
+    scale = _input_scale(model, options, None, info, str(path))
+    run = predict_iter(model, image, volume=as_volume, z_scale=z_scale if z_scale is not None else info.z_scale,
+                       **{key: value for key, value in options.items() if key not in _SCALE_OPTIONS}, **scale)
+    with closing(run):
+        while True:
+            if stop is not None and stop.is_set():
+                return None
+            try:
+                plane = next(run)
+            except StopIteration as finished:
+                prediction = finished.value
+                return prediction.labels, prediction.probability, info
+            yield progress(plane)
 
 
 def _batch_settings(model: Model, options: dict, channel: int | None) -> dict:

@@ -274,11 +274,13 @@ def write_tiff(
     data: np.ndarray,
     pixel_size: tuple[float, float] | None = None,
     unit: str = "um",
+    z_step: float | None = None,
 ) -> Path:
     """Write an array to a compressed TIFF atomically, with its pixel size when known.
 
     ImageJ-compatible files are written where ImageJ can read the dtype (uint8, uint16,
-    float32); BigTIFF is used when the data need it.
+    float32); BigTIFF is used when the data need it. ``z_step``, the distance between
+    planes in ``unit``, is recorded in ImageJ files (as their ``spacing``).
     """
     path = Path(path)
     made_folder(path.parent)
@@ -296,6 +298,8 @@ def write_tiff(
         options["resolution"] = (1.0 / pixel_size[1], 1.0 / pixel_size[0])
         if options.get("imagej"):
             options["metadata"]["unit"] = unit
+            if z_step is not None:
+                options["metadata"]["spacing"] = float(z_step)
         else:
             options["resolutionunit"] = "CENTIMETER" if unit == "um" else "NONE"
             if unit == "um":

@@ -63,6 +63,26 @@ class Normalization:
     def from_dict(cls, values: dict) -> Normalization:
         return cls(**values)
 
+    def range_of(self, values: np.ndarray) -> tuple[float, float]:
+        """The intensities at this normalization's percentiles over all of ``values`` (finite ones only).
+
+        One range for a whole z-stack keeps the planes at its ends, which hold little but
+        haze, as dark as they are, where each plane's own percentiles would stretch them
+        until the haze looks like objects.
+
+        Raises:
+            InputError: If no value is finite.
+        """
+        values = np.asarray(values)
+        if values.dtype in (np.uint8, np.uint16):
+            low, high = _integer_percentiles(values, (self.low_percentile, self.high_percentile))
+            return low, high
+        values = values.astype(np.float32, copy=False)
+        non_finite = _non_finite(values, warn=False)
+        finite = values if non_finite is None else values[~non_finite]
+        low, high = np.percentile(finite, [self.low_percentile, self.high_percentile])
+        return float(low), float(high)
+
     def __call__(self, planes: np.ndarray) -> np.ndarray:
         """Normalize ``(..., channels, height, width)`` planes to float32, one plane at a time.
 

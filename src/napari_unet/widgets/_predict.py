@@ -33,6 +33,7 @@ from ._common import (
     report_error,
     show_error,
     show_info,
+    spatial_scale,
     spatial_shape,
     threshold_setting,
 )
@@ -62,6 +63,14 @@ def _pixel_size_for(image, model) -> tuple[float, float] | None:
     return pixel_size_for_model(model, *pixel_size(image))
 
 
+def _layer_z_scale(image) -> float | None:
+    """The z step of a z-stack layer in pixels, from its scale (None when the scale says nothing of it)."""
+    scale = spatial_scale(image)
+    if len(scale) < 3 or scale[-3] == scale[-1] == 1:
+        return None  # napari's default scale: not a measurement
+    return scale[-3] / scale[-1]
+
+
 def start_prediction(
     viewer: napari.viewer.Viewer,
     dock: ScrollingDock,
@@ -77,6 +86,8 @@ def start_prediction(
     intensity_range: tuple[float, float] | None = None,
     probability: bool = False,
     current_plane_only: bool = False,
+    volume: bool = False,
+    z_scale: float | None = None,
     output=None,
     on_progress=None,
     on_finish=None,
@@ -103,6 +114,9 @@ def start_prediction(
         probability: Also add the foreground probability as an Image layer.
         current_plane_only: Predict only the plane the viewer shows, into ``output`` (or a
             new Labels layer).
+        volume: Label the z-stack in 3D (see :func:`~napari_unet.core.predict.predict_iter`);
+            not with ``current_plane_only``, which predicts one plane.
+        z_scale: The z step in pixels, for ``volume`` (None: the layer's scale says it).
         output: Labels layer to write into (for ``current_plane_only``).
         on_progress: Called with each :class:`~napari_unet.core.predict.PredictProgress`.
         on_finish: Called when the worker ends (finished, failed or cancelled).
@@ -139,13 +153,22 @@ def start_prediction(
             probability_layer.data[where] = progress.probability
             probability_layer.refresh()
 
+    volume = volume and not current_plane_only
+
+    def show_volume(prediction):
+        # The planes shown as they came were each labelled alone; the volume's labels replace them.
+        if volume and prediction is not None:
+            output.data[...] = prediction.labels
+            output.refresh()
+
     worker = create_worker(
         guarded(predict_iter), model, data, tile_size=tile_size, threshold=threshold, min_size=min_size, device=device, amp=amp,
         channel_axis=-1 if image.rgb else None, diameter=diameter or None, pixel_size=_pixel_size_for(image, model),
         test_time_augmentation=test_time_augmentation, intensity_range=intensity_range,
+        volume=volume, z_scale=(z_scale or _layer_z_scale(image)) if volume else None,
         _start_thread=False, _ignore_errors=True,
     )
-    connect_worker(worker, dock, show_plane, lambda _: None, "prediction", on_finish or (lambda: None))
+    connect_worker(worker, dock, show_plane, show_volume, "prediction", on_finish or (lambda: None))
     worker.start()
     return worker, output
 
@@ -182,6 +205,14 @@ class PredictWidget(ScrollingDock):
                                     tooltip="Also add the foreground probability as a hidden image layer.")
         self.current_plane_only = CheckBox(text="predict current plane only", value=False,
                                            tooltip="Fast feedback: only the plane on screen, into the last prediction layer.")
+        self.volume = CheckBox(text="3D: label the z-stack as a volume", value=False,
+                               tooltip="Each object keeps one label through the planes it spans. The stack's last axis "
+                               "before height and width is Z; an axis before it (T) gives one volume per time point.")
+        self.z_step = FloatSpinBox(
+            label="z step (px)", value=0.0, min=0.0, max=1000.0, step=0.1,
+            tooltip="For 3D: the distance between planes over the pixel width. 0: from the layer's scale (as the "
+            "file's voxel size sets it); isotropic, with a warning, when the layer has none.",
+        )
         self.device = device_choice()
         self.float32 = float32_choice()
         self.run = PushButton(text="Predict")
@@ -189,7 +220,8 @@ class PredictWidget(ScrollingDock):
         self.progress = ProgressBar(label="progress", value=0, max=1000)
         self.contents.extend([
             self.image, self.model, self.tile_size, self.threshold, self.min_size, self.diameter, self.estimate,
-            self.orientations, self.contrast_limits, self.probability, self.current_plane_only, self.device,
+            self.orientations, self.contrast_limits, self.probability, self.current_plane_only, self.volume,
+            self.z_step, self.device,
             self.float32, self.run, self.cancel, self.progress,
         ])
         self.run.changed.connect(self.start)
@@ -241,6 +273,7 @@ class PredictWidget(ScrollingDock):
             diameter=self.diameter.value,
             test_time_augmentation=self.orientations.value, intensity_range=intensity_range(self.contrast_limits, image),
             probability=self.probability.value, current_plane_only=self.current_plane_only.value,
+            volume=self.volume.value, z_scale=self.z_step.value or None,
             output=self.output if self.current_plane_only.value and same_image else None,
             on_progress=self._on_progress, on_finish=self._on_finish,
         )

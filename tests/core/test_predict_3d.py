@@ -1,0 +1,161 @@
+"""Prediction of z-stacks as volumes: the Python API, batches of files and the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+from napari_unet.core.batch import predict_files
+from napari_unet.core.errors import ImageWarning, InputError
+from napari_unet.core.io import read_tiff
+from napari_unet.core.predict import predict
+from napari_unet.core.registry import load_model
+from napari_unet.core.synthetic import synthetic_nuclei
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _column(depth: int = 6, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """A z-stack of nuclei that run through its planes, every other one starting at the second plane.
+
+    Returns:
+        The stack, and the 2D labels of its nuclei (where each lies in the planes it is in).
+    """
+    image, truth = synthetic_nuclei((96, 96), count=10, seed=seed)
+    background = np.median(image[truth == 0]).astype(image.dtype)
+    first_plane = image.copy()
+    first_plane[(truth % 2 == 1)] = background  # odd nuclei start at the second plane
+    return np.stack([first_plane] + [image] * (depth - 1)), truth
+
+
+def _one_label_per_object_through_the_planes(labels: np.ndarray, truth: np.ndarray) -> None:
+    """Each nucleus has one label in all the planes it is in, and no two share one.
+
+    Labelling each plane alone numbers them by their place in the plane, which differs
+    where a nucleus starts: the second plane holds nuclei the first has not.
+    """
+    found = {}
+    for nucleus in range(1, truth.max() + 1):
+        ids = {int(np.bincount(plane[truth == nucleus]).argmax()) for plane in labels[nucleus % 2:]}
+        if ids != {0}:
+            assert len(ids) == 1, f"nucleus {nucleus} has labels {ids} in the planes it spans"
+            found[nucleus] = ids.pop()
+    assert len(found) >= 4 and len(set(found.values())) == len(found)
+
+
+@pytest.fixture(scope="module")
+def nuclei_model():
+    return load_model("nuclei")
+
+
+def test_a_volume_gives_each_object_one_label_through_its_planes(nuclei_model):
+    stack, truth = _column()
+    by_plane = predict(nuclei_model, stack, device="cpu")
+    # Plane by plane, each plane numbers its own objects: the check below tells them apart.
+    with pytest.raises(AssertionError, match="has labels"):
+        _one_label_per_object_through_the_planes(by_plane.labels, truth)
+    volume = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=2.0)
+    assert volume.labels.shape == stack.shape and volume.labels.dtype == np.int32
+    _one_label_per_object_through_the_planes(volume.labels, truth)
+    # The foreground probability stays that of each plane.
+    np.testing.assert_array_equal(volume.probability, by_plane.probability)
+
+
+def test_each_time_point_of_a_tzyx_stack_is_a_volume_of_its_own(nuclei_model):
+    (first, first_truth), (second, second_truth) = _column(seed=3), _column(seed=1)
+    labels = predict(nuclei_model, np.stack([first, second]), device="cpu", volume=True, z_scale=2.0).labels
+    assert labels.shape == (2, *first.shape)
+    for volume, truth in zip(labels, (first_truth, second_truth)):
+        _one_label_per_object_through_the_planes(volume, truth)
+        assert np.array_equal(np.unique(volume), np.arange(volume.max() + 1))  # numbered from 1 in each
+
+
+def test_a_volume_of_unknown_z_step_is_taken_as_isotropic_with_a_warning(nuclei_model):
+    stack, truth = _column(12)
+    with pytest.warns(ImageWarning, match="z step of the stack is not known"):
+        labels = predict(nuclei_model, stack, device="cpu", volume=True).labels
+    _one_label_per_object_through_the_planes(labels, truth)
+
+
+@pytest.mark.parametrize(("image", "z_scale", "said"), [
+    (np.zeros((1, 32, 32), np.uint8), 1.0, "one plane"),
+    (np.zeros((32, 32), np.uint8), 1.0, "one plane"),
+    (np.zeros((4, 32, 32), np.uint8), 0.0, "positive number"),
+    (np.zeros((4, 32, 32), np.uint8), -2.0, "positive number"),
+    (np.zeros((4, 32, 32), np.uint8), float("nan"), "positive number"),
+    (np.zeros((4, 32, 32), np.uint8), "deep", "number of pixels"),
+    (np.zeros((4, 32, 32, 3), np.uint8), 1.0, "colour"),
+])
+def test_what_cannot_be_labelled_in_3d_is_said_before_any_work(nuclei_model, image, z_scale, said):
+    with pytest.raises(InputError, match=said):
+        predict(nuclei_model, image, device="cpu", volume=True, z_scale=z_scale)
+
+
+# -- files -------------------------------------------------------------------------------
+
+
+def test_a_batch_labels_z_stacks_in_3d_with_their_voxel_size(nuclei_model, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    stack, truth = _column()
+    tifffile.imwrite(folder / "zstack.tif", stack, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 0.5})
+    result = predict_files(nuclei_model, folder, tmp_path / "out", volume=True, device="cpu")
+    (done,) = result.files
+    assert done.error is None and done.planes == len(stack)
+    labels, info = read_tiff(done.output)
+    _one_label_per_object_through_the_planes(labels, truth)
+    assert done.objects == labels.max()  # counted once, not once per plane
+    # The output keeps the voxel size, so that it lies over its image.
+    assert (info.axes, info.pixel_size, info.unit, info.z_step) == ("ZYX", (0.25, 0.25), "um", 0.5)
+    # Done files are kept on a second run.
+    assert predict_files(nuclei_model, folder, tmp_path / "out", volume=True, device="cpu").files[0].skipped
+
+
+def test_a_time_lapse_stays_plane_by_plane_and_a_file_with_channels_fails_alone(nuclei_model, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    stack, truth = _column(3)
+    tifffile.imwrite(folder / "timelapse.tif", stack, imagej=True, metadata={"axes": "TYX"})
+    tifffile.imwrite(folder / "channels.tif", np.stack([stack] * 2, axis=1), imagej=True,
+                     metadata={"axes": "ZCYX"})
+    with pytest.warns(ImageWarning, match="time-lapse"):
+        result = predict_files(nuclei_model, folder, tmp_path / "out", volume=True, z_scale=1.0, device="cpu")
+    channels, timelapse = result.files
+    assert "channels" in channels.error and not (tmp_path / "out" / "channels.tif").exists()
+    labels, _ = read_tiff(timelapse.output)
+    # Each time point numbers its own objects: objects are never followed through time.
+    with pytest.raises(AssertionError, match="has labels"):
+        _one_label_per_object_through_the_planes(labels, truth)
+    assert labels[0].max() < labels[1].max() == labels[2].max()  # the first plane lacks the odd nuclei
+
+
+def test_a_cluster_is_refused_for_3d(nuclei_model, tmp_path):
+    class Cluster:
+        def predict_units(self, *args):
+            raise AssertionError("no plane goes to a cluster in 3D")
+
+    tifffile.imwrite(tmp_path / "zstack.tif", _column(2)[0], photometric="minisblack")
+    with pytest.raises(InputError, match="cluster"):
+        predict_files(nuclei_model, tmp_path / "zstack.tif", tmp_path / "out", volume=True, executor=Cluster())
+
+
+def test_the_command_line_labels_in_3d_with_the_voxel_size_given(tmp_path, capsys):
+    stack, truth = _column()
+    tifffile.imwrite(tmp_path / "zstack.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", "nuclei", str(tmp_path / "zstack.tif"), "--out", str(out), "--3d",
+                 "--voxel-size", "1.0", "0.5", "0.5", "--device", "cpu"]) == 0  # z step: 2 pixels
+    _one_label_per_object_through_the_planes(tifffile.imread(out / "zstack.tif"), truth)
+    # A voxel size is for 3D only: said in one line, nothing written.
+    capsys.readouterr()
+    assert main(["predict", "--model", "nuclei", str(tmp_path / "zstack.tif"), "--out", str(tmp_path / "other"),
+                 "--voxel-size", "1.0", "0.5", "0.5"]) != 0
+    assert "add --3d" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    with pytest.raises(SystemExit) as exit_code:  # a usage error, as argparse says it
+        main(["predict", "--model", "nuclei", str(tmp_path / "zstack.tif"), "--out", str(tmp_path / "other"),
+              "--3d", "--voxel-size", "0", "0.5", "0.5"])
+    assert exit_code.value.code == 2 and "positive number" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

@@ -1,0 +1,158 @@
+"""3D labels of z-stacks from per-plane probabilities: one label per object across its planes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_unet.core.errors import InputError
+from napari_unet.core.metrics import match_counts
+from napari_unet.core.targets import class_targets
+from napari_unet.core.volume import smallest_volume, volume_labels
+
+DIAMETER = 20  # XY pixels
+
+
+def balls(shape: tuple[int, int, int], centres: list[tuple[float, float, float]], z_scale: float,
+          radius: float = DIAMETER / 2) -> np.ndarray:
+    """Labels of balls of ``radius`` XY pixels in a stack of planes ``z_scale`` pixels apart.
+
+    Overlapping balls are split at the plane halfway between their centres: they touch.
+    """
+    z, y, x = np.indices(shape, dtype=np.float32)
+    z = z * z_scale
+    distances = np.stack([np.sqrt((z - cz * z_scale) ** 2 + (y - cy) ** 2 + (x - cx) ** 2) for cz, cy, cx in centres])
+    nearest = distances.argmin(0)
+    return np.where(distances.min(0) <= radius, nearest + 1, 0).astype(np.int32)
+
+
+def network_like(labels: np.ndarray, classes: int = 3) -> np.ndarray:
+    """``(Z, classes, Y, X)`` probabilities a 2D network might give for each plane: its one-hot classes, blurred in XY."""
+    planes = []
+    for plane in labels:
+        one_hot = np.eye(classes, dtype=np.float32)[class_targets(plane, classes, gap=1)].transpose(2, 0, 1)
+        blurred = np.stack([ndimage.gaussian_filter(channel, 1.0) for channel in one_hot])
+        planes.append(blurred / blurred.sum(axis=0, keepdims=True))
+    return np.stack(planes)
+
+
+def matched(truth: np.ndarray, labels: np.ndarray, iou: float = 0.7) -> int:
+    """Objects of ``truth`` found one-to-one in ``labels`` with at least ``iou``."""
+    return int(match_counts(truth, labels, (iou,)).tp[0])
+
+
+def test_each_ball_is_one_object_across_its_planes():
+    truth = balls((24, 64, 64), [(6, 16, 16), (12, 16, 46), (16, 46, 20), (10, 46, 48)], z_scale=2.0)
+    labels = volume_labels(network_like(truth), 2.0, threshold=0.5, object_diameter=DIAMETER)
+    assert labels.max() == 4
+    assert matched(truth, labels) == 4
+
+
+def test_touching_objects_separated_by_the_boundary_class_stay_apart():
+    truth = balls((20, 40, 64), [(10, 20, 22), (10, 20, 40)], z_scale=2.0)  # centres 18 px apart: they touch
+    assert np.count_nonzero((truth[:, :, 1:] != truth[:, :, :-1]) & (truth[:, :, 1:] > 0) & (truth[:, :, :-1] > 0))
+    labels = volume_labels(network_like(truth), 2.0, threshold=0.5, object_diameter=DIAMETER)
+    assert labels.max() == 2
+    assert matched(truth, labels) == 2
+
+
+def test_objects_touching_across_planes_stay_apart_at_the_stacks_z_scale():
+    # Two balls one above the other in a stack of planes 3 pixels apart: measured as if the
+    # planes were 1 pixel apart they would be flat discs, of whose distance a diameter's
+    # tenth is no peak.
+    z_scale = 3.0
+    truth = balls((14, 32, 32), [(3.6, 16, 16), (9.6, 16, 16)], z_scale)
+    probabilities = network_like(truth)
+    labels = volume_labels(probabilities, z_scale, threshold=0.5, object_diameter=DIAMETER)
+    assert labels.max() == 2
+    assert matched(truth, labels, 0.6) == 2
+    assert volume_labels(probabilities, 1.0, threshold=0.5, object_diameter=DIAMETER).max() != 2
+
+
+def test_min_size_is_an_area_in_a_plane_counted_as_a_ball():
+    assert smallest_volume(10, 1.0) == 24  # a ball whose largest cross-section has 10 pixels
+    assert smallest_volume(10, 2.2) == 11  # planes 2.2 pixels apart hold fewer voxels of it
+    assert smallest_volume(0, 3.0) == 1
+    truth = balls((16, 48, 48), [(8, 24, 16), (8, 24, 38)], 2.0, radius=DIAMETER / 2)
+    truth[truth == 2] = 0
+    small = balls((16, 48, 48), [(8, 24, 38)], 2.0, radius=5) * 2  # about 260 voxels
+    truth = np.where(small > 0, small, truth)
+    probabilities = network_like(truth)
+    kept = volume_labels(probabilities, 2.0, threshold=0.5, min_size=10, object_diameter=DIAMETER)
+    assert kept.max() == 2
+    # 100 pixels: the cross-section of a ball of 11.3 pixels, 376 voxels at this z step.
+    removed = volume_labels(probabilities, 2.0, threshold=0.5, min_size=100, object_diameter=DIAMETER)
+    assert removed.max() == 1
+    assert matched(truth == 1, removed) == 1
+
+
+def test_two_classes_separate_touching_objects_and_give_back_the_gap():
+    truth = balls((20, 40, 64), [(10, 20, 22), (10, 20, 40)], z_scale=2.0)
+    probabilities = network_like(truth, classes=2)
+    labels = volume_labels(probabilities, 2.0, threshold=0.5, gap=1, object_diameter=DIAMETER)
+    assert labels.max() == 2
+    assert matched(truth, labels, 0.8) == 2
+    # The gap voxels between them belong to objects again: the two meet.
+    meeting = (labels[:, :, 1:] != labels[:, :, :-1]) & (labels[:, :, 1:] > 0) & (labels[:, :, :-1] > 0)
+    assert meeting.any()
+
+
+def test_labels_are_int32_and_consecutive_without_a_diameter():
+    truth = balls((24, 64, 64), [(6, 16, 16), (12, 16, 46), (16, 46, 20), (10, 46, 48)], z_scale=2.0)
+    labels = volume_labels(network_like(truth), 2.0, threshold=0.5)
+    assert labels.dtype == np.int32 and labels.shape == truth.shape
+    assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))
+    assert matched(truth, labels) == 4
+
+
+def test_nothing_to_label_gives_background():
+    probabilities = np.zeros((3, 3, 16, 16), np.float32)
+    probabilities[:, 0] = 1.0
+    labels = volume_labels(probabilities, 2.0)
+    assert labels.dtype == np.int32 and not labels.any()
+
+
+@pytest.mark.parametrize("shape, z_scale", [((3, 16, 16), 1.0), ((2, 4, 16, 16), 1.0), ((2, 3, 16, 16), 0.0)])
+def test_refuses_what_is_not_a_stack_of_probabilities(shape, z_scale):
+    with pytest.raises(InputError):
+        volume_labels(np.full(shape, 0.25, np.float32), z_scale)
+
+
+#: 3D AP50 of the ``nuclei`` model on 1135_mini at its true diameter (21.6 px), measured
+#: by bench/bench_volume.py: 0.645 with volume_labels, 0 with its planes labelled alone.
+MEASURED_AP50 = 0.645
+
+
+@pytest.mark.slow
+def test_nuclei_volume_beats_planes_labelled_alone(shared_data, one_torch_thread):
+    import tifffile
+
+    from napari_unet.core.normalize import IntensityRange, as_planes
+    from napari_unet.core.postprocess import probabilities_to_labels
+    from napari_unet.core.predict import predict_probabilities
+    from napari_unet.core.progress import run_to_end
+    from napari_unet.core.registry import load_model
+    from napari_unet.core.scale import resize_plane, scale_factor, scaled_shape
+
+    folder = shared_data / "nuclei3d"
+    image = tifffile.imread(folder / "images" / "1135_mini.tif")
+    truth = tifffile.imread(folder / "labels" / "1135_mini.tif")
+    model = load_model("nuclei")
+    factor = scale_factor(model, 21.6)
+    planes, _ = as_planes(image, 1)
+    low, high = np.percentile(image, [1, 99.8])  # one range for the stack: its empty planes stay dark
+    probabilities = np.stack([
+        resize_plane(run_to_end(predict_probabilities(
+            model.network, resize_plane(plane, scaled_shape(plane.shape[-2:], factor)), device="cpu", amp=False)),
+            plane.shape[-2:])
+        for plane in IntensityRange(float(low), float(high))(planes)])
+    z_scale = 0.284 / 0.127
+
+    labels = volume_labels(probabilities, z_scale, model.threshold, 10, model.gap, model.object_diameter / factor)
+    planes_alone = np.stack([probabilities_to_labels(plane, model.threshold, 10, model.gap, 1 / factor,
+                                                     model.object_diameter) for plane in probabilities])
+    ap50 = float(match_counts(truth, labels, (0.5,)).average_precision[0])
+    planes_ap50 = float(match_counts(truth, planes_alone, (0.5,)).average_precision[0])
+    assert ap50 >= MEASURED_AP50 - 0.1
+    assert ap50 >= planes_ap50 + 0.4
