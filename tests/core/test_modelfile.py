@@ -94,6 +94,14 @@ def test_round_trip_keeps_weights_metadata_and_predictions(tmp_path, nuclei, set
     assert _files(tmp_path) == ["model.safetensors"]  # no temporary file left
 
 
+def test_the_separation_travels_with_the_model_and_is_written_only_when_not_the_default(tmp_path):
+    model = Model.new(NetworkConfig(depth=1, base_width=2))
+    assert "separation" not in read_metadata(save_model(model, tmp_path / "seeds.safetensors"))
+    model.separation = "peaks"
+    path = save_model(model, tmp_path / "peaks.safetensors")
+    assert read_metadata(path)["separation"] == "peaks" and load_model_file(path).separation == "peaks"
+
+
 def test_round_trip_without_optional_metadata(tmp_path):
     model = Model.new(NetworkConfig(depth=1, base_width=2))
     loaded = load_model_file(save_model(model, tmp_path / "plain.safetensors"))
@@ -393,6 +401,7 @@ def test_shipped_models_are_valid():
 @pytest.mark.parametrize(("key", "value"), [
     ("object_diameter", "big"), ("object_diameter", -3), ("gap", "x"), ("gap", True), ("training", [1, 2]),
     ("pixel_size", "abc"), ("pixel_size", [0.5]), ("name", 7), ("evaluation", "good"), ("network", {"depth": "4"}),
+    ("separation", "flood"), ("separation", 2),
 ])
 def test_a_hand_edited_header_is_one_plain_error(tmp_path, key, value):
     from safetensors.torch import load_file

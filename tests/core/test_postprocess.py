@@ -10,7 +10,7 @@ from scipy import ndimage
 from napari_unet.core.metrics import match_counts
 from napari_unet.core.postprocess import (
     FEWEST_OBJECTS_TO_CHOOSE,
-    choose_threshold,
+    choose_postprocessing,
     foreground_probability,
     growth_distance,
     probabilities_to_labels,
@@ -218,21 +218,21 @@ def _enough(pair: tuple[np.ndarray, np.ndarray]) -> tuple[list, list]:
     return [pair[0]] * copies, [pair[1]] * copies
 
 
-def test_choose_threshold_finds_the_one_that_separates_touching_objects():
+def test_choosing_the_threshold_finds_the_one_that_separates_touching_objects():
     probabilities, labels = _bridged_pairs(bridge=0.6)  # above 0.5: merged at the usual threshold
     assert probabilities_to_labels(probabilities, 0.5, min_size=1).max() == 2
-    chosen = choose_threshold(*_enough((probabilities, labels)), current=0.5, min_size=1)
-    assert 0.6 <= chosen < 0.9
+    chosen, separation = choose_postprocessing(*_enough((probabilities, labels)), current=0.5, min_size=1)
+    assert 0.6 <= chosen < 0.9 and separation == "seeds"
     assert probabilities_to_labels(probabilities, chosen, min_size=1).max() == 4
 
 
-def test_choose_threshold_keeps_the_current_one_unless_another_is_better():
+def test_choosing_the_threshold_keeps_the_current_one_unless_another_is_better():
     probabilities, labels = _bridged_pairs(bridge=0.3)  # every threshold from 0.3 up separates them
-    assert choose_threshold(*_enough((probabilities, labels)), current=0.55, min_size=1) == 0.55
-    assert choose_threshold([], [], current=0.42) == 0.42
+    assert choose_postprocessing(*_enough((probabilities, labels)), current=0.55, min_size=1) == (0.55, "seeds")
+    assert choose_postprocessing([], [], current=0.42, separation="peaks") == (0.42, "peaks")
 
 
-def test_choose_threshold_breaks_equal_aps_by_pixel_iou():
+def test_choosing_the_threshold_breaks_equal_aps_by_pixel_iou():
     # Two-class cells whose annotated extent includes a faint rim (0.42): every threshold
     # finds them all (same AP), the ones under 0.42 also outline them whole.
     labels = np.zeros((20, 40), np.int32)
@@ -241,14 +241,54 @@ def test_choose_threshold_breaks_equal_aps_by_pixel_iou():
     probabilities[1] = np.where(labels > 0, 0.42, 0.05)
     probabilities[1][ndimage.binary_erosion(labels > 0)] = 0.9  # matched with or without the rim
     probabilities[0] = 1.0 - probabilities[1]
-    chosen = choose_threshold(*_enough((probabilities, labels)), current=0.5, min_size=1)
-    assert chosen == 0.4  # of the equally good 0.3, 0.35 and 0.4, the nearest to 0.5
+    chosen = choose_postprocessing(*_enough((probabilities, labels)), current=0.5, min_size=1)
+    assert chosen == (0.4, "seeds")  # of the equally good 0.3, 0.35 and 0.4, the nearest to 0.5
 
 
-def test_choose_threshold_keeps_the_current_one_on_few_objects():
+def test_choosing_the_threshold_keeps_the_current_one_on_few_objects():
     probabilities, labels = _bridged_pairs(bridge=0.6)
     few = [probabilities] * 10, [labels] * 10  # 40 objects: better at 0.65, but too few to tell
-    assert choose_threshold(*few, current=0.5, min_size=1) == 0.5
+    assert choose_postprocessing(*few, current=0.5, min_size=1) == (0.5, "seeds")
+
+
+def _necked_pair(classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Two discs of 20 pixels overlapping in a neck of about 9, whose interior the network left joined."""
+    yy, xx = np.mgrid[:40, :60]
+    first, second = (yy - 20) ** 2 + (xx - 20) ** 2 <= 100, (yy - 20) ** 2 + (xx - 38) ** 2 <= 100
+    truth = np.where(first, 1, np.where(second, 2, 0)).astype(np.int32)
+    inside = ndimage.binary_erosion(first | second, iterations=2)
+    probabilities = np.zeros((classes, 40, 60), np.float32)
+    probabilities[1] = np.where(inside, 0.9, np.where(first | second, 0.1, 0.0))
+    if classes == 3:
+        probabilities[2] = np.where((first | second) & ~inside, 0.85, 0.05)
+    probabilities[0] = 1.0 - probabilities[1:].sum(axis=0)
+    return probabilities, truth
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_peaks_part_objects_joined_by_a_neck_that_seeds_keep_together(classes):
+    probabilities, truth = _necked_pair(classes)
+    assert probabilities_to_labels(probabilities, 0.5, min_size=1, object_diameter=20).max() == 1
+    labels = probabilities_to_labels(probabilities, 0.5, min_size=1, object_diameter=20, separation="peaks")
+    assert labels.dtype == np.int32 and labels.max() == 2
+    assert match_counts(truth, labels, (0.5,)).tp[0] == 2  # each disc is itself, parted at the neck
+    # Without the diameter, the separated parts' size stands for it.
+    assert probabilities_to_labels(probabilities, 0.5, min_size=1, separation="peaks").max() == 2
+    # A tensor's labels come back as a tensor, the same.
+    on_tensor = probabilities_to_labels(torch.from_numpy(probabilities), 0.5, min_size=1, object_diameter=20,
+                                        separation="peaks")
+    assert isinstance(on_tensor, torch.Tensor) and np.array_equal(on_tensor.numpy(), labels)
+    with pytest.raises(ValueError, match="separation"):
+        probabilities_to_labels(probabilities, separation="flood")
+
+
+def test_choosing_the_separation_takes_peaks_where_they_are_clearly_better():
+    probabilities, truth = _necked_pair()
+    chosen = choose_postprocessing(*_enough((probabilities, truth)), current=0.5, min_size=1, object_diameter=20)
+    assert chosen == (0.5, "peaks")  # no threshold parts them with seeds
+    # Where seeds do as well, they stay.
+    probabilities, labels = _bridged_pairs(bridge=0.3)
+    assert choose_postprocessing(*_enough((probabilities, labels)), current=0.55, min_size=1)[1] == "seeds"
 
 
 def test_empty_prediction_gives_empty_labels():
@@ -424,7 +464,7 @@ def test_gaps_are_found_alike_with_labels_beyond_16_bits():
     assert gaps.sum() > 20 and seeds.max() > 5
 
 
-def test_choose_threshold_holds_the_outputs_of_one_plane_at_a_time():
+def test_choosing_the_threshold_holds_the_outputs_of_one_plane_at_a_time():
     import gc
     import weakref
 
@@ -441,6 +481,6 @@ def test_choose_threshold_holds_the_outputs_of_one_plane_at_a_time():
             given.append(weakref.ref(copy))
             yield copy
 
-    chosen = choose_threshold(one_by_one(), truths, current=0.5, min_size=1)
+    chosen = choose_postprocessing(one_by_one(), truths, current=0.5, min_size=1)
     assert len(given) == len(planes) >= 3
-    assert chosen == choose_threshold(planes, truths, current=0.5, min_size=1) and 0.6 <= chosen < 0.9
+    assert chosen == choose_postprocessing(planes, truths, current=0.5, min_size=1) and 0.6 <= chosen[0] < 0.9

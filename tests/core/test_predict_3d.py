@@ -59,8 +59,10 @@ def test_a_volume_gives_each_object_one_label_through_its_planes(nuclei_model):
     volume = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=2.0)
     assert volume.labels.shape == stack.shape and volume.labels.dtype == np.int32
     _one_label_per_object_through_the_planes(volume.labels, truth)
-    # The foreground probability stays that of each plane.
-    np.testing.assert_array_equal(volume.probability, by_plane.probability)
+    # The foreground probability is each plane's, of one intensity range for the whole stack.
+    stack_range = nuclei_model.normalization.range_of(stack)
+    np.testing.assert_array_equal(volume.probability,
+                                  predict(nuclei_model, stack, device="cpu", intensity_range=stack_range).probability)
 
 
 def test_each_time_point_of_a_tzyx_stack_is_a_volume_of_its_own(nuclei_model):

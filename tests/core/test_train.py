@@ -472,17 +472,23 @@ def test_training_ends_with_the_threshold_that_segments_the_validation_images_be
     model = train([TrainingSample(*synthetic_nuclei((96, 96), count=12, seed=42))], network_config=tiny_config,
                   config=config, validation_samples=validation).model
 
-    def ap50(threshold):
+    def ap50(threshold, separation):
+        chosen = model.separation
+        model.separation = separation
         predictions = [predict(model, image, threshold=threshold, device="cpu").labels for image, _ in pairs]
+        model.separation = chosen
         return average_precision([labels for _, labels in pairs], predictions, thresholds=(0.5,))["ap_mean"][0]
 
-    scores = {threshold: ap50(threshold) for threshold in (0.5, *THRESHOLD_CHOICES[model.config.num_classes])}
-    assert model.threshold in scores
-    assert scores[model.threshold] == max(scores.values()), scores
-    # Choosing it again, for a model trained elsewhere, finds the same.
-    chosen = model.threshold
-    model.threshold = 0.5
-    assert tune_threshold(model, validation, device="cpu") == chosen == model.threshold
+    # What it chose among: the thresholds as a new model separates objects, the other separation at 0.5.
+    candidates = [(threshold, "seeds") for threshold in (0.5, *THRESHOLD_CHOICES[model.config.num_classes])]
+    scores = {candidate: ap50(*candidate) for candidate in [*candidates, (0.5, "peaks")]}
+    assert (model.threshold, model.separation) in scores
+    assert scores[model.threshold, model.separation] == max(scores.values()), scores
+    # Choosing them again, for a model trained elsewhere, finds the same.
+    chosen = model.threshold, model.separation
+    model.threshold, model.separation = 0.5, "seeds"
+    assert tune_threshold(model, validation, device="cpu") == chosen[0]
+    assert (model.threshold, model.separation) == chosen
 
 
 def test_cosine_schedule_decays_by_steps_or_time_whichever_is_further():

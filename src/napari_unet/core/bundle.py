@@ -27,6 +27,9 @@ class Model:
         gap: Gap radius between touching objects in the training targets (two classes).
         threshold: Probability threshold of the post-processing that prediction uses
             unless told otherwise; training chooses it on the validation images.
+        separation: How the post-processing tells touching objects apart, one of
+            :data:`~napari_unet.core.postprocess.SEPARATIONS`; training chooses it on the
+            validation images too.
         name: Short name (for embedded models, the name they are addressed by).
         description: One line for humans.
         pixel_size: Physical size of a pixel of the training data ``(y, x)``, if known.
@@ -47,6 +50,7 @@ class Model:
     normalization: Normalization = field(default_factory=Normalization)
     gap: int = 1
     threshold: float = 0.5
+    separation: str = "seeds"
     name: str = ""
     description: str = ""
     pixel_size: tuple[float, float] | None = None

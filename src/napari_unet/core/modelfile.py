@@ -21,6 +21,7 @@ from .bundle import Model
 from .errors import ModelFileError
 from .model import NetworkConfig, UNet
 from .normalize import Normalization
+from .postprocess import SEPARATIONS
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MODEL_SUFFIX", "check_metadata", "load_model_file", "model_file_path",
            "model_from_metadata", "model_metadata", "read_metadata", "recorded_threshold", "save_model"]
@@ -53,6 +54,8 @@ def model_metadata(model: Model) -> dict:
         "normalization": model.normalization.to_dict(),
         "gap": model.gap,
         "threshold": model.threshold,
+        # Only when not the default, so that earlier versions still read the others.
+        **({"separation": model.separation} if model.separation != "seeds" else {}),
         "pixel_size": list(model.pixel_size) if model.pixel_size else None,
         "pixel_unit": model.pixel_unit,
         "object_diameter": model.object_diameter,
@@ -223,11 +226,16 @@ def model_from_metadata(metadata: dict, tensors: dict, path: str | os.PathLike) 
     gap = _field(metadata, "gap", int, path, 1)
     if isinstance(gap, bool) or gap < 0:
         raise ModelFileError(f"{path} has a damaged header (gap {gap!r})")
+    separation = _field(metadata, "separation", str, path, "seeds")
+    if separation not in SEPARATIONS:
+        raise ModelFileError(f"{path} has a damaged header (separation {separation!r}: napari-unet knows "
+                             f"{', '.join(SEPARATIONS)}; a newer version may have written it)")
     return Model(
         network=network,
         normalization=normalization,
         gap=gap,
         threshold=recorded_threshold(metadata, path),
+        separation=separation,
         name=_field(metadata, "name", str, path, ""),
         description=_field(metadata, "description", str, path, ""),
         pixel_size=tuple(float(v) for v in pixel_size) if pixel_size else None,

@@ -564,7 +564,8 @@ def _labelled_here(model: Model, probabilities: np.ndarray | torch.Tensor, shape
                    min_size: int, pixel_scale: float) -> tuple:
     """:func:`_labelled` on the device of ``probabilities`` (an array or tensor), results alike."""
     probabilities = resize_plane(probabilities, shape)
-    labels = probabilities_to_labels(probabilities, threshold, min_size, model.gap, pixel_scale, model.object_diameter)
+    labels = probabilities_to_labels(probabilities, threshold, min_size, model.gap, pixel_scale, model.object_diameter,
+                                     model.separation)
     return labels, foreground_probability(probabilities)
 
 

@@ -39,7 +39,7 @@ from .model import NetworkConfig
 from .model_choice import CLOSEST, closest_embedded_model
 from .modelfile import model_file_path
 from .normalize import IntensityRange, Normalization, as_planes, is_colour, normalization_for
-from .postprocess import choose_threshold, enough_to_choose, foreground_probability, probabilities_to_labels
+from .postprocess import choose_postprocessing, enough_to_choose, foreground_probability, probabilities_to_labels
 from .predict import predict_probabilities
 from .progress import run_to_end
 from .registry import as_model
@@ -618,7 +618,7 @@ def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_s
     pixels, plane_ap, objects, errors = PixelCounts(), [], 0, 0
     for probabilities, labels, mask in _network_outputs(model, planes, device, amp, tile_size):
         predicted = probabilities_to_labels(probabilities, model.threshold, gap=model.gap,
-                                            object_diameter=model.object_diameter)
+                                            object_diameter=model.object_diameter, separation=model.separation)
         pixels.add(predicted, labels, mask)
         if mask.all():
             instances = average_precision(labels, predicted, thresholds=(0.5,))
@@ -652,7 +652,7 @@ def _warn_if_objects_unpainted(model: Model, planes: list, device: torch.device,
     unpainted = painted = 0
     for probabilities, labels, _ in _network_outputs(model, whole, device, amp):
         predicted = probabilities_to_labels(probabilities, model.threshold, gap=model.gap,
-                                            object_diameter=model.object_diameter)
+                                            object_diameter=model.object_diameter, separation=model.separation)
         overlapping = np.unique(predicted[labels > 0])
         unpainted += int(predicted.max()) - np.count_nonzero(overlapping)
         painted += consecutive_labels(labels)[1]
@@ -665,20 +665,21 @@ def _warn_if_objects_unpainted(model: Model, planes: list, device: torch.device,
                       "well", InputWarning, stacklevel=4)
 
 
-def _tuned_threshold(model: Model, planes: list, device: torch.device, amp: bool) -> float:
-    """The post-processing threshold that segments the fully annotated ``planes`` best."""
+def _tuned_postprocessing(model: Model, planes: list, device: torch.device, amp: bool) -> tuple[float, str]:
+    """The post-processing threshold and separation that segment the fully annotated ``planes`` best."""
     complete = [plane for plane in planes if plane[3].all()]
     truths = [labels for _, _, labels, _ in complete]
     if not enough_to_choose(truths):
-        return model.threshold  # spare the network pass: the threshold would stay
+        return model.threshold, model.separation  # spare the network pass: they would stay
     # One plane's outputs at a time, however many planes there are.
     probabilities = (plane_probabilities for plane_probabilities, _, _ in _network_outputs(model, complete, device, amp))
-    return choose_threshold(probabilities, truths, model.threshold, gap=model.gap, object_diameter=model.object_diameter)
+    return choose_postprocessing(probabilities, truths, model.threshold, gap=model.gap,
+                                 object_diameter=model.object_diameter, separation=model.separation)
 
 
 def tune_threshold(model: Model, samples: Sequence[TrainingSample], device: str | torch.device = "auto",
                    diameter: float | None = None, amp: bool = True) -> float:
-    """Choose ``model.threshold`` on fully annotated images, as training does at its end.
+    """Choose ``model.threshold`` (and ``model.separation``) on fully annotated images, as training does at its end.
 
     For models trained elsewhere or before thresholds were chosen. Changes ``model``.
 
@@ -695,7 +696,7 @@ def tune_threshold(model: Model, samples: Sequence[TrainingSample], device: str 
     """
     factor = scale_factor(model, diameter, None)
     planes = [_resized(plane, factor) for plane in _split_planes(samples, model)]
-    model.threshold = _tuned_threshold(model, planes, resolve_device(device), amp=amp)
+    model.threshold, model.separation = _tuned_postprocessing(model, planes, resolve_device(device), amp=amp)
     return model.threshold
 
 
@@ -1039,10 +1040,11 @@ def _finished(run: _Run, stepper: _Stepper, best: _BestWeights, history: list[di
     if best.state is not None:
         network.load_state_dict(best.state)
     if run.validation_planes and not best.is_given:
-        threshold = _tuned_threshold(model, run.validation_planes, device, config.amp)
-        if threshold != model.threshold:
-            logger.info("post-processing threshold %.2f -> %.2f (best on the validation images)", model.threshold, threshold)
-        model.threshold = threshold
+        threshold, separation = _tuned_postprocessing(model, run.validation_planes, device, config.amp)
+        if (threshold, separation) != (model.threshold, model.separation):
+            logger.info("post-processing threshold %.2f -> %.2f, separation %s -> %s (best on the validation images)",
+                        model.threshold, threshold, model.separation, separation)
+        model.threshold, model.separation = threshold, separation
         # How unsure the model is of its own kind of image, for the unfamiliar-image check.
         model.evaluation[HESITATION] = round(hesitation(
             foreground_probability(probabilities) for probabilities, _, _ in

@@ -3,12 +3,9 @@
 A 2D network sees each plane of a stack alone, and labelling each plane alone numbers
 the cross-sections of one nucleus as many objects (3D AP50 0). Here the planes'
 probabilities are stacked and read as one volume, at its real proportions (a z step of
-``z_scale`` XY pixels): the distance of every voxel of the separated foreground (the
-interior class of three, the foreground of two) from its edge is measured in 3D,
-smoothed, and each of its peaks that rises at least a tenth of an object diameter above
-the saddles around it becomes an object; a watershed of that distance grows the objects
-over the whole foreground, boundary class included, so that touching objects meet at
-the narrowest place between them.
+``z_scale`` XY pixels), and parted into objects at the peaks of the distance from the
+edge of the separated foreground (:mod:`~napari_unet.core.peaks`): connected parts alone
+join nuclei that touch through a plane or two.
 
 Measured by ``python bench/bench_volume.py --threads 1`` (3D IoU, one-to-one matching;
 the ``nuclei`` model, planes resized to the ground truth's median XY diameter and
@@ -38,29 +35,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
-from skimage.morphology import h_maxima
-from skimage.segmentation import watershed
 
 from .errors import InputError
-from .postprocess import _gap_pixels, _grown, foreground_probability
+from .peaks import peak_labels, separated_diameter
+from .postprocess import _gap_pixels, _grown, _without_small, separated_and_extent
 
-__all__ = ["PEAK_HEIGHT_PER_DIAMETER", "SMOOTHING_PER_DIAMETER", "smallest_volume", "volume_labels"]
-
-#: How far a peak of the distance from the foreground's edge must rise above the saddles
-#: around it to start an object, as a share of the object diameter. Touching nuclei meet
-#: in a neck much narrower than themselves; one nucleus's distance has only ripples. A
-#: tenth gave the best mean 3D AP50 on the shared volumes (0.08: 0.62, 0.1: 0.67,
-#: 0.12: 0.65, 0.2: 0.53, with the smoothing below). An object whose separated
-#: foreground is too thin for such a peak (under about a third of the diameter across)
-#: starts no object: it is taken for a speck.
-PEAK_HEIGHT_PER_DIAMETER = 1 / 10
-
-#: Gaussian smoothing of that distance, as a share of the object diameter (in XY; in z
-#: that many XY pixels). The distance of a ragged foreground has a ridge along every bump
-#: of its outline; smoothed, a nucleus keeps one peak (mean 3D AP50 0.44 without, 0.67 with).
-SMOOTHING_PER_DIAMETER = 1 / 20
-
+__all__ = ["smallest_volume", "volume_labels"]
 
 def smallest_volume(min_size: int, z_scale: float) -> int:
     """The smallest object kept, in voxels, for a smallest object of ``min_size`` pixels in a plane.
@@ -76,46 +56,6 @@ def smallest_volume(min_size: int, z_scale: float) -> int:
     """
     diameter = math.sqrt(4 * min_size / math.pi)
     return max(1, round(math.pi / 6 * diameter**3 / z_scale))
-
-
-def _separated_and_extent(probabilities: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """The separated foreground (where objects start) and the extent they grow over.
-
-    Read as :func:`~napari_unet.core.postprocess.probabilities_to_labels` reads them in a plane.
-    """
-    classes = probabilities[:, 1]
-    if probabilities.shape[1] == 3:
-        # The interior separates; the boundary class belongs to the objects' extent.
-        return classes > threshold, foreground_probability(probabilities.swapaxes(0, 1)) > threshold
-    # Two classes: separation needs the object more likely than not (the gap between
-    # touching objects is faint); a lower threshold only widens them.
-    return classes > max(threshold, 0.5), classes > threshold
-
-
-def _estimated_diameter(separated: np.ndarray, z_scale: float) -> float:
-    """Diameter, in XY pixels, of a ball as large as the separated component that holds the median voxel.
-
-    Weighted by voxels, not by components: specks and the caps of nuclei cut off by the
-    stack's ends are many but small (their plain median was 2 to 3 pixels for nuclei of
-    20 to 47). Touching objects joined in one component make it too large (31 to 33
-    pixels for 20-pixel nuclei), which merges some of them: give the diameter when known.
-    """
-    components, count = ndimage.label(separated)
-    if not count:
-        return 1.0
-    volumes = np.bincount(components.ravel())[1:]
-    diameters = np.cbrt(6 * volumes * z_scale / math.pi)
-    order = np.argsort(diameters)
-    voxels = np.cumsum(volumes[order])
-    return float(diameters[order][np.searchsorted(voxels, voxels[-1] / 2)])
-
-
-def _without_small(labels: np.ndarray, min_voxels: int) -> np.ndarray:
-    """int32 ``labels`` without the objects under ``min_voxels`` voxels, renumbered 1..N in order."""
-    keep = np.bincount(labels.ravel()) >= min_voxels
-    keep[0] = False
-    renumber = (np.cumsum(keep) * keep).astype(np.int32)
-    return renumber[labels]
 
 
 def volume_labels(probabilities: np.ndarray, z_scale: float, threshold: float = 0.5, min_size: int = 10,
@@ -158,16 +98,11 @@ def volume_labels(probabilities: np.ndarray, z_scale: float, threshold: float = 
         raise InputError(f"the probabilities of a stack are (Z, 2 or 3 classes, Y, X), not {probabilities.shape}")
     if not z_scale > 0:
         raise InputError(f"the z scale is the z step over the XY pixel size, a positive number, not {z_scale}")
-    separated, extent = _separated_and_extent(probabilities, threshold)
-    diameter = object_diameter or _estimated_diameter(separated, z_scale)
-    # Distances in XY pixels, whatever the z step: a nucleus 20 pixels wide is a ball, not
-    # a cigar, in a stack whose planes lie 2.2 pixels apart.
-    sampling = (z_scale, 1.0, 1.0)
-    depth = ndimage.distance_transform_edt(separated, sampling=sampling).astype(np.float32)
-    sigma = SMOOTHING_PER_DIAMETER * diameter
-    depth = ndimage.gaussian_filter(depth, (sigma / z_scale, sigma, sigma))
-    markers, _ = ndimage.label(h_maxima(depth, PEAK_HEIGHT_PER_DIAMETER * diameter))
-    labels = watershed(-depth, markers, mask=extent).astype(np.int32, copy=False)
+    # (classes, Z, Y, X): read as a plane's probabilities are.
+    separated, extent = separated_and_extent(probabilities.swapaxes(0, 1), threshold)
+    sampling = (z_scale, 1.0, 1.0)  # a nucleus 20 pixels wide is a ball, not a cigar, at any z step
+    diameter = object_diameter or separated_diameter(separated, sampling)
+    labels = peak_labels(separated, extent, diameter, sampling)
     if probabilities.shape[1] == 2:
         # As in a single plane: the gaps the model leaves between touching objects (in the
         # plane only: it was trained on planes) go back to the nearest object.
