@@ -51,8 +51,8 @@ def _passed(summary) -> str:
 
 def _same_model(loaded: Model, model: Model) -> None:
     assert loaded.config == model.config and loaded.normalization == model.normalization
-    assert (loaded.gap, loaded.threshold, loaded.name, loaded.description) == (
-        model.gap, model.threshold, model.name, model.description)
+    assert (loaded.gap, loaded.threshold, loaded.separation, loaded.name, loaded.description) == (
+        model.gap, model.threshold, model.separation, model.name, model.description)
     assert (loaded.pixel_size, loaded.pixel_unit, loaded.object_diameter) == (
         model.pixel_size, model.pixel_unit, model.object_diameter)
     assert (loaded.history, loaded.training, loaded.training_data) == (model.history, model.training, model.training_data)
@@ -159,7 +159,7 @@ def test_a_valid_padding_three_class_model_of_two_channels_passes_bioimageio_tes
     _same_predictions(loaded, model, image)
 
 
-def test_a_model_that_reads_images_inverted_says_so_in_its_package(tmp_path):
+def test_a_model_that_reads_images_inverted_and_parts_objects_at_peaks_says_so_in_its_package(tmp_path):
     core = pytest.importorskip("bioimageio.core")
     import yaml
 
@@ -167,6 +167,7 @@ def test_a_model_that_reads_images_inverted_says_so_in_its_package(tmp_path):
 
     model = _tiny()
     model.normalization = Normalization(2.0, 99.5, invert=True)
+    model.separation = "peaks"
     written = export_bioimageio(model, tmp_path / "inverted.zip")
     # bioimageio.core runs the spec's preprocessing on the test input: it must give our output.
     summary = core.test_description(written)
@@ -177,7 +178,7 @@ def test_a_model_that_reads_images_inverted_says_so_in_its_package(tmp_path):
     steps = [step for step in description["inputs"][0]["preprocessing"] if step["id"] != "ensure_dtype"]
     assert [step["id"] for step in steps] == ["scale_range", "scale_linear"]  # in this order
     assert (steps[1]["kwargs"]["gain"], steps[1]["kwargs"]["offset"]) == (-1.0, 1.0)
-    assert "inverted" in readme
+    assert "inverted" in readme and "h-maxima" in readme
     loaded = load_model(written)
     _same_model(loaded, model)
     _same_predictions(loaded, model, synthetic_nuclei((64, 64), count=6, seed=0)[0])

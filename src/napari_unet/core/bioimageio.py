@@ -488,7 +488,20 @@ def documentation(model: Model, license: str = DEFAULT_LICENSE) -> str:
         "(`napari_unet.core.postprocess.probabilities_to_labels`):",
         "",
     ]
-    if config.num_classes == 3:
+    if model.separation == "peaks":
+        separated = ("interior probability (class 1)" if config.num_classes == 3
+                     else f"foreground probability above {max(model.threshold, 0.5):g}")
+        diameter = f"{model.object_diameter:.1f}" if model.object_diameter else "the separated parts' median"
+        lines += [
+            f"1. separated foreground: the pixels whose {separated} exceeds the threshold ({model.threshold:g}); "
+            "the objects' extent: the pixels whose object probability (1 - background) exceeds it;",
+            f"2. peaks: the Euclidean distance of the separated foreground from its edge, smoothed by a Gaussian "
+            f"of a twentieth of the object diameter ({diameter} pixels); each of its peaks that rises a tenth of "
+            "the diameter above the saddles around it (h-maxima) starts an object;",
+            "3. a watershed of the negated distance grows the objects over their extent; objects under 10 pixels "
+            "are dropped.",
+        ]
+    elif config.num_classes == 3:
         growth = growth_distance(model.gap, model.object_diameter)
         lines += [
             f"1. seeds: connected components of the pixels whose interior probability exceeds the threshold "
