@@ -209,3 +209,32 @@ def test_an_output_folder_that_cannot_be_made_is_said_plainly_in_the_status(batc
     assert widget.status.value == said
     assert [text for severity, text in notifications if severity == "error"] == [said]
     assert (tmp_path / "out").read_text() == "a file where the folder should be"
+
+
+def test_batch_labels_z_stacks_in_3d_when_asked(batch_widget, qtbot, tmp_path, monkeypatch):
+    from napari_unet.core import batch
+
+    from ..core.test_predict_3d import _column, _one_label_per_object_through_the_planes
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    stack, truth = _column()
+    tifffile.imwrite(folder / "zstack.tif", stack, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 0.5})
+    seen = {}
+    real = batch.predict_files_iter
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(batch, "predict_files_iter", spy)
+    widget = batch_widget
+    widget.model.source.value = "embedded: nuclei"
+    widget.inputs.value = str(folder)
+    widget.volume.value = True
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled and widget.result is not None, timeout=60_000)
+    assert seen["volume"] is True and not widget.result.failed
+    _one_label_per_object_through_the_planes(tifffile.imread(folder / "labels" / "zstack.tif"), truth)
+    assert "1 of 1 file(s) segmented" in widget.status.value

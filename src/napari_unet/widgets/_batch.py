@@ -116,6 +116,12 @@ class BatchWidget(ScrollingDock):
             label="channel (-1: all)", value=-1, min=-1, max=255,
             tooltip="For files with several channels (a C axis, or colours): segment only this one, 0 being the "
             "first (Fiji's C1). -1: each channel, one after the other (colours averaged to gray).")
+        self.volume = CheckBox(
+            label="3D: z-stacks as volumes", value=False,
+            tooltip="Label each z-stack as one volume: each object keeps one label through the planes it spans. "
+            "The z step comes from each file's voxel size (isotropic, with a warning, where a file records none); "
+            "a T axis gives one volume per time point, and a time-lapse without Z stays plane by plane. Files "
+            "are read whole, one after the other.")
         self.probability = CheckBox(
             label="write probabilities", value=False,
             tooltip="Also write NAME_probability.tif, the foreground probability (float32), beside each label file.")
@@ -138,7 +144,7 @@ class BatchWidget(ScrollingDock):
         self.open_result = PushButton(text="Open result")
         self.contents.extend([
             self.inputs, self.out_dir, self.model, self.tile_size, self.threshold, self.min_size, self.orientations,
-            self.diameter, self.estimate_diameter, self.intensity_range, self.channel, self.probability,
+            self.diameter, self.estimate_diameter, self.intensity_range, self.channel, self.volume, self.probability,
             self.overwrite, self.device, self.float32, self.compile,
             self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
         ])
@@ -185,7 +191,7 @@ class BatchWidget(ScrollingDock):
         self._worker = create_worker(
             guarded(predict_files_iter), model, files, Path(out_dir), probability=self.probability.value,
             overwrite=self.overwrite.value,
-            channel=None if self.channel.value < 0 else self.channel.value,
+            channel=None if self.channel.value < 0 else self.channel.value, volume=self.volume.value,
             stop=self._stop, tile_size=self.tile_size.value or None,
             threshold=threshold_setting(self.threshold, self.model),
             min_size=self.min_size.value, device=self.device.value, amp=not self.float32.value,
