@@ -31,9 +31,13 @@ until their haze looks like nuclei; ``volume_labels_per_plane_normalization`` sh
 Headline: ``mean_ap50`` of each method over the volumes at the true diameter. Per volume
 and method: ``ap50``, ``ap75``, ``objects`` found (``true_objects`` beside them) and the
 post-processing ``seconds``; ``predict_seconds`` is the network's time for the stack.
-Prints one JSON object.
+``--fine-tune MINUTES`` also fine-tunes ``nuclei`` on three annotated planes of each
+volume (at a quarter, half and three quarters of its depth, the rest unannotated, as a
+user paints a few planes), at the true diameter, for that long, and scores the volume in
+3D before and after (``fine_tuned``). Prints one JSON object.
 
     python bench/bench_volume.py --threads 1      # 2 to 3 minutes on a shared 2-core CPU
+    python bench/bench_volume.py --fine-tune 3    # and 3 minutes of fine-tuning per volume
     python bench/bench_volume.py --quick          # 1135_mini only, true diameter only
 """
 
@@ -57,6 +61,7 @@ from napari_unet.core.predict import estimate_diameter, predict, predict_probabi
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.registry import load_model
 from napari_unet.core.scale import resize_plane, scale_factor, scaled_shape
+from napari_unet.core.train import TrainingConfig, TrainingSample, train
 from napari_unet.core.volume import smallest_volume, volume_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,6 +180,24 @@ METHODS = {
 }
 
 
+def fine_tuned(model, image: np.ndarray, truth: np.ndarray, diameter: float, z_scale: float, minutes: float,
+               device) -> dict:
+    """3D scores of ``predict(volume=True)`` before and after fine-tuning on three annotated planes."""
+    planes = np.linspace(0, len(image) - 1, 5)[1:4].round().astype(int)
+    sparse = np.zeros_like(truth)
+    sparse[planes] = truth[planes]
+    start = time.perf_counter()
+    before = predict(model, image, device=device, diameter=diameter, volume=True, z_scale=z_scale).labels
+    before = scored(truth, before, time.perf_counter() - start)
+    config = TrainingConfig(max_minutes=minutes, device=str(device))
+    result = train([TrainingSample(image, sparse)], model=model, config=config, diameter=diameter)
+    start = time.perf_counter()
+    after = predict(result.model, image, device=device, diameter=diameter, volume=True, z_scale=z_scale).labels
+    return {"annotated_planes": planes.tolist(), "minutes": minutes, "steps": result.model.training["steps"],
+            "kept_the_starting_model": result.unchanged, "before": before,
+            "after": scored(truth, after, time.perf_counter() - start)}
+
+
 def scored(truth: np.ndarray, labels: np.ndarray, seconds: float) -> dict:
     counts = match_counts(truth, labels, (0.5, 0.75))
     ap50, ap75 = (round(float(value), 3) for value in counts.average_precision)
@@ -183,6 +206,8 @@ def scored(truth: np.ndarray, labels: np.ndarray, seconds: float) -> dict:
 
 def main() -> None:
     parser = torch_parser(__doc__, "1135_mini only, at the true diameter only")
+    parser.add_argument("--fine-tune", type=float, metavar="MINUTES",
+                        help="also fine-tune on three annotated planes of each volume for this long")
     args = parser.parse_args()
     device = torch_device(parser, args)
     if not DATA.is_dir():
@@ -222,6 +247,9 @@ def main() -> None:
             start = time.perf_counter()
             labels = ours(model, probabilities, factor, z_scale)
             result["volume_labels_per_plane_normalization"] = scored(truth, labels, time.perf_counter() - start)
+        if args.fine_tune:
+            result["fine_tuned"] = fine_tuned(model, image, truth, diameters["true"], z_scale, args.fine_tune,
+                                              device)
         volumes[name] = result
     mean_ap50 = {method: round(float(np.mean([volume["true_diameter_figures"][method]["ap50"]
                                               for volume in volumes.values()])), 3) for method in METHODS}
