@@ -161,3 +161,15 @@ def test_the_command_line_labels_in_3d_with_the_voxel_size_given(tmp_path, capsy
               "--3d", "--voxel-size", "0", "0.5", "0.5"])
     assert exit_code.value.code == 2 and "positive number" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_a_stack_unlike_the_models_images_is_said_so_once_not_once_a_plane(nuclei_model, shared_data):
+    import warnings
+
+    slices = tifffile.imread(shared_data / "isbi2012" / "volume.tif")[:3, :256, :256]  # EM, to a nuclei model
+    for volume in (False, True):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            predict(nuclei_model, slices, device="cpu", volume=volume, z_scale=1.0)
+        said = [str(warning.message) for warning in caught if "looks unlike" in str(warning.message)]
+        assert len(said) == 1, said

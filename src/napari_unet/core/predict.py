@@ -648,15 +648,17 @@ def predict_planes_iter(
     pending = None  # (plane, tile batches, labels in the making, on the GPU?) of the plane being post-processed
     held: list = []  # progress of the plane in the network, reported once the plane before it is done
     threads = ThreadTuner() if resolve_device(device).type == "cpu" else None
+    unfamiliar_said = False  # once for the stream: the hazy planes of a z-stack would say it again and again
 
     def reported():
         """The plane being post-processed, once it is done, then the progress held back."""
-        nonlocal pending
+        nonlocal pending, unfamiliar_said
         if pending is not None:
             plane_index, batches, labelled, _ = pending
             pending = None
             labels, probability, unfamiliar, classes = labelled.result()
-            if unfamiliar:
+            if unfamiliar and not unfamiliar_said:
+                unfamiliar_said = True
                 warnings.warn(unfamiliar, ImageWarning, stacklevel=2)
             yield plane_index, batches, batches, (labels, probability) + ((classes,) if keep_classes else ())
         yield from held
