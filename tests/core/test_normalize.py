@@ -354,3 +354,15 @@ def test_an_intensity_range_needs_two_finite_numbers_the_lower_first(low, high, 
 
     with pytest.raises(InputError, match=said):
         IntensityRange(low, high)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_the_range_of_a_stack_is_its_percentiles_over_all_planes(dtype):
+    stack = _image(dtype, shape=(3, 20, 30))
+    low, high = Normalization(2.0, 98.0).range_of(stack)
+    np.testing.assert_allclose((low, high), np.percentile(stack.astype(np.float64), [2.0, 98.0]), rtol=1e-5)
+    # A flat stack keeps a range (it stays flat), and NaN is left out.
+    assert Normalization().range_of(np.full((2, 4, 4), 7, dtype)) == (7.0, 8.0)
+    with_nan = stack.astype(np.float32)
+    with_nan[0, 0, 0] = np.nan
+    assert np.isfinite(Normalization().range_of(with_nan)).all()

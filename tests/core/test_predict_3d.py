@@ -173,3 +173,13 @@ def test_a_stack_unlike_the_models_images_is_said_so_once_not_once_a_plane(nucle
             predict(nuclei_model, slices, device="cpu", volume=volume, z_scale=1.0)
         said = [str(warning.message) for warning in caught if "looks unlike" in str(warning.message)]
         assert len(said) == 1, said
+
+
+def test_a_volume_too_large_for_the_memory_is_refused_before_any_work(nuclei_model, monkeypatch):
+    from napari_unet.core import predict as predict_module
+
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 50 * 2**20)  # 50 MB free
+    stack = np.zeros((40, 512, 512), np.uint8)  # 10.5 million voxels: about 1.1 GB to label
+    with pytest.raises(InputError, match=r"needs about 1\.1 GB .* 0\.0 GB are free: crop it"):
+        predict(nuclei_model, stack, device="cpu", volume=True, z_scale=1.0)
+    predict(nuclei_model, stack[:2, :64, :64], device="cpu", volume=True, z_scale=1.0)  # a small one fits

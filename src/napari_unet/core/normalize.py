@@ -76,12 +76,13 @@ class Normalization:
         values = np.asarray(values)
         if values.dtype in (np.uint8, np.uint16):
             low, high = _integer_percentiles(values, (self.low_percentile, self.high_percentile))
-            return low, high
-        values = values.astype(np.float32, copy=False)
-        non_finite = _non_finite(values, warn=False)
-        finite = values if non_finite is None else values[~non_finite]
-        low, high = np.percentile(finite, [self.low_percentile, self.high_percentile])
-        return float(low), float(high)
+        else:
+            values = values.astype(np.float32, copy=False)
+            non_finite = _non_finite(values, warn=False)
+            finite = values if non_finite is None else values[~non_finite]
+            low, high = (float(value) for value in np.percentile(finite, [self.low_percentile, self.high_percentile]))
+        # A flat stack stays flat, as a flat plane does, instead of an empty range.
+        return low, max(high, low + 1.0)
 
     def __call__(self, planes: np.ndarray) -> np.ndarray:
         """Normalize ``(..., channels, height, width)`` planes to float32, one plane at a time.

@@ -50,7 +50,7 @@ from .progress import run_to_end
 from .registry import as_model
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape, usable_diameter
 from .threads import ThreadTuner
-from .volume import volume_labels
+from .volume import BYTES_PER_VOXEL, volume_labels
 
 __all__ = ["PredictProgress", "Prediction", "checked_threshold", "checked_z_scale", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
 
@@ -797,6 +797,8 @@ def predict_iter(
     if volume and (not stack_shape or stack_shape[-1] < 2):
         raise InputError("3D labels need a z-stack of two planes or more; this image has one plane: predict it "
                          "without 3D")
+    if volume:
+        _check_room_for_volumes(stack_shape, height, width)
     if volume and intensity_range is None:
         # One range for the stack (mean 3D AP50 0.67 on the shared nuclei volumes, 0.52 by
         # each plane's percentiles): its end planes of haze stay dark.
@@ -845,6 +847,23 @@ def predict_iter(
     if diameter is None and model.object_diameter:
         diameter = model.object_diameter / factor
     return Prediction(labels.reshape(shape), probability.reshape(shape), factor, diameter)
+
+
+def _check_room_for_volumes(stack_shape: tuple[int, ...], height: int, width: int) -> None:
+    """Refuse, before any work, volumes whose 3D labelling would not fit in the memory available.
+
+    Raises:
+        InputError: If one volume's labelling (:data:`~napari_unet.core.volume.BYTES_PER_VOXEL`)
+            and the whole stack's labels and probability (8 bytes a voxel) take more.
+    """
+    volume_voxels = stack_shape[-1] * height * width
+    needed = volume_voxels * BYTES_PER_VOXEL + math.prod(stack_shape) * height * width * 8
+    free = available_memory()
+    if needed > free:
+        raise InputError(f"labelling this z-stack in 3D needs about {needed / 2**30:.1f} GB of memory "
+                         f"({stack_shape[-1]} planes of {height} x {width} held at once), and "
+                         f"{free / 2**30:.1f} GB are free: crop it (in z, or to the region of interest), "
+                         "or predict its planes one by one")
 
 
 def checked_z_scale(z_scale: float | None) -> float:
