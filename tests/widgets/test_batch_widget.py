@@ -29,6 +29,21 @@ def batch_widget(make_napari_viewer, one_torch_thread):
     return widget
 
 
+def _settings_given_to_the_batch(monkeypatch) -> dict:
+    """The keywords the widget gives ``predict_files_iter``, as they are given (the batch still runs)."""
+    from napari_unet.core import batch
+
+    seen = {}
+    real = batch.predict_files_iter
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(batch, "predict_files_iter", spy)
+    return seen
+
+
 def _inputs(folder):
     folder.mkdir()
     planes = np.stack([synthetic_nuclei((40, 32), count=3, seed=seed)[0] for seed in range(4)])
@@ -40,7 +55,6 @@ def _inputs(folder):
 
 def test_batch_segments_a_folder_into_labels_beside_it_and_opens_a_result(batch_widget, qtbot, tmp_path,
                                                                           notifications, monkeypatch):
-    from napari_unet.core import batch
 
     _inputs(tmp_path / "in")
     widget = batch_widget
@@ -48,14 +62,7 @@ def test_batch_segments_a_folder_into_labels_beside_it_and_opens_a_result(batch_
     assert widget.out_dir.value == tmp_path / "in" / "labels"  # the default follows the inputs
     widget.threshold.value, widget.min_size.value = 0.55, 3
     widget.intensity_range.value = "0, 5000"
-    seen = {}
-    real = batch.predict_files_iter
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return (yield from real(*args, **kwargs))
-
-    monkeypatch.setattr(batch, "predict_files_iter", spy)
+    seen = _settings_given_to_the_batch(monkeypatch)
     widget.start()
     assert not widget.run.enabled and widget.cancel.enabled
     qtbot.waitUntil(lambda: widget.run.enabled and widget.result is not None, timeout=60_000)
@@ -212,7 +219,6 @@ def test_an_output_folder_that_cannot_be_made_is_said_plainly_in_the_status(batc
 
 
 def test_batch_labels_z_stacks_in_3d_when_asked(batch_widget, qtbot, tmp_path, monkeypatch):
-    from napari_unet.core import batch
 
     from ..core.test_predict_3d import _column, _one_label_per_object_through_the_planes
 
@@ -221,14 +227,7 @@ def test_batch_labels_z_stacks_in_3d_when_asked(batch_widget, qtbot, tmp_path, m
     stack, truth = _column()
     tifffile.imwrite(folder / "zstack.tif", stack, imagej=True, resolution=(4.0, 4.0),
                      metadata={"axes": "ZYX", "unit": "um", "spacing": 0.5})
-    seen = {}
-    real = batch.predict_files_iter
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return (yield from real(*args, **kwargs))
-
-    monkeypatch.setattr(batch, "predict_files_iter", spy)
+    seen = _settings_given_to_the_batch(monkeypatch)
     widget = batch_widget
     widget.model.source.value = "embedded: nuclei"
     widget.inputs.value = str(folder)
