@@ -183,3 +183,25 @@ def test_a_volume_too_large_for_the_memory_is_refused_before_any_work(nuclei_mod
     with pytest.raises(InputError, match=r"needs about 1\.1 GB .* 0\.0 GB are free: crop it"):
         predict(nuclei_model, stack, device="cpu", volume=True, z_scale=1.0)
     predict(nuclei_model, stack[:2, :64, :64], device="cpu", volume=True, z_scale=1.0)  # a small one fits
+
+
+def test_large_objects_are_labelled_on_the_networks_grid_and_given_on_the_images(nuclei_model, monkeypatch):
+    from scipy import ndimage
+
+    from napari_unet.core import predict as predict_module
+    from napari_unet.core import volume as volume_module
+
+    stack, truth = _column()
+    # Nuclei 2.5 times as large: shrunk to the model's size for the network (factor about 0.4).
+    large = ndimage.zoom(stack, (1, 2.5, 2.5), order=1)
+    large_truth = ndimage.zoom(truth, 2.5, order=0)
+    grids = []
+    real = volume_module.volume_labels
+    monkeypatch.setattr(volume_module, "volume_labels", lambda classes, *args: grids.append(classes.shape) or
+                        real(classes, *args))
+    diameter = 2.5 * predict_module.object_diameter(truth)
+    labels = predict(nuclei_model, large, device="cpu", volume=True, z_scale=5.0, diameter=diameter).labels
+    assert labels.shape == large.shape
+    (grid,) = grids
+    assert grid[-2:] == predict_module.scaled_shape(large.shape[-2:], nuclei_model.object_diameter / diameter)
+    _one_label_per_object_through_the_planes(labels, large_truth)

@@ -58,10 +58,10 @@ def peak_labels(separated: np.ndarray, extent: np.ndarray, diameter: float,
     depth = ndimage.distance_transform_edt(separated, sampling=sampling).astype(np.float32)
     sigma = SMOOTHING_PER_DIAMETER * diameter
     depth = ndimage.gaussian_filter(depth, [sigma / step for step in sampling])
-    # The peaks are found on a grid as coarse as the smoothing allows: the morphological
-    # reconstruction that finds them is most of the time, about 1 s per million pixels.
-    stride = max(1, math.floor(sigma))
-    coarse = (slice(None),) * (depth.ndim - 2) + (slice(None, None, stride),) * 2
+    # The peaks are found on a grid as coarse as the smoothing allows along each axis: the
+    # morphological reconstruction that finds them is most of the time, about 1 s per
+    # million pixels.
+    coarse = tuple(slice(None, None, max(1, math.floor(sigma / step))) for step in sampling)
     markers = np.zeros(depth.shape, np.int32)
     markers[coarse] = ndimage.label(h_maxima(depth[coarse], PEAK_HEIGHT_PER_DIAMETER * diameter))[0]
     return watershed(-depth, markers, mask=extent).astype(np.int32, copy=False)

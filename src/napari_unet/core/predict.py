@@ -50,7 +50,7 @@ from .progress import run_to_end
 from .registry import as_model
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape, usable_diameter
 from .threads import ThreadTuner
-from .volume import BYTES_PER_VOXEL, volume_labels
+from .volume import BYTES_PER_VOXEL, VolumeLabeller, labelling_factor
 
 __all__ = ["PredictProgress", "Prediction", "checked_threshold", "checked_z_scale", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
 
@@ -571,13 +571,13 @@ def _labelled_here(model: Model, probabilities: np.ndarray | torch.Tensor, shape
 
 def _labelled_and_judged(model: Model, probabilities: np.ndarray | torch.Tensor, shape: tuple[int, int],
                          threshold: float, min_size: int, pixel_scale: float, on_device: bool,
-                         keep_classes: bool = False) -> tuple:
+                         classes_shape: tuple[int, int] | None = None) -> tuple:
     """:func:`_labelled`, what to tell the user when the output says the image is foreign to the model (or None),
-    and, when ``keep_classes``, the class probabilities on the plane's grid in float16 (else None)."""
+    and the class probabilities on a grid of ``classes_shape`` in float16 (None when not given)."""
     classes = None
-    if keep_classes:
+    if classes_shape is not None:
         # float16 halves what a volume's planes hold until the volume is labelled.
-        classes = resize_plane(probabilities, shape)
+        classes = resize_plane(probabilities, classes_shape)
         classes = (classes.cpu().numpy() if isinstance(classes, torch.Tensor) else classes).astype(np.float16)
     labels, probability = _labelled(model, probabilities, shape, threshold, min_size, pixel_scale, on_device)
     return labels, probability, unfamiliar_image_message(model, labels, probability, pixel_scale), classes
@@ -633,8 +633,9 @@ def predict_planes_iter(
             (see :func:`~napari_unet.core.scale.scale_factor`); results are brought back.
         tile_size, batch_size, threshold, min_size, device, amp, compile_network,
             test_time_augmentation, intensity_range: As for :func:`predict_iter`.
-        keep_classes: Also give each plane's class probabilities, on its own grid in
-            float16, for labels made across planes (:mod:`~napari_unet.core.volume`).
+        keep_classes: Also give each plane's class probabilities in float16, for labels
+            made across planes, on the grid they are labelled on
+            (:func:`~napari_unet.core.volume.labelling_factor`).
 
     Yields:
         ``(plane, done, total, None)`` as the tile batches of a plane are done, and
@@ -694,8 +695,9 @@ def predict_planes_iter(
                 threads.step_took(in_network / normalized[0].size)
             yield from reported()
             on_gpu = _labels_on_the_device(probabilities, shape)
+            classes_shape = scaled_shape(shape, labelling_factor(factor)) if keep_classes else None
             pending = (index, total, _InThread(_labelled_and_judged, model, probabilities, shape, threshold, min_size,
-                                               1 / factor, on_gpu, keep_classes), on_gpu)
+                                               1 / factor, on_gpu, classes_shape), on_gpu)
             probabilities = None  # the thread's now: freed with it
         yield from reported()
     except Exception:
@@ -797,8 +799,6 @@ def predict_iter(
     if volume and (not stack_shape or stack_shape[-1] < 2):
         raise InputError("3D labels need a z-stack of two planes or more; this image has one plane: predict it "
                          "without 3D")
-    if volume:
-        _check_room_for_volumes(stack_shape, height, width)
     if volume and intensity_range is None:
         # One range for the stack (mean 3D AP50 0.67 on the shared nuclei volumes, 0.52 by
         # each plane's percentiles): its end planes of haze stay dark.
@@ -811,6 +811,8 @@ def predict_iter(
         if diameter is None:
             warnings.warn(NO_DIAMETER_FOUND, ImageWarning, stacklevel=2)
     factor = scale_factor(model, diameter, pixel_size)
+    if volume:
+        _check_room_for_volumes(stack_shape, height, width, labelling_factor(factor))
     # One plane's results are kept as they are made: copying those of a 2048x2048 plane
     # into a stack takes about 10 ms, a twentieth of its whole prediction on a GPU.
     single_plane = len(planes) == 1
@@ -821,8 +823,8 @@ def predict_iter(
         model, ((plane, factor) for plane in planes), tile_size=tile_size, batch_size=batch_size, threshold=threshold,
         min_size=min_size, device=device, amp=amp, compile_network=compile_network,
         test_time_augmentation=test_time_augmentation, intensity_range=intensity_range, keep_classes=volume)
-    depth = stack_shape[-1] if volume else 0
-    volume_classes = None  # the class probabilities of the volume being predicted, plane by plane
+    labeller = (VolumeLabeller(stack_shape[-1], (height, width), factor, z_scale, threshold, min_size, model.gap,
+                               model.object_diameter) if volume else None)
     with closing(planes_done):
         for index, done, total, finished in planes_done:
             if finished is not None:
@@ -832,15 +834,9 @@ def predict_iter(
                 else:
                     labels[index], probability[index] = finished[:2]
                 yield PredictProgress(index, len(planes), total, total, labels[index], probability[index])
-                if volume:
-                    if volume_classes is None:
-                        volume_classes = np.empty((depth, *finished[2].shape), np.float16)
-                    volume_classes[index % depth] = finished[2]
-                    if index % depth == depth - 1:
-                        # On the image's grid: the model's gap and object size over the scale factor.
-                        diameter_here = model.object_diameter / factor if model.object_diameter else None
-                        labels[index + 1 - depth:index + 1] = volume_labels(
-                            volume_classes, z_scale, threshold, min_size, model.gap / factor, diameter_here)
+                completed = labeller.add(index, finished[2]) if labeller is not None else None
+                if completed is not None:  # the last plane of a volume: its 3D labels replace its planes'
+                    labels[index + 1 - len(completed):index + 1] = completed
             else:
                 yield PredictProgress(index, len(planes), done, total)
     shape = stack_shape + (height, width)
@@ -849,14 +845,15 @@ def predict_iter(
     return Prediction(labels.reshape(shape), probability.reshape(shape), factor, diameter)
 
 
-def _check_room_for_volumes(stack_shape: tuple[int, ...], height: int, width: int) -> None:
+def _check_room_for_volumes(stack_shape: tuple[int, ...], height: int, width: int, grid_scale: float) -> None:
     """Refuse, before any work, volumes whose 3D labelling would not fit in the memory available.
 
     Raises:
-        InputError: If one volume's labelling (:data:`~napari_unet.core.volume.BYTES_PER_VOXEL`)
-            and the whole stack's labels and probability (8 bytes a voxel) take more.
+        InputError: If one volume's labelling (:data:`~napari_unet.core.volume.BYTES_PER_VOXEL`
+            a voxel of the grid it is labelled on, ``grid_scale`` of the image's in XY) and the
+            whole stack's labels and probability (8 bytes a voxel) take more.
     """
-    volume_voxels = stack_shape[-1] * height * width
+    volume_voxels = stack_shape[-1] * height * width * grid_scale**2
     needed = volume_voxels * BYTES_PER_VOXEL + math.prod(stack_shape) * height * width * 8
     free = available_memory()
     if needed > free:

@@ -39,8 +39,10 @@ import numpy as np
 from .errors import InputError
 from .peaks import peak_labels, separated_diameter
 from .postprocess import _gap_pixels, _grown, _without_small, separated_and_extent
+from .scale import resize_labels, scaled_shape
 
-__all__ = ["BYTES_PER_VOXEL", "smallest_volume", "volume_labels"]
+__all__ = ["BYTES_PER_VOXEL", "COARSE_GRID_FACTOR", "VolumeLabeller", "labelling_factor", "smallest_volume",
+           "volume_labels"]
 
 #: Memory that labelling a volume takes at its peak, in bytes per voxel, its class
 #: probabilities (float16) included: scipy's distance transform takes about 49 and the
@@ -48,6 +50,19 @@ __all__ = ["BYTES_PER_VOXEL", "smallest_volume", "volume_labels"]
 #: on 40 x 512 x 512 nuclei), and prediction holds the planes' labels and foreground
 #: probability beside them.
 BYTES_PER_VOXEL = 100
+
+#: A volume whose planes were shrunk for the network by this factor or more is labelled
+#: on the network's grid, and its labels enlarged to the image's: objects there span the
+#: model's own diameter, as many pixels as objects of its training data, whatever the
+#: image's. On cells3d (shrunk by 0.35) that took 0.32 s instead of 2.0 s, with the same
+#: 3D AP; on the plant nuclei (0.77, 0.85) it cost up to 0.03 AP50 for twice the speed,
+#: so they stay on the image's grid.
+COARSE_GRID_FACTOR = 0.5
+
+
+def labelling_factor(factor: float) -> float:
+    """The scale, against the image's XY grid, on which a volume predicted at ``factor`` is labelled."""
+    return factor if factor <= COARSE_GRID_FACTOR else 1.0
 
 def smallest_volume(min_size: int, z_scale: float) -> int:
     """The smallest object kept, in voxels, for a smallest object of ``min_size`` pixels in a plane.
@@ -63,6 +78,47 @@ def smallest_volume(min_size: int, z_scale: float) -> int:
     """
     diameter = math.sqrt(4 * min_size / math.pi)
     return max(1, round(math.pi / 6 * diameter**3 / z_scale))
+
+
+class VolumeLabeller:
+    """Collects the planes of a stack's volumes and labels each volume once its last plane is in.
+
+    Args:
+        depth: Planes of a volume (the stack's Z); a stack of several volumes (TZYX)
+            gives their planes one volume after the other.
+        shape: The image's ``(height, width)``, which the labels are given on.
+        factor: How the planes were rescaled for the network
+            (:func:`~napari_unet.core.scale.scale_factor`).
+        z_scale: The z step over the image's pixel width.
+        threshold, min_size: As for :func:`volume_labels`, ``min_size`` on the image's grid.
+        gap: The model's gap, and ``object_diameter`` its object diameter, on the network's grid.
+    """
+
+    def __init__(self, depth: int, shape: tuple[int, int], factor: float, z_scale: float, threshold: float,
+                 min_size: int, gap: int, object_diameter: float | None):
+        self.depth, self.shape = depth, shape
+        self.scale = labelling_factor(factor)  # of the grid the classes come on, against the image's
+        self.grid = scaled_shape(shape, self.scale)
+        # On that grid: the z step, the smallest object, and the model's gap and diameter.
+        self.settings = (z_scale * self.scale, threshold, max(1, round(min_size * self.scale**2)),
+                         gap * self.scale / factor, object_diameter * self.scale / factor if object_diameter else None)
+        self._classes: np.ndarray | None = None
+
+    def add(self, index: int, classes: np.ndarray) -> np.ndarray | None:
+        """Take plane ``index`` of the stack, ``(classes, *self.grid)``; the volume's labels once it is complete.
+
+        Returns:
+            int32 ``(depth, *shape)`` labels of the volume that plane ``index`` completes, else None.
+        """
+        if self._classes is None:
+            self._classes = np.empty((self.depth, *classes.shape), np.float16)
+        self._classes[index % self.depth] = classes
+        if index % self.depth < self.depth - 1:
+            return None
+        labels = volume_labels(self._classes, *self.settings)
+        if self.scale == 1.0:
+            return labels
+        return np.stack([resize_labels(plane, self.shape) for plane in labels])
 
 
 def volume_labels(probabilities: np.ndarray, z_scale: float, threshold: float = 0.5, min_size: int = 10,
