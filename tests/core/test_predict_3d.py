@@ -205,3 +205,17 @@ def test_large_objects_are_labelled_on_the_networks_grid_and_given_on_the_images
     (grid,) = grids
     assert grid[-2:] == predict_module.scaled_shape(large.shape[-2:], nuclei_model.object_diameter / diameter)
     _one_label_per_object_through_the_planes(labels, large_truth)
+
+
+def test_a_volumes_diameter_is_estimated_on_its_projection_not_on_its_first_plane(nuclei_model):
+    from scipy import ndimage
+
+    stack, truth = _column()
+    # Nuclei twice the model's size, and a first plane of haze alone, as at a z-stack's end.
+    stack, truth = ndimage.zoom(stack, (1, 2, 2), order=1), ndimage.zoom(truth, 2, order=0)
+    stack[0] = np.median(stack[1][truth == 0])
+    with pytest.warns(ImageWarning, match="no objects of a size"):
+        assert predict(nuclei_model, stack, device="cpu", diameter="auto").scale == 1.0  # plane by plane: none
+    estimated = predict(nuclei_model, stack, device="cpu", diameter="auto", volume=True, z_scale=2.0).diameter
+    true_diameter = 2 * np.sqrt(np.bincount(truth.ravel())[1:].mean() / np.pi)
+    assert estimated == pytest.approx(true_diameter, rel=0.25)

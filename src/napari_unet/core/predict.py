@@ -806,8 +806,10 @@ def predict_iter(
     if isinstance(diameter, str):
         if diameter != "auto":
             raise InputError(f"the diameter must be a number of pixels or 'auto', not {diameter!r}")
-        diameter = _estimate_plane_diameter(model, planes[0], tile_size, batch_size, device, amp, threshold, min_size,
-                                            intensity_range)
+        # A volume's first plane is often all haze; its projection holds every object at its widest.
+        sizing_plane = planes[:stack_shape[-1]].max(axis=0) if volume else planes[0]
+        diameter = _estimate_plane_diameter(model, sizing_plane, tile_size, batch_size, device, amp, threshold,
+                                            min_size, intensity_range)
         if diameter is None:
             warnings.warn(NO_DIAMETER_FOUND, ImageWarning, stacklevel=2)
     factor = scale_factor(model, diameter, pixel_size)
