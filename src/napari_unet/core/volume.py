@@ -9,25 +9,22 @@ join nuclei that touch through a plane or two.
 
 Measured by ``python bench/bench_volume.py --threads 1`` (3D IoU, one-to-one matching;
 the ``nuclei`` model, planes resized to the ground truth's median XY diameter and
-normalized with one intensity range for the whole stack; AP50 / AP75, objects found;
-seconds of post-processing on a shared 2-core CPU):
+normalized with one intensity range for the whole stack; AP50 / AP75, objects found):
 
-=========================  =======================  =======================  =========================
-method                     1135_mini: 54 nuclei     1136_mini: 32 nuclei     cells3d_nuclei: 20 nuclei
-=========================  =======================  =======================  =========================
-planes labelled alone      0.00 / 0.00, 13, 0.04 s  0.00 / 0.00, 10, 0.04 s  0.02 / 0.00, 25, 0.13 s
-2D labels stitched by IoU  0.29 / 0.09, 118, 0.1 s  0.14 / 0.01, 127, 0.1 s  0.37 / 0.20, 47, 0.3 s
-3D interior seeds, grown   0.41 / 0.12, 46, 0.2 s   0.30 / 0.02, 54, 0.1 s   0.76 / 0.29, 24, 1.2 s
-watershed of foreground    0.52 / 0.06, 49, 0.8 s   0.37 / 0.00, 27, 0.6 s   0.83 / 0.27, 22, 7.3 s
-this module                0.65 / 0.09, 48, 0.9 s   0.45 / 0.00, 29, 0.8 s   0.91 / 0.33, 20, 10.8 s
-=========================  =======================  =======================  =========================
+=========================  ===================  ===================  =========================
+method                     1135_mini: 54 nuclei 1136_mini: 32 nuclei cells3d_nuclei: 20 nuclei
+=========================  ===================  ===================  =========================
+planes labelled alone      0.00 / 0.00, 13      0.00 / 0.00, 10      0.02 / 0.00, 25
+2D labels stitched by IoU  0.29 / 0.09, 118     0.14 / 0.01, 127     0.37 / 0.20, 47
+3D interior seeds, grown   0.41 / 0.12, 46      0.30 / 0.02, 54      0.76 / 0.29, 24
+watershed of foreground    0.52 / 0.06, 49      0.37 / 0.00, 27      0.83 / 0.27, 22
+this module                0.65 / 0.09, 48      0.45 / 0.00, 29      0.91 / 0.33, 20
+=========================  ===================  ===================  =========================
 
 (Mean AP50 0.67 against 0.57 for the next best.) The objects' diameter matters most:
-unrescaled (what ``diameter="auto"`` gives here, whose estimate on the first plane finds
-nothing it trusts) this module scored 0.21 / 0.12 / 0.46. Per-plane percentiles instead
-of one range for the stack: 0.62 / 0.35 / 0.60, the empty planes at the ends of
-cells3d stretched into nuclei. Most of the time goes into the peaks' morphological
-reconstruction (``h_maxima``), about 1 s per million voxels.
+unrescaled, this module scored 0.21 / 0.12 / 0.46. Per-plane percentiles instead of one
+range for the stack: 0.62 / 0.35 / 0.60, the empty planes at the ends of cells3d
+stretched into nuclei.
 """
 
 from __future__ import annotations
@@ -63,6 +60,7 @@ COARSE_GRID_FACTOR = 0.5
 def labelling_factor(factor: float) -> float:
     """The scale, against the image's XY grid, on which a volume predicted at ``factor`` is labelled."""
     return factor if factor <= COARSE_GRID_FACTOR else 1.0
+
 
 def smallest_volume(min_size: int, z_scale: float) -> int:
     """The smallest object kept, in voxels, for a smallest object of ``min_size`` pixels in a plane.
