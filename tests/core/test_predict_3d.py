@@ -219,3 +219,17 @@ def test_a_volumes_diameter_is_estimated_on_its_projection_not_on_its_first_plan
     estimated = predict(nuclei_model, stack, device="cpu", diameter="auto", volume=True, z_scale=2.0).diameter
     true_diameter = 2 * np.sqrt(np.bincount(truth.ravel())[1:].mean() / np.pi)
     assert estimated == pytest.approx(true_diameter, rel=0.25)
+
+
+def test_a_batch_in_3d_names_the_file_a_warning_is_about(nuclei_model, shared_data, tmp_path):
+    import warnings
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "em.tif", tifffile.imread(shared_data / "isbi2012" / "volume.tif")[:3, :128, :128],
+                     imagej=True, metadata={"axes": "ZYX"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predict_files(nuclei_model, folder, tmp_path / "out", volume=True, z_scale=1.0, device="cpu")
+    said = [str(warning.message) for warning in caught if "looks unlike" in str(warning.message)]
+    assert len(said) == 1 and said[0].startswith("em.tif: "), said

@@ -42,7 +42,7 @@ import numpy as np
 from .. import __version__
 from .atomic import writable_folder
 from .bundle import Model
-from .errors import ClusterError, ImageWarning, InputError, InputWarning, NapariUnetError
+from .errors import ClusterError, ImageWarning, InputError, InputWarning, NapariUnetError, warnings_named
 from .io import ImageInfo, collect_tiffs, read_tiff, search_root, write_tiff
 from .normalize import as_planes, is_colour, normalization_for
 from .predict import (
@@ -606,7 +606,8 @@ def _volume_of_file(model: Model, path: Path, z_scale: float | None, options: di
     Raises:
         InputError: If the file cannot be read, or is no one-channel z-stack.
     """
-    image, info = read_tiff(path)
+    with warnings_named(path.name):
+        image, info = read_tiff(path)
     axes = info.axes
     if "C" in axes or ("S" in axes and not is_colour(image, 1)):
         raise InputError(f"{path}: 3D labels are made from one-channel z-stacks; this file has channels (axes "
@@ -618,7 +619,8 @@ def _volume_of_file(model: Model, path: Path, z_scale: float | None, options: di
     if not as_volume:
         warnings.warn(f"{path.name} is a time-lapse (axes {axes}): its planes are segmented one by one",
                       ImageWarning, stacklevel=2)
-    scale = _input_scale(model, options, None, info, str(path))
+    with warnings_named(path.name):
+        scale = _input_scale(model, options, None, info, str(path))
     run = predict_iter(model, image, volume=as_volume, z_scale=z_scale if z_scale is not None else info.z_scale,
                        **{key: value for key, value in options.items() if key not in _SCALE_OPTIONS}, **scale)
     with closing(run):
@@ -626,7 +628,8 @@ def _volume_of_file(model: Model, path: Path, z_scale: float | None, options: di
             if stop is not None and stop.is_set():
                 return None
             try:
-                plane = next(run)
+                with warnings_named(path.name):  # said of this file, not between the yields
+                    plane = next(run)
             except StopIteration as finished:
                 prediction = finished.value
                 return prediction.labels, prediction.probability, info

@@ -5,7 +5,12 @@ the input and, where possible, what to do about it. The command line prints thes
 line; the napari widgets show them as notifications.
 """
 
-__all__ = ["NapariUnetError", "InputError", "ModelFileError", "WriteError", "ClusterError", "InputWarning", "ImageWarning", "system_reason"]
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+__all__ = ["NapariUnetError", "InputError", "ModelFileError", "WriteError", "ClusterError", "InputWarning", "ImageWarning",
+           "system_reason", "warnings_named"]
 
 
 class NapariUnetError(ValueError):
@@ -43,3 +48,28 @@ class ImageWarning(InputWarning):
     A batch names the file it concerns; warnings about a whole run's settings (a tile
     size raised, a batch halved) are plain :class:`InputWarning`.
     """
+
+
+@contextlib.contextmanager
+def warnings_named(name: str) -> Iterator[None]:
+    """Image warnings raised within, given again with ``name`` before them (once per message); others as they were.
+
+    In a folder of files, "the image has 3 colour channels" does not say which file has.
+    (``warnings`` records the warnings of the whole process meanwhile: those of another
+    thread too, which then come out named.)
+    """
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:  # given also when an error follows them
+        said = set()
+        for warning in caught:
+            message = warning.message
+            if issubclass(warning.category, ImageWarning):
+                message = str(message) if str(message).startswith(f"{name}:") else f"{name}: {message}"
+                if message in said:
+                    continue
+                said.add(message)
+            warnings.warn_explicit(message, warning.category, warning.filename, warning.lineno)

@@ -32,7 +32,7 @@ from .atomic import writable_folder
 from .augment import AugmentConfig, augment_batch
 from .bundle import Model
 from .device import autocast, grad_scaler, resolve_device, smaller_batch_after
-from .errors import ImageWarning, InputError, InputWarning, ModelFileError
+from .errors import ImageWarning, InputError, InputWarning, ModelFileError, warnings_named
 from .familiarity import HESITATION, hesitation
 from .metrics import PixelCounts, average_precision
 from .model import NetworkConfig
@@ -317,26 +317,13 @@ def _split_planes(samples: Sequence[TrainingSample], model: Model) -> list[tuple
 
 @contextlib.contextmanager
 def _naming(name: str) -> Iterator[None]:
-    """Input errors and image warnings raised within, given with ``name`` before them; other warnings as they were.
-
-    (``warnings`` records the warnings of the whole process meanwhile: of another
-    thread too, which then come out named, as in a batch.)
-    """
-    def named(message: str) -> str:
-        return message if message.startswith(f"{name}:") else f"{name}: {message}"
-
-    caught: list = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                yield
-            except InputError as error:
-                raise InputError(named(str(error))) from None
-    finally:  # given also when an error follows them
-        for warning in caught:
-            message = named(str(warning.message)) if issubclass(warning.category, ImageWarning) else warning.message
-            warnings.warn_explicit(message, warning.category, warning.filename, warning.lineno)
+    """Input errors and image warnings raised within, given with ``name`` before them (see :func:`warnings_named`)."""
+    with warnings_named(name):
+        try:
+            yield
+        except InputError as error:
+            message = str(error)
+            raise InputError(message if message.startswith(f"{name}:") else f"{name}: {message}") from None
 
 
 def _sample_planes(sample: TrainingSample, model: Model) -> Iterator[tuple]:
