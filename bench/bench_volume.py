@@ -25,7 +25,8 @@ as they are) at IoU 0.5 and 0.75:
 Planes are resized by the objects' diameter, predicted, and their probabilities resized
 back, as ``predict`` does (``diameter``): at the ground truth's median XY diameter (each
 object's largest cross-section) and at what ``diameter="auto"`` gives (``estimate_diameter``
-on the first plane; None means not rescaled, as ``predict`` then does). Intensities are
+on the stack's maximum projection, as ``predict(volume=True)`` does; None means not
+rescaled, as ``predict`` then does). Intensities are
 normalized with one range for the whole stack (the model's percentiles of all its voxels,
 ``IntensityRange``): per-plane percentiles stretch the empty planes at a stack's ends
 until their haze looks like nuclei; ``volume_labels_per_plane_normalization`` shows that.
@@ -223,7 +224,8 @@ def main() -> None:
         z_scale = z_step / xy_size
         diameters = {"true": true_diameter(truth)}
         if not args.quick:
-            diameters["auto"] = estimate_diameter(model, image, device=device)
+            # As predict(volume=True, diameter="auto") estimates it: on the stack's maximum projection.
+            diameters["auto"] = estimate_diameter(model, image.max(axis=0), device=device)
         result = {"true_objects": int(len(np.unique(truth)) - 1), "z_scale": round(z_scale, 3),
                   "true_diameter": round(diameters["true"], 1),
                   "auto_diameter": None if args.quick or diameters["auto"] is None else round(diameters["auto"], 1)}
