@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gt", required=True, type=_path, help="folder, glob or file of ground-truth label TIFFs")
     evaluate.add_argument("--json", type=_path, help="write every figure (per threshold, per image) to this JSON file")
     evaluate.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists (default: refuse)")
+    evaluate.add_argument("--3d", dest="volume", action="store_true",
+                          help="score z-stacks as volumes: objects matched by their 3D IoU, as predict --3d numbers "
+                          "them (default: each plane on its own)")
     evaluate.set_defaults(handler=_evaluate)
 
     models = commands.add_parser(
@@ -658,7 +661,7 @@ def _evaluate(args) -> int:
     from .core.atomic import replaced_atomically, writable_folder
     from .core.errors import InputError
     from .core.io import collect_tiffs, pair_by_name, read_tiff
-    from .core.metrics import average_precision, isbi_scores, pixel_scores
+    from .core.metrics import average_precision, isbi_scores, label_volumes, pixel_scores
 
     if args.json and Path(args.json).suffix.lower() != ".json":
         raise InputError(f"--json names the JSON file to write, ending in .json, not {args.json}")
@@ -668,18 +671,25 @@ def _evaluate(args) -> int:
             raise InputError(f"{args.json} exists; choose another --json file or add --overwrite")
         writable_folder(Path(args.json).parent)
     pairs = pair_by_name(collect_tiffs(args.gt), collect_tiffs(args.pred), "ground-truth file(s) have no prediction")
-    truths, predictions = [], []
+    truths, predictions, truth_volumes, prediction_volumes = [], [], [], []
     for truth_path, prediction_path in pairs:
         truth, prediction = read_tiff(truth_path)[0], read_tiff(prediction_path)[0]
         if truth.shape != prediction.shape:
             raise InputError(f"{prediction_path.name}: shape {prediction.shape} differs from ground truth {truth.shape}")
+        if args.volume and truth.ndim < 3:
+            raise InputError(f"{truth_path} is one plane (shape {truth.shape}); --3d scores z-stacks")
         truths.extend(_instance_planes(truth, truth_path, "ground truth"))
         predictions.extend(_instance_planes(prediction, prediction_path, "prediction"))
+        if args.volume:
+            truth_volumes.append(truth)
+            prediction_volumes.append(prediction)
     pixels = pixel_scores(np.concatenate([p.ravel() for p in predictions]), np.concatenate([t.ravel() for t in truths]))
-    instances = average_precision(truths, predictions)
+    instances = (average_precision(truth_volumes, prediction_volumes, volumes=True) if args.volume
+                 else average_precision(truths, predictions))
     result = {
         "images": len(pairs),
         "planes": len(truths),
+        **({"volumes": len(label_volumes(truth_volumes))} if args.volume else {}),
         "pixel_iou": pixels["iou"],
         "pixel_f1": pixels["f1"],
         **instances,
@@ -707,7 +717,8 @@ def _evaluation_table(result: dict) -> str:
         ("V_rand (ISBI)", f"{result['v_rand']:.3f}"),
     ]
     width = max(len(name) for name, _ in rows)
-    lines = [f"{result['planes']} plane(s) of {result['images']} image(s)"]
+    scored = f"{result['volumes']} volume(s), scored in 3D" if "volumes" in result else f"{result['planes']} plane(s)"
+    lines = [f"{scored} of {result['images']} image(s)"]
     lines += [f"{name:<{width}}  {value}" for name, value in rows]
     return "\n".join(lines)
 

@@ -379,3 +379,22 @@ def test_pixel_counts_of_planes_one_by_one_score_as_the_planes_together():
                             np.concatenate([t[m] for t, m in zip(truths, masks)]))
     assert counts.scores() == together
     assert PixelCounts().scores() == {"iou": 1.0, "f1": 1.0}
+
+
+def test_volumes_are_scored_by_their_3d_objects():
+    from napari_unet.core.metrics import label_volumes
+
+    truth = np.zeros((4, 8, 8), np.int32)
+    truth[:, 1:4, 1:4], truth[:, 5:8, 5:8] = 1, 2  # two objects through four planes
+    # The same objects, numbered per plane (as 2D labels are): right in each plane, wrong in 3D.
+    per_plane = truth.copy()
+    per_plane[1:3] = np.where(truth[1:3] == 1, 2, np.where(truth[1:3] == 2, 1, 0))
+    assert average_precision(truth, per_plane, thresholds=(0.5,))["ap_pooled"] == [1.0]
+    in_3d = average_precision(truth, per_plane, thresholds=(0.5,), volumes=True)
+    assert in_3d["tp"] == [0] and in_3d["fn"] == [2] and in_3d["fp"] == [2]
+    assert average_precision([truth], [truth], thresholds=(0.5,), volumes=True)["tp"] == [2]
+    # A TZYX stack gives a volume per time point; a binary mask, its 3D components.
+    assert len(label_volumes(np.stack([truth, truth]))) == 2
+    assert label_volumes(truth > 0)[0].max() == 2
+    with pytest.raises(InputError, match="no z axis"):
+        label_volumes(np.zeros((8, 8), np.int32))

@@ -233,3 +233,26 @@ def test_a_batch_in_3d_names_the_file_a_warning_is_about(nuclei_model, shared_da
         predict_files(nuclei_model, folder, tmp_path / "out", volume=True, z_scale=1.0, device="cpu")
     said = [str(warning.message) for warning in caught if "looks unlike" in str(warning.message)]
     assert len(said) == 1 and said[0].startswith("em.tif: "), said
+
+
+def test_evaluate_scores_z_stacks_in_3d_when_asked(tmp_path, capsys):
+    import json
+
+    truth = np.zeros((4, 16, 16), np.uint16)
+    truth[:, 2:7, 2:7], truth[:, 9:14, 9:14] = 1, 2
+    per_plane = truth.copy()
+    per_plane[1:3] = np.where(truth[1:3] == 1, 2, np.where(truth[1:3] == 2, 1, 0))  # as planes number them
+    for folder, labels in (("gt", truth), ("pred", per_plane)):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "stack.tif", labels, imagej=True, metadata={"axes": "ZYX"})
+    arguments = ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]
+    assert main([*arguments, "--json", str(tmp_path / "planes.json")]) == 0
+    assert main([*arguments, "--3d", "--json", str(tmp_path / "volumes.json")]) == 0
+    planes, volumes = (json.loads((tmp_path / name).read_text()) for name in ("planes.json", "volumes.json"))
+    assert planes["ap_pooled"][0] == 1.0 and volumes["ap_pooled"][0] == 0.0  # 3D sees the numbers change
+    assert volumes["volumes"] == 1 and "1 volume(s), scored in 3D" in capsys.readouterr().out
+    # A plane has no z axis to score in 3D: said in one line.
+    tifffile.imwrite(tmp_path / "gt" / "stack.tif", truth[0])
+    tifffile.imwrite(tmp_path / "pred" / "stack.tif", truth[0])
+    assert main([*arguments, "--3d"]) != 0
+    assert "--3d scores z-stacks" in capsys.readouterr().err

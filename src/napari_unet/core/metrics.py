@@ -23,6 +23,7 @@ __all__ = [
     "iou_matrix",
     "MatchCounts",
     "match_counts",
+    "label_volumes",
     "average_precision",
     "isbi_scores",
     "label_planes",
@@ -157,7 +158,7 @@ def match_counts(
 
 
 def average_precision(
-    truths, predictions, thresholds=DEFAULT_THRESHOLDS
+    truths, predictions, thresholds=DEFAULT_THRESHOLDS, volumes: bool = False
 ) -> dict:
     """Instance AP of a set of images, pooled and as the per-image mean.
 
@@ -169,6 +170,8 @@ def average_precision(
         truths: Ground-truth label images: one image, a stack, or a list of them.
         predictions: Predicted label images, in the same order and shapes.
         thresholds: IoU thresholds.
+        volumes: Score z-stacks as volumes instead (:func:`label_volumes`): objects are
+            matched by their 3D IoU, as 3D labels number them.
 
     Returns:
         ``{"thresholds", "ap_pooled", "ap_mean", "tp", "fp", "fn"}``; the APs are lists,
@@ -176,9 +179,11 @@ def average_precision(
         paper's figure); "mean" averages the per-image APs (the Data Science Bowl's score
         when averaged over the thresholds 0.5 to 0.95).
     """
-    truths, predictions = label_planes(truths), label_planes(predictions)
+    split = label_volumes if volumes else label_planes
+    truths, predictions = split(truths), split(predictions)
     if len(truths) != len(predictions):
-        raise InputError(f"{len(truths)} ground-truth planes but {len(predictions)} predictions")
+        raise InputError(f"{len(truths)} ground-truth {'volumes' if volumes else 'planes'} but {len(predictions)} "
+                         "predictions")
     for truth, prediction in zip(truths, predictions):
         if truth.shape != prediction.shape:
             raise InputError(f"prediction shape {prediction.shape} differs from ground truth {truth.shape}")
@@ -258,6 +263,26 @@ def label_planes(images) -> list[np.ndarray]:
         images = [images]
     return [as_instance_labels(plane) for image in images
             for plane in np.asarray(image).reshape(-1, *np.shape(image)[-2:])]
+
+
+def label_volumes(images) -> list[np.ndarray]:
+    """The 3D instance label volumes of one z-stack, a TZYX stack or a list of them, as 3D scores take them.
+
+    The last three axes are Z, Y and X; any axis before them (T) gives a volume each.
+    Binary masks become their 3D connected components.
+
+    Raises:
+        InputError: If an image has fewer than three axes.
+    """
+    if isinstance(images, np.ndarray):
+        images = [images]
+    volumes = []
+    for image in images:
+        image = np.asarray(image)
+        if image.ndim < 3:
+            raise InputError(f"3D scores need z-stacks (Z, Y, X); an image of shape {image.shape} has no z axis")
+        volumes += [as_instance_labels(volume) for volume in image.reshape(-1, *image.shape[-3:])]
+    return volumes
 
 
 def _sum_of_squares(counts: np.ndarray) -> float:
