@@ -25,8 +25,8 @@ from .metrics import PixelCounts, average_precision
 from .peaks import peak_labels, separated_diameter
 
 __all__ = ["FEWEST_OBJECTS_TO_CHOOSE", "GROWTH_PER_DIAMETER", "SEPARATIONS", "THRESHOLD_CHOICES", "choose_postprocessing",
-           "enough_to_choose", "foreground_probability", "growth_distance", "probabilities_to_labels",
-           "separated_and_extent"]
+           "enough_to_choose", "foreground_probability", "growth_distance", "parted_at_peaks",
+           "probabilities_to_labels", "separated_and_extent"]
 
 #: How touching objects are told apart. ``"seeds"``: each connected part of the
 #: separated foreground is an object, grown back over its boundary (fast, and best where
@@ -240,10 +240,10 @@ def probabilities_to_labels(
     if separation not in SEPARATIONS:
         raise ValueError(f"separation must be one of {', '.join(SEPARATIONS)}, not {separation!r}")
     if separation == "peaks":
-        if isinstance(probabilities, torch.Tensor):
-            labels = _peak_labels(probabilities.cpu().numpy(), threshold, min_size, gap, pixel_scale, object_diameter)
-            return torch.from_numpy(labels).to(probabilities.device)
-        return _peak_labels(probabilities, threshold, min_size, gap, pixel_scale, object_diameter)
+        on_device = probabilities.device if isinstance(probabilities, torch.Tensor) else None
+        labels = parted_at_peaks(probabilities.cpu().numpy() if on_device else probabilities, threshold, min_size,
+                                 gap * pixel_scale, object_diameter * pixel_scale if object_diameter else None)
+        return labels if on_device is None else torch.from_numpy(labels).to(on_device)
     num_classes = probabilities.shape[0]
     # With two classes one probability both separates objects and outlines them, and a
     # threshold under 0.5 would join neighbours through the faint boundary between them
@@ -261,16 +261,33 @@ def probabilities_to_labels(
     return _grown(seeds, grow, max(distance, 1.0))
 
 
-def _peak_labels(probabilities: np.ndarray, threshold: float, min_size: int, gap: int, pixel_scale: float,
-                 object_diameter: float | None) -> np.ndarray:
-    """:func:`probabilities_to_labels` with ``separation="peaks"``, on the CPU."""
+def parted_at_peaks(probabilities: np.ndarray, threshold: float, min_size: int, gap: float,
+                    diameter: float | None, sampling: Sequence[float] | None = None) -> np.ndarray:
+    """Labels of a plane or a stack of planes, ``(classes, ...)``, told apart by the peaks of their distance map.
+
+    The ``"peaks"`` separation (:mod:`~napari_unet.core.peaks`), for a plane and for a
+    volume labelled in 3D.
+
+    Args:
+        probabilities: ``(classes, ...)`` softmax outputs, float16 or float32.
+        threshold: As for :func:`probabilities_to_labels`.
+        min_size: Smallest object kept, in pixels (voxels for a volume).
+        gap: The gap the model was trained with, in these pixels (two classes): the gaps
+            between touching objects go back to the nearest one, plane by plane, as the
+            model was trained on planes.
+        diameter: Typical object diameter in pixels of the last axis; None: the
+            separated parts' size (:func:`~napari_unet.core.peaks.separated_diameter`).
+        sampling: As for :func:`~napari_unet.core.peaks.peak_labels`.
+
+    Returns:
+        int32 labels, 0 = background, 1..N = objects (consecutive).
+    """
     separated, extent = separated_and_extent(probabilities, threshold)
-    diameter = object_diameter * pixel_scale if object_diameter else separated_diameter(separated)
-    labels = peak_labels(separated, extent, diameter)
+    labels = peak_labels(separated, extent, diameter or separated_diameter(separated, sampling), sampling)
     if probabilities.shape[0] == 2:
-        # The gaps the model leaves between touching objects go back to the nearest one.
-        gap = max(1, round(gap * pixel_scale))
-        labels = _grown(labels, _gap_pixels(labels, gap), 2 * gap)
+        gap = max(1, round(gap))
+        for plane in labels.reshape(-1, *labels.shape[-2:]):
+            plane[...] = _grown(plane, _gap_pixels(plane, gap), 2 * gap)
     return _without_small(labels, min_size)
 
 

@@ -34,8 +34,7 @@ import math
 import numpy as np
 
 from .errors import InputError
-from .peaks import peak_labels, separated_diameter
-from .postprocess import _gap_pixels, _grown, _without_small, separated_and_extent
+from .postprocess import parted_at_peaks
 from .scale import resize_labels, scaled_shape
 
 __all__ = ["BYTES_PER_VOXEL", "COARSE_GRID_FACTOR", "VolumeLabeller", "labelling_factor", "smallest_volume",
@@ -159,15 +158,7 @@ def volume_labels(probabilities: np.ndarray, z_scale: float, threshold: float = 
         raise InputError(f"the probabilities of a stack are (Z, 2 or 3 classes, Y, X), not {probabilities.shape}")
     if not z_scale > 0:
         raise InputError(f"the z scale is the z step over the XY pixel size, a positive number, not {z_scale}")
-    # (classes, Z, Y, X): read as a plane's probabilities are.
-    separated, extent = separated_and_extent(probabilities.swapaxes(0, 1), threshold)
-    sampling = (z_scale, 1.0, 1.0)  # a nucleus 20 pixels wide is a ball, not a cigar, at any z step
-    diameter = object_diameter or separated_diameter(separated, sampling)
-    labels = peak_labels(separated, extent, diameter, sampling)
-    if probabilities.shape[1] == 2:
-        # As in a single plane: the gaps the model leaves between touching objects (in the
-        # plane only: it was trained on planes) go back to the nearest object.
-        gap = max(1, round(gap))
-        for plane in labels:
-            plane[...] = _grown(plane, _gap_pixels(plane, gap), 2 * gap)
-    return _without_small(labels, smallest_volume(min_size, z_scale))
+    # (classes, Z, Y, X): read as a plane's probabilities are, and measured at the stack's
+    # proportions: a nucleus 20 pixels wide is a ball, not a cigar, at any z step.
+    return parted_at_peaks(probabilities.swapaxes(0, 1), threshold, smallest_volume(min_size, z_scale), gap,
+                           object_diameter, (z_scale, 1.0, 1.0))
