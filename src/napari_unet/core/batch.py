@@ -496,7 +496,7 @@ def predict_files_iter(
                          f"(this one takes {model.config.in_channels})")
     writable_folder(out_dir)  # a folder that cannot be made fails now, not at the first file
     executor = executor or LocalExecutor()
-    finished = [labels.exists() and (prob is None or prob.exists()) and not overwrite for labels, prob in targets]
+    finished = _finished_outputs(targets, overwrite)
     settings = _batch_settings(model, predict_options, channel)
     _say_if_made_otherwise([labels for (labels, _), kept in zip(targets, finished) if kept], settings, out_dir)
     note = json.dumps({"napari_unet": __version__, "settings": settings})
@@ -544,6 +544,12 @@ def predict_files_iter(
     return BatchResult([result for _, result in sorted(results, key=lambda item: item[0])], cancelled)
 
 
+def _finished_outputs(targets: list[tuple[Path, Path | None]], overwrite: bool) -> list[bool]:
+    """Whether each input's outputs (:func:`output_paths`) exist, and are kept rather than made again."""
+    return [labels.exists() and (probability is None or probability.exists()) and not overwrite
+            for labels, probability in targets]
+
+
 def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike, probability: bool, overwrite: bool,
                      stop: threading.Event | None, z_scale: float | None, options: dict) -> Iterator[FileProgress]:
     """:func:`predict_files_iter` for z-stacks labelled in 3D, one file after the other.
@@ -561,8 +567,8 @@ def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike
         checked_z_scale(z_scale)
     writable_folder(out_dir)
     pending = [(index, path, labels_path, probability_path)
-               for index, (path, (labels_path, probability_path)) in enumerate(zip(files, targets))
-               if overwrite or not (labels_path.exists() and (probability_path is None or probability_path.exists()))]
+               for index, (path, (labels_path, probability_path), finished) in
+               enumerate(zip(files, targets, _finished_outputs(targets, overwrite))) if not finished]
     waiting = {index for index, *_ in pending}
     results = {index: FileResult(files[index], targets[index][0], skipped=True)
                for index in range(len(files)) if index not in waiting}

@@ -73,16 +73,26 @@ class Normalization:
         Raises:
             InputError: If no value is finite.
         """
-        values = np.asarray(values)
-        if values.dtype in (np.uint8, np.uint16):
-            low, high = _integer_percentiles(values, (self.low_percentile, self.high_percentile))
-        else:
-            values = values.astype(np.float32, copy=False)
-            non_finite = _non_finite(values, warn=False)
-            finite = values if non_finite is None else values[~non_finite]
-            low, high = (float(value) for value in np.percentile(finite, [self.low_percentile, self.high_percentile]))
+        low, high, _ = self._percentiles(_as_scaled_type(np.asarray(values)), warn=False)
         # A flat stack stays flat, as a flat plane does, instead of an empty range.
         return low, max(high, low + 1.0)
+
+    def _percentiles(self, values: np.ndarray, warn: bool) -> tuple[float, float, np.ndarray | None]:
+        """The intensities at this normalization's percentiles of uint8, uint16 or float32 ``values``.
+
+        Returns:
+            ``(low, high, non_finite)``: ``non_finite`` marks the NaN and infinite values,
+            left out of the percentiles (None where there are none).
+        """
+        if values.dtype in (np.uint8, np.uint16):
+            # Counting the values gives the same percentiles as sorting them, several
+            # times faster: the usual 8 and 16 bit microscopy images need no sort.
+            low, high = _integer_percentiles(values, (self.low_percentile, self.high_percentile))
+            return low, high, None
+        non_finite = _non_finite(values, warn=warn)
+        finite = values if non_finite is None else values[~non_finite]
+        low, high = np.percentile(finite, [self.low_percentile, self.high_percentile])
+        return float(low), float(high), non_finite
 
     def __call__(self, planes: np.ndarray) -> np.ndarray:
         """Normalize ``(..., channels, height, width)`` planes to float32, one plane at a time.
@@ -96,17 +106,9 @@ class Normalization:
         flat_out = out.reshape(flat_in.shape)
         warned = False
         for index, plane in enumerate(flat_in):
-            if plane.dtype in (np.uint8, np.uint16):
-                # Counting the values gives the same percentiles as sorting them, several
-                # times faster: the usual 8 and 16 bit microscopy images need no sort.
-                low, high = _integer_percentiles(plane, (self.low_percentile, self.high_percentile))
-                _scale(plane, low, high, flat_out[index], self.invert)
-                continue
-            plane = plane.astype(np.float32, copy=False)
-            non_finite = _non_finite(plane, warn=not warned)
+            plane = _as_scaled_type(plane)
+            low, high, non_finite = self._percentiles(plane, warn=not warned)
             warned = warned or non_finite is not None
-            values = plane if non_finite is None else plane[~non_finite]
-            low, high = np.percentile(values, [self.low_percentile, self.high_percentile])
             _scale(plane, low, high, flat_out[index], self.invert)
             if non_finite is not None:
                 flat_out[index][non_finite] = 0.0
@@ -201,6 +203,11 @@ def _non_finite(values: np.ndarray, warn: bool) -> np.ndarray | None:
     if warn:
         warnings.warn("the image has NaN or infinite pixels; they are treated as background", ImageWarning, stacklevel=3)
     return ~finite
+
+
+def _as_scaled_type(values: np.ndarray) -> np.ndarray:
+    """uint8 and uint16 ``values`` as they are (their percentiles are counted), others as float32."""
+    return values if values.dtype in (np.uint8, np.uint16) else values.astype(np.float32, copy=False)
 
 
 def _scale(plane: np.ndarray, low: float, high: float, out: np.ndarray, invert: bool = False) -> None:

@@ -576,9 +576,11 @@ def _labelled_and_judged(model: Model, probabilities: np.ndarray | torch.Tensor,
     and the class probabilities on a grid of ``classes_shape`` in float16 (None when not given)."""
     classes = None
     if classes_shape is not None:
+        resized = resize_plane(probabilities, classes_shape)
+        if tuple(classes_shape) == tuple(shape):
+            probabilities = resized  # resized once: the plane's labels are made on the same grid
         # float16 halves what a volume's planes hold until the volume is labelled.
-        classes = resize_plane(probabilities, classes_shape)
-        classes = (classes.cpu().numpy() if isinstance(classes, torch.Tensor) else classes).astype(np.float16)
+        classes = (resized.cpu().numpy() if isinstance(resized, torch.Tensor) else resized).astype(np.float16)
     labels, probability = _labelled(model, probabilities, shape, threshold, min_size, pixel_scale, on_device)
     return labels, probability, unfamiliar_image_message(model, labels, probability, pixel_scale), classes
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import InputError
 from .postprocess import parted_at_peaks
-from .scale import resize_labels, scaled_shape
+from .scale import resize_labels
 
 __all__ = ["BYTES_PER_VOXEL", "COARSE_GRID_FACTOR", "VolumeLabeller", "labelling_factor", "smallest_volume",
            "volume_labels"]
@@ -95,14 +95,15 @@ class VolumeLabeller:
                  min_size: int, gap: int, object_diameter: float | None):
         self.depth, self.shape = depth, shape
         self.scale = labelling_factor(factor)  # of the grid the classes come on, against the image's
-        self.grid = scaled_shape(shape, self.scale)
         # On that grid: the z step, the smallest object, and the model's gap and diameter.
         self.settings = (z_scale * self.scale, threshold, max(1, round(min_size * self.scale**2)),
                          gap * self.scale / factor, object_diameter * self.scale / factor if object_diameter else None)
         self._classes: np.ndarray | None = None
 
     def add(self, index: int, classes: np.ndarray) -> np.ndarray | None:
-        """Take plane ``index`` of the stack, ``(classes, *self.grid)``; the volume's labels once it is complete.
+        """Take plane ``index`` of the stack, ``(classes, *grid)``; the volume's labels once it is complete.
+
+        ``grid`` is the image's ``shape`` scaled by :func:`labelling_factor`.
 
         Returns:
             int32 ``(depth, *shape)`` labels of the volume that plane ``index`` completes, else None.
