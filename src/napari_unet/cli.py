@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .core.defaults import BORDER_SIGMA, BORDER_W0
+from .core.prediction_settings import DEFAULT_SETTINGS, PredictionSettings
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -175,8 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning rate: constant (default), or cosine decay over the epochs or time budget")
     train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                        help="adam (default) or sgd with momentum 0.99 as in the U-Net paper")
-    train.add_argument("--w0", type=_non_negative_float, default=10.0, help="height of the border weight between touching objects (default: 10)")
-    train.add_argument("--sigma", type=_positive_float, default=5.0, help="width of the border weight in pixels (default: 5)")
+    train.add_argument("--w0", type=_non_negative_float, default=BORDER_W0,
+                       help=f"height of the border weight between touching objects (default: {BORDER_W0:g})")
+    train.add_argument("--sigma", type=_positive_float, default=BORDER_SIGMA,
+                       help=f"width of the border weight in pixels (default: {BORDER_SIGMA:g})")
     train.add_argument("--dice-weight", type=_non_negative_float, default=0.0, help="add a Dice loss with this weight (default: 0, off)")
     train.add_argument("--val-fraction", type=_fraction, default=0.1,
                        help="share of images kept for validation (default: 0.1; fine-tuning holds out at least one "
@@ -235,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="probability threshold of the post-processing; higher separates touching objects "
                          "more, lower keeps fainter ones or, under 0.5 with a two-class model, wider outlines "
                          "(default: the model's own, chosen on its validation images)")
-    predict.add_argument("--min-size", type=_non_negative_int, default=10, help="smallest object kept, in pixels (default: 10)")
+    predict.add_argument("--min-size", type=_non_negative_int, default=DEFAULT_SETTINGS.min_size,
+                         help=f"smallest object kept, in pixels (default: {DEFAULT_SETTINGS.min_size})")
     predict.add_argument("--diameter", type=_diameter, metavar="PIXELS|auto",
                          help="typical object diameter in the images, in pixels, or 'auto' to estimate it from each "
                          "file's first plane; planes are rescaled so objects match the model's (default: the files' "
@@ -541,10 +546,10 @@ def _predict(args) -> int:
     # The engine expands them itself: a file given twice (a folder and a glob) is taken once,
     # and a folder or pattern above the output folder leaves out an earlier run's outputs.
     files = list(args.inputs)
-    options = {"tile_size": args.tile_size, "batch_size": args.batch_size, "threshold": args.threshold,
-               "min_size": args.min_size, "device": args.device, "diameter": args.diameter,
-               "amp": not args.float32, "compile_network": args.compile, "test_time_augmentation": args.tta,
-               "intensity_range": args.intensity_range}
+    settings = PredictionSettings(
+        tile_size=args.tile_size, batch_size=args.batch_size, threshold=args.threshold, min_size=args.min_size,
+        device=args.device, amp=not args.float32, compile_network=args.compile, test_time_augmentation=args.tta,
+        intensity_range=args.intensity_range)
     if args.scheduler or args.workers:
         from .core.distributed import dask_executor
 
@@ -569,7 +574,8 @@ def _predict(args) -> int:
             result = run_to_end(predict_files_iter(model, files, args.out, probability=args.probability,
                                                    overwrite=args.overwrite, executor=executor, stop=stop,
                                                    channel=args.channel, volume=args.volume,
-                                                   z_scale=_z_scale(args.voxel_size), **options), show)
+                                                   z_scale=_z_scale(args.voxel_size), settings=settings,
+                                                   diameter=args.diameter), show)
     finally:
         progress.close()
     seconds = time.monotonic() - start

@@ -19,6 +19,7 @@ from napari_unet.core.bundle import Model
 from napari_unet.core.errors import ImageWarning, InputError, InputWarning
 from napari_unet.core.model import NetworkConfig
 from napari_unet.core.predict import predict
+from napari_unet.core.prediction_settings import PredictionSettings
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.tiffstream import partial_path
 
@@ -404,10 +405,11 @@ def test_auto_diameter_is_estimated_once_per_file_and_used_for_all_its_planes(tm
     _write(tmp_path / "a.tif", "multipage")
     _write(tmp_path / "b.tif", "single")
     estimates, factors = [], []
-    monkeypatch.setattr(batch, "estimate_diameter", lambda *args, **kwargs: estimates.append(kwargs) or 10.0)
+    monkeypatch.setattr(batch, "estimate_diameter",
+                        lambda model, pixels, settings, **kwargs: estimates.append(settings) or 10.0)
     _record_factors(monkeypatch, factors)
     result = predict_files(model, [tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path / "out", diameter="auto", **OPTIONS)
-    assert len(estimates) == 2 and estimates[0]["threshold"] == OPTIONS["threshold"]
+    assert len(estimates) == 2 and estimates[0].threshold == OPTIONS["threshold"]
     assert factors == [pytest.approx(12.0 / 10.0)] * 4
     assert [(item.planes, item.diameter, item.scale) for item in result.files] == [(3, 10.0, 1.2), (1, 10.0, 1.2)]
 
@@ -517,6 +519,11 @@ def test_the_workers_of_a_local_cluster_ignore_ctrl_c_even_once_restarted():
     assert signal.getsignal(signal.SIGINT) is ours
 
 
+#: What a Dask worker is given for a plane: the model, the unit in parts, the settings, and
+#: whether the probability is wanted (the tests replace the prediction itself).
+PLANE_TASK = (None, np.zeros((8, 8), np.float32), None, {}, PredictionSettings(), False)
+
+
 def test_a_worker_running_several_tasks_at_once_keeps_its_warnings(monkeypatch):
     # Recording warnings is the whole process's: with two tasks at once, one task's
     # warnings would go back with the other's result.
@@ -536,7 +543,7 @@ def test_a_worker_running_several_tasks_at_once_keeps_its_warnings(monkeypatch):
         monkeypatch.setattr(distributed, "get_worker", lambda worker=worker: worker)
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
-            assert core_distributed._predict_plane_with_warnings() == (("labels", None), expected)
+            assert core_distributed._predict_plane_with_warnings(*PLANE_TASK) == (("labels", None), expected)
 
 
 def test_a_plane_that_fails_on_a_worker_sends_its_warnings_back_with_the_error(monkeypatch):
@@ -553,7 +560,7 @@ def test_a_plane_that_fails_on_a_worker_sends_its_warnings_back_with_the_error(m
     monkeypatch.setattr(core_distributed, "predict_plane", failing_plane)
     monkeypatch.setattr(distributed, "get_worker", lambda: SimpleNamespace(state=SimpleNamespace(nthreads=1)))
     with pytest.raises(InputError) as failed:
-        core_distributed._predict_plane_with_warnings()
+        core_distributed._predict_plane_with_warnings(*PLANE_TASK)
     assert getattr(failed.value, batch.PLANE_WARNINGS) == [("the image has 3 colour channels", ImageWarning)]
 
 
@@ -604,9 +611,9 @@ def test_a_two_worker_dask_cluster_gives_the_labels_of_one_process(tmp_path, mod
     tile_sizes = []  # of each plane sent: workers share a machine, so not the CPU's memory-sized default
     real_submit = client.submit
 
-    def submit(function, model_future, pixels, channel_axis, options, *args, **kwargs):
-        tile_sizes.append(options["tile_size"])
-        return real_submit(function, model_future, pixels, channel_axis, options, *args, **kwargs)
+    def submit(function, model_future, pixels, channel_axis, scale, settings, *args, **kwargs):
+        tile_sizes.append(settings.tile_size)
+        return real_submit(function, model_future, pixels, channel_axis, scale, settings, *args, **kwargs)
 
     monkeypatch.setattr(client, "scatter", scatter)
     monkeypatch.setattr(client, "submit", submit)

@@ -310,17 +310,19 @@ def test_tile_size_smaller_than_the_context_still_works():
     np.testing.assert_allclose(result, _whole_image(net, plane), atol=2e-5, rtol=0)
 
 
-def test_a_tile_size_below_the_smallest_tile_is_raised_with_a_warning():
+def test_a_tile_size_below_the_smallest_tile_is_raised_with_a_warning_once_per_run():
     model = _model()
     smallest = core_predict.smallest_tile(model.network)
-    image = _random_plane((60, 45))[0]
-    core_predict._raised_tile_sizes.clear()  # said once per process
-    with pytest.warns(InputWarning, match=f"tile size 8 is raised to {smallest}"):
-        predict(model, image, tile_size=8, device="cpu")
+    stack = np.stack([_random_plane((60, 45))[0]] * 3)
+    for _ in range(2):  # each run says it, once for all its planes
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            predict(model, stack, tile_size=8, device="cpu")
+        said = [str(warning.message) for warning in caught if issubclass(warning.category, InputWarning)]
+        assert len(said) == 1 and f"tile size 8 is raised to {smallest}" in said[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        predict(model, image, tile_size=smallest, device="cpu")
-        predict(model, image, tile_size=8, device="cpu")  # not said again
+        predict(model, stack, tile_size=smallest, device="cpu")
 
 
 @pytest.mark.parametrize("settings", [{"tile_size": 0}, {"batch_size": 0}, {"tile_size": -5}])

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
 
 from napari_unet.cli import main
 from napari_unet.core.batch import predict_files
-from napari_unet.core.errors import ImageWarning, InputError
+from napari_unet.core.errors import ImageWarning, InputError, InputWarning
 from napari_unet.core.io import read_tiff
 from napari_unet.core.predict import predict
 from napari_unet.core.registry import load_model
 from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.tiffstream import written_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -112,8 +115,11 @@ def test_a_batch_labels_z_stacks_in_3d_with_their_voxel_size(nuclei_model, tmp_p
     assert done.objects == labels.max()  # counted once, not once per plane
     # The output keeps the voxel size, so that it lies over its image.
     assert (info.axes, info.pixel_size, info.unit, info.z_step) == ("ZYX", (0.25, 0.25), "um", 0.5)
-    # Done files are kept on a second run.
-    assert predict_files(nuclei_model, folder, tmp_path / "out", volume=True, device="cpu").files[0].skipped
+    # Done files are kept on a second run, which says when they were made with other settings.
+    assert json.loads(written_settings(done.output))["settings"]["volume"] is True
+    with pytest.warns(InputWarning, match="made with other settings.*threshold"):
+        again = predict_files(nuclei_model, folder, tmp_path / "out", volume=True, device="cpu", threshold=0.9)
+    assert again.files[0].skipped
 
 
 def test_a_time_lapse_stays_plane_by_plane_and_a_file_with_channels_fails_alone(nuclei_model, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -38,6 +39,7 @@ def _settings_given_to_the_batch(monkeypatch) -> dict:
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
+        seen.update(dataclasses.asdict(kwargs["settings"]))  # each setting by its name
         return (yield from real(*args, **kwargs))
 
     monkeypatch.setattr(batch, "predict_files_iter", spy)

@@ -407,7 +407,9 @@ def _recording_amp(monkeypatch, module, name: str, seen: list) -> None:
     real = getattr(module, name)
 
     def noting(*args, **kwargs):
-        seen.append((name, kwargs.get("amp")))
+        # Given as a keyword, or in the settings (the third argument, or a keyword).
+        settings = kwargs.get("settings", args[2] if len(args) > 2 else None)
+        seen.append((name, kwargs["amp"] if "amp" in kwargs else getattr(settings, "amp", None)))
         return real(*args, **kwargs)
 
     def noting_generator(*args, **kwargs):  # napari's worker runs generator functions as such

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -44,16 +43,17 @@ from .atomic import writable_folder
 from .bundle import Model
 from .errors import ClusterError, ImageWarning, InputError, InputWarning, NapariUnetError, warnings_named
 from .io import ImageInfo, collect_tiffs, read_tiff, search_root, write_tiff
-from .normalize import as_planes, is_colour, normalization_for
+from .normalize import as_planes, is_colour
 from .predict import (
     NO_DIAMETER_FOUND,
     PredictProgress,
-    checked_threshold,
     checked_z_scale,
     estimate_diameter,
     predict_iter,
     predict_planes_iter,
+    settled_for,
 )
+from .prediction_settings import PredictionSettings
 from .progress import run_to_end
 from .registry import as_model
 from .scale import scale_factor
@@ -68,19 +68,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Keywords of :func:`~napari_unet.core.predict.predict_iter` that each input may set for itself.
-_SCALE_OPTIONS = ("diameter", "pixel_size")
-
-
 class Unit(NamedTuple):
     """One unit of prediction: the pixels of one output plane, and how to read them.
 
     Attributes:
         pixels: The plane, with its channel axis if it has one.
         channel_axis: The channel axis of ``pixels``, or None.
-        scale: The object size of the input it comes from: ``diameter`` and
+        scale: The object size of the input it comes from: the ``diameter`` and
             ``pixel_size`` keywords of :func:`~napari_unet.core.predict.predict_iter`
-            (empty for none).
+            that are set (empty for none).
     """
 
     pixels: np.ndarray
@@ -195,28 +191,27 @@ class PlaneExecutor(Protocol):
     """
 
     def predict_units(
-        self, model: Model, units: Iterable[Unit], options: dict, probability: bool
+        self, model: Model, units: Iterable[Unit], settings: PredictionSettings, probability: bool
     ) -> Iterator[tuple[int, int, int] | PlaneResult]:
         """Yield ``(index, done, total)`` progress within a unit and a :class:`PlaneResult` per unit, in order.
 
-        ``options`` are the predict options of all units, but the object size, which
-        each unit carries. When a unit fails, its error is raised only once the results
+        ``settings`` are those of all units (settled for ``model``,
+        :func:`~napari_unet.core.predict.settled_for`); each unit carries its object size. When a unit fails, its error is raised only once the results
         of the units before it are given: an error belongs to the first unit without one.
         """
 
 
-def predict_plane(model: Model, pixels: np.ndarray, channel_axis: int | None, options: dict,
+def predict_plane(model: Model, unit: Unit, settings: PredictionSettings,
                   probability: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (and probability) of one unit: what a Dask worker runs for each plane.
 
     Args:
         model: The model.
-        pixels: One plane, with its channel axis if it has one.
-        channel_axis: The channel axis of ``pixels``, or None.
-        options: Keywords of :func:`~napari_unet.core.predict.predict_iter`.
+        unit: The plane, how to read it and its input's object size.
+        settings: How to predict it.
         probability: Also return the foreground probability.
     """
-    prediction = run_to_end(predict_iter(model, pixels, channel_axis=channel_axis, **options))
+    prediction = run_to_end(predict_iter(model, unit.pixels, settings, channel_axis=unit.channel_axis, **unit.scale))
     return prediction.labels, prediction.probability if probability else None
 
 
@@ -227,12 +222,12 @@ class LocalExecutor:
     (:func:`~napari_unet.core.predict.predict_planes_iter`).
     """
 
-    def predict_units(self, model: Model, units: Iterable[Unit], options: dict,
+    def predict_units(self, model: Model, units: Iterable[Unit], settings: PredictionSettings,
                       probability: bool) -> Iterator[tuple[int, int, int] | PlaneResult]:
         # The same computation as predict_plane, over the whole stream of units.
         planes = ((_only_plane(model, unit.pixels, unit.channel_axis), scale_factor(model, **unit.scale))
                   for unit in units)
-        with closing(predict_planes_iter(model, planes, **options)) as planes_done:
+        with closing(predict_planes_iter(model, planes, settings=settings)) as planes_done:
             for index, done, total, finished in planes_done:
                 if finished is None:
                     yield index, done, total
@@ -319,18 +314,8 @@ class _Stopped(Exception):
     """The caller's stop event was set; the current output is discarded."""
 
 
-#: Keywords of :func:`~napari_unet.core.predict.predict_iter` that a batch passes on.
-# Not volume and z_scale: a batch's units are planes; files labelled in 3D take them as
-# arguments of their own (predict_files_iter).
-_PREDICT_OPTIONS = set(inspect.signature(predict_iter).parameters) - {"model", "image", "channel_axis", "volume",
-                                                                       "z_scale"}
-
-#: Keywords of :func:`~napari_unet.core.predict.predict_iter` that the diameter estimate also takes.
-_ESTIMATE_OPTIONS = ("tile_size", "batch_size", "device", "amp", "threshold", "min_size", "intensity_range")
-
-
-def _input_scale(model: Model, options: dict, first_unit: tuple[np.ndarray, int | None] | None,
-                 info: ImageInfo | None, name: str) -> dict:
+def _input_scale(model: Model, settings: PredictionSettings, requested: dict,
+                 first_unit: tuple[np.ndarray, int | None] | None, info: ImageInfo | None, name: str) -> dict:
     """The object size of one input, the same for all its planes and on every executor.
 
     ``diameter="auto"`` is estimated once, from the input's first plane (as
@@ -338,38 +323,46 @@ def _input_scale(model: Model, options: dict, first_unit: tuple[np.ndarray, int 
     or a pixel size, the input's pixel size is used when the model records its own, in
     the same unit.
 
+    Args:
+        model: The model.
+        settings: The batch's settings, settled for ``model``.
+        requested: The ``diameter`` and ``pixel_size`` given for all inputs (None: not given).
+        first_unit: The input's first unit, read when its diameter is to be estimated.
+        info: What its header says, if it is a file.
+        name: Its name in messages.
+
     Returns:
         The ``diameter`` and ``pixel_size`` keywords that are set (a :class:`Unit`'s ``scale``).
     """
-    options = dict(options)
-    if options.get("diameter") == "auto" and first_unit is not None:
+    scale = dict(requested)
+    if scale.get("diameter") == "auto" and first_unit is not None:
         pixels, channel_axis = first_unit[:2]
-        estimate = estimate_diameter(model, pixels, channel_axis=channel_axis,
-                                     **{key: options[key] for key in _ESTIMATE_OPTIONS if key in options})
+        estimate = estimate_diameter(model, pixels, settings, channel_axis=channel_axis)
         if estimate is None:  # a batch names the file (_naming_inputs_in_warnings)
             warnings.warn(NO_DIAMETER_FOUND, ImageWarning, stacklevel=2)
         else:
             logger.info("%s: estimated object diameter %.1f px", name, estimate)
-        options["diameter"] = estimate
-    if (options.get("diameter") is None and options.get("pixel_size") is None and model.pixel_size
+        scale["diameter"] = estimate
+    if (scale.get("diameter") is None and scale.get("pixel_size") is None and model.pixel_size
             and info is not None and info.pixel_size is not None):
         pixel_size = in_unit(info.pixel_size, info.unit, model.pixel_unit)
         if pixel_size is None:
             logger.warning("%s: pixel size in %s, the model's in %s; not rescaled", name, info.unit, model.pixel_unit)
         else:
-            options["pixel_size"] = pixel_size
-    return {key: options[key] for key in _SCALE_OPTIONS if options.get(key) is not None}
+            scale["pixel_size"] = pixel_size
+    return {key: value for key, value in scale.items() if value is not None}
 
 
 def _handed_out(job: _Job, count: int, read: Callable[[int], tuple[np.ndarray, int | None]], model: Model,
-                options: dict, info: ImageInfo | None, name: str, owners: _Owners) -> Iterator[Unit]:
+                settings: PredictionSettings, requested: dict, info: ImageInfo | None, name: str,
+                owners: _Owners) -> Iterator[Unit]:
     """The ``count`` units of one input, read one by one and noted in ``owners`` as each is handed out.
 
     The input's object size (:func:`_input_scale`) goes with every unit and into ``job``;
     a diameter to estimate is estimated from the first unit, which is not read again.
     """
-    first = read(0) if options.get("diameter") == "auto" else None
-    scale = _input_scale(model, options, first, info, name)
+    first = read(0) if requested["diameter"] == "auto" else None
+    scale = _input_scale(model, settings, requested, first, info, name)
     job.diameter, job.scale, job.units = scale.get("diameter"), scale_factor(model, **scale), count
     for number in range(count):
         pixels, channel_axis = first if first is not None else read(number)
@@ -378,23 +371,14 @@ def _handed_out(job: _Job, count: int, read: Callable[[int], tuple[np.ndarray, i
         yield Unit(pixels, channel_axis, scale)
 
 
-def _check_options(model: Model, options: dict) -> None:
-    """Refuse a diameter, pixel size or other option that the model cannot use before any work starts.
+def _check_scale(model: Model, requested: dict) -> None:
+    """Refuse a diameter or pixel size that the model cannot use, before any work starts.
 
     Raises:
-        InputError: As :func:`~napari_unet.core.scale.scale_factor` does, or for a tile
-            size, batch size, threshold, smallest object size or intensity range no
-            prediction takes.
-        TypeError: For an option :func:`~napari_unet.core.predict.predict_iter` does not have.
+        InputError: As :func:`~napari_unet.core.scale.scale_factor` does, or for an
+            estimate the model cannot make.
     """
-    unknown = sorted(set(options) - _PREDICT_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown prediction option(s) {', '.join(map(repr, unknown))}; the options are "
-                        f"{', '.join(sorted(_PREDICT_OPTIONS))}")
-    checked_threshold(model, options.get("tile_size"), options.get("batch_size"), options.get("threshold"),
-                      options.get("min_size", 0))
-    normalization_for(model.normalization, options.get("intensity_range"))
-    diameter, pixel_size = options.get("diameter"), options.get("pixel_size")
+    diameter, pixel_size = requested["diameter"], requested["pixel_size"]
     if diameter == "auto":
         if not model.object_diameter:
             raise InputError("this model does not record the object size it was trained on; "
@@ -435,7 +419,10 @@ def predict_files_iter(
     channel: int | None = None,
     volume: bool = False,
     z_scale: float | None = None,
-    **predict_options,
+    settings: PredictionSettings | None = None,
+    diameter: float | str | None = None,
+    pixel_size: tuple[float, float] | None = None,
+    **options,
 ) -> Iterator[FileProgress]:
     """Segment TIFF files plane by plane; yields progress, returns a :class:`BatchResult`.
 
@@ -464,16 +451,22 @@ def predict_files_iter(
             whole and predicted in this process.
         z_scale: With ``volume``, the z step in pixels for every file; None: each
             file's own, from its metadata.
-        **predict_options: Passed to :func:`~napari_unet.core.predict.predict_iter`
-            (tile_size, batch_size, threshold, min_size, device, amp, diameter, pixel_size,
-            intensity_range).
-            ``diameter="auto"`` is estimated once per file, from its first plane. Without
-            a diameter or pixel size, each file's own pixel size is used when the model
+        settings: How to predict and post-process every file (None: the defaults); see
+            :class:`~napari_unet.core.prediction_settings.PredictionSettings`.
+        diameter: Typical object diameter in pixels in every file, or "auto" to estimate
+            it once per file, from its first plane.
+        pixel_size: Pixel size ``(y, x)`` of every file in the model's unit. Without a
+            diameter or pixel size, each file's own pixel size is used when the model
             records one. Channel axes come from each file's axes.
+        **options: Settings to change, by their names in :class:`PredictionSettings`.
 
     Raises:
-        InputError: If outputs would overwrite inputs or each other (checked before any work).
+        InputError: If outputs would overwrite inputs or each other, or a setting is
+            wrong (checked before any work).
+        TypeError: For an option that is no setting.
     """
+    settings = PredictionSettings.of(settings, **options)
+    requested = {"diameter": diameter, "pixel_size": pixel_size}
     model = as_model(model)
     if isinstance(files, str | os.PathLike):
         files = [files]
@@ -486,20 +479,21 @@ def predict_files_iter(
             raise InputError("3D labels are made from one-channel z-stacks; choosing a channel is not supported "
                              "with 3D: save the channel as a stack of its own")
         return (yield from _predict_volumes(model, files, out_dir, probability, overwrite, stop, z_scale,
-                                            predict_options))
+                                            settings, requested))
     if channel is None:
         model = model.for_colours(_is_colour_file(path) for path in files)
     targets = output_paths(files, out_dir, probability)
-    _check_options(model, predict_options)
+    settings = settled_for(model, settings)
+    _check_scale(model, requested)
     if channel is not None and (channel < 0 or model.config.in_channels != 1):
         raise InputError(f"channel {channel}: a channel is chosen by its number from 0, for a model that takes one "
                          f"(this one takes {model.config.in_channels})")
     writable_folder(out_dir)  # a folder that cannot be made fails now, not at the first file
     executor = executor or LocalExecutor()
     finished = _finished_outputs(targets, overwrite)
-    settings = _batch_settings(model, predict_options, channel)
-    _say_if_made_otherwise([labels for (labels, _), kept in zip(targets, finished) if kept], settings, out_dir)
-    note = json.dumps({"napari_unet": __version__, "settings": settings})
+    recorded = _batch_settings(model, settings, requested, channel)
+    _say_if_made_otherwise([labels for (labels, _), kept in zip(targets, finished) if kept], recorded, out_dir)
+    note = _settings_note(recorded)
     tally = _Tally()
     skipped, jobs = [], []
     for index, (path, (labels_path, probability_path)) in enumerate(zip(files, targets)):
@@ -509,7 +503,6 @@ def predict_files_iter(
             jobs.append(_FileJob(index, path, labels_path, probability_path,
                                  _count_units(path, model.config.in_channels, channel), tally, channel, note))
     tally.total = sum(job.count for job in jobs)
-    shared_options = {key: value for key, value in predict_options.items() if key not in _SCALE_OPTIONS}
 
     def progress(job: _FileJob, plane: PredictProgress) -> FileProgress:
         return FileProgress(job.index, len(files), job.path, plane, tally.done, tally.total)
@@ -518,11 +511,11 @@ def predict_files_iter(
     first = 0  # the first job of the next stream
     while first < len(jobs) and not cancelled:
         owners = _Owners()
-        units = _file_units(model, jobs[first:], predict_options, owners)
+        units = _file_units(model, jobs[first:], settings, requested, owners)
         try:
             if stop is not None and stop.is_set():
                 raise _Stopped
-            yield from _predict_jobs(model, units, owners, executor, shared_options, probability, progress, stop)
+            yield from _predict_jobs(model, units, owners, executor, settings, probability, progress, stop)
             first = len(jobs)
         except _LabelsOverflow as overflow:
             # Rare enough (over 65535 objects in one plane) to redo the file rather than
@@ -551,7 +544,8 @@ def _finished_outputs(targets: list[tuple[Path, Path | None]], overwrite: bool) 
 
 
 def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike, probability: bool, overwrite: bool,
-                     stop: threading.Event | None, z_scale: float | None, options: dict) -> Iterator[FileProgress]:
+                     stop: threading.Event | None, z_scale: float | None, settings: PredictionSettings,
+                     requested: dict) -> Iterator[FileProgress]:
     """:func:`predict_files_iter` for z-stacks labelled in 3D, one file after the other.
 
     Each file is read whole and predicted by :func:`~napari_unet.core.predict.predict_iter`
@@ -562,13 +556,18 @@ def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike
     """
     model = model.for_colours(_is_colour_file(path) for path in files)
     targets = output_paths(files, out_dir, probability)
-    _check_options(model, options)
+    settings = settled_for(model, settings)
+    _check_scale(model, requested)
     if z_scale is not None:
         checked_z_scale(z_scale)
     writable_folder(out_dir)
+    finished = _finished_outputs(targets, overwrite)
+    recorded = _batch_settings(model, settings, requested, None) | {"volume": True, "z_scale": z_scale}
+    _say_if_made_otherwise([labels for (labels, _), kept in zip(targets, finished) if kept], recorded, out_dir)
+    note = _settings_note(recorded)
     pending = [(index, path, labels_path, probability_path)
-               for index, (path, (labels_path, probability_path), finished) in
-               enumerate(zip(files, targets, _finished_outputs(targets, overwrite))) if not finished]
+               for index, (path, (labels_path, probability_path), done) in enumerate(zip(files, targets, finished))
+               if not done]
     waiting = {index for index, *_ in pending}
     results = {index: FileResult(files[index], targets[index][0], skipped=True)
                for index in range(len(files)) if index not in waiting}
@@ -587,15 +586,15 @@ def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike
                 return FileProgress(index, len(files), path, plane, before + plane.plane + (plane.done == plane.total),
                                     total)
 
-            prediction = yield from _volume_of_file(model, path, z_scale, options, stop, progress)
+            prediction = yield from _volume_of_file(model, path, z_scale, settings, requested, stop, progress)
             if prediction is None:
                 return ended(cancelled=True)
             labels, probability_map, info = prediction
             label_type = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
             unit = info.unit or "um"
-            write_tiff(labels_path, labels.astype(label_type), info.pixel_size, unit, info.z_step)
+            write_tiff(labels_path, labels.astype(label_type), info.pixel_size, unit, info.z_step, note)
             if probability_path is not None:
-                write_tiff(probability_path, probability_map, info.pixel_size, unit, info.z_step)
+                write_tiff(probability_path, probability_map, info.pixel_size, unit, info.z_step, note)
             volumes = labels.reshape(-1, *labels.shape[-3:]) if labels.ndim > 3 else labels[np.newaxis]
             objects = sum(int(np.unique(part).size) - 1 for part in volumes)
             results[index] = FileResult(path, labels_path, counts[index], objects, time.monotonic() - started)
@@ -605,8 +604,8 @@ def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike
     return ended()
 
 
-def _volume_of_file(model: Model, path: Path, z_scale: float | None, options: dict, stop: threading.Event | None,
-                    progress: Callable[[PredictProgress], FileProgress]):
+def _volume_of_file(model: Model, path: Path, z_scale: float | None, settings: PredictionSettings, requested: dict,
+                    stop: threading.Event | None, progress: Callable[[PredictProgress], FileProgress]):
     """Predict one file's z-stack as volumes; yields progress, returns ``(labels, probability, info)`` or None if stopped.
 
     Raises:
@@ -626,9 +625,9 @@ def _volume_of_file(model: Model, path: Path, z_scale: float | None, options: di
         warnings.warn(f"{path.name} is a time-lapse (axes {axes}): its planes are segmented one by one",
                       ImageWarning, stacklevel=2)
     with warnings_named(path.name):
-        scale = _input_scale(model, options, None, info, str(path))
-    run = predict_iter(model, image, volume=as_volume, z_scale=z_scale if z_scale is not None else info.z_scale,
-                       **{key: value for key, value in options.items() if key not in _SCALE_OPTIONS}, **scale)
+        scale = _input_scale(model, settings, requested, None, info, str(path))
+    run = predict_iter(model, image, settings, volume=as_volume,
+                       z_scale=z_scale if z_scale is not None else info.z_scale, **scale)
     with closing(run):
         while True:
             if stop is not None and stop.is_set():
@@ -642,29 +641,29 @@ def _volume_of_file(model: Model, path: Path, z_scale: float | None, options: di
             yield progress(plane)
 
 
-def _batch_settings(model: Model, options: dict, channel: int | None) -> dict:
-    """What decides a batch's labels: the model's weights and the settings of post-processing,
-    object size and channel. Not the tiling, which gives the same labels, nor the device
-    and its precision (float16 on CUDA, bfloat16 on a CPU with AMX), which move only a
-    few outlines: a batch resumed on another machine is not warned about."""
+def _batch_settings(model: Model, settings: PredictionSettings, requested: dict, channel: int | None) -> dict:
+    """What decides a batch's labels: the model's weights, the settings that decide labels
+    (:meth:`~napari_unet.core.prediction_settings.PredictionSettings.recorded`), the object
+    size and the channel. Not the tiling nor the device: a batch resumed on another
+    machine is not warned about."""
     weights = hashlib.sha256()
     for name, tensor in model.network.state_dict().items():
         weights.update(name.encode())
         weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    threshold = options.get("threshold")
-    settings = {
+    recorded = {
         "model": model.name or model.description,
         "weights_sha256": weights.hexdigest()[:16],
-        "threshold": model.threshold if threshold is None else threshold,
-        "min_size": options.get("min_size", inspect.signature(predict_iter).parameters["min_size"].default),
-        "diameter": options.get("diameter"),
-        "pixel_size": options.get("pixel_size"),
-        "test_time_augmentation": bool(options.get("test_time_augmentation", False)),
-        "intensity_range": (None if options.get("intensity_range") is None
-                            else [float(value) for value in options["intensity_range"]]),
+        **settings.recorded(),
+        "diameter": requested["diameter"],
+        "pixel_size": requested["pixel_size"],
         "channel": channel,
     }
-    return json.loads(json.dumps(settings))  # as a file gives them back (tuples become lists)
+    return json.loads(json.dumps(recorded))  # as a file gives them back (tuples become lists)
+
+
+def _settings_note(recorded: dict) -> str:
+    """The note written into each output: the version that made it and its :func:`_batch_settings`."""
+    return json.dumps({"napari_unet": __version__, "settings": recorded})
 
 
 def _say_if_made_otherwise(kept: list[Path], settings: dict, out_dir: str | os.PathLike) -> None:
@@ -810,7 +809,8 @@ class _FileJob(_Job):
         self._layout: tuple = ()  # shape, axes and metadata of the outputs, known once the file is read
         self._started = 0.0
 
-    def read_units(self, model: Model, options: dict, owners: _Owners) -> Iterator[Unit]:
+    def read_units(self, model: Model, settings: PredictionSettings, requested: dict,
+                   owners: _Owners) -> Iterator[Unit]:
         """Plan the file's units, then read them one by one, noting each in ``owners`` as it is handed out.
 
         The outputs are opened by the first :meth:`write`.
@@ -831,7 +831,8 @@ class _FileJob(_Job):
             out_shape = plan.out_leading_shape + tuple(
                 reader.page_shape[i] for i, axis in enumerate(reader.page_axes) if axis in "YX")
             self._layout = (out_shape, plan.out_axes, reader.metadata)
-            yield from _handed_out(self, plan.units, unit, model, options, reader.info, str(self.path), owners)
+            yield from _handed_out(self, plan.units, unit, model, settings, requested, reader.info, str(self.path),
+                                   owners)
 
     def write(self, result: PlaneResult) -> None:
         if not self.writers:
@@ -884,14 +885,15 @@ class _Owners(deque):
     reading: _Job | None = None
 
 
-def _file_units(model: Model, jobs: Sequence[_FileJob], options: dict, owners: _Owners) -> Iterator[Unit]:
+def _file_units(model: Model, jobs: Sequence[_FileJob], settings: PredictionSettings, requested: dict,
+                owners: _Owners) -> Iterator[Unit]:
     """The units of the jobs' files, in order; a file that cannot be read fails and the next one goes on."""
     for job in jobs:
         if job.result is not None:  # failed while an earlier stream read it
             continue
         owners.reading = job
         try:
-            yield from job.read_units(model, options, owners)
+            yield from job.read_units(model, settings, requested, owners)
         except NapariUnetError as error:
             logger.info("failed: %s", error)
             job.fail(error)
@@ -953,8 +955,8 @@ def _naming_inputs_in_warnings(events: Iterator, owners: _Owners) -> Iterator:
         yield event
 
 
-def _predict_jobs(model: Model, units: Iterable[Unit], owners: _Owners, executor: PlaneExecutor, options: dict,
-                  probability: bool, progress: Callable, stop: threading.Event | None):
+def _predict_jobs(model: Model, units: Iterable[Unit], owners: _Owners, executor: PlaneExecutor,
+                  settings: PredictionSettings, probability: bool, progress: Callable, stop: threading.Event | None):
     """Stream units through the executor into their jobs, in one go across the jobs.
 
     Args:
@@ -963,7 +965,7 @@ def _predict_jobs(model: Model, units: Iterable[Unit], owners: _Owners, executor
             ``(job, unit number)`` when it is handed out.
         owners: The units handed out whose results have not come back, oldest first.
         executor: Where the units are predicted.
-        options: Predict options shared by all units.
+        settings: The settings of all units, settled for ``model``.
         probability: Also write each unit's probability (the jobs have a second writer).
         progress: Makes what is yielded from a job and a :class:`PredictProgress` in it.
         stop: Ends the stream at the next step when set.
@@ -974,7 +976,7 @@ def _predict_jobs(model: Model, units: Iterable[Unit], owners: _Owners, executor
         _Stopped: If ``stop`` was set.
     """
     given = 0  # results given by the executor
-    events = executor.predict_units(model, units, options, probability)
+    events = executor.predict_units(model, units, settings, probability)
     try:
         for event in _naming_inputs_in_warnings(events, owners):
             if isinstance(event, PlaneResult):
@@ -1015,7 +1017,10 @@ def predict_array_iter(
     channel_axis: int | None = None,
     executor: PlaneExecutor | None = None,
     stop: threading.Event | None = None,
-    **predict_options,
+    settings: PredictionSettings | None = None,
+    diameter: float | str | None = None,
+    pixel_size: tuple[float, float] | None = None,
+    **options,
 ) -> Iterator[PredictProgress]:
     """Segment a large array plane by plane without loading it; yields progress, returns the labels.
 
@@ -1033,8 +1038,12 @@ def predict_array_iter(
         executor: Where planes are predicted (default: this process).
         stop: When set, prediction ends at the next progress step and returns None
             (planes written to ``out`` so far stay; a TIFF ``out`` is not written).
-        **predict_options: Passed to :func:`~napari_unet.core.predict.predict_iter`;
-            ``diameter="auto"`` is estimated once, from the first plane.
+        settings: How to predict and post-process (None: the defaults); see
+            :class:`~napari_unet.core.prediction_settings.PredictionSettings`.
+        diameter: Typical object diameter in pixels, or "auto" to estimate it once,
+            from the first plane.
+        pixel_size: Pixel size ``(y, x)`` in the model's unit.
+        **options: Settings to change, by their names in :class:`PredictionSettings`.
 
     Returns:
         ``out`` (the array, or the TIFF path), or the new labels array.
@@ -1043,6 +1052,8 @@ def predict_array_iter(
         InputError: If ``out`` has the wrong shape, its dtype cannot hold the labels, or
             it is a path that does not name a TIFF file.
     """
+    settings = PredictionSettings.of(settings, **options)
+    requested = {"diameter": diameter, "pixel_size": pixel_size}
     model = as_model(model)
     if not hasattr(array, "shape"):  # a list, say; a lazy array (Dask, Zarr) is read plane by plane
         array = np.asarray(array)
@@ -1059,7 +1070,8 @@ def predict_array_iter(
         channel_axis += len(shape)
     model = model.for_image(array, channel_axis)
     plan = plan_units("the array", axes, shape[:-2], "YX", shape[-2:], model.config.in_channels, channel_axis)
-    _check_options(model, predict_options)
+    settings = settled_for(model, settings)
+    _check_scale(model, requested)
     out_shape = plan.out_leading_shape + shape[-2:]
     executor = executor or LocalExecutor()
 
@@ -1069,14 +1081,12 @@ def predict_array_iter(
             index.insert(plan.channel_leading_axis, slice(None))
         return np.asarray(array[tuple(index)]), plan.unit_channel_axis
 
-    shared_options = {key: value for key, value in predict_options.items() if key not in _SCALE_OPTIONS}
-
     def stream(writer) -> Iterator[PredictProgress]:
         job, owners = _Job([writer]), _Owners()
         owners.reading = job
-        units = _handed_out(job, plan.units, unit, model, predict_options, None, "the array", owners)
+        units = _handed_out(job, plan.units, unit, model, settings, requested, None, "the array", owners)
         try:
-            yield from _predict_jobs(model, units, owners, executor, shared_options, False,
+            yield from _predict_jobs(model, units, owners, executor, settings, False,
                                      lambda _job, plane: plane, stop)
         except _UnitFailed as failed:
             raise failed.error from None

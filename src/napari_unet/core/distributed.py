@@ -24,6 +24,7 @@ from .batch import PLANE_WARNINGS, PlaneResult, Unit, predict_plane
 from .bundle import Model
 from .errors import ClusterError, InputError, NapariUnetError
 from .predict import GPU_TILE_SIZE
+from .prediction_settings import PredictionSettings
 
 __all__ = ["DaskExecutor", "dask_executor"]
 
@@ -70,13 +71,13 @@ class DaskExecutor:
             return max(1, self.in_flight)
         return max(2, 2 * sum(self.client.nthreads().values()))
 
-    def predict_units(self, model: Model, units: Iterable[Unit], options: dict,
+    def predict_units(self, model: Model, units: Iterable[Unit], settings: PredictionSettings,
                       probability: bool) -> Iterator[tuple[int, int, int] | PlaneResult]:
         model_future = self.model_on_workers(model)
-        if options.get("tile_size") is None:
+        if settings.tile_size is None:
             # Workers share their machine's memory, which the CPU default tile size
             # (memory permitting, whole planes) assumes is one process's to use.
-            options = {**options, "tile_size": GPU_TILE_SIZE}
+            settings = settings.replace(tile_size=GPU_TILE_SIZE)
         window = self._window()
         pending: deque = deque()
         finished = 0
@@ -87,8 +88,9 @@ class DaskExecutor:
                     unit = next(units, None)
                     if unit is None:
                         break
+                    # The unit goes in parts: Dask would take a tuple apart on its way.
                     pending.append(self.client.submit(_predict_plane_with_warnings, model_future, unit.pixels,
-                                                      unit.channel_axis, {**options, **unit.scale}, probability,
+                                                      unit.channel_axis, unit.scale, settings, probability,
                                                       pure=False))
                 if not pending:
                     return
@@ -123,8 +125,10 @@ def _result(future):
                            "command again to go on with the files not finished") from error
 
 
-def _predict_plane_with_warnings(*args) -> tuple[tuple, list[tuple[str, type[Warning]]]]:
-    """:func:`~napari_unet.core.batch.predict_plane` on a worker, and the warnings it gave.
+def _predict_plane_with_warnings(model: Model, pixels, channel_axis: int | None, scale: dict,
+                                 settings: PredictionSettings, probability: bool
+                                 ) -> tuple[tuple, list[tuple[str, type[Warning]]]]:
+    """:func:`~napari_unet.core.batch.predict_plane` of a unit on a worker, and the warnings it gave.
 
     A worker's warnings would reach only its own stderr, worded as Python prints them
     (or, on a remote cluster, nobody): they go back with the result, for the process that
@@ -136,6 +140,7 @@ def _predict_plane_with_warnings(*args) -> tuple[tuple, list[tuple[str, type[War
     """
     import distributed
 
+    args = (model, Unit(pixels, channel_axis, scale), settings, probability)
     worker = distributed.get_worker()
     if getattr(getattr(worker, "state", worker), "nthreads", 1) > 1:  # older versions lack Worker.state
         return predict_plane(*args), []

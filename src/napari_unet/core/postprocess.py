@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .defaults import MIN_OBJECT_SIZE
 from .metrics import PixelCounts, average_precision
 from .peaks import peak_labels, separated_diameter
 
@@ -206,7 +207,7 @@ def growth_distance(gap: int, object_diameter: float | None) -> float:
 def probabilities_to_labels(
     probabilities: np.ndarray | torch.Tensor,
     threshold: float = 0.5,
-    min_size: int = 10,
+    min_size: int = MIN_OBJECT_SIZE,
     gap: int = 1,
     pixel_scale: float = 1.0,
     object_diameter: float | None = None,
@@ -396,7 +397,7 @@ def choose_postprocessing(
     probabilities: Iterable[np.ndarray],
     truths: Sequence[np.ndarray],
     current: float = 0.5,
-    min_size: int = 10,
+    min_size: int = MIN_OBJECT_SIZE,
     gap: int = 1,
     object_diameter: float | None = None,
     separation: str = "seeds",

@@ -46,13 +46,14 @@ from .memory import available_memory
 from .model import UNet
 from .normalize import as_planes, is_colour, normalization_for
 from .postprocess import foreground_probability, probabilities_to_labels
+from .prediction_settings import PredictionSettings
 from .progress import run_to_end
 from .registry import as_model
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape, usable_diameter
 from .threads import ThreadTuner
 from .volume import BYTES_PER_VOXEL, VolumeLabeller, labelling_factor
 
-__all__ = ["PredictProgress", "Prediction", "checked_threshold", "checked_z_scale", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
+__all__ = ["PredictProgress", "Prediction", "PredictionSettings", "settled_for", "checked_z_scale", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
 
 logger = logging.getLogger(__name__)
 
@@ -337,20 +338,22 @@ def predict_probabilities(
     Raises:
         InputError: If a single tile does not fit in the device's memory.
     """
-    probabilities = yield from _stitched_probabilities(network, plane, tile_size, batch_size, device, amp,
-                                                       compile_network)
+    settings = PredictionSettings(tile_size=tile_size, batch_size=batch_size, device=device, amp=amp,
+                                  compile_network=compile_network)
+    probabilities = yield from _stitched_probabilities(network, plane, settings)
     return probabilities.cpu().numpy()
 
 
-def _stitched_probabilities(network: UNet, plane: np.ndarray, tile_size: int | None, batch_size: int | None,
-                            device: str | torch.device, amp: bool, compile_network: bool
+def _stitched_probabilities(network: UNet, plane: np.ndarray, settings: PredictionSettings
                             ) -> Iterator[tuple[int, int] | torch.Tensor]:
-    """:func:`predict_probabilities`, returned as the tensor they were stitched in.
+    """:func:`predict_probabilities` with ``settings``' tiling, device and precision, returned as
+    the tensor they were stitched in.
 
     That tensor lies on the GPU where the plane has room there
     (:func:`_stitching_device`), so that its labels can be made there too.
     """
-    device = resolve_device(device)
+    device, amp = resolve_device(settings.device), settings.amp
+    tile_size, batch_size = settings.tile_size, settings.batch_size
     if tile_size is None:
         tile_size = default_tile_size(network, device)
     _, height, width = plane.shape
@@ -369,7 +372,7 @@ def _stitched_probabilities(network: UNet, plane: np.ndarray, tile_size: int | N
     batch_size = min(batch_size, fit) if fit else batch_size
     dtype = inference_dtype(device, amp)
     example = None
-    if compile_network:
+    if settings.compile_network:
         example = torch.zeros((min(batch_size, len(windows)), plane.shape[0], rows.tile, cols.tile), device=device,
                               dtype=dtype)
         example = example.contiguous(memory_format=torch.channels_last)
@@ -417,7 +420,7 @@ def _restored(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.rot90(unmirrored, -(orientation % 4), axes=(-2, -1))
 
 
-def _averaged_over_orientations(network: UNet, plane: np.ndarray, orientations: int, **options
+def _averaged_over_orientations(network: UNet, plane: np.ndarray, orientations: int, settings: PredictionSettings
                                 ) -> Iterator[tuple[int, int] | np.ndarray]:
     """:func:`predict_probabilities` averaged over the first ``orientations`` orientations of ``plane``.
 
@@ -427,12 +430,12 @@ def _averaged_over_orientations(network: UNet, plane: np.ndarray, orientations: 
     summed = 0.0
     finished = 0  # tile batches of the orientations done
     for orientation in range(orientations):
-        tiles = predict_probabilities(network, np.ascontiguousarray(_oriented(plane, orientation)), **options)
+        tiles = _stitched_probabilities(network, np.ascontiguousarray(_oriented(plane, orientation)), settings)
         while True:
             try:
                 done, total = next(tiles)
             except StopIteration as result:
-                probabilities = _restored(result.value, orientation)
+                probabilities = _restored(result.value.cpu().numpy(), orientation)
                 break
             # Every orientation has as many tiles: the turned plane's axes swap their tilings.
             yield finished + done, finished + total * (orientations - orientation)
@@ -441,37 +444,21 @@ def _averaged_over_orientations(network: UNet, plane: np.ndarray, orientations: 
     return summed / np.float32(orientations)
 
 
-#: The tile sizes already said to be raised (once per process is enough).
-_raised_tile_sizes: set[tuple[int, int]] = set()
+def settled_for(model: Model, settings: PredictionSettings) -> PredictionSettings:
+    """``settings`` as ``model`` takes them: with its threshold where none is given, and a
+    tile size under the network's smallest tile raised to it, with a warning.
 
-
-def checked_threshold(model: Model, tile_size: int | None, batch_size: int | None, threshold: float | None,
-                      min_size: int = 0) -> float:
-    """The threshold to use (the model's unless given), after refusing options no prediction can take.
-
-    A tile size under the network's smallest tile is raised to it, with a warning. Batches
-    check their options with it before any file is read.
-
-    Args:
-        model: The model that predicts.
-        tile_size, batch_size, threshold, min_size: As for :func:`predict_iter`.
-
-    Raises:
-        InputError: If a size is not positive or the threshold is not a probability.
+    A run settles its settings once, before any work, so that the warning is given once.
     """
-    if (tile_size is not None and tile_size < 1) or (batch_size is not None and batch_size < 1):
-        raise InputError("tile size and batch size must be positive")
-    if min_size < 0:
-        raise InputError(f"the smallest object size is a number of pixels, 0 or more, not {min_size}")
+    changes = {}
     smallest = smallest_tile(model.network)
-    if tile_size is not None and tile_size < smallest and (tile_size, smallest) not in _raised_tile_sizes:
-        _raised_tile_sizes.add((tile_size, smallest))
-        warnings.warn(f"tile size {tile_size} is raised to {smallest}, the smallest this model uses: a tile "
+    if settings.tile_size is not None and settings.tile_size < smallest:
+        warnings.warn(f"tile size {settings.tile_size} is raised to {smallest}, the smallest this model uses: a tile "
                       f"gives up {model.network.context} pixels of context on each side", InputWarning, stacklevel=3)
-    threshold = model.threshold if threshold is None else threshold
-    if not 0 <= threshold <= 1:
-        raise InputError(f"the threshold is a probability, between 0 and 1, not {threshold}")
-    return threshold
+        changes["tile_size"] = smallest
+    if settings.threshold is None:
+        changes["threshold"] = model.threshold
+    return settings.replace(**changes) if changes else settings
 
 
 class _InThread:
@@ -600,17 +587,10 @@ def _room_for_another_plane(model: Model, shape: tuple[int, int]) -> bool:
 def predict_planes_iter(
     model: Model,
     planes: Iterable[tuple[np.ndarray, float]],
+    settings: PredictionSettings | None = None,
     *,
-    tile_size: int | None = None,
-    batch_size: int | None = None,
-    threshold: float | None = None,
-    min_size: int = 10,
-    device: str | torch.device = "auto",
-    amp: bool = True,
-    compile_network: bool = False,
-    test_time_augmentation: bool = False,
-    intensity_range: tuple[float, float] | None = None,
     keep_classes: bool = False,
+    **options,
 ) -> Iterator[tuple[int, int, int, tuple[np.ndarray, ...] | None]]:
     """Predict a stream of planes, post-processing each while the next is prepared.
 
@@ -633,24 +613,22 @@ def predict_planes_iter(
         planes: ``(channels, H, W)`` planes, as :func:`~napari_unet.core.normalize.as_planes`
             makes them (their sizes may differ), each with its scale for the network
             (see :func:`~napari_unet.core.scale.scale_factor`); results are brought back.
-        tile_size, batch_size, threshold, min_size, device, amp, compile_network,
-            test_time_augmentation, intensity_range: As for :func:`predict_iter`.
+        settings: How to predict (None: the defaults).
         keep_classes: Also give each plane's class probabilities in float16, for labels
             made across planes, on the grid they are labelled on
             (:func:`~napari_unet.core.volume.labelling_factor`).
+        **options: Settings to change, by their names in :class:`PredictionSettings`.
 
     Yields:
         ``(plane, done, total, None)`` as the tile batches of a plane are done, and
         ``(plane, total, total, (labels, probability))`` once the plane is finished
         (``(labels, probability, classes)`` when ``keep_classes``).
     """
-    threshold = checked_threshold(model, tile_size, batch_size, threshold, min_size)
-    normalize = normalization_for(model.normalization, intensity_range)
-    options = {"tile_size": tile_size, "batch_size": batch_size, "device": device, "amp": amp,
-               "compile_network": compile_network}
+    settings = settled_for(model, PredictionSettings.of(settings, **options))
+    normalize = normalization_for(model.normalization, settings.intensity_range)
     pending = None  # (plane, tile batches, labels in the making, on the GPU?) of the plane being post-processed
     held: list = []  # progress of the plane in the network, reported once the plane before it is done
-    threads = ThreadTuner() if resolve_device(device).type == "cpu" else None
+    threads = ThreadTuner() if resolve_device(settings.device).type == "cpu" else None
     unfamiliar_said = False  # once for the stream: the hazy planes of a z-stack would say it again and again
 
     def reported():
@@ -677,8 +655,8 @@ def predict_planes_iter(
                 # Its labels are being made on the GPU, whose memory the next tiles would
                 # be sized to without them.
                 yield from reported()
-            tiles = (_averaged_over_orientations(model.network, normalized, ORIENTATIONS, **options)
-                     if test_time_augmentation else _stitched_probabilities(model.network, normalized, **options))
+            tiles = (_averaged_over_orientations(model.network, normalized, ORIENTATIONS, settings)
+                     if settings.test_time_augmentation else _stitched_probabilities(model.network, normalized, settings))
             in_network = 0.0  # seconds, not counting the consumer's between the tile batches
             while True:
                 started = time.monotonic()
@@ -698,8 +676,8 @@ def predict_planes_iter(
             yield from reported()
             on_gpu = _labels_on_the_device(probabilities, shape)
             classes_shape = scaled_shape(shape, labelling_factor(factor)) if keep_classes else None
-            pending = (index, total, _InThread(_labelled_and_judged, model, probabilities, shape, threshold, min_size,
-                                               1 / factor, on_gpu, classes_shape), on_gpu)
+            pending = (index, total, _InThread(_labelled_and_judged, model, probabilities, shape, settings.threshold,
+                                               settings.min_size, 1 / factor, on_gpu, classes_shape), on_gpu)
             probabilities = None  # the thread's now: freed with it
         yield from reported()
     except Exception:
@@ -719,20 +697,14 @@ def predict_planes_iter(
 def predict_iter(
     model: Model,
     image: np.ndarray,
-    tile_size: int | None = None,
-    batch_size: int | None = None,
-    threshold: float | None = None,
-    min_size: int = 10,
+    settings: PredictionSettings | None = None,
+    *,
     channel_axis: int | None = None,
-    device: str | torch.device = "auto",
-    amp: bool = True,
     diameter: float | str | None = None,
     pixel_size: tuple[float, float] | None = None,
-    compile_network: bool = False,
-    test_time_augmentation: bool = False,
-    intensity_range: tuple[float, float] | None = None,
     volume: bool = False,
     z_scale: float | None = None,
+    **options,
 ) -> Iterator[PredictProgress]:
     """Predict an image or a stack plane by plane; yields progress, returns a :class:`Prediction`.
 
@@ -746,51 +718,29 @@ def predict_iter(
     Args:
         model: The model, or an embedded model's name or a model file's path.
         image: 2D image, RGB image or stack, any numeric dtype.
-        tile_size: Largest tile edge in pixels, context included (None: 1024 on a GPU,
-            up to 2048 on a CPU as memory allows). Sizes under four times the network's
-            context (``model.network.context``, its receptive-field radius on the
-            pooling grid) are raised to that, so that a tile keeps at least half of what
-            it computes.
-        batch_size: Most tiles per forward pass (None: 1 on a CPU, 4 on a GPU).
-        threshold: Probability threshold of the post-processing (see
-            :func:`~napari_unet.core.postprocess.probabilities_to_labels`); None: the
-            model's own, chosen on its validation images.
-        min_size: Smallest object kept, in pixels.
+        settings: How to predict and post-process (None: the defaults); see
+            :class:`~napari_unet.core.prediction_settings.PredictionSettings`.
         channel_axis: Channel axis of a multi-channel image, if not guessed right.
-        device: Torch device or "auto".
-        amp: Mixed precision where the device is faster with it: float16 on CUDA, bfloat16 on a
-            CPU with AMX (:func:`~napari_unet.core.device.mixed_precision_dtype`); False: float32.
         diameter: Typical object diameter in the image, in pixels, or "auto" to estimate
             it from a first prediction of the first plane (see :func:`estimate_diameter`).
         pixel_size: Pixel size ``(y, x)`` of the image in the model's unit, used when
             no diameter is given.
-        compile_network: Compile the network with ``torch.compile`` before the first
-            plane: about 8 % faster on 1024x1024 planes on a CPU after 10 to 25 seconds
-            of compiling per tile shape, so for long stacks and batches of same-sized
-            images.
-        test_time_augmentation: Average the probabilities of the plane's eight
-            orientations (quarter turns, each also mirrored), as the U-Net paper averaged
-            rotated versions of its input: more accurate outlines for eight times the
-            network's work.
-        intensity_range: Intensities ``(low, high)`` mapped to 0 and 1 in every plane,
-            instead of each plane's own percentiles (the model's normalization): for
-            stacks whose planes must keep their relative brightness, so that an empty or
-            out-of-focus plane is not stretched until its noise looks like objects (see
-            :class:`~napari_unet.core.normalize.IntensityRange`). Choose it so that the
-            objects span about the range, as napari's contrast limits do.
         volume: Label a z-stack in 3D: the last axis before height and width is Z, and
             any axis before it (T) gives volumes labelled one by one. The planes' labels
             given with the progress are each plane's own; the returned labels are 3D.
         z_scale: The z step of a volume in pixels (its distance between planes over
             the pixel width); None: 1, with a warning.
+        **options: Settings to change, by their names in :class:`PredictionSettings`
+            (``tile_size=512``, ``threshold=0.6``, ``device="cpu"``, ...).
 
     Raises:
         InputError: If a setting is wrong; with ``volume``, if the image has one plane,
             is in colour, or ``z_scale`` is not a positive number.
+        TypeError: For an option that is no setting.
     """
+    settings = PredictionSettings.of(settings, **options)
     model = as_model(model).for_image(image, channel_axis)
-    threshold = checked_threshold(model, tile_size, batch_size, threshold, min_size)
-    normalization_for(model.normalization, intensity_range)  # a wrong range is said before any work
+    settings = settled_for(model, settings)
     if volume:
         z_scale = checked_z_scale(z_scale)
         if is_colour(image, model.config.in_channels, channel_axis):
@@ -801,17 +751,16 @@ def predict_iter(
     if volume and (not stack_shape or stack_shape[-1] < 2):
         raise InputError("3D labels need a z-stack of two planes or more; this image has one plane: predict it "
                          "without 3D")
-    if volume and intensity_range is None:
+    if volume and settings.intensity_range is None:
         # One range for the stack (mean 3D AP50 0.67 on the shared nuclei volumes, 0.52 by
         # each plane's percentiles): its end planes of haze stay dark.
-        intensity_range = model.normalization.range_of(planes)
+        settings = settings.replace(intensity_range=model.normalization.range_of(planes))
     if isinstance(diameter, str):
         if diameter != "auto":
             raise InputError(f"the diameter must be a number of pixels or 'auto', not {diameter!r}")
         # A volume's first plane is often all haze; its projection holds every object at its widest.
         sizing_plane = planes[:stack_shape[-1]].max(axis=0) if volume else planes[0]
-        diameter = _estimate_plane_diameter(model, sizing_plane, tile_size, batch_size, device, amp, threshold,
-                                            min_size, intensity_range)
+        diameter = _estimate_plane_diameter(model, sizing_plane, settings)
         if diameter is None:
             warnings.warn(NO_DIAMETER_FOUND, ImageWarning, stacklevel=2)
     factor = scale_factor(model, diameter, pixel_size)
@@ -823,12 +772,9 @@ def predict_iter(
     if not single_plane:
         labels = np.zeros((len(planes), height, width), np.int32)
         probability = np.zeros((len(planes), height, width), np.float32)
-    planes_done = predict_planes_iter(
-        model, ((plane, factor) for plane in planes), tile_size=tile_size, batch_size=batch_size, threshold=threshold,
-        min_size=min_size, device=device, amp=amp, compile_network=compile_network,
-        test_time_augmentation=test_time_augmentation, intensity_range=intensity_range, keep_classes=volume)
-    labeller = (VolumeLabeller(stack_shape[-1], (height, width), factor, z_scale, threshold, min_size, model.gap,
-                               model.object_diameter) if volume else None)
+    planes_done = predict_planes_iter(model, ((plane, factor) for plane in planes), settings, keep_classes=volume)
+    labeller = (VolumeLabeller(stack_shape[-1], (height, width), factor, z_scale, settings.threshold,
+                               settings.min_size, model.gap, model.object_diameter) if volume else None)
     with closing(planes_done):
         for index, done, total, finished in planes_done:
             if finished is not None:
@@ -886,8 +832,7 @@ def checked_z_scale(z_scale: float | None) -> float:
     return z_scale
 
 
-def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device, amp, threshold, min_size,
-                             intensity_range=None) -> float | None:
+def _estimate_plane_diameter(model: Model, plane: np.ndarray, settings: PredictionSettings) -> float | None:
     """Median object diameter in one ``(channels, H, W)`` plane, from predictions.
 
     Objects much larger than the model's break into fragments of about the model's own
@@ -902,15 +847,16 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
     if not model.object_diameter:
         raise InputError("this model does not record the object size it was trained on; it cannot estimate diameters")
 
-    normalized = normalization_for(model.normalization, intensity_range)(plane)
+    normalized = normalization_for(model.normalization, settings.intensity_range)(plane)
+    # Each scale is predicted once, plainly: the estimate needs sizes, not the finest outlines.
+    plain = settings.replace(compile_network=False, test_time_augmentation=False)
     measurements: dict[float, float | None] = {}  # by scale factor
 
     def labelled_at(factor: float) -> tuple[np.ndarray, np.ndarray]:
         """Labels and foreground probability of the plane predicted at ``factor`` of its size."""
         shape = scaled_shape(plane.shape[-2:], factor)
-        probabilities = run_to_end(_stitched_probabilities(
-            model.network, resize_plane(normalized, shape), tile_size, batch_size, device, amp, False))
-        return _labelled(model, probabilities, shape, threshold, min_size, 1.0,
+        probabilities = run_to_end(_stitched_probabilities(model.network, resize_plane(normalized, shape), plain))
+        return _labelled(model, probabilities, shape, settings.threshold, settings.min_size, 1.0,
                          _labels_on_the_device(probabilities, shape))
 
     def measured(factor: float, labels: np.ndarray | None = None) -> float | None:
@@ -952,29 +898,27 @@ def _estimate_plane_diameter(model: Model, plane, tile_size, batch_size, device,
     return estimate
 
 
-def estimate_diameter(model: Model, image: np.ndarray, channel_axis: int | None = None, **kwargs) -> float | None:
+def estimate_diameter(model: Model, image: np.ndarray, settings: PredictionSettings | None = None, *,
+                      channel_axis: int | None = None, **options) -> float | None:
     """Typical object diameter (pixels) in the first plane of ``image``, estimated by the model.
 
     Args:
         model: A model that records the object diameter of its training data.
         image: Image or stack (only its first plane is looked at).
+        settings: How to predict (None: the defaults); its tiling, device, precision,
+            threshold, smallest object size and intensity range are used.
         channel_axis: Channel axis of a multi-channel image, if not guessed right.
-        **kwargs: ``tile_size``, ``batch_size``, ``device``, ``amp``, ``threshold``, ``min_size``,
-            ``intensity_range`` (as for :func:`predict_iter`).
+        **options: Settings to change, by their names in :class:`PredictionSettings`.
 
     Returns:
         The median diameter of the objects found; None when none were found, or only
         objects too small or too large to rescale to the model's size (an empty field's
         specks of noise).
     """
+    settings = PredictionSettings.of(settings, **options)
     model = as_model(model).for_image(image, channel_axis)
     planes, _ = as_planes(image, model.config.in_channels, channel_axis, model.normalization.colour)
-    options = {"tile_size": None, "batch_size": None, "device": "auto", "amp": True, "threshold": None, "min_size": 10,
-               "intensity_range": None}
-    options.update(kwargs)
-    if options["threshold"] is None:
-        options["threshold"] = model.threshold
-    return _estimate_plane_diameter(model, planes[0], **options)
+    return _estimate_plane_diameter(model, planes[0], settled_for(model, settings))
 
 
 def predict(model: Model, image: np.ndarray, on_progress: Callable | None = None, **kwargs) -> Prediction:

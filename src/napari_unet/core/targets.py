@@ -17,6 +17,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from .defaults import BORDER_SIGMA, BORDER_W0
 from .errors import InputError
 
 __all__ = [
@@ -211,8 +212,8 @@ def nearest_object_distances(
 
 def border_weights(
     labels: np.ndarray,
-    w0: float = 10.0,
-    sigma: float = 5.0,
+    w0: float = BORDER_W0,
+    sigma: float = BORDER_SIGMA,
     num_classes: int = 2,
     gap: int = 1,
     mask: np.ndarray | None = None,

@@ -31,6 +31,7 @@ from .annotation import labelled_planes_mask
 from .atomic import writable_folder
 from .augment import AugmentConfig, augment_batch
 from .bundle import Model
+from .defaults import BORDER_SIGMA, BORDER_W0
 from .device import autocast, grad_scaler, resolve_device, smaller_batch_after
 from .errors import ImageWarning, InputError, InputWarning, ModelFileError, warnings_named
 from .familiarity import HESITATION, hesitation
@@ -40,7 +41,7 @@ from .model_choice import CLOSEST, closest_embedded_model
 from .modelfile import model_file_path
 from .normalize import IntensityRange, Normalization, as_planes, is_colour, normalization_for
 from .postprocess import choose_postprocessing, enough_to_choose, foreground_probability, probabilities_to_labels
-from .predict import predict_probabilities
+from .predict import GPU_TILE_SIZE, predict_probabilities
 from .progress import run_to_end
 from .registry import as_model
 from .scale import (
@@ -160,8 +161,8 @@ class TrainingConfig:
     optimizer: str = "adam"
     momentum: float = 0.99
     weight_decay: float = 0.0
-    w0: float = 10.0
-    sigma: float = 5.0
+    w0: float = BORDER_W0
+    sigma: float = BORDER_SIGMA
     dice_weight: float = 0.0
     val_fraction: float = 0.1
     patience: int | None = None
@@ -583,16 +584,20 @@ def _clearly_better(candidate: dict, given: dict | None) -> bool:
     return given["errors"] - candidate["errors"] >= max(2, round(0.01 * given["objects"]))
 
 
-def _network_outputs(model: Model, planes: list, device: torch.device, amp: bool, tile_size: int = 1024):
-    """``(probabilities, labels, mask)`` of each ``(name, image, labels, mask)`` plane."""
+def _network_outputs(model: Model, planes: list, device: torch.device, amp: bool):
+    """``(probabilities, labels, mask)`` of each ``(name, image, labels, mask)`` plane.
+
+    Tiles are of the GPU's size on every device: a CPU's default, whole planes as
+    memory allows, would take that memory from training, which holds its own beside them.
+    """
     for _, image, labels, mask in planes:
         probabilities = run_to_end(
-            predict_probabilities(model.network, _pixels(image), tile_size, None, device, amp)
+            predict_probabilities(model.network, _pixels(image), GPU_TILE_SIZE, None, device, amp)
         )
         yield probabilities, labels, mask
 
 
-def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_size: int = 1024) -> dict:
+def validate(model: Model, planes: list, device: torch.device, amp: bool) -> dict:
     """Pixel IoU/F1 over the annotated pixels and AP at IoU 0.5 on fully annotated planes.
 
     The planes are ``(name, image, labels, mask)``, as :func:`_split_planes` makes them
@@ -603,7 +608,7 @@ def validate(model: Model, planes: list, device: torch.device, amp: bool, tile_s
     """
     # Counted plane by plane: a validation stack keeps no plane's labels beyond its own.
     pixels, plane_ap, objects, errors = PixelCounts(), [], 0, 0
-    for probabilities, labels, mask in _network_outputs(model, planes, device, amp, tile_size):
+    for probabilities, labels, mask in _network_outputs(model, planes, device, amp):
         predicted = probabilities_to_labels(probabilities, model.threshold, gap=model.gap,
                                             object_diameter=model.object_diameter, separation=model.separation)
         pixels.add(predicted, labels, mask)

@@ -33,6 +33,7 @@ import math
 
 import numpy as np
 
+from .defaults import MIN_OBJECT_SIZE
 from .errors import InputError
 from .postprocess import parted_at_peaks
 from .scale import resize_labels
@@ -119,7 +120,7 @@ class VolumeLabeller:
         return np.stack([resize_labels(plane, self.shape) for plane in labels])
 
 
-def volume_labels(probabilities: np.ndarray, z_scale: float, threshold: float = 0.5, min_size: int = 10,
+def volume_labels(probabilities: np.ndarray, z_scale: float, threshold: float = 0.5, min_size: int = MIN_OBJECT_SIZE,
                   gap: int = 1, object_diameter: float | None = None) -> np.ndarray:
     """3D instance labels of a z-stack from the class probabilities of its planes.
 

@@ -25,6 +25,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from ..core.prediction_settings import PredictionSettings
 from ._common import (
     ModelChooser,
     ScrollingDock,
@@ -175,7 +176,11 @@ class BatchWidget(ScrollingDock):
             return
         out_dir = self.out_dir.value or default_output(self.inputs.value)
         try:
-            intensity_range = _intensity_range(self.intensity_range.value)
+            settings = PredictionSettings(
+                tile_size=self.tile_size.value or None, threshold=threshold_setting(self.threshold, self.model),
+                min_size=self.min_size.value, device=self.device.value, amp=not self.float32.value,
+                compile_network=self.compile.value, test_time_augmentation=self.orientations.value,
+                intensity_range=_intensity_range(self.intensity_range.value))
             files = collect_tiffs(self.inputs.value.strip())
             model = self.model.load()
         except NapariUnetError as error:
@@ -192,12 +197,8 @@ class BatchWidget(ScrollingDock):
             guarded(predict_files_iter), model, files, Path(out_dir), probability=self.probability.value,
             overwrite=self.overwrite.value,
             channel=None if self.channel.value < 0 else self.channel.value, volume=self.volume.value,
-            stop=self._stop, tile_size=self.tile_size.value or None,
-            threshold=threshold_setting(self.threshold, self.model),
-            min_size=self.min_size.value, device=self.device.value, amp=not self.float32.value,
-            compile_network=self.compile.value,
+            stop=self._stop, settings=settings,
             diameter="auto" if self._estimating else (self.diameter.value or None),
-            test_time_augmentation=self.orientations.value, intensity_range=intensity_range,
             _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self, self._on_progress, self._on_done, "the batch", self._on_finish,

@@ -21,6 +21,8 @@ from psygnal import Signal
 from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
+from ..core.prediction_settings import DEFAULT_SETTINGS
+
 if TYPE_CHECKING:
     import napari
 
@@ -198,7 +200,7 @@ def prediction_settings(model: ModelChooser) -> tuple[SpinBox, FloatSpinBox, Spi
         "Probability threshold of the post-processing: higher separates touching objects more, lower keeps "
         "fainter ones (under 0.5 a two-class model's objects only grow wider). Set to the model's own "
         "(chosen on its validation images) when the model changes."))
-    min_size = SpinBox(label="min object size (px)", value=10, min=0, max=1_000_000,
+    min_size = SpinBox(label="min object size (px)", value=DEFAULT_SETTINGS.min_size, min=0, max=1_000_000,
                        tooltip="Objects smaller than this many pixels are removed.")
     orientations = CheckBox(text="average 8 orientations (8x slower)", value=False, tooltip=(
         "Test-time augmentation: predict each plane turned and mirrored in all eight ways and average, as the "

@@ -17,6 +17,8 @@ from magicgui.widgets import (
     create_widget,
 )
 
+from ..core.errors import NapariUnetError
+from ..core.prediction_settings import PredictionSettings
 from ._common import (
     ModelChooser,
     ScrollingDock,
@@ -76,14 +78,8 @@ def start_prediction(
     dock: ScrollingDock,
     image,
     model,
-    tile_size: int | None = None,
-    threshold: float | None = None,
-    min_size: int = 10,
-    device: str = "auto",
-    amp: bool = True,
+    settings: PredictionSettings | None = None,
     diameter: float | None = None,
-    test_time_augmentation: bool = False,
-    intensity_range: tuple[float, float] | None = None,
     probability: bool = False,
     current_plane_only: bool = False,
     volume: bool = False,
@@ -99,18 +95,10 @@ def start_prediction(
         dock: The widget that asks; its callbacks stop once napari destroys it.
         image: The Image layer.
         model: A :class:`~napari_unet.core.bundle.Model`.
-        tile_size: Largest tile edge in pixels (None: the core's default).
-        threshold: Post-processing probability threshold (None: the model's own).
-        min_size: Smallest object kept, in pixels.
-        device: "auto", "cpu", "cuda" or "mps".
-        amp: Mixed precision where the device is faster with it; False: float32.
+        settings: How to predict (None: the core's defaults).
         diameter: Typical object diameter in the image, in pixels; the image is rescaled
             so that its objects match the model's. Without it, the layer's pixel size
             (its scale) is used when both it and the model's pixel size are known.
-        test_time_augmentation: Average the predictions of each plane's eight
-            orientations (see :func:`~napari_unet.core.predict.predict_iter`).
-        intensity_range: Intensities mapped to 0 and 1 in every plane instead of each
-            plane's own percentiles (see :func:`~napari_unet.core.predict.predict_iter`).
         probability: Also add the foreground probability as an Image layer.
         current_plane_only: Predict only the plane the viewer shows, into ``output`` (or a
             new Labels layer).
@@ -162,10 +150,8 @@ def start_prediction(
             output.refresh()
 
     worker = create_worker(
-        guarded(predict_iter), model, data, tile_size=tile_size, threshold=threshold, min_size=min_size, device=device, amp=amp,
-        channel_axis=-1 if image.rgb else None, diameter=diameter or None, pixel_size=_pixel_size_for(image, model),
-        test_time_augmentation=test_time_augmentation, intensity_range=intensity_range,
-        volume=volume, z_scale=(z_scale or _layer_z_scale(image)) if volume else None,
+        guarded(predict_iter), model, data, settings, channel_axis=-1 if image.rgb else None,
+        diameter=diameter or None, pixel_size=_pixel_size_for(image, model), volume=volume, z_scale=(z_scale or _layer_z_scale(image)) if volume else None,
         _start_thread=False, _ignore_errors=True,
     )
     connect_worker(worker, dock, show_plane, show_volume, "prediction", on_finish or (lambda: None))
@@ -259,6 +245,9 @@ class PredictWidget(ScrollingDock):
         if chosen is None:
             return
         image, model = chosen
+        settings = self._settings(image)
+        if settings is None:
+            return
         # One job at a time: Cancel and the end of the job act on the one running.
         self.run.enabled, self.estimate.enabled, self.cancel.enabled = False, False, True
         self.progress.value = 0
@@ -267,12 +256,7 @@ class PredictWidget(ScrollingDock):
         same_image = self.output is not None and self._output_image is image
         self._output_image = image
         self._worker, self.output = start_prediction(
-            self._viewer, self, image, model, tile_size=self.tile_size.value or None,
-            threshold=threshold_setting(self.threshold, self.model),
-            min_size=self.min_size.value, device=self.device.value, amp=not self.float32.value,
-            diameter=self.diameter.value,
-            test_time_augmentation=self.orientations.value, intensity_range=intensity_range(self.contrast_limits, image),
-            probability=self.probability.value, current_plane_only=self.current_plane_only.value,
+            self._viewer, self, image, model, settings, diameter=self.diameter.value, probability=self.probability.value, current_plane_only=self.current_plane_only.value,
             volume=self.volume.value, z_scale=self.z_step.value or None,
             output=self.output if self.current_plane_only.value and same_image else None,
             on_progress=self._on_progress, on_finish=self._on_finish,
@@ -288,18 +272,30 @@ class PredictWidget(ScrollingDock):
         if chosen is None:
             return
         image, model = chosen
+        settings = self._settings(image)
+        if settings is None:
+            return
         plane_index = _current_plane(self._viewer, image)
         plane = pixel_source(image, plane_index)
         self.run.enabled = self.estimate.enabled = False
         self._worker = create_worker(
-            guarded(estimate_diameter), model, plane, channel_axis=-1 if image.rgb else None,
-            tile_size=self.tile_size.value or None, threshold=threshold_setting(self.threshold, self.model),
-            min_size=self.min_size.value,
-            device=self.device.value, amp=not self.float32.value,
-            intensity_range=intensity_range(self.contrast_limits, image), _start_thread=False, _ignore_errors=True,
+            guarded(estimate_diameter), model, plane, settings, channel_axis=-1 if image.rgb else None,
+            _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self, None, self._on_estimated, "the diameter estimate", self._on_finish)
         self._worker.start()
+
+    def _settings(self, image) -> PredictionSettings | None:
+        """The settings the fields show, with ``image``'s contrast limits if chosen; None, said, if they are wrong."""
+        try:
+            return PredictionSettings(
+                tile_size=self.tile_size.value or None, threshold=threshold_setting(self.threshold, self.model),
+                min_size=self.min_size.value, device=self.device.value, amp=not self.float32.value,
+                test_time_augmentation=self.orientations.value,
+                intensity_range=intensity_range(self.contrast_limits, image))
+        except NapariUnetError as error:
+            report_error(error, "the prediction")
+            return None
 
     def _on_estimated(self, diameter):
         if diameter is None:

@@ -23,6 +23,8 @@ from magicgui.widgets import (
     create_widget,
 )
 
+from ..core.defaults import BORDER_SIGMA, BORDER_W0
+from ..core.prediction_settings import PredictionSettings
 from ._common import (
     CLOSEST,
     SCRATCH,
@@ -104,9 +106,9 @@ class TrainWidget(ScrollingDock):
             "fewer than 4 annotated images, where none is left whole to check that the model does not get worse.")
         self.learning_rate.native.setDecimals(6)
         self.learning_rate.native.setSpecialValueText("auto")  # shown at 0, the minimum
-        self.w0 = FloatSpinBox(label="border weight w0", value=10.0, min=0.0, max=100.0,
+        self.w0 = FloatSpinBox(label="border weight w0", value=BORDER_W0, min=0.0, max=100.0,
                                tooltip="How much the gaps between touching objects count (U-Net paper: 10).")
-        self.sigma = FloatSpinBox(label="border sigma (px)", value=5.0, min=0.5, max=50.0,
+        self.sigma = FloatSpinBox(label="border sigma (px)", value=BORDER_SIGMA, min=0.5, max=50.0,
                                   tooltip="Width of the border weight in pixels (U-Net paper: 5).")
         self.augment = FloatSpinBox(label="augmentation", value=1.0, min=0.0, max=3.0, step=0.1,
                                     tooltip="Strength of elastic, rotation and gray-value augmentation; 0 = off.")
@@ -275,7 +277,8 @@ class TrainWidget(ScrollingDock):
         self._trained_image = self._training_pairs()[0][0]
         self._start_chosen_by_training = self.start_from.source.value == CLOSEST
         self._prediction_options = {
-            "device": config.device, "amp": config.amp, "intensity_range": samples[0].intensity_range,
+            "settings": PredictionSettings(device=config.device, amp=config.amp,
+                                           intensity_range=samples[0].intensity_range),
             # A fine-tuned model keeps its own object size; predicting this image needs the same rescaling.
             "diameter": diameter,
         }
