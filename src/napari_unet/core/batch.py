@@ -480,6 +480,18 @@ def predict_files_iter(
                              "with 3D: save the channel as a stack of its own")
         return (yield from _predict_volumes(model, files, out_dir, probability, overwrite, stop, z_scale,
                                             settings, requested))
+    return (yield from _predict_planes(model, files, out_dir, probability, overwrite, executor or LocalExecutor(),
+                                       stop, channel, settings, requested))
+
+
+def _predict_planes(model: Model, files: list[Path], out_dir: str | os.PathLike, probability: bool, overwrite: bool,
+                    executor: PlaneExecutor, stop: threading.Event | None, channel: int | None,
+                    settings: PredictionSettings, requested: dict) -> Iterator[FileProgress]:
+    """:func:`predict_files_iter` plane by plane: every file's planes stream through ``executor`` in one go.
+
+    A file that cannot be read or predicted fails alone: the stream starts again after
+    it. A plane with more objects than uint16 numbers makes its file start again in uint32.
+    """
     if channel is None:
         model = model.for_colours(_is_colour_file(path) for path in files)
     targets = output_paths(files, out_dir, probability)
@@ -489,7 +501,6 @@ def predict_files_iter(
         raise InputError(f"channel {channel}: a channel is chosen by its number from 0, for a model that takes one "
                          f"(this one takes {model.config.in_channels})")
     writable_folder(out_dir)  # a folder that cannot be made fails now, not at the first file
-    executor = executor or LocalExecutor()
     finished = _finished_outputs(targets, overwrite)
     recorded = _batch_settings(model, settings, requested, channel)
     _say_if_made_otherwise([labels for (labels, _), kept in zip(targets, finished) if kept], recorded, out_dir)
