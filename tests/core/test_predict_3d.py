@@ -186,9 +186,31 @@ def test_a_volume_too_large_for_the_memory_is_refused_before_any_work(nuclei_mod
 
     monkeypatch.setattr(predict_module, "available_memory", lambda: 50 * 2**20)  # 50 MB free
     stack = np.zeros((40, 512, 512), np.uint8)  # 10.5 million voxels: about 1.1 GB to label
-    with pytest.raises(InputError, match=r"needs about 1\.1 GB .* 0\.0 GB are free: crop it"):
+    with pytest.raises(InputError, match=r"needs about \d\.\d GB .* 0\.0 GB are free: crop it"):
         predict(nuclei_model, stack, device="cpu", volume=True, z_scale=1.0)
     predict(nuclei_model, stack[:2, :64, :64], device="cpu", volume=True, z_scale=1.0)  # a small one fits
+
+
+def test_a_deep_volume_too_large_to_label_whole_is_labelled_in_chunks_into_the_same_objects(nuclei_model, monkeypatch):
+    from napari_unet.core import predict as predict_module
+    from napari_unet.core.metrics import match_counts
+
+    # Two layers of nuclei, each through 12 planes, in a 40-plane stack at a z step of
+    # 4 pixels: a chunk's halo is 5 planes, its smallest window 20.
+    upper, _ = _column(depth=12, seed=3)
+    lower, _ = _column(depth=12, seed=8)
+    empty = np.full((4, *upper.shape[1:]), np.median(upper), upper.dtype)
+    stack = np.concatenate([empty, upper, empty, empty, lower, empty, empty])
+    whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
+    # Room for about 29 planes' labelling: not the 40 planes at once.
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 30 * 2**20)
+    windows, real = [], predict_module.VolumeLabeller  # the chunk window of each labeller made
+    monkeypatch.setattr(predict_module, "VolumeLabeller", lambda *args, window=None, **kwargs:
+                        windows.append(window) or real(*args, window=window, **kwargs))
+    chunked = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
+    assert windows and 20 <= windows[-1] < len(stack)
+    assert chunked.max() == whole.max() >= 15 and len(np.unique(chunked)) == chunked.max() + 1
+    assert match_counts(whole, chunked, (0.95,)).tp[0] == whole.max()
 
 
 def test_large_objects_are_labelled_on_the_networks_grid_and_given_on_the_images(nuclei_model, monkeypatch):

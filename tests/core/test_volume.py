@@ -9,7 +9,7 @@ from scipy import ndimage
 from napari_unet.core.errors import InputError
 from napari_unet.core.metrics import match_counts
 from napari_unet.core.targets import class_targets
-from napari_unet.core.volume import smallest_volume, volume_labels
+from napari_unet.core.volume import VolumeLabeller, chunk_halo, smallest_volume, volume_labels
 
 DIAMETER = 20  # XY pixels
 
@@ -156,3 +156,42 @@ def test_nuclei_volume_beats_planes_labelled_alone(shared_data, one_torch_thread
     planes_ap50 = float(match_counts(truth, planes_alone, (0.5,)).average_precision[0])
     assert ap50 >= MEASURED_AP50 - 0.1
     assert ap50 >= planes_ap50 + 0.4
+
+
+def _labelled_by_chunks(probabilities: np.ndarray, z_scale: float, window: int | None) -> tuple[np.ndarray, int]:
+    """Labels of a volume fed plane by plane to a :class:`VolumeLabeller`, and the most planes it held."""
+    depth = len(probabilities)
+    labeller = VolumeLabeller(depth, probabilities.shape[-2:], 1.0, z_scale, 0.5, 10, 1, DIAMETER, window=window)
+    labels = np.full((depth, *probabilities.shape[-2:]), -1, np.int32)
+    held = 0
+    for index, plane in enumerate(probabilities):
+        done = labeller.add(index, plane)
+        held = max(held, len(labeller._planes) + (done is not None))
+        if done is not None:
+            first, part = done
+            assert (labels[first:first + len(part)] == -1).all()  # each plane given once
+            labels[first:first + len(part)] = part
+    return labels, held
+
+
+def test_a_deep_volume_labelled_in_chunks_gives_the_objects_of_the_whole_volume():
+    # Columns of touching balls (18 pixels apart in z, 20 across) and a few alone, at every depth.
+    centres = [(z, y, x) for z in range(4, 56, 9) for y, x in [(16, 16), (46, 46)]]
+    centres += [(8, 16, 48), (21, 46, 15), (33, 14, 47), (47, 45, 16), (55, 16, 47)]
+    truth = balls((60, 64, 64), centres, z_scale=2.0)
+    probabilities = network_like(truth)
+    whole = volume_labels(probabilities, 2.0, threshold=0.5, object_diameter=DIAMETER)
+    halo = chunk_halo(DIAMETER, 2.0)
+    window = 2 * halo + 6  # chunks of 6 planes: every ball (10 planes deep) meets a chunk's edge
+    chunked, held = _labelled_by_chunks(probabilities, 2.0, window)
+    assert (chunked >= 0).all() and held <= window
+    assert chunked.max() == whole.max() == len(np.unique(chunked)) - 1  # numbered 1..N
+    assert matched(whole, chunked, iou=0.95) == whole.max()
+    assert matched(truth, chunked) == matched(truth, whole)
+
+
+def test_a_volume_that_fits_is_labelled_whole_as_before():
+    truth = balls((24, 64, 64), [(6, 16, 16), (12, 16, 46), (16, 46, 20)], z_scale=2.0)
+    probabilities = network_like(truth)
+    labels, _ = _labelled_by_chunks(probabilities, 2.0, window=None)
+    np.testing.assert_array_equal(labels, volume_labels(probabilities, 2.0, threshold=0.5, object_diameter=DIAMETER))

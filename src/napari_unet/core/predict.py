@@ -51,7 +51,7 @@ from .progress import run_to_end
 from .registry import as_model
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape, usable_diameter
 from .threads import ThreadTuner
-from .volume import BYTES_PER_VOXEL, VolumeLabeller, labelling_factor
+from .volume import BYTES_PER_VOXEL, SMALLEST_CHUNK_HALOS, VolumeLabeller, labelling_factor
 
 __all__ = ["PredictProgress", "Prediction", "PredictionSettings", "settled_for", "checked_z_scale", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
 
@@ -764,8 +764,7 @@ def predict_iter(
         if diameter is None:
             warnings.warn(NO_DIAMETER_FOUND, ImageWarning, stacklevel=2)
     factor = scale_factor(model, diameter, pixel_size)
-    if volume:
-        _check_room_for_volumes(stack_shape, height, width, labelling_factor(factor))
+    labeller = _volume_labeller(model, settings, stack_shape, height, width, factor, z_scale) if volume else None
     # One plane's results are kept as they are made: copying those of a 2048x2048 plane
     # into a stack takes about 10 ms, a twentieth of its whole prediction on a GPU.
     single_plane = len(planes) == 1
@@ -773,8 +772,6 @@ def predict_iter(
         labels = np.zeros((len(planes), height, width), np.int32)
         probability = np.zeros((len(planes), height, width), np.float32)
     planes_done = predict_planes_iter(model, ((plane, factor) for plane in planes), settings, keep_classes=volume)
-    labeller = (VolumeLabeller(stack_shape[-1], (height, width), factor, z_scale, settings.threshold,
-                               settings.min_size, model.gap, model.object_diameter) if volume else None)
     with closing(planes_done):
         for index, done, total, finished in planes_done:
             if finished is not None:
@@ -785,8 +782,9 @@ def predict_iter(
                     labels[index], probability[index] = finished[:2]
                 yield PredictProgress(index, len(planes), total, total, labels[index], probability[index])
                 completed = labeller.add(index, finished[2]) if labeller is not None else None
-                if completed is not None:  # the last plane of a volume: its 3D labels replace its planes'
-                    labels[index + 1 - len(completed):index + 1] = completed
+                if completed is not None:  # a chunk or a volume is labelled: its 3D labels replace its planes'
+                    first, volume_part = completed
+                    labels[first:first + len(volume_part)] = volume_part
             else:
                 yield PredictProgress(index, len(planes), done, total)
     shape = stack_shape + (height, width)
@@ -795,22 +793,37 @@ def predict_iter(
     return Prediction(labels.reshape(shape), probability.reshape(shape), factor, diameter)
 
 
-def _check_room_for_volumes(stack_shape: tuple[int, ...], height: int, width: int, grid_scale: float) -> None:
-    """Refuse, before any work, volumes whose 3D labelling would not fit in the memory available.
+def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tuple[int, ...], height: int,
+                     width: int, factor: float, z_scale: float) -> VolumeLabeller:
+    """The labeller of a stack's volumes: whole volumes where their labelling fits in the memory available,
+    else chunks of as many planes as fit (:class:`~napari_unet.core.volume.VolumeLabeller`).
+
+    Labelling takes :data:`~napari_unet.core.volume.BYTES_PER_VOXEL` a voxel of the grid
+    it is made on, beside the whole stack's labels and probability (8 bytes a voxel).
 
     Raises:
-        InputError: If one volume's labelling (:data:`~napari_unet.core.volume.BYTES_PER_VOXEL`
-            a voxel of the grid it is labelled on, ``grid_scale`` of the image's in XY) and the
-            whole stack's labels and probability (8 bytes a voxel) take more.
+        InputError: If not even the smallest chunk
+            (:data:`~napari_unet.core.volume.SMALLEST_CHUNK_HALOS` halos) fits.
     """
-    volume_voxels = stack_shape[-1] * height * width * grid_scale**2
-    needed = volume_voxels * BYTES_PER_VOXEL + math.prod(stack_shape) * height * width * 8
+    depth = stack_shape[-1]
+    arguments = (depth, (height, width), factor, z_scale, settings.threshold, settings.min_size, model.gap,
+                 model.object_diameter)
+    whole = VolumeLabeller(*arguments)
+    plane_bytes = height * width * labelling_factor(factor) ** 2 * BYTES_PER_VOXEL
+    outputs = math.prod(stack_shape) * height * width * 8
     free = available_memory()
-    if needed > free:
+    if depth * plane_bytes + outputs <= free:
+        return whole
+    window = int((free - outputs) // plane_bytes)
+    smallest = SMALLEST_CHUNK_HALOS * whole.halo
+    if window < smallest:
+        needed = smallest * plane_bytes + outputs
         raise InputError(f"labelling this z-stack in 3D needs about {needed / 2**30:.1f} GB of memory "
-                         f"({stack_shape[-1]} planes of {height} x {width} held at once), and "
+                         f"({smallest} planes of {height} x {width} held at once, and the stack's labels), and "
                          f"{free / 2**30:.1f} GB are free: crop it (in z, or to the region of interest), "
                          "or predict its planes one by one")
+    logger.info("labelling the volumes in chunks of %d planes (%d of them overlapping)", window, 2 * whole.halo)
+    return VolumeLabeller(*arguments, window=window)
 
 
 def checked_z_scale(z_scale: float | None) -> float:
