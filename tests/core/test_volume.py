@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from napari_unet.core import volume as volume_module
 from napari_unet.core.errors import InputError
 from napari_unet.core.metrics import match_counts
 from napari_unet.core.targets import class_targets
@@ -158,23 +159,26 @@ def test_nuclei_volume_beats_planes_labelled_alone(shared_data, one_torch_thread
     assert ap50 >= planes_ap50 + 0.4
 
 
-def _labelled_by_chunks(probabilities: np.ndarray, z_scale: float, window: int | None) -> tuple[np.ndarray, int]:
-    """Labels of a volume fed plane by plane to a :class:`VolumeLabeller`, and the most planes it held."""
+def _labelled_by_chunks(probabilities: np.ndarray, z_scale: float, window: int | None,
+                        monkeypatch) -> tuple[np.ndarray, list[int]]:
+    """Labels of a volume fed plane by plane to a :class:`VolumeLabeller`, and the planes of each chunk it labelled."""
     depth = len(probabilities)
+    chunks = []
+    real = volume_module.volume_labels
+    monkeypatch.setattr(volume_module, "volume_labels", lambda classes, *args: chunks.append(len(classes)) or
+                        real(classes, *args))
     labeller = VolumeLabeller(depth, probabilities.shape[-2:], 1.0, z_scale, 0.5, 10, 1, DIAMETER, window=window)
     labels = np.full((depth, *probabilities.shape[-2:]), -1, np.int32)
-    held = 0
     for index, plane in enumerate(probabilities):
         done = labeller.add(index, plane)
-        held = max(held, len(labeller._planes) + (done is not None))
         if done is not None:
             first, part = done
             assert (labels[first:first + len(part)] == -1).all()  # each plane given once
             labels[first:first + len(part)] = part
-    return labels, held
+    return labels, chunks
 
 
-def test_a_deep_volume_labelled_in_chunks_gives_the_objects_of_the_whole_volume():
+def test_a_deep_volume_labelled_in_chunks_gives_the_objects_of_the_whole_volume(monkeypatch):
     # Columns of touching balls (18 pixels apart in z, 20 across) and a few alone, at every depth.
     centres = [(z, y, x) for z in range(4, 56, 9) for y, x in [(16, 16), (46, 46)]]
     centres += [(8, 16, 48), (21, 46, 15), (33, 14, 47), (47, 45, 16), (55, 16, 47)]
@@ -183,15 +187,16 @@ def test_a_deep_volume_labelled_in_chunks_gives_the_objects_of_the_whole_volume(
     whole = volume_labels(probabilities, 2.0, threshold=0.5, object_diameter=DIAMETER)
     halo = chunk_halo(DIAMETER, 2.0)
     window = 2 * halo + 6  # chunks of 6 planes: every ball (10 planes deep) meets a chunk's edge
-    chunked, held = _labelled_by_chunks(probabilities, 2.0, window)
-    assert (chunked >= 0).all() and held <= window
+    chunked, chunks = _labelled_by_chunks(probabilities, 2.0, window, monkeypatch)
+    assert (chunked >= 0).all() and len(chunks) > 3 and max(chunks) <= window
     assert chunked.max() == whole.max() == len(np.unique(chunked)) - 1  # numbered 1..N
     assert matched(whole, chunked, iou=0.95) == whole.max()
     assert matched(truth, chunked) == matched(truth, whole)
 
 
-def test_a_volume_that_fits_is_labelled_whole_as_before():
+def test_a_volume_that_fits_is_labelled_whole_as_before(monkeypatch):
     truth = balls((24, 64, 64), [(6, 16, 16), (12, 16, 46), (16, 46, 20)], z_scale=2.0)
     probabilities = network_like(truth)
-    labels, _ = _labelled_by_chunks(probabilities, 2.0, window=None)
+    labels, chunks = _labelled_by_chunks(probabilities, 2.0, None, monkeypatch)
+    assert chunks == [len(truth)]
     np.testing.assert_array_equal(labels, volume_labels(probabilities, 2.0, threshold=0.5, object_diameter=DIAMETER))

@@ -81,7 +81,7 @@ def smallest_volume(min_size: int, z_scale: float) -> int:
 #: The fewest planes a chunk labelled alone takes, in halos (:func:`chunk_halo`): a middle
 #: of two halos between its own two. On the shared plant nuclei volumes (``python
 #: bench/bench_volume.py``, ``volume_labels_in_chunks``) chunks of 4 halos gave the whole
-#: volume's objects and AP (1135_mini AP50 0.645, 1136_mini 0.452) in 1.5 to 1.7 times its
+#: volume's objects and AP (1135_mini AP50 0.645, 1136_mini 0.452) in about twice its
 #: time; chunks of one middle plane lost up to 0.08 AP50 in 13 times its time.
 SMALLEST_CHUNK_HALOS = 4
 
@@ -139,7 +139,8 @@ class VolumeLabeller:
     def _start_volume(self) -> None:
         self._held_from = 0  # the volume's plane that _planes starts at
         self._core_from = 0  # the first plane of the next chunk's middle
-        self._tail: tuple[int, np.ndarray] | None = None  # the last chunk's labels after its middle, and where
+        # The last chunk's labels (in the volume's numbering) around the edge of its middle, and where they start.
+        self._tail: tuple[int, np.ndarray] | None = None
         self._next_id = 1
 
     def add(self, index: int, classes: np.ndarray) -> tuple[int, np.ndarray] | None:
@@ -155,7 +156,7 @@ class VolumeLabeller:
         self._planes.append(np.asarray(classes, np.float16))
         last = plane == self.depth - 1
         core_end = self._core_from + self.core
-        if not last and (core_end + self.halo >= self.depth or plane < core_end + self.halo - 1):
+        if not last and plane < core_end + self.halo - 1:
             return None
         if last:
             core_end = self.depth
@@ -182,8 +183,8 @@ class VolumeLabeller:
         Two chunks are matched on the planes around the edge between their middles,
         where each sees half its halo or more on either side: the planes at the far
         ends of a chunk, which it sees without what lies beyond, are labelled less well.
-        Objects of the last chunk that no middle held are numbered only if this one's
-        middle holds them: here they have negative numbers, which never match.
+        An object this chunk holds only in its halos has no number of the volume's yet:
+        it is kept negative, and never matched.
         """
         numbering = np.zeros(int(labels.max()) + 1, np.int64)
         if self._tail is not None:
