@@ -12,6 +12,7 @@ from napari_unet.cli import main
 from napari_unet.core.batch import predict_files
 from napari_unet.core.errors import ImageWarning, InputError, InputWarning
 from napari_unet.core.io import read_tiff
+from napari_unet.core.metrics import match_counts
 from napari_unet.core.predict import predict
 from napari_unet.core.registry import load_model
 from napari_unet.core.synthetic import synthetic_nuclei
@@ -46,6 +47,17 @@ def _one_label_per_object_through_the_planes(labels: np.ndarray, truth: np.ndarr
             assert len(ids) == 1, f"nucleus {nucleus} has labels {ids} in the planes it spans"
             found[nucleus] = ids.pop()
     assert len(found) >= 4 and len(set(found.values())) == len(found)
+
+
+def _two_layers() -> np.ndarray:
+    """Two layers of nuclei, each through 12 planes, in a 40-plane stack.
+
+    At a z step of 4 pixels a chunk's halo is 5 planes and its smallest window 20.
+    """
+    upper, _ = _column(depth=12, seed=3)
+    lower, _ = _column(depth=12, seed=8)
+    empty = np.full((4, *upper.shape[1:]), np.median(upper), upper.dtype)
+    return np.concatenate([empty, upper, empty, empty, lower, empty, empty])
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +134,68 @@ def test_a_batch_labels_z_stacks_in_3d_with_their_voxel_size(nuclei_model, tmp_p
     assert again.files[0].skipped
 
 
+def test_without_collecting_the_3d_labels_come_with_the_progress_chunk_by_chunk(nuclei_model, monkeypatch):
+    from napari_unet.core import predict as predict_module
+    from napari_unet.core.progress import run_to_end
+
+    stack = _two_layers()
+    collected = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
+    # Room for about 27 planes' labelling, and none taken by a stack of results.
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 25 * 2**20)
+    given = np.full(stack.shape, -1, np.int32)
+    parts = []
+
+    def keep(progress):
+        if progress.volume_labels is not None:
+            first, labels = progress.volume_labels
+            given[first:first + len(labels)] = labels
+            parts.append(len(labels))
+
+    prediction = run_to_end(predict_module.predict_iter(nuclei_model, stack, volume=True, z_scale=4.0, device="cpu",
+                                                        collect=False), keep)
+    assert prediction.labels is None and prediction.probability is None
+    assert len(parts) > 1 and sum(parts) == len(stack)  # in chunks, each plane once
+    assert match_counts(collected, given, (0.95,)).tp[0] == collected.max() == given.max()
+
+
+def test_a_3d_batch_writes_as_it_goes_and_labels_what_would_not_fit_beside_a_stack_of_results(
+        nuclei_model, tmp_path, monkeypatch):
+    from napari_unet.core import predict as predict_module
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    stack = _two_layers()
+    tifffile.imwrite(folder / "zstack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
+    # Room for 21 planes' labelling: the smallest chunk (20) and no stack of labels and probability beside it.
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 20 * 2**20)
+    with pytest.raises(InputError, match="needs about"):
+        predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0)
+    result = predict_files(nuclei_model, folder, tmp_path / "out", volume=True, z_scale=4.0, device="cpu")
+    (done,) = result.files
+    assert done.error is None and done.objects == whole.max()
+    labels = tifffile.imread(done.output)
+    assert labels.dtype == np.uint16 and match_counts(whole, labels, (0.95,)).tp[0] == whole.max()
+
+
+def test_a_3d_batch_stopped_in_a_file_leaves_no_output_of_it(nuclei_model, tmp_path):
+    import threading
+
+    from napari_unet.core.batch import predict_files_iter
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    stack, _ = _column()
+    tifffile.imwrite(folder / "zstack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    stop = threading.Event()
+    run = predict_files_iter(nuclei_model, folder, tmp_path / "out", probability=True, volume=True, z_scale=1.0,
+                             stop=stop, device="cpu")
+    for update in run:
+        if update.plane.labels is not None and update.plane.plane == 2:  # planes predicted, none written yet
+            stop.set()
+    assert not list((tmp_path / "out").iterdir())  # no label file, no probability file, nothing partial
+
+
 def test_a_time_lapse_stays_plane_by_plane_and_a_file_with_channels_fails_alone(nuclei_model, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -195,12 +269,7 @@ def test_a_deep_volume_too_large_to_label_whole_is_labelled_in_chunks_into_the_s
     from napari_unet.core import predict as predict_module
     from napari_unet.core.metrics import match_counts
 
-    # Two layers of nuclei, each through 12 planes, in a 40-plane stack at a z step of
-    # 4 pixels: a chunk's halo is 5 planes, its smallest window 20.
-    upper, _ = _column(depth=12, seed=3)
-    lower, _ = _column(depth=12, seed=8)
-    empty = np.full((4, *upper.shape[1:]), np.median(upper), upper.dtype)
-    stack = np.concatenate([empty, upper, empty, empty, lower, empty, empty])
+    stack = _two_layers()
     whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
     # Room for about 29 planes' labelling: not the 40 planes at once.
     monkeypatch.setattr(predict_module, "available_memory", lambda: 30 * 2**20)

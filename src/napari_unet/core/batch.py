@@ -42,7 +42,7 @@ from .. import __version__
 from .atomic import writable_folder
 from .bundle import Model
 from .errors import ClusterError, ImageWarning, InputError, InputWarning, NapariUnetError, warnings_named
-from .io import ImageInfo, collect_tiffs, read_tiff, search_root, write_tiff
+from .io import ImageInfo, collect_tiffs, read_tiff, search_root
 from .normalize import as_planes, is_colour
 from .predict import (
     NO_DIAMETER_FOUND,
@@ -560,10 +560,11 @@ def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike
     """:func:`predict_files_iter` for z-stacks labelled in 3D, one file after the other.
 
     Each file is read whole and predicted by :func:`~napari_unet.core.predict.predict_iter`
-    as a volume (a T axis gives one volume per time point); its outputs are written
-    atomically once it is done, with its pixel size and z step. A file whose axes say it
-    is a time-lapse without Z (TYX) is segmented plane by plane, as objects are never
-    followed through time. A file that fails is reported, and the others go on.
+    as a volume (a T axis gives one volume per time point), its outputs written as they
+    come (:func:`_volume_of_file`) with its metadata, and renamed into place once
+    complete. A file whose axes say it is a time-lapse without Z (TYX) is segmented plane
+    by plane, as objects are never followed through time. A file that fails is
+    reported, and the others go on.
     """
     model = model.for_colours(_is_colour_file(path) for path in files)
     targets = output_paths(files, out_dir, probability)
@@ -576,51 +577,68 @@ def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike
     recorded = _batch_settings(model, settings, requested, None) | {"volume": True, "z_scale": z_scale}
     _say_if_made_otherwise([labels for (labels, _), kept in zip(targets, finished) if kept], recorded, out_dir)
     note = _settings_note(recorded)
-    pending = [(index, path, labels_path, probability_path)
-               for index, (path, (labels_path, probability_path), done) in enumerate(zip(files, targets, finished))
-               if not done]
-    waiting = {index for index, *_ in pending}
+    pending = [index for index, done in enumerate(finished) if not done]
     results = {index: FileResult(files[index], targets[index][0], skipped=True)
-               for index in range(len(files)) if index not in waiting}
-    counts = {index: _count_units(path, model.config.in_channels, None) for index, path, *_ in pending}
+               for index in range(len(files)) if index not in pending}
+    counts = {index: _count_units(files[index], model.config.in_channels, None) for index in pending}
     total, done = sum(counts.values()), 0
 
     def ended(cancelled: bool = False) -> BatchResult:
         return BatchResult([results[index] for index in sorted(results)], cancelled)
 
-    for index, path, labels_path, probability_path in pending:
+    for index in pending:
         if stop is not None and stop.is_set():
             return ended(cancelled=True)
+        path = files[index]
         started = time.monotonic()
-        try:
-            def progress(plane: PredictProgress, index=index, path=path, before=done) -> FileProgress:
-                return FileProgress(index, len(files), path, plane, before + plane.plane + (plane.done == plane.total),
-                                    total)
 
-            prediction = yield from _volume_of_file(model, path, z_scale, settings, requested, stop, progress)
-            if prediction is None:
+        def progress(plane: PredictProgress, index=index, path=path, before=done) -> FileProgress:
+            return FileProgress(index, len(files), path, plane, before + plane.plane + (plane.done == plane.total),
+                                total)
+
+        try:
+            for label_dtype in (np.uint16, np.uint32):
+                try:
+                    objects = yield from _volume_of_file(model, path, targets[index], z_scale, settings, requested,
+                                                         note, label_dtype, stop, progress)
+                    break
+                except _VolumeOverflow:  # rare enough to do the file again rather than write uint32 always
+                    continue
+            if objects is None:
                 return ended(cancelled=True)
-            labels, probability_map, info = prediction
-            label_type = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
-            unit = info.unit or "um"
-            write_tiff(labels_path, labels.astype(label_type), info.pixel_size, unit, info.z_step, note)
-            if probability_path is not None:
-                write_tiff(probability_path, probability_map, info.pixel_size, unit, info.z_step, note)
-            volumes = labels.reshape(-1, *labels.shape[-3:]) if labels.ndim > 3 else labels[np.newaxis]
-            objects = sum(int(np.unique(part).size) - 1 for part in volumes)
-            results[index] = FileResult(path, labels_path, counts[index], objects, time.monotonic() - started)
+            results[index] = FileResult(path, targets[index][0], counts[index], objects, time.monotonic() - started)
         except NapariUnetError as error:
             results[index] = FileResult(path, None, error=str(error), seconds=time.monotonic() - started)
         done += counts[index]
     return ended()
 
 
-def _volume_of_file(model: Model, path: Path, z_scale: float | None, settings: PredictionSettings, requested: dict,
+class _VolumeOverflow(Exception):
+    """A volume has more objects than its labels' integer type numbers."""
+
+
+def _volume_of_file(model: Model, path: Path, targets: tuple[Path, Path | None], z_scale: float | None,
+                    settings: PredictionSettings, requested: dict, note: str, label_dtype,
                     stop: threading.Event | None, progress: Callable[[PredictProgress], FileProgress]):
-    """Predict one file's z-stack as volumes; yields progress, returns ``(labels, probability, info)`` or None if stopped.
+    """Predict one file's z-stack as volumes and write its outputs; yields progress, returns the objects found.
+
+    Each plane's probability is written once the plane is predicted and the 3D labels of
+    a chunk of planes (or a volume) once it is labelled
+    (:class:`~napari_unet.core.volume.VolumeLabeller`): no stack of results is held
+    beside the image. The outputs keep the input's axes and metadata.
+
+    Args:
+        targets: The labels file and the probability file (None: none) to write.
+        note: How they are made (:func:`_settings_note`).
+        label_dtype: The labels' integer type.
+
+    Returns:
+        The objects found (the volumes' own, added up), or None if ``stop`` was set; the
+        outputs are then not written.
 
     Raises:
         InputError: If the file cannot be read, or is no one-channel z-stack.
+        _VolumeOverflow: If a volume has more objects than ``label_dtype`` numbers.
     """
     with warnings_named(path.name):
         image, info = read_tiff(path)
@@ -637,19 +655,45 @@ def _volume_of_file(model: Model, path: Path, z_scale: float | None, settings: P
                       ImageWarning, stacklevel=2)
     with warnings_named(path.name):
         scale = _input_scale(model, settings, requested, None, info, str(path))
+    with TiffPageReader(path) as reader:
+        metadata = reader.metadata
+    depth = image.shape[-3] if as_volume and image.ndim > 2 else 1  # planes of a volume
+    most = np.iinfo(label_dtype).max
+    objects: dict[int, int] = {}  # by volume: its largest label, as volumes number their objects 1..N
     run = predict_iter(model, image, settings, volume=as_volume,
-                       z_scale=z_scale if z_scale is not None else info.z_scale, **scale)
-    with closing(run):
+                       z_scale=z_scale if z_scale is not None else info.z_scale, collect=False, **scale)
+    labels_path, probability_path = targets
+    with closing(run), ExitStack() as outputs:
+        # Left without a commit (stopped, failed), the writers delete what they wrote.
+        labels_out = outputs.enter_context(PageTiffWriter(labels_path, image.shape, axes, label_dtype, metadata,
+                                                          note))
+        probability_out = (None if probability_path is None else outputs.enter_context(
+            PageTiffWriter(probability_path, image.shape, axes, np.float32, metadata, note)))
         while True:
             if stop is not None and stop.is_set():
                 return None
             try:
                 with warnings_named(path.name):  # said of this file, not between the yields
                     plane = next(run)
-            except StopIteration as finished:
-                prediction = finished.value
-                return prediction.labels, prediction.probability, info
+            except StopIteration:
+                break
+            if plane.labels is not None:  # the plane is predicted
+                if probability_out is not None:
+                    probability_out.write(plane.probability)
+                labelled = plane.volume_labels if as_volume else (plane.plane, plane.labels[np.newaxis])
+                if labelled is not None:
+                    first, part = labelled
+                    largest = int(part.max(initial=0))
+                    if largest > most:
+                        raise _VolumeOverflow
+                    objects[first // depth] = max(objects.get(first // depth, 0), largest)
+                    for page in part:
+                        labels_out.write(page)
             yield progress(plane)
+        labels_out.commit()
+        if probability_out is not None:
+            probability_out.commit()
+    return sum(objects.values())
 
 
 def _batch_settings(model: Model, settings: PredictionSettings, requested: dict, channel: int | None) -> dict:

@@ -25,9 +25,6 @@ __all__ = ["TIFF_SUFFIXES", "ImageInfo", "TiffErrors", "collect_tiffs", "pair_by
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
-#: A private TIFF tag holding how a file was made (readers that do not know it pass it by).
-SETTINGS_TAG = 65000
-
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -278,14 +275,12 @@ def write_tiff(
     pixel_size: tuple[float, float] | None = None,
     unit: str = "um",
     z_step: float | None = None,
-    settings: str | None = None,
 ) -> Path:
     """Write an array to a compressed TIFF atomically, with its pixel size when known.
 
     ImageJ-compatible files are written where ImageJ can read the dtype (uint8, uint16,
     float32); BigTIFF is used when the data need it. ``z_step``, the distance between
-    planes in ``unit``, is recorded in ImageJ files (as their ``spacing``). ``settings``,
-    a note on how the data were made, goes into the private tag :data:`SETTINGS_TAG`.
+    planes in ``unit``, is recorded in ImageJ files (as their ``spacing``).
     """
     path = Path(path)
     made_folder(path.parent)
@@ -309,8 +304,6 @@ def write_tiff(
             options["resolutionunit"] = "CENTIMETER" if unit == "um" else "NONE"
             if unit == "um":
                 options["resolution"] = (1e4 / pixel_size[1], 1e4 / pixel_size[0])
-    if settings:
-        options["extratags"] = [(SETTINGS_TAG, "s", 0, settings, True)]
     with replaced_atomically(path) as temporary:
         tifffile.imwrite(temporary, data, **options)
     return path

@@ -120,6 +120,9 @@ class PredictProgress:
     #: plane only, so that a viewer can show a stack filling in plane by plane.
     labels: np.ndarray | None = field(default=None, compare=False, repr=False)
     probability: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: With ``volume``: ``(first, labels)``, the 3D labels of the stack's planes from
+    #: ``first`` on, on the item of the plane that completed them (a chunk or a volume).
+    volume_labels: tuple[int, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -127,15 +130,15 @@ class Prediction:
     """Result of a prediction, shaped like the input without its channel axis.
 
     Attributes:
-        labels: int32 instance labels (0 = background).
-        probability: float32 foreground probability in [0, 1].
+        labels: int32 instance labels (0 = background); None when not collected.
+        probability: float32 foreground probability in [0, 1]; None when not collected.
         scale: Factor by which the planes were resized for the network (1.0: not resized).
         diameter: Object diameter (pixels) assumed for the image: the one given or
             estimated, else the model's.
     """
 
-    labels: np.ndarray
-    probability: np.ndarray
+    labels: np.ndarray | None
+    probability: np.ndarray | None
     scale: float = 1.0
     diameter: float | None = None
 
@@ -704,6 +707,7 @@ def predict_iter(
     pixel_size: tuple[float, float] | None = None,
     volume: bool = False,
     z_scale: float | None = None,
+    collect: bool = True,
     **options,
 ) -> Iterator[PredictProgress]:
     """Predict an image or a stack plane by plane; yields progress, returns a :class:`Prediction`.
@@ -730,6 +734,10 @@ def predict_iter(
             given with the progress are each plane's own; the returned labels are 3D.
         z_scale: The z step of a volume in pixels (its distance between planes over
             the pixel width); None: 1, with a warning.
+        collect: Gather the results into the returned :class:`Prediction`. False: give
+            them only with the progress (each plane's labels and probability, and with
+            ``volume`` the 3D labels of each chunk), for a caller that writes them as
+            they come and holds no stack of results; the Prediction then has none.
         **options: Settings to change, by their names in :class:`PredictionSettings`
             (``tile_size=512``, ``threshold=0.6``, ``device="cpu"``, ...).
 
@@ -764,42 +772,47 @@ def predict_iter(
         if diameter is None:
             warnings.warn(NO_DIAMETER_FOUND, ImageWarning, stacklevel=2)
     factor = scale_factor(model, diameter, pixel_size)
-    labeller = _volume_labeller(model, settings, stack_shape, height, width, factor, z_scale) if volume else None
+    labeller = (_volume_labeller(model, settings, stack_shape, height, width, factor, z_scale, collect)
+                if volume else None)
     # One plane's results are kept as they are made: copying those of a 2048x2048 plane
     # into a stack takes about 10 ms, a twentieth of its whole prediction on a GPU.
     single_plane = len(planes) == 1
-    if not single_plane:
+    labels = probability = None
+    if collect and not single_plane:
         labels = np.zeros((len(planes), height, width), np.int32)
         probability = np.zeros((len(planes), height, width), np.float32)
     planes_done = predict_planes_iter(model, ((plane, factor) for plane in planes), settings, keep_classes=volume)
     with closing(planes_done):
         for index, done, total, finished in planes_done:
-            if finished is not None:
-                if single_plane:
-                    labels = np.asarray(finished[0], np.int32)[np.newaxis]
-                    probability = np.asarray(finished[1], np.float32)[np.newaxis]
-                else:
-                    labels[index], probability[index] = finished[:2]
-                yield PredictProgress(index, len(planes), total, total, labels[index], probability[index])
-                completed = labeller.add(index, finished[2]) if labeller is not None else None
+            if finished is None:
+                yield PredictProgress(index, len(planes), done, total)
+                continue
+            plane_labels, plane_probability = np.asarray(finished[0], np.int32), np.asarray(finished[1], np.float32)
+            completed = labeller.add(index, finished[2]) if labeller is not None else None
+            if collect and single_plane:
+                labels, probability = plane_labels[np.newaxis], plane_probability[np.newaxis]
+            elif collect:
+                labels[index], probability[index] = plane_labels, plane_probability
                 if completed is not None:  # a chunk or a volume is labelled: its 3D labels replace its planes'
                     first, volume_part = completed
                     labels[first:first + len(volume_part)] = volume_part
-            else:
-                yield PredictProgress(index, len(planes), done, total)
-    shape = stack_shape + (height, width)
+            yield PredictProgress(index, len(planes), total, total, plane_labels, plane_probability, completed)
     if diameter is None and model.object_diameter:
         diameter = model.object_diameter / factor
+    if not collect:
+        return Prediction(None, None, factor, diameter)
+    shape = stack_shape + (height, width)
     return Prediction(labels.reshape(shape), probability.reshape(shape), factor, diameter)
 
 
 def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tuple[int, ...], height: int,
-                     width: int, factor: float, z_scale: float) -> VolumeLabeller:
+                     width: int, factor: float, z_scale: float, collect: bool) -> VolumeLabeller:
     """The labeller of a stack's volumes: whole volumes where their labelling fits in the memory available,
     else chunks of as many planes as fit (:class:`~napari_unet.core.volume.VolumeLabeller`).
 
     Labelling takes :data:`~napari_unet.core.volume.BYTES_PER_VOXEL` a voxel of the grid
-    it is made on, beside the whole stack's labels and probability (8 bytes a voxel).
+    it is made on, beside the whole stack's labels and probability (8 bytes a voxel) when
+    they are collected.
 
     Raises:
         InputError: If not even the smallest chunk
@@ -810,7 +823,7 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
                  model.object_diameter)
     whole = VolumeLabeller(*arguments)
     plane_bytes = height * width * labelling_factor(factor) ** 2 * BYTES_PER_VOXEL
-    outputs = math.prod(stack_shape) * height * width * 8
+    outputs = math.prod(stack_shape) * height * width * 8 if collect else 0
     free = available_memory()
     if depth * plane_bytes + outputs <= free:
         return whole
@@ -819,7 +832,7 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
     if window < smallest:
         needed = smallest * plane_bytes + outputs
         raise InputError(f"labelling this z-stack in 3D needs about {needed / 2**30:.1f} GB of memory "
-                         f"({smallest} planes of {height} x {width} held at once, and the stack's labels), and "
+                         f"({smallest} planes of {height} x {width} held at once), and "
                          f"{free / 2**30:.1f} GB are free: crop it (in z, or to the region of interest), "
                          "or predict its planes one by one")
     logger.info("labelling the volumes in chunks of %d planes (%d of them overlapping)", window, 2 * whole.halo)

@@ -20,9 +20,12 @@ import tifffile
 
 from .atomic import made_folder, write_errors_said_plainly
 from .errors import InputError
-from .io import SETTINGS_TAG, TiffErrors, tiff_info, unreadable_tiff
+from .io import TiffErrors, tiff_info, unreadable_tiff
 
 __all__ = ["TiffMetadata", "TiffPageReader", "PageTiffWriter", "partial_path", "written_settings"]
+
+#: A private TIFF tag holding how a file was made (readers that do not know it pass it by).
+SETTINGS_TAG = 65000
 
 #: ImageJ description entries that describe the pixels and still hold for a result.
 _IMAGEJ_KEYS = ("unit", "spacing", "finterval", "fps", "xorigin", "yorigin", "zorigin", "loop")

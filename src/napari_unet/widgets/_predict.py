@@ -136,25 +136,25 @@ def start_prediction(
             return
         where = plane_index + (np.unravel_index(progress.plane, stack_shape) if stack_shape else ())
         output.data[where] = progress.labels
+        if progress.volume_labels is not None:
+            # The planes shown as they came were each labelled alone; the volume's labels
+            # replace them as each chunk of planes is labelled.
+            first, labels = progress.volume_labels
+            output.data.reshape(-1, *labels.shape[-2:])[first:first + len(labels)] = labels
         output.refresh()
         if probability_layer is not None:
             probability_layer.data[where] = progress.probability
             probability_layer.refresh()
 
     volume = volume and not current_plane_only
-
-    def show_volume(prediction):
-        # The planes shown as they came were each labelled alone; the volume's labels replace them.
-        if volume and prediction is not None:
-            output.data[...] = prediction.labels
-            output.refresh()
-
+    # The layers hold the results as they come: the worker keeps no second copy of them.
     worker = create_worker(
         guarded(predict_iter), model, data, settings, channel_axis=-1 if image.rgb else None,
-        diameter=diameter or None, pixel_size=_pixel_size_for(image, model), volume=volume, z_scale=(z_scale or _layer_z_scale(image)) if volume else None,
+        diameter=diameter or None, pixel_size=_pixel_size_for(image, model), volume=volume,
+        z_scale=(z_scale or _layer_z_scale(image)) if volume else None, collect=False,
         _start_thread=False, _ignore_errors=True,
     )
-    connect_worker(worker, dock, show_plane, show_volume, "prediction", on_finish or (lambda: None))
+    connect_worker(worker, dock, show_plane, lambda _prediction: None, "prediction", on_finish or (lambda: None))
     worker.start()
     return worker, output
 
