@@ -17,7 +17,7 @@ from napari_unet.core.bundle import Model
 from napari_unet.core.model import NetworkConfig, scratch_network_config
 from napari_unet.core.modelfile import load_model_file
 from napari_unet.core.synthetic import synthetic_nuclei
-from napari_unet.core.train import STRIPE_FINE_TUNE_LEARNING_RATE
+from napari_unet.core.train import GENTLE_FINE_TUNE_LEARNING_RATE
 
 TINY = ["--depth", "2", "--base-width", "4", "--patch-size", "32", "--batch-size", "2", "--device", "cpu"]
 
@@ -64,7 +64,7 @@ def test_train_predict_evaluate(sample_folder, tmp_path, capsys):
     capsys.readouterr()
     assert load_model_file(again).training["freeze_norm"] is None  # kept, as fine-tuning does
     # Three images leave none whole to validate on: the gentle fine-tuning step.
-    assert load_model_file(again).training["learning_rate"] == STRIPE_FINE_TUNE_LEARNING_RATE
+    assert load_model_file(again).training["learning_rate"] == GENTLE_FINE_TUNE_LEARNING_RATE
     continued = tmp_path / "continued.safetensors"
     assert main(["train", "--images", str(sample_folder / "images"), "--labels", str(sample_folder / "labels"),
                  "--out", str(continued), "--init", str(model), "--train-norm", "--epochs", "1",

@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, default=4, help="patches per step (default: 4)")
     train.add_argument("--learning-rate", type=_positive_float,
                        help="optimizer step size (default: 0.001 from scratch; with --init 0.0005, or 0.0002 when "
-                       "fewer than 4 images leave none whole for validation)")
+                       "fewer than 4 images leave none whole for validation or when the starting model already finds "
+                       "half the painted objects)")
     train.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
                        help="learning rate: constant (default), or cosine decay over the epochs or time budget")
     train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",

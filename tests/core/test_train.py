@@ -22,8 +22,8 @@ from napari_unet.core.progress import run_to_end
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train import (
     FINE_TUNE_LEARNING_RATE,
+    GENTLE_FINE_TUNE_LEARNING_RATE,
     SCRATCH_LEARNING_RATE,
-    STRIPE_FINE_TUNE_LEARNING_RATE,
     TrainingConfig,
     TrainingResult,
     TrainingSample,
@@ -169,8 +169,8 @@ def test_fine_tuning_warns_when_the_model_finds_many_objects_left_unpainted(pain
     if painted != "all":  # a few nuclei painted, the rest left as background by mistake
         labels = np.where(np.isin(labels, objects[:painted]), labels, 0)
     seen = []
-    real = train_module._warn_if_objects_unpainted
-    monkeypatch.setattr(train_module, "_warn_if_objects_unpainted", lambda *args: seen.append(real(*args)))
+    real = train_module._starting_model_on_painted_planes
+    monkeypatch.setattr(train_module, "_starting_model_on_painted_planes", lambda *args: seen.append(real(*args)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train([TrainingSample(image, labels, name="cells.tif")], model=load_model("nuclei"),
@@ -339,7 +339,7 @@ def test_no_annotation_left_to_validate_on_is_said(tiny_config, model):
     [
         (False, 2, False, SCRATCH_LEARNING_RATE),
         (True, 4, False, FINE_TUNE_LEARNING_RATE),  # one image held out whole
-        (True, 2, False, STRIPE_FINE_TUNE_LEARNING_RATE),  # only stripes of the training images
+        (True, 2, False, GENTLE_FINE_TUNE_LEARNING_RATE),  # only stripes of the training images
         (True, 2, True, FINE_TUNE_LEARNING_RATE),  # images of their own to validate on
     ],
 )
@@ -354,6 +354,15 @@ def test_without_a_learning_rate_the_step_suits_what_validation_can_see(
     assert result.model.training["learning_rate"] == expected  # the step used, recorded
     given = train(samples, network_config=tiny_config, config=TrainingConfig(**{**FAST, "learning_rate": 0.02}))
     assert given.model.training["learning_rate"] == 0.02
+
+
+def test_a_starting_model_that_already_finds_the_painted_objects_is_fine_tuned_gently():
+    from napari_unet.core.registry import load_model
+
+    # Four images: one is held out whole, which alone would take the bolder step.
+    samples = [TrainingSample(*synthetic_nuclei((128, 128), count=12, seed=seed)) for seed in range(4)]
+    result = train(samples, model=load_model("nuclei"), config=TrainingConfig(**dict(FAST, patch_size=64, val_fraction=0.1)))
+    assert result.model.training["learning_rate"] == GENTLE_FINE_TUNE_LEARNING_RATE
 
 
 @pytest.mark.parametrize(

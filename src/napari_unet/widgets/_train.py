@@ -103,7 +103,8 @@ class TrainWidget(ScrollingDock):
         self.learning_rate = FloatSpinBox(
             label="learning rate", value=0.0, min=0.0, max=1.0, step=0.0001,
             tooltip="Adam step size. auto (0): 0.001 for a new network; 0.0005 to fine-tune, or 0.0002 with "
-            "fewer than 4 annotated images, where none is left whole to check that the model does not get worse.")
+            "fewer than 4 annotated images, where none is left whole to check that the model does not get worse, "
+            "and from a model that already finds half the painted objects.")
         self.learning_rate.native.setDecimals(6)
         self.learning_rate.native.setSpecialValueText("auto")  # shown at 0, the minimum
         self.w0 = FloatSpinBox(label="border weight w0", value=BORDER_W0, min=0.0, max=100.0,
