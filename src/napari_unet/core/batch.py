@@ -196,8 +196,9 @@ class PlaneExecutor(Protocol):
         """Yield ``(index, done, total)`` progress within a unit and a :class:`PlaneResult` per unit, in order.
 
         ``settings`` are those of all units (settled for ``model``,
-        :func:`~napari_unet.core.predict.settled_for`); each unit carries its object size. When a unit fails, its error is raised only once the results
-        of the units before it are given: an error belongs to the first unit without one.
+        :func:`~napari_unet.core.predict.settled_for`); each unit carries its object
+        size. When a unit fails, its error is raised only once the results of the units
+        before it are given: an error belongs to the first unit without one.
         """
 
 

@@ -256,7 +256,8 @@ class PredictWidget(ScrollingDock):
         same_image = self.output is not None and self._output_image is image
         self._output_image = image
         self._worker, self.output = start_prediction(
-            self._viewer, self, image, model, settings, diameter=self.diameter.value, probability=self.probability.value, current_plane_only=self.current_plane_only.value,
+            self._viewer, self, image, model, settings, diameter=self.diameter.value,
+            probability=self.probability.value, current_plane_only=self.current_plane_only.value,
             volume=self.volume.value, z_scale=self.z_step.value or None,
             output=self.output if self.current_plane_only.value and same_image else None,
             on_progress=self._on_progress, on_finish=self._on_finish,
