@@ -34,8 +34,9 @@ def test_a_wrong_setting_is_refused_when_the_settings_are_made(wrong, said):
 
 def test_settings_take_numbers_as_users_give_them():
     settings = PredictionSettings.of(tile_size=np.int64(512), min_size=12.0, threshold=np.float32(0.25),
-                                     intensity_range=[100, 2600])
+                                     intensity_range=[100, 2600], test_time_augmentation=1)
     assert (settings.tile_size, settings.min_size, settings.threshold) == (512, 12, 0.25)
+    assert settings.test_time_augmentation is True
     assert type(settings.tile_size) is int and type(settings.threshold) is float
     assert settings.intensity_range == (100.0, 2600.0)
     assert PredictionSettings.of(settings, threshold=0.5).tile_size == 512  # the others are kept

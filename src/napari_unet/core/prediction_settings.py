@@ -78,6 +78,8 @@ class PredictionSettings:
         if min_size is None or min_size < 0:
             raise InputError(f"the smallest object size is a number of pixels, 0 or more, not {self.min_size!r}")
         object.__setattr__(self, "min_size", min_size)
+        for switch in ("amp", "compile_network", "test_time_augmentation"):
+            object.__setattr__(self, switch, bool(getattr(self, switch)))
         if self.threshold is not None:
             try:
                 threshold = float(self.threshold)
