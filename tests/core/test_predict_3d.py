@@ -89,6 +89,22 @@ def test_each_time_point_of_a_tzyx_stack_is_a_volume_of_its_own(nuclei_model):
         assert np.array_equal(np.unique(volume), np.arange(volume.max() + 1))  # numbered from 1 in each
 
 
+def test_a_3d_batch_writes_each_time_point_of_a_hyperstack_as_a_volume(nuclei_model, tmp_path):
+    (first, _), (second, _) = _column(seed=3), _column(seed=1)
+    hyperstack = np.stack([first, second])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "tzyx.tif", hyperstack, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"axes": "TZYX", "unit": "um", "spacing": 0.5})
+    result = predict_files(nuclei_model, folder, tmp_path / "out", volume=True, device="cpu")
+    (done,) = result.files
+    expected = predict(nuclei_model, hyperstack, device="cpu", volume=True, z_scale=2.0).labels
+    labels, info = read_tiff(done.output)
+    assert info.axes == "TZYX" and info.z_step == 0.5
+    np.testing.assert_array_equal(labels, expected)  # the same labels, written a volume at a time
+    assert done.objects == expected[0].max() + expected[1].max()
+
+
 def test_a_volume_of_unknown_z_step_is_taken_as_isotropic_with_a_warning(nuclei_model):
     stack, truth = _column(12)
     with pytest.warns(ImageWarning, match="z step of the stack is not known"):
