@@ -330,7 +330,8 @@ def validation_figures(model: Path, validation: Path, args, *options: str) -> di
     napari_unet("predict", "--model", str(model), str(validation / "images"), "--out", str(predicted),
                 "--overwrite", "--device", args.device, *options, threads=args.threads)
     report = predicted.with_suffix(".json")
-    napari_unet("evaluate", "--pred", str(predicted), "--gt", str(validation / "labels"), "--json", str(report))
+    napari_unet("evaluate", "--pred", str(predicted), "--gt", str(validation / "labels"), "--json", str(report),
+                "--overwrite")
     scores = json.loads(report.read_text())
     thresholds = scores["thresholds"]
     figures = {

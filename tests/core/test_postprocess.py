@@ -291,6 +291,27 @@ def test_choosing_the_separation_takes_peaks_where_they_are_clearly_better():
     assert choose_postprocessing(*_enough((probabilities, labels)), current=0.55, min_size=1)[1] == "seeds"
 
 
+def test_choosing_finds_the_best_threshold_of_another_separation():
+    # A necked pair that only peaks part, beside a faint object whose interior only
+    # thresholds under 0.45 find: the best is peaks at a lower threshold, which neither
+    # the seeds' best threshold nor peaks at the current one reaches.
+    necked, truth = _necked_pair()
+    probabilities = np.concatenate([necked, np.zeros((3, 40, 30), np.float32)], axis=2)
+    truth = np.concatenate([truth, np.zeros((40, 30), np.int32)], axis=1)
+    yy, xx = np.mgrid[:40, :90]
+    faint = (yy - 20) ** 2 + (xx - 72) ** 2 <= 64
+    core = ndimage.binary_erosion(faint, iterations=2)
+    truth[faint] = 3
+    probabilities[1][faint] = np.where(core[faint], 0.42, 0.05)
+    probabilities[2][faint] = np.where(core[faint], 0.45, 0.9)
+    probabilities[0] = 1.0 - probabilities[1:].sum(axis=0)
+    threshold, separation = choose_postprocessing(*_enough((probabilities, truth)), current=0.5, min_size=1,
+                                                  object_diameter=20)
+    assert separation == "peaks" and threshold < 0.42
+    found = probabilities_to_labels(probabilities, threshold, min_size=1, object_diameter=20, separation=separation)
+    assert match_counts(truth, found, (0.5,)).tp[0] == 3
+
+
 def test_empty_prediction_gives_empty_labels():
     probabilities = np.zeros((2, 12, 14), np.float32)
     probabilities[0] = 1.0
