@@ -279,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="compile the network first (torch.compile; on a CPU it needs a C++ compiler): about 8 %% "
                          "faster on 1024x1024 planes after 10-25 s per image size, for long stacks and batches "
                          "(default: off)")
+    predict.add_argument("--max-memory", type=_positive_float, metavar="GB",
+                         help="plan tiles, and 3D labelling's chunks and blocks, for at most this much memory in all, "
+                         "as on a shared machine (default: what is free, under the limit of a container or cluster "
+                         "job)")
     cluster = predict.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", metavar="ADDRESS",
                          help="run the planes on an existing Dask cluster, e.g. tcp://host:8786 (needs napari-unet-loop[dask])")
@@ -539,6 +543,10 @@ def _predict(args) -> int:
     from .core.registry import load_model
 
     resolve_device(args.device)  # an unavailable device is one usage error, not a failure per file
+    if args.max_memory:
+        from .core.memory import limit_memory
+
+        limit_memory(int(args.max_memory * 2**30))
     if args.voxel_size and not args.volume:
         raise InputError("--voxel-size gives the proportions of z-stacks labelled in 3D; add --3d")
     model = load_model(args.model)

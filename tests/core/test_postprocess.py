@@ -505,3 +505,20 @@ def test_choosing_the_threshold_holds_the_outputs_of_one_plane_at_a_time():
     chosen = choose_postprocessing(one_by_one(), truths, current=0.5, min_size=1)
     assert len(given) == len(planes) >= 3
     assert chosen == choose_postprocessing(planes, truths, current=0.5, min_size=1) and 0.6 <= chosen[0] < 0.9
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (12, 30, 34)])
+def test_h_maxima_finds_the_peaks_scikit_image_finds(shape):
+    from skimage.morphology import h_maxima as scikit_h_maxima
+
+    from napari_unet.core.peaks import h_maxima
+
+    rng = np.random.default_rng(len(shape))
+    # Smoothed noise, with plateaus (rounded) and a flat region, as a distance map has.
+    image = np.round(ndimage.gaussian_filter(rng.random(shape).astype(np.float32) * 20, 2), 1)
+    image[: shape[0] // 4] = 0
+    for height in (0.3, 1.0, 2.5):
+        expected = scikit_h_maxima(image, np.float32(height))
+        assert expected.any()
+        np.testing.assert_array_equal(h_maxima(image, height), expected)
+    assert not h_maxima(image, 1e6).any()

@@ -156,8 +156,8 @@ def test_without_collecting_the_3d_labels_come_with_the_progress_chunk_by_chunk(
 
     stack = _two_layers()
     collected = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
-    # Room for about 27 planes' labelling, and none taken by a stack of results.
-    monkeypatch.setattr(predict_module, "available_memory", lambda: 25 * 2**20)
+    # Room for about 28 planes' labelling, and none taken by a stack of results.
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 15 * 2**20)
     given = np.full(stack.shape, -1, np.int32)
     parts = []
 
@@ -183,11 +183,16 @@ def test_a_3d_batch_writes_as_it_goes_and_labels_what_would_not_fit_beside_a_sta
     stack = _two_layers()
     tifffile.imwrite(folder / "zstack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
     whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
-    # Room for 21 planes' labelling: the smallest chunk (20) and no stack of labels and probability beside it.
-    monkeypatch.setattr(predict_module, "available_memory", lambda: 20 * 2**20)
+    # Room for 20 planes held in blocks of 78 x 78 pixels (a margin of 17 around a middle of 44), and
+    # no stack of labels and probability beside them.
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 8 * 2**20)
     with pytest.raises(InputError, match="needs about"):
         predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0)
+    tiles, real = [], predict_module.VolumeLabeller  # the blocks of each labeller made
+    monkeypatch.setattr(predict_module, "VolumeLabeller", lambda *args, tile=None, **kwargs:
+                        tiles.append(tile) or real(*args, tile=tile, **kwargs))
     result = predict_files(nuclei_model, folder, tmp_path / "out", volume=True, z_scale=4.0, device="cpu")
+    assert tiles[-1] is not None and tiles[-1] < stack.shape[-1]
     (done,) = result.files
     assert done.error is None and done.objects == whole.max()
     labels = tifffile.imread(done.output)
@@ -287,8 +292,8 @@ def test_a_deep_volume_too_large_to_label_whole_is_labelled_in_chunks_into_the_s
 
     stack = _two_layers()
     whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
-    # Room for about 29 planes' labelling: not the 40 planes at once.
-    monkeypatch.setattr(predict_module, "available_memory", lambda: 30 * 2**20)
+    # Room for about 28 planes' labelling beside the stack of results: not the 44 planes at once.
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 18 * 2**20)
     windows, real = [], predict_module.VolumeLabeller  # the chunk window of each labeller made
     monkeypatch.setattr(predict_module, "VolumeLabeller", lambda *args, window=None, **kwargs:
                         windows.append(window) or real(*args, window=window, **kwargs))
@@ -309,9 +314,9 @@ def test_large_objects_are_labelled_on_the_networks_grid_and_given_on_the_images
     large = ndimage.zoom(stack, (1, 2.5, 2.5), order=1)
     large_truth = ndimage.zoom(truth, 2.5, order=0)
     grids = []
-    real = volume_module.volume_labels
-    monkeypatch.setattr(volume_module, "volume_labels", lambda classes, *args: grids.append(classes.shape) or
-                        real(classes, *args))
+    real = volume_module._volume_labels_of_masks
+    monkeypatch.setattr(volume_module, "_volume_labels_of_masks", lambda separated, *args:
+                        grids.append(separated.shape) or real(separated, *args))
     diameter = 2.5 * predict_module.object_diameter(truth)
     labels = predict(nuclei_model, large, device="cpu", volume=True, z_scale=5.0, diameter=diameter).labels
     assert labels.shape == large.shape

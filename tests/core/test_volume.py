@@ -159,15 +159,16 @@ def test_nuclei_volume_beats_planes_labelled_alone(shared_data, one_torch_thread
     assert ap50 >= planes_ap50 + 0.4
 
 
-def _labelled_by_chunks(probabilities: np.ndarray, z_scale: float, window: int | None,
-                        monkeypatch) -> tuple[np.ndarray, list[int]]:
-    """Labels of a volume fed plane by plane to a :class:`VolumeLabeller`, and the planes of each chunk it labelled."""
+def _labelled_by_chunks(probabilities: np.ndarray, z_scale: float, window: int | None, monkeypatch,
+                        tile: int | None = None) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """Labels of a volume fed plane by plane to a :class:`VolumeLabeller`, and the shape of each part it labelled."""
     depth = len(probabilities)
-    chunks = []
-    real = volume_module.volume_labels
-    monkeypatch.setattr(volume_module, "volume_labels", lambda classes, *args: chunks.append(len(classes)) or
-                        real(classes, *args))
-    labeller = VolumeLabeller(depth, probabilities.shape[-2:], 1.0, z_scale, 0.5, 10, 1, DIAMETER, window=window)
+    parts = []
+    real = volume_module._volume_labels_of_masks
+    monkeypatch.setattr(volume_module, "_volume_labels_of_masks", lambda separated, *args: parts.append(separated.shape)
+                        or real(separated, *args))
+    labeller = VolumeLabeller(depth, probabilities.shape[-2:], 1.0, z_scale, 0.5, 10, 1, DIAMETER, window=window,
+                              tile=tile)
     labels = np.full((depth, *probabilities.shape[-2:]), -1, np.int32)
     for index, plane in enumerate(probabilities):
         done = labeller.add(index, plane)
@@ -175,7 +176,7 @@ def _labelled_by_chunks(probabilities: np.ndarray, z_scale: float, window: int |
             first, part = done
             assert (labels[first:first + len(part)] == -1).all()  # each plane given once
             labels[first:first + len(part)] = part
-    return labels, chunks
+    return labels, parts
 
 
 def test_a_deep_volume_labelled_in_chunks_gives_the_objects_of_the_whole_volume(monkeypatch):
@@ -188,15 +189,34 @@ def test_a_deep_volume_labelled_in_chunks_gives_the_objects_of_the_whole_volume(
     halo = chunk_halo(DIAMETER, 2.0)
     window = 2 * halo + 6  # chunks of 6 planes: every ball (10 planes deep) meets a chunk's edge
     chunked, chunks = _labelled_by_chunks(probabilities, 2.0, window, monkeypatch)
-    assert (chunked >= 0).all() and len(chunks) > 3 and max(chunks) <= window
+    assert (chunked >= 0).all() and len(chunks) > 3 and max(depth for depth, _, _ in chunks) <= window
     assert chunked.max() == whole.max() == len(np.unique(chunked)) - 1  # numbered 1..N
     assert matched(whole, chunked, iou=0.95) == whole.max()
     assert matched(truth, chunked) == matched(truth, whole)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_large_planes_labelled_in_blocks_give_the_objects_of_the_whole_volume(chunked, monkeypatch):
+    # Touching balls across the blocks' edges (every 24 pixels) and corners, at every depth.
+    centres = [(z, y, x) for z in (6, 15, 24) for y in (14, 34, 50, 70) for x in (22, 47, 72)]
+    centres = [centre for number, centre in enumerate(centres) if number % 3]  # some room between them
+    truth = balls((30, 96, 96), centres, z_scale=2.0)
+    probabilities = network_like(truth)
+    whole = volume_labels(probabilities, 2.0, threshold=0.5, object_diameter=DIAMETER)
+    halo, margin = chunk_halo(DIAMETER, 2.0), chunk_halo(DIAMETER, 1.0)
+    window = 2 * halo + 6 if chunked else None
+    labels, parts = _labelled_by_chunks(probabilities, 2.0, window, monkeypatch, tile=24)
+    assert max(height for _, height, _ in parts) <= 24 + 2 * margin and len(parts) >= 16
+    assert labels.max() == whole.max() == len(np.unique(labels)) - 1  # numbered 1..N
+    assert matched(whole, labels, iou=0.95) == whole.max()
+    assert matched(truth, labels) == matched(truth, whole) >= len(centres) - 2
+    with pytest.raises(ValueError, match="narrower than their margin"):
+        VolumeLabeller(30, (96, 96), 1.0, 2.0, 0.5, 10, 1, DIAMETER, tile=margin - 1)
 
 
 def test_a_volume_that_fits_is_labelled_whole_as_before(monkeypatch):
     truth = balls((24, 64, 64), [(6, 16, 16), (12, 16, 46), (16, 46, 20)], z_scale=2.0)
     probabilities = network_like(truth)
     labels, chunks = _labelled_by_chunks(probabilities, 2.0, None, monkeypatch)
-    assert chunks == [len(truth)]
+    assert chunks == [truth.shape]
     np.testing.assert_array_equal(labels, volume_labels(probabilities, 2.0, threshold=0.5, object_diameter=DIAMETER))

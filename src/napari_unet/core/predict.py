@@ -51,7 +51,8 @@ from .progress import run_to_end
 from .registry import as_model
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape, usable_diameter
 from .threads import ThreadTuner
-from .volume import BYTES_PER_VOXEL, SMALLEST_CHUNK_HALOS, VolumeLabeller, labelling_factor
+from .volume import (BYTES_PER_VOXEL, HELD_BYTES_PER_VOXEL, SMALLEST_BLOCK_HALOS, SMALLEST_CHUNK_HALOS,
+                     VolumeLabeller, labelling_factor)
 
 __all__ = ["PredictProgress", "Prediction", "PredictionSettings", "settled_for", "checked_z_scale", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
 
@@ -807,36 +808,51 @@ def predict_iter(
 
 def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tuple[int, ...], height: int,
                      width: int, factor: float, z_scale: float, collect: bool) -> VolumeLabeller:
-    """The labeller of a stack's volumes: whole volumes where their labelling fits in the memory available,
-    else chunks of as many planes as fit (:class:`~napari_unet.core.volume.VolumeLabeller`).
+    """The labeller of a stack's volumes, planned for the memory available
+    (:class:`~napari_unet.core.volume.VolumeLabeller`).
 
-    Labelling takes :data:`~napari_unet.core.volume.BYTES_PER_VOXEL` a voxel of the grid
-    it is made on, beside the whole stack's labels and probability (8 bytes a voxel) when
-    they are collected.
+    Whole volumes where their labelling fits, else chunks of as many whole planes as
+    fit, else chunks of the fewest planes (:data:`~napari_unet.core.volume.SMALLEST_CHUNK_HALOS`
+    halos) labelled in blocks of planes as large as fit. Labelling takes
+    :data:`~napari_unet.core.volume.BYTES_PER_VOXEL` a voxel of what it labels at once, and
+    a chunk held :data:`~napari_unet.core.volume.HELD_BYTES_PER_VOXEL`, on the grid it is
+    made on, beside the whole stack's labels and probability (8 bytes a voxel) when they
+    are collected.
 
     Raises:
-        InputError: If not even the smallest chunk
-            (:data:`~napari_unet.core.volume.SMALLEST_CHUNK_HALOS` halos) fits.
+        InputError: If not even blocks of :data:`~napari_unet.core.volume.SMALLEST_BLOCK_HALOS`
+            object widths fit.
     """
     depth = stack_shape[-1]
     arguments = (depth, (height, width), factor, z_scale, settings.threshold, settings.min_size, model.gap,
                  model.object_diameter)
     whole = VolumeLabeller(*arguments)
-    plane_bytes = height * width * labelling_factor(factor) ** 2 * BYTES_PER_VOXEL
+    grid = scaled_shape((height, width), labelling_factor(factor))
+    plane_voxels = grid[0] * grid[1]
     outputs = math.prod(stack_shape) * height * width * 8 if collect else 0
-    free = available_memory()
-    if depth * plane_bytes + outputs <= free:
+    free = available_memory() - outputs
+    if depth * plane_voxels * BYTES_PER_VOXEL <= free:
         return whole
-    window = int((free - outputs) // plane_bytes)
+    window = int(free // (plane_voxels * BYTES_PER_VOXEL))
     smallest = SMALLEST_CHUNK_HALOS * whole.halo
-    if window < smallest:
-        needed = smallest * plane_bytes + outputs
+    if window >= smallest:
+        logger.info("labelling the volumes in chunks of %d planes (%d of them overlapping)", window, 2 * whole.halo)
+        return VolumeLabeller(*arguments, window=window)
+    window = min(smallest, depth)
+    margin = whole.tile_halo
+    room = free - window * plane_voxels * HELD_BYTES_PER_VOXEL
+    block = int(math.sqrt(max(room, 0) / (window * BYTES_PER_VOXEL)))
+    tile = block - 2 * margin
+    if tile < SMALLEST_BLOCK_HALOS * margin:
+        needed = window * (plane_voxels * HELD_BYTES_PER_VOXEL + (SMALLEST_BLOCK_HALOS + 2) ** 2 * margin**2
+                           * BYTES_PER_VOXEL) + outputs
         raise InputError(f"labelling this z-stack in 3D needs about {needed / 2**30:.1f} GB of memory "
-                         f"({smallest} planes of {height} x {width} held at once), and "
-                         f"{free / 2**30:.1f} GB are free: crop it (in z, or to the region of interest), "
+                         f"({window} planes of {height} x {width} held at once), and "
+                         f"{(free + outputs) / 2**30:.1f} GB are free: crop it (in z, or to the region of interest), "
                          "or predict its planes one by one")
-    logger.info("labelling the volumes in chunks of %d planes (%d of them overlapping)", window, 2 * whole.halo)
-    return VolumeLabeller(*arguments, window=window)
+    logger.info("labelling the volumes in chunks of %d planes (%d of them overlapping), in blocks of %d x %d pixels",
+                window, 2 * whole.halo, tile, tile)
+    return VolumeLabeller(*arguments, window=window if window < depth else None, tile=tile)
 
 
 def checked_z_scale(z_scale: float | None) -> float:

@@ -35,18 +35,16 @@ import numpy as np
 
 from .defaults import MIN_OBJECT_SIZE
 from .errors import InputError
-from .postprocess import parted_at_peaks
+from .postprocess import masks_parted_at_peaks, separated_and_extent
 from .scale import resize_labels
 
-__all__ = ["BYTES_PER_VOXEL", "COARSE_GRID_FACTOR", "SMALLEST_CHUNK_HALOS", "VolumeLabeller", "chunk_halo",
-           "labelling_factor", "smallest_volume", "volume_labels"]
+__all__ = ["BYTES_PER_VOXEL", "COARSE_GRID_FACTOR", "HELD_BYTES_PER_VOXEL", "SMALLEST_BLOCK_HALOS", "SMALLEST_CHUNK_HALOS",
+           "VolumeLabeller", "chunk_halo", "labelling_factor", "smallest_volume", "volume_labels"]
 
-#: Memory that labelling a volume takes at its peak, in bytes per voxel, its class
-#: probabilities (float16) included: scipy's distance transform takes about 49 and the
-#: morphological reconstruction of the peaks about 78 while it runs (85 in all, measured
-#: on 40 x 512 x 512 nuclei), and prediction holds the planes' labels and foreground
-#: probability beside them.
-BYTES_PER_VOXEL = 100
+#: Memory that labelling a volume (or a chunk, or a block of one) takes at its peak, in
+#: bytes per voxel: 49 measured (``tracemalloc``, 40 x 512 x 512 nuclei), most of it
+#: scipy's distance transform, and room for the masks it reads and the labels it gives.
+BYTES_PER_VOXEL = 60
 
 #: A volume whose planes were shrunk for the network by this factor or more is labelled
 #: on the network's grid, and its labels enlarged to the image's: objects there span the
@@ -85,6 +83,15 @@ def smallest_volume(min_size: int, z_scale: float) -> int:
 #: time; chunks of one middle plane lost up to 0.08 AP50 in 13 times its time.
 SMALLEST_CHUNK_HALOS = 4
 
+#: The narrowest block of a plane labelled alone, in margins (:attr:`VolumeLabeller.tile_halo`,
+#: an object's width): a middle of two object widths, as chunks have in z.
+SMALLEST_BLOCK_HALOS = 2
+
+#: Memory a chunk's planes take while they are held and labelled block by block, in bytes
+#: per voxel: their two masks packed (a quarter of a byte), their int32 labels, and a
+#: plane's renumbering at a time.
+HELD_BYTES_PER_VOXEL = 5
+
 
 def chunk_halo(object_diameter: float | None, z_scale: float) -> int:
     """Planes of context on each side of a chunk labelled alone: an object's depth, at least 2.
@@ -103,9 +110,13 @@ class VolumeLabeller:
     chunks of that many planes that overlap by ``halo`` planes on each side: each chunk
     keeps the labels of its middle planes, and an object that crosses into the next
     chunk keeps its label there when the two chunks' labels of their shared planes agree
-    on it (IoU at least 0.5). Only a chunk's planes are held, so a deep volume takes the
-    memory of a chunk; objects come out as the whole volume's would, numbered in the
-    order they are first met.
+    on it (IoU at least 0.5). Given ``tile``, a chunk (or the volume) is labelled in
+    blocks of ``tile`` x ``tile`` pixels with a margin of :attr:`tile_halo` pixels
+    around them, matched with their neighbours in the same way. The planes are held as
+    the two masks labelling reads (:func:`~napari_unet.core.postprocess.separated_and_extent`),
+    a bit a voxel each: a deep volume of large planes takes the memory of one chunk's
+    labels and one block's labelling. Objects come out as the whole volume's would,
+    numbered in the order they are first met.
 
     Args:
         depth: Planes of a volume (the stack's Z); a stack of several volumes (TZYX)
@@ -119,21 +130,29 @@ class VolumeLabeller:
         window: Planes labelled at once, at least ``2 * halo + 1`` (None: the whole volume);
             :data:`SMALLEST_CHUNK_HALOS` halos or more give the whole volume's objects.
         halo: Planes of context on each side of a chunk (None: :func:`chunk_halo`).
+        tile: Edge of the blocks, in pixels of the labelling grid (None: whole planes);
+            at least :attr:`tile_halo`.
     """
 
     def __init__(self, depth: int, shape: tuple[int, int], factor: float, z_scale: float, threshold: float,
                  min_size: int, gap: int, object_diameter: float | None, window: int | None = None,
-                 halo: int | None = None):
+                 halo: int | None = None, tile: int | None = None):
         self.depth, self.shape = depth, shape
         self.scale = labelling_factor(factor)  # of the grid the classes come on, against the image's
         # On that grid: the z step, the smallest object, and the model's gap and diameter.
         self.settings = (z_scale * self.scale, threshold, max(1, round(min_size * self.scale**2)),
                          gap * self.scale / factor, object_diameter * self.scale / factor if object_diameter else None)
         self.halo = chunk_halo(self.settings[4], self.settings[0]) if halo is None else halo
+        #: Pixels of context around a block: an object's width.
+        self.tile_halo = chunk_halo(self.settings[4], 1.0)
         self.core = depth if window is None or window >= depth else window - 2 * self.halo
         if self.core < 1:
             raise ValueError(f"a window of {window} planes leaves no planes between halos of {self.halo}")
-        self._planes: list[np.ndarray] = []  # the classes of the planes held, from _held_from on
+        if tile is not None and tile < self.tile_halo:
+            raise ValueError(f"blocks of {tile} pixels are narrower than their margin of {self.tile_halo}")
+        self.tile = tile
+        self._classes, self._width = 3, 0  # of the planes' classes; the grid's width, which packed masks round up
+        self._planes: list[tuple[np.ndarray, np.ndarray]] = []  # packed masks of the planes held, from _held_from on
         self._start_volume()
 
     def _start_volume(self) -> None:
@@ -153,14 +172,17 @@ class VolumeLabeller:
             from ``first`` on, once a chunk (or the volume) is complete; else None.
         """
         plane = index % self.depth
-        self._planes.append(np.asarray(classes, np.float16))
+        classes = np.asarray(classes)
+        self._classes, self._width = classes.shape[0], classes.shape[-1]
+        masks = separated_and_extent(classes, self.settings[1])
+        self._planes.append((np.packbits(masks[0], axis=-1), np.packbits(masks[1], axis=-1)))
         last = plane == self.depth - 1
         core_end = self._core_from + self.core
         if not last and plane < core_end + self.halo - 1:
             return None
         if last:
             core_end = self.depth
-        labels = volume_labels(np.stack(self._planes), *self.settings)
+        labels = self._labelled()
         if self.core < self.depth:  # chunks: one numbering across them
             labels = self._stitched(labels, core_end)
         middle = labels[self._core_from - self._held_from:core_end - self._held_from]
@@ -177,6 +199,59 @@ class VolumeLabeller:
             middle = np.stack([resize_labels(part, self.shape) for part in middle])
         return first, middle
 
+    def _masks(self, rows: slice, columns: slice) -> tuple[np.ndarray, np.ndarray]:
+        """The separated foreground and the extent of the planes held, in one block of the grid."""
+        start, stop = columns.start, columns.stop
+        packed = slice(start // 8, -(-stop // 8))  # the bytes that hold those columns
+        offset = start % 8
+        separated, extent = (np.stack([np.unpackbits(plane[which][rows, packed], axis=-1)[:, offset:offset + stop - start]
+                                       for plane in self._planes]).view(bool) for which in (0, 1))
+        return separated, extent
+
+    def _block_labels(self, rows: slice, columns: slice) -> np.ndarray:
+        """int32 labels of the planes held in one block of the grid, numbered 1..N."""
+        z_scale, _, min_size, gap, diameter = self.settings
+        return _volume_labels_of_masks(*self._masks(rows, columns), self._classes, z_scale, min_size, gap, diameter)
+
+    def _labelled(self) -> np.ndarray:
+        """int32 labels of the planes held, numbered 1..N in the order first met."""
+        height, width = self._planes[0][0].shape[0], self._width
+        if self.tile is None or self.tile >= max(height, width):
+            return self._block_labels(slice(0, height), slice(0, width))
+        tile, margin = self.tile, self.tile_halo
+        reach = max(1, margin // 2)  # where both blocks see half their margin or more on either side of an edge
+        labels = np.zeros((len(self._planes), height, width), np.int32)
+        same = _Unions()
+        edges: dict[tuple[str, int, int], np.ndarray] = {}  # blocks' labels along their right and bottom edges
+        numbered = 0
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                bottom, right = min(top + tile, height), min(left + tile, width)
+                rows = slice(max(top - margin, 0), min(bottom + margin, height))
+                columns = slice(max(left - margin, 0), min(right + margin, width))
+                block = self._block_labels(rows, columns)
+                block[block > 0] += numbered  # numbers of their own, after the blocks before
+                numbered = max(numbered, int(block.max()))
+                # The block's rows and columns, its own and around its edges, in its labels.
+                own_rows = slice(top - rows.start, bottom - rows.start)
+                own_columns = slice(left - columns.start, right - columns.start)
+
+                def across(edge: int, start: int) -> slice:
+                    return slice(edge - reach - start, edge + reach - start)
+
+                if left:
+                    same.join(_same_objects(block[:, own_rows, across(left, columns.start)],
+                                            edges.pop(("right", top, left))))
+                if top:
+                    same.join(_same_objects(block[:, across(top, rows.start), own_columns],
+                                            edges.pop(("bottom", top, left))))
+                if right < width:
+                    edges[("right", top, right)] = block[:, own_rows, across(right, columns.start)]
+                if bottom < height:
+                    edges[("bottom", bottom, left)] = block[:, across(bottom, rows.start), own_columns]
+                labels[:, top:bottom, left:right] = block[:, own_rows, own_columns]
+        return _renumbered(labels, same.roots(numbered))
+
     def _stitched(self, labels: np.ndarray, core_end: int) -> np.ndarray:
         """A chunk's labels in the volume's numbering, objects that go on from the last chunk keeping theirs.
 
@@ -184,18 +259,16 @@ class VolumeLabeller:
         where each sees half its halo or more on either side: the planes at the far
         ends of a chunk, which it sees without what lies beyond, are labelled less well.
         An object this chunk holds only in its halos has no number of the volume's yet:
-        it is kept negative, and never matched.
+        it is kept negative, and never matched. ``labels`` is renumbered in place.
         """
-        numbering = np.zeros(int(labels.max()) + 1, np.int64)
+        numbering = np.zeros(int(labels.max()) + 1, np.int32)
         if self._tail is not None:
             tail_from, tail = self._tail
             shared = labels[tail_from - self._held_from:tail_from - self._held_from + len(tail)]
             for current, previous in _same_objects(shared, tail[:len(shared)]).items():
                 numbering[current] = previous
-        middle = labels[self._core_from - self._held_from:core_end - self._held_from]
-        found, first_met = np.unique(middle, return_index=True)
-        for label in found[np.argsort(first_met)]:
-            if label and not numbering[label]:
+        for label in _first_met(labels[self._core_from - self._held_from:core_end - self._held_from]):
+            if not numbering[label]:
                 numbering[label] = self._next_id
                 self._next_id += 1
         unnumbered = (numbering == 0) & (np.arange(len(numbering)) > 0)
@@ -203,7 +276,56 @@ class VolumeLabeller:
         reach = max(1, self.halo // 2)
         matched_from = max(core_end - reach, self._core_from)
         self._tail = (matched_from, numbering[labels[matched_from - self._held_from:core_end + reach - self._held_from]])
-        return np.where(numbering[labels] > 0, numbering[labels], 0).astype(np.int32)
+        return _renumbered(labels, np.maximum(numbering, 0), consecutive=False)
+
+
+class _Unions:
+    """Which object numbers are one object: a union-find over the pairs joined."""
+
+    def __init__(self):
+        self._parent: dict[int, int] = {}
+
+    def _root(self, label: int) -> int:
+        while self._parent.get(label, label) != label:
+            label = self._parent[label]
+        return label
+
+    def join(self, pairs: dict[int, int]) -> None:
+        """Make each key of ``pairs`` one object with its value."""
+        for first, second in pairs.items():
+            first, second = self._root(first), self._root(second)
+            if first != second:
+                self._parent[max(first, second)] = min(first, second)
+
+    def roots(self, largest: int) -> np.ndarray:
+        """The object of each number 0..``largest``: the smallest number joined with it."""
+        return np.array([0] + [self._root(label) for label in range(1, largest + 1)], np.int32)
+
+
+def _first_met(labels: np.ndarray) -> list[int]:
+    """The objects of ``labels``, in the order of their first pixel, plane after plane."""
+    order: dict[int, None] = {}
+    for plane in labels:  # a plane's sort at a time, not the whole chunk's
+        found, first = np.unique(plane, return_index=True)
+        order.update(dict.fromkeys(found[np.argsort(first)].tolist()))
+    order.pop(0, None)
+    return list(order)
+
+
+def _renumbered(labels: np.ndarray, numbers: np.ndarray, consecutive: bool = True) -> np.ndarray:
+    """``labels`` with each label replaced by its entry of ``numbers``, then numbered 1..N as first met; in place.
+
+    Plane by plane: a chunk of 2048 x 2048 planes takes no second copy of its labels.
+    """
+    for plane in labels:
+        plane[...] = numbers[plane]
+    if consecutive:
+        met = _first_met(labels)
+        order = np.zeros(int(numbers.max(initial=0)) + 1, np.int32)
+        order[met] = np.arange(1, len(met) + 1, dtype=np.int32)
+        for plane in labels:
+            plane[...] = order[plane]
+    return labels
 
 
 def _same_objects(current: np.ndarray, previous: np.ndarray) -> dict[int, int]:
@@ -262,7 +384,14 @@ def volume_labels(probabilities: np.ndarray, z_scale: float, threshold: float = 
         raise InputError(f"the probabilities of a stack are (Z, 2 or 3 classes, Y, X), not {probabilities.shape}")
     if not z_scale > 0:
         raise InputError(f"the z scale is the z step over the XY pixel size, a positive number, not {z_scale}")
-    # (classes, Z, Y, X): read as a plane's probabilities are, and measured at the stack's
-    # proportions: a nucleus 20 pixels wide is a ball, not a cigar, at any z step.
-    return parted_at_peaks(probabilities.swapaxes(0, 1), threshold, smallest_volume(min_size, z_scale), gap,
-                           object_diameter, (z_scale, 1.0, 1.0))
+    # (classes, Z, Y, X): read as a plane's probabilities are.
+    separated, extent = separated_and_extent(probabilities.swapaxes(0, 1), threshold)
+    return _volume_labels_of_masks(separated, extent, probabilities.shape[1], z_scale, min_size, gap, object_diameter)
+
+
+def _volume_labels_of_masks(separated: np.ndarray, extent: np.ndarray, classes: int, z_scale: float, min_size: int,
+                            gap: float, object_diameter: float | None) -> np.ndarray:
+    """:func:`volume_labels` from the masks of its probabilities (:func:`~napari_unet.core.postprocess.separated_and_extent`)."""
+    # Measured at the stack's proportions: a nucleus 20 pixels wide is a ball, not a cigar, at any z step.
+    return masks_parted_at_peaks(separated, extent, classes, smallest_volume(min_size, z_scale), gap, object_diameter,
+                                 (z_scale, 1.0, 1.0))
