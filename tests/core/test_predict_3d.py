@@ -156,8 +156,8 @@ def test_without_collecting_the_3d_labels_come_with_the_progress_chunk_by_chunk(
 
     stack = _two_layers()
     collected = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
-    # Room for about 28 planes' labelling, and none taken by a stack of results.
-    monkeypatch.setattr(predict_module, "available_memory", lambda: 15 * 2**20)
+    # Room for about 29 planes' labelling beside a plane's prediction, and none taken by a stack of results.
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 20 * 2**20)
     given = np.full(stack.shape, -1, np.int32)
     parts = []
 
@@ -183,9 +183,9 @@ def test_a_3d_batch_writes_as_it_goes_and_labels_what_would_not_fit_beside_a_sta
     stack = _two_layers()
     tifffile.imwrite(folder / "zstack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
     whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
-    # Room for 20 planes held in blocks of 78 x 78 pixels (a margin of 17 around a middle of 44), and
-    # no stack of labels and probability beside them.
-    monkeypatch.setattr(predict_module, "available_memory", lambda: 8 * 2**20)
+    # Room beside a plane's prediction for 20 planes held in blocks of 80 x 80 pixels (a margin of 17 around a
+    # middle of 46), and no stack of labels and probability beside them.
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 13 * 2**20)
     with pytest.raises(InputError, match="needs about"):
         predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0)
     tiles, real = [], predict_module.VolumeLabeller  # the blocks of each labeller made
@@ -293,7 +293,7 @@ def test_a_deep_volume_too_large_to_label_whole_is_labelled_in_chunks_into_the_s
     stack = _two_layers()
     whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
     # Room for about 28 planes' labelling beside the stack of results: not the 44 planes at once.
-    monkeypatch.setattr(predict_module, "available_memory", lambda: 18 * 2**20)
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 23 * 2**20)
     windows, real = [], predict_module.VolumeLabeller  # the chunk window of each labeller made
     monkeypatch.setattr(predict_module, "VolumeLabeller", lambda *args, window=None, **kwargs:
                         windows.append(window) or real(*args, window=window, **kwargs))

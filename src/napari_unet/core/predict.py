@@ -99,6 +99,21 @@ def default_tile_size(network: UNet, device: torch.device) -> int:
     return max(GPU_TILE_SIZE, min(CPU_TILE_SIZE, edge))
 
 
+def _plane_prediction_bytes(network: UNet, settings: PredictionSettings, shape: tuple[int, int]) -> int:
+    """Main memory that predicting a plane of ``shape`` (the network's grid) holds while it runs.
+
+    Its tiles' feature maps (on a CPU), and the plane normalized, padded and its class
+    probabilities, in float32.
+    """
+    device = resolve_device(settings.device)
+    pixels = shape[0] * shape[1]
+    maps = 0
+    if device.type == "cpu":
+        tile = min(settings.tile_size or default_tile_size(network, device), max(shape) + 2 * image_border(network))
+        maps = tile**2 * (settings.batch_size or 1) * _bytes_per_tile_pixel(network, 4)
+    return maps + pixels * 4 * (2 + network.config.num_classes)
+
+
 def default_tiles_per_pass(device: torch.device) -> int:
     """Tiles per forward pass unless told otherwise: 1 on a CPU, :data:`GPU_TILES_PER_PASS` on a GPU.
 
@@ -816,8 +831,8 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
     halos) labelled in blocks of planes as large as fit. Labelling takes
     :data:`~napari_unet.core.volume.BYTES_PER_VOXEL` a voxel of what it labels at once, and
     a chunk held :data:`~napari_unet.core.volume.HELD_BYTES_PER_VOXEL`, on the grid it is
-    made on, beside the whole stack's labels and probability (8 bytes a voxel) when they
-    are collected.
+    made on, beside what predicting a plane holds (:func:`_plane_prediction_bytes`) and the
+    whole stack's labels and probability (8 bytes a voxel) when they are collected.
 
     Raises:
         InputError: If not even blocks of :data:`~napari_unet.core.volume.SMALLEST_BLOCK_HALOS`
@@ -830,6 +845,8 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
     grid = scaled_shape((height, width), labelling_factor(factor))
     plane_voxels = grid[0] * grid[1]
     outputs = math.prod(stack_shape) * height * width * 8 if collect else 0
+    # Each plane's prediction comes back between chunks, and the allocator keeps its memory.
+    outputs += _plane_prediction_bytes(model.network, settings, scaled_shape((height, width), factor))
     free = available_memory() - outputs
     if depth * plane_voxels * BYTES_PER_VOXEL <= free:
         return whole
