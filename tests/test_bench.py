@@ -17,7 +17,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 # The fine-tuning and time-to-accuracy scripts train for minutes even when quick.
 QUICK_SCRIPTS = ["bench_augment", "bench_batch", "bench_cpu_fusion", "bench_interactive", "bench_postprocess",
-                 "bench_predict", "bench_train_step", "bench_weights", "bench_monai", "bench_precision", "bench_volume"]
+                 "bench_predict", "bench_train_step", "bench_weights", "bench_monai", "bench_precision", "bench_volume",
+                 "bench_volume_memory"]
 #: Scripts that measure on the real data folder.
 ON_REAL_DATA = {"bench_monai", "bench_precision", "bench_volume"}
 

@@ -16,7 +16,7 @@ from napari_unet.core.bundle import Model
 from napari_unet.core.errors import InputError, InputWarning
 from napari_unet.core.metrics import average_precision
 from napari_unet.core.model import NetworkConfig
-from napari_unet.core.postprocess import THRESHOLD_CHOICES
+from napari_unet.core.postprocess import SEPARATIONS, THRESHOLD_CHOICES
 from napari_unet.core.predict import predict
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.synthetic import synthetic_nuclei
@@ -488,9 +488,9 @@ def test_training_ends_with_the_threshold_that_segments_the_validation_images_be
         model.separation = chosen
         return average_precision([labels for _, labels in pairs], predictions, thresholds=(0.5,))["ap_mean"][0]
 
-    # What it chose among: the thresholds as a new model separates objects, the other separation at 0.5.
-    candidates = [(threshold, "seeds") for threshold in (0.5, *THRESHOLD_CHOICES[model.config.num_classes])]
-    scores = {candidate: ap50(*candidate) for candidate in [*candidates, (0.5, "peaks")]}
+    # What it chose among: every threshold with every separation.
+    scores = {(threshold, separation): ap50(threshold, separation)
+              for threshold in (0.5, *THRESHOLD_CHOICES[model.config.num_classes]) for separation in SEPARATIONS}
     assert (model.threshold, model.separation) in scores
     assert scores[model.threshold, model.separation] == max(scores.values()), scores
     # Choosing them again, for a model trained elsewhere, finds the same.

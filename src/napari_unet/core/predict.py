@@ -867,9 +867,12 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
                          f"({window} planes of {height} x {width} held at once), and "
                          f"{(free + outputs) / 2**30:.1f} GB are free: crop it (in z, or to the region of interest), "
                          "or predict its planes one by one")
-    logger.info("labelling the volumes in chunks of %d planes (%d of them overlapping), in blocks of %d x %d pixels",
-                window, 2 * whole.halo, tile, tile)
-    return VolumeLabeller(*arguments, window=window if window < depth else None, tile=tile)
+    if window < depth:
+        logger.info("labelling the volumes in chunks of %d planes (%d of them overlapping), in blocks of %d x %d "
+                    "pixels", window, 2 * whole.halo, tile, tile)
+        return VolumeLabeller(*arguments, window=window, tile=tile)
+    logger.info("labelling the volumes whole, in blocks of %d x %d pixels", tile, tile)
+    return VolumeLabeller(*arguments, tile=tile)
 
 
 def checked_z_scale(z_scale: float | None) -> float:
