@@ -366,3 +366,13 @@ def test_the_range_of_a_stack_is_its_percentiles_over_all_planes(dtype):
     with_nan = stack.astype(np.float32)
     with_nan[0, 0, 0] = np.nan
     assert np.isfinite(Normalization().range_of(with_nan)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_percentiles_counted_in_parts_equal_numpys(dtype, monkeypatch):
+    from napari_unet.core import normalize
+
+    # A stack counted a part at a time, as a whole 100 x 2048 x 2048 stack is, without an int64 copy of it.
+    monkeypatch.setattr(normalize, "_COUNTED_AT_ONCE", 1000)
+    stack = np.random.default_rng(0).integers(0, np.iinfo(dtype).max, (3, 50, 70)).astype(dtype)
+    np.testing.assert_allclose(normalize._integer_percentiles(stack, (1.0, 99.8)), np.percentile(stack, (1.0, 99.8)))
