@@ -51,8 +51,14 @@ from .progress import run_to_end
 from .registry import as_model
 from .scale import object_diameter, resize_plane, scale_factor, scaled_shape, usable_diameter
 from .threads import ThreadTuner
-from .volume import (BYTES_PER_VOXEL, HELD_BYTES_PER_VOXEL, SMALLEST_BLOCK_HALOS, SMALLEST_CHUNK_HALOS,
-                     VolumeLabeller, labelling_factor)
+from .volume import (
+    BYTES_PER_VOXEL,
+    HELD_BYTES_PER_VOXEL,
+    SMALLEST_BLOCK_HALOS,
+    SMALLEST_CHUNK_HALOS,
+    VolumeLabeller,
+    labelling_factor,
+)
 
 __all__ = ["PredictProgress", "Prediction", "PredictionSettings", "settled_for", "checked_z_scale", "default_tile_size", "default_tiles_per_pass", "image_border", "predict_probabilities", "predict_planes_iter", "predict_iter", "predict", "estimate_diameter"]
 
