@@ -850,10 +850,11 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
     whole = VolumeLabeller(*arguments)
     grid = scaled_shape((height, width), labelling_factor(factor))
     plane_voxels = grid[0] * grid[1]
-    outputs = math.prod(stack_shape) * height * width * 8 if collect else 0
-    # Each plane's prediction comes back between chunks, and the allocator keeps its memory.
-    outputs += _plane_prediction_bytes(model.network, settings, scaled_shape((height, width), factor))
-    free = available_memory() - outputs
+    # Held beside the labelling: the stack's results when collected, and each plane's
+    # prediction, which comes back between chunks, and whose memory the allocator keeps.
+    beside = math.prod(stack_shape) * height * width * 8 if collect else 0
+    beside += _plane_prediction_bytes(model.network, settings, scaled_shape((height, width), factor))
+    free = available_memory() - beside
     if depth * plane_voxels * BYTES_PER_VOXEL <= free:
         return whole
     window = int(free // (plane_voxels * BYTES_PER_VOXEL))
@@ -868,10 +869,10 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
     tile = block - 2 * margin
     if tile < SMALLEST_BLOCK_HALOS * margin:
         needed = window * (plane_voxels * HELD_BYTES_PER_VOXEL + (SMALLEST_BLOCK_HALOS + 2) ** 2 * margin**2
-                           * BYTES_PER_VOXEL) + outputs
+                           * BYTES_PER_VOXEL) + beside
         raise InputError(f"labelling this z-stack in 3D needs about {needed / 2**30:.1f} GB of memory "
                          f"({window} planes of {height} x {width} held at once), and "
-                         f"{(free + outputs) / 2**30:.1f} GB are free: crop it (in z, or to the region of interest), "
+                         f"{(free + beside) / 2**30:.1f} GB are free: crop it (in z, or to the region of interest), "
                          "or predict its planes one by one")
     if window < depth:
         logger.info("labelling the volumes in chunks of %d planes (%d of them overlapping), in blocks of %d x %d "
