@@ -27,6 +27,7 @@ JSON object.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -84,8 +85,6 @@ def command_line(arguments: list[str], threads: int | None) -> dict:
     """Run ``napari-unet ARGUMENTS`` in a process of its own: its seconds and peak memory."""
     environment_variables = None
     if threads:
-        import os
-
         environment_variables = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", MEASURED, *arguments], capture_output=True, text=True,

@@ -546,7 +546,7 @@ def _predict(args) -> int:
     if args.max_memory:
         from .core.memory import limit_memory
 
-        limit_memory(int(args.max_memory * 2**30))
+        limit_memory(max(1, int(args.max_memory * 2**30)))  # a limit under a byte is still a limit
     if args.voxel_size and not args.volume:
         raise InputError("--voxel-size gives the proportions of z-stacks labelled in 3D; add --3d")
     model = load_model(args.model)

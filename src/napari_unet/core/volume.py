@@ -214,7 +214,7 @@ class VolumeLabeller:
         return _volume_labels_of_masks(*self._masks(rows, columns), self._classes, z_scale, min_size, gap, diameter)
 
     def _labelled(self) -> np.ndarray:
-        """int32 labels of the planes held, numbered 1..N in the order first met."""
+        """int32 labels of the planes held, numbered 1..N (across blocks, in the order first met)."""
         height, width = self._planes[0][0].shape[0], self._width
         if self.tile is None or self.tile >= max(height, width):
             return self._block_labels(slice(0, height), slice(0, width))
