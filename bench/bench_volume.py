@@ -29,8 +29,9 @@ as they are) at IoU 0.5 and 0.75:
 Planes are resized by the objects' diameter, predicted, and their probabilities resized
 back, as ``predict`` does (``diameter``): at the ground truth's median XY diameter (each
 object's largest cross-section) and at what ``diameter="auto"`` gives (``estimate_diameter``
-on the stack's maximum projection, as ``predict(volume=True)`` does; None means not
-rescaled, as ``predict`` then does). Intensities are
+with ``volume=True``, from the objects' 3D labels, as ``predict(volume=True)`` estimates it
+when no diameter is given; None means not rescaled). ``predict_volume_without_diameter``
+is that end to end, its seconds including the estimate's. Intensities are
 normalized with one range for the whole stack (the model's percentiles of all its voxels,
 ``IntensityRange``): per-plane percentiles stretch the empty planes at a stack's ends
 until their haze looks like nuclei; ``volume_labels_per_plane_normalization`` shows that.
@@ -244,8 +245,10 @@ def main() -> None:
         z_scale = z_step / xy_size
         diameters = {"true": true_diameter(truth)}
         if not args.quick:
-            # As predict(volume=True, diameter="auto") estimates it: on the stack's maximum projection.
-            diameters["auto"] = estimate_diameter(model, image.max(axis=0), device=device)
+            # As predict(volume=True) estimates it when no diameter is given: from the objects' 3D labels.
+            start = time.perf_counter()
+            diameters["auto"] = estimate_diameter(model, image, device=device, volume=True, z_scale=z_scale)
+            estimate_seconds = time.perf_counter() - start
         result = {"true_objects": int(len(np.unique(truth)) - 1), "z_scale": round(z_scale, 3),
                   "true_diameter": round(diameters["true"], 1),
                   "auto_diameter": None if args.quick or diameters["auto"] is None else round(diameters["auto"], 1)}
@@ -273,6 +276,12 @@ def main() -> None:
                 planes_seconds = time.perf_counter() - start
                 figures["predict_planes_seconds"] = round(planes_seconds, 2)
                 figures["volume_throughput_vs_planes"] = round(planes_seconds / figures["predict_volume"]["seconds"], 3)
+            else:
+                # What a user gets who gives no diameter: the estimate, then the volume at that size.
+                start = time.perf_counter()
+                labels = predict(model, image, device=device, volume=True, z_scale=z_scale).labels
+                figures["predict_volume_without_diameter"] = scored(truth, labels, time.perf_counter() - start)
+                figures["estimate_seconds"] = round(estimate_seconds, 2)
             result[f"{which}_diameter_figures"] = figures
         if not args.quick:
             probabilities, factor, _ = stack_probabilities(model, image, diameters["true"], device, per_plane=True)

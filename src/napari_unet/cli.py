@@ -244,8 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"smallest object kept, in pixels (default: {DEFAULT_SETTINGS.min_size})")
     predict.add_argument("--diameter", type=_diameter, metavar="PIXELS|auto",
                          help="typical object diameter in the images, in pixels, or 'auto' to estimate it from each "
-                         "file's first plane; planes are rescaled so objects match the model's (default: the files' "
-                         "pixel size when the model records one, else no rescaling)")
+                         "file's first plane (with --3d: from its objects in 3D); planes are rescaled so objects "
+                         "match the model's (default: the files' pixel size when the model records one, else 'auto' "
+                         "with --3d and no rescaling without)")
     predict.add_argument("--tta", action="store_true",
                          help="test-time augmentation: average the predictions of each plane turned and mirrored "
                          "in all eight ways, as the U-Net paper did; more accurate outlines for 8x the time "

@@ -81,3 +81,33 @@ def test_a_diameter_the_model_cannot_use_is_a_notification_and_adds_no_layer(mak
     widget.start()
     assert any(severity == "error" and "object size" in text for severity, text in notifications)
     assert widget.run.enabled and len(viewer.layers) == 1
+
+
+def test_estimate_button_in_3d_measures_the_volume_on_screen(make_napari_viewer, qtbot):
+    from scipy import ndimage
+
+    from napari_unet.core.registry import load_model
+
+    viewer = make_napari_viewer()
+    image, truth = synthetic_nuclei((64, 64), count=6, seed=6)
+    # Nuclei twice the model's size through 6 planes, at a z step of 2 pixels, narrower in the end planes,
+    # beside an empty time point.
+    end = image.copy()
+    end[(truth > 0) & ~ndimage.binary_erosion(truth > 0, iterations=3)] = np.median(image[truth == 0])
+    volume = ndimage.zoom(np.stack([end] + [image] * 4 + [end]), (1, 2, 2), order=1)
+    stack = np.stack([np.full_like(volume, np.median(volume)), volume])
+    viewer.add_image(stack, name="nuclei", scale=(1, 2, 1, 1))
+    viewer.dims.set_point(0, 1)  # the second time point, and its first plane, on screen
+    viewer.dims.set_point(1, 0)
+    model = load_model("nuclei")
+    widget = _predict_widget(viewer, model)
+    widget.threshold.value = model.threshold
+    widget.volume.value = True
+    widget.estimate_diameter()
+    qtbot.waitUntil(lambda: widget.estimate.enabled, timeout=60_000)
+    expected = estimate_diameter(model, volume, threshold=model.threshold, device="cpu", volume=True, z_scale=2.0)
+    true_diameter = 2 * np.sqrt(np.bincount(ndimage.zoom(truth, 2, order=0).ravel())[1:].mean() / np.pi)
+    assert expected == pytest.approx(true_diameter, rel=0.25)
+    assert widget.diameter.value == pytest.approx(round(expected, 1))
+    # The plane on screen alone has narrower nuclei.
+    assert estimate_diameter(model, volume[0], threshold=model.threshold, device="cpu") < 0.8 * expected

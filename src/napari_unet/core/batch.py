@@ -600,14 +600,17 @@ def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike
         try:
             for label_dtype in (np.uint16, np.uint32):
                 try:
-                    objects = yield from _volume_of_file(model, path, targets[index], z_scale, settings, requested,
-                                                         note, label_dtype, stop, progress)
+                    made = yield from _volume_of_file(model, path, targets[index], z_scale, settings, requested,
+                                                      note, label_dtype, stop, progress)
                     break
                 except _VolumeOverflow:  # rare enough to do the file again rather than write uint32 always
                     continue
-            if objects is None:
+            if made is None:
                 return ended(cancelled=True)
-            results[index] = FileResult(path, targets[index][0], counts[index], objects, time.monotonic() - started)
+            objects, prediction = made
+            results[index] = FileResult(path, targets[index][0], counts[index], objects, time.monotonic() - started,
+                                        diameter=prediction.diameter if prediction.scale != 1.0 else None,
+                                        scale=prediction.scale)
         except NapariUnetError as error:
             results[index] = FileResult(path, None, error=str(error), seconds=time.monotonic() - started)
         done += counts[index]
@@ -634,8 +637,8 @@ def _volume_of_file(model: Model, path: Path, targets: tuple[Path, Path | None],
         label_dtype: The labels' integer type.
 
     Returns:
-        The objects found (the volumes' own, added up), or None if ``stop`` was set; the
-        outputs are then not written.
+        The objects found (the volumes' own, added up) and the prediction's summary (its
+        diameter and scale), or None if ``stop`` was set; the outputs are then not written.
 
     Raises:
         InputError: If the file cannot be read, or is no one-channel z-stack.
@@ -676,7 +679,8 @@ def _volume_of_file(model: Model, path: Path, targets: tuple[Path, Path | None],
             try:
                 with warnings_named(path.name):  # said of this file, not between the yields
                     plane = next(run)
-            except StopIteration:
+            except StopIteration as end:
+                prediction = end.value
                 break
             if plane.labels is not None:  # the plane is predicted
                 if probability_out is not None:
@@ -694,7 +698,7 @@ def _volume_of_file(model: Model, path: Path, targets: tuple[Path, Path | None],
         labels_out.commit()
         if probability_out is not None:
             probability_out.commit()
-    return sum(objects.values())
+    return sum(objects.values()), prediction
 
 
 def _batch_settings(model: Model, settings: PredictionSettings, requested: dict, channel: int | None) -> dict:

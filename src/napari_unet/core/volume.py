@@ -30,6 +30,7 @@ stretched into nuclei.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -38,8 +39,8 @@ from .errors import InputError
 from .postprocess import masks_parted_at_peaks, separated_and_extent
 from .scale import resize_labels
 
-__all__ = ["BYTES_PER_VOXEL", "COARSE_GRID_FACTOR", "HELD_BYTES_PER_VOXEL", "SMALLEST_BLOCK_HALOS", "SMALLEST_CHUNK_HALOS",
-           "VolumeLabeller", "chunk_halo", "labelling_factor", "smallest_volume", "volume_labels"]
+__all__ = ["AXIAL_BLUR_FRACTION", "BYTES_PER_VOXEL", "COARSE_GRID_FACTOR", "HELD_BYTES_PER_VOXEL", "SMALLEST_BLOCK_HALOS", "SMALLEST_CHUNK_HALOS",
+           "VolumeLabeller", "chunk_halo", "labelling_factor", "smallest_volume", "trim_axial_blur", "volume_labels"]
 
 #: Memory that labelling a volume (or a chunk, or a block of one) takes at its peak, in
 #: bytes per voxel: 49 measured (``tracemalloc``, 40 x 512 x 512 nuclei), most of it
@@ -342,6 +343,64 @@ def _same_objects(current: np.ndarray, previous: np.ndarray) -> dict[int, int]:
         if common / (current_sizes[label] + sizes[other] - common) >= 0.5:
             same[label] = other
     return same
+
+
+#: An object ends in z where its mean brightness, above the background, falls under this
+#: fraction of its brightest plane's: the full width at half maximum of the microscope's
+#: axial blur, which the 2D network takes for more of the object (:func:`trim_axial_blur`).
+AXIAL_BLUR_FRACTION = 0.5
+
+
+def trim_axial_blur(labels: np.ndarray, intensities: Iterable[np.ndarray], background: float = 0.0,
+                    open_start: bool = False, open_end: bool = False, fraction: float = AXIAL_BLUR_FRACTION) -> None:
+    """Cut the planes of out-of-focus blur off the ends in z of each object brighter than the background, in place.
+
+    A microscope blurs along z several times as far as across the plane, and a 2D
+    network sees a nucleus's blurred glow above and below it as more nucleus: objects
+    run too long in z (on ``cells3d`` 39.5 planes against 29.5 annotated, 3D AP75
+    0.33). Each object keeps the planes around its brightest one where its mean
+    brightness above ``background`` is at least ``fraction`` of that plane's (there AP75
+    0.82; on the plant nuclei AP50 0.67 -> 0.67 and 0.44 -> 0.47). A background taken
+    from the voxels between the objects instead (brighter in dense, noisy volumes) cut
+    the plant nuclei too short: AP50 0.52 and 0.40. Objects no brighter than the
+    background (dark cells between bright membranes) are left as they are. Planes are
+    read one at a time: the memory is a few numbers per object and plane.
+
+    Args:
+        labels: ``(Z, Y, X)`` 3D labels, changed in place.
+        intensities: The planes' intensities as the network read them (normalized), one
+            ``(Y, X)`` array per plane of ``labels``, in order.
+        background: The intensity of no object: 0 for normalized planes, the low end of
+            the stack's intensity range.
+        open_start: The labels continue before their first plane (a chunk of a larger
+            volume): objects in that plane are left whole, as their ends lie outside.
+        open_end: Likewise after their last plane.
+        fraction: Of the brightest plane's brightness, where an object ends.
+    """
+    depth, count = len(labels), int(labels.max(initial=0)) + 1
+    if count == 1:
+        return
+    sums = np.zeros((depth, count))
+    areas = np.zeros((depth, count), np.int64)
+    for z, (plane, intensity) in enumerate(zip(labels, intensities)):
+        areas[z] = np.bincount(plane.ravel(), minlength=count)
+        sums[z] = np.bincount(plane.ravel(), np.asarray(intensity, np.float64).ravel(), minlength=count)
+    brightness = np.where(areas > 0, sums / np.maximum(areas, 1) - background, -np.inf)
+    brightest = brightness.argmax(axis=0)
+    peak = brightness.max(axis=0)
+    dim = brightness < fraction * peak
+    planes = np.arange(depth)[:, np.newaxis]
+    first = np.where(dim & (planes < brightest), planes, -1).max(axis=0) + 1
+    last = np.where(dim & (planes > brightest), planes, depth).min(axis=0) - 1
+    whole = peak <= 0
+    whole[0] = True
+    if open_start:
+        whole |= areas[0] > 0
+    if open_end:
+        whole |= areas[-1] > 0
+    first[whole], last[whole] = 0, depth - 1
+    for z, plane in enumerate(labels):
+        plane[(first[plane] > z) | (last[plane] < z)] = 0
 
 
 def volume_labels(probabilities: np.ndarray, z_scale: float, threshold: float = 0.5, min_size: int = MIN_OBJECT_SIZE,

@@ -180,11 +180,12 @@ class PredictWidget(ScrollingDock):
         self.diameter = FloatSpinBox(
             label="object diameter (px)", value=0.0, min=0.0, max=10_000.0, step=1.0,
             tooltip="Typical object diameter in this image, in pixels: the image is rescaled so that objects "
-            "match the model's training data. 0: no rescaling (or the layer's pixel size, when the model "
-            "records one).",
+            "match the model's training data. 0: the layer's pixel size, when the model records one; else no "
+            "rescaling, or in 3D the diameter estimated from the volume.",
         )
         self.estimate = PushButton(text="Estimate diameter",
-                                   tooltip="Estimate the object diameter from a first prediction of the plane on screen.")
+                                   tooltip="Estimate the object diameter from a first prediction of the plane on screen "
+                                   "(in 3D: of the volume on screen).")
         self.contrast_limits = contrast_limits_choice(
             "for stacks whose empty or out-of-focus planes must stay dark rather than look like objects.")
         self.probability = CheckBox(text="also add the probability layer", value=False,
@@ -264,7 +265,7 @@ class PredictWidget(ScrollingDock):
         )
 
     def estimate_diameter(self, *_):
-        """Estimate the objects' diameter on the plane on screen, in a worker; fills the diameter field."""
+        """Estimate the objects' diameter on the plane on screen (in 3D: the volume), in a worker; fills the field."""
         from napari.qt.threading import create_worker
 
         from ..core.predict import estimate_diameter
@@ -277,10 +278,13 @@ class PredictWidget(ScrollingDock):
         if settings is None:
             return
         plane_index = _current_plane(self._viewer, image)
-        plane = pixel_source(image, plane_index)
+        # In 3D, the volume on screen (its objects are measured in 3D, as they will be labelled).
+        volume = self.volume.value and not self.current_plane_only.value and len(plane_index) > 0
+        pixels = pixel_source(image, plane_index[:-1] if volume else plane_index)
         self.run.enabled = self.estimate.enabled = False
         self._worker = create_worker(
-            guarded(estimate_diameter), model, plane, settings, channel_axis=-1 if image.rgb else None,
+            guarded(estimate_diameter), model, pixels, settings, channel_axis=-1 if image.rgb else None,
+            volume=volume, z_scale=(self.z_step.value or _layer_z_scale(image)) if volume else None,
             _start_thread=False, _ignore_errors=True,
         )
         connect_worker(self._worker, self, None, self._on_estimated, "the diameter estimate", self._on_finish)
