@@ -10,6 +10,9 @@ and segmented twice by the command line, each run in a process of its own:
 * ``planes``: the same without ``--3d``: each plane labelled on its own, as before 3D
   labelling.
 
+Both are given the nuclei's diameter (``--diameter 17``), so that both predict at the
+same scale and the volume's run measures no diameter.
+
 ``peak_rss_gb`` is each process's peak resident memory (Linux's ``VmHWM``), the
 image, the model and torch included, and ``plan`` how the volume was labelled (whole,
 in chunks, in blocks); ``volume_throughput_vs_planes`` is the planes' seconds over the
@@ -116,7 +119,9 @@ def main() -> None:
         folder = Path(folder)
         source = folder / "stack.tif"
         tifffile.imwrite(source, image, imagej=True, metadata={"axes": "ZYX", "spacing": Z_STEP})
-        common = ["-v", "predict", "--model", "nuclei", str(source), "--device", str(device), "--overwrite"]
+        # The nuclei's diameter given, as both runs then predict at the same scale (unmeasured, --3d measures it).
+        common = ["-v", "predict", "--model", "nuclei", str(source), "--device", str(device), "--overwrite",
+                  "--diameter", str(2 * RADIUS)]
         volume = command_line([*common, "--out", str(folder / "volume"), "--3d", "--voxel-size", str(Z_STEP), "1",
                                "1", "--max-memory", str(limit)], args.threads)
         planes = command_line([*common, "--out", str(folder / "planes")], args.threads)
