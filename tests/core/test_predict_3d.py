@@ -394,3 +394,26 @@ def test_evaluate_scores_z_stacks_in_3d_when_asked(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "pred" / "stack.tif", truth[0])
     assert main([*arguments, "--3d"]) != 0
     assert "--3d scores z-stacks" in capsys.readouterr().err
+
+
+def test_measuring_a_volume_at_a_scale_that_enlarges_it_labels_a_narrower_block(nuclei_model, monkeypatch):
+    from napari_unet.core import predict as predict_module
+    from napari_unet.core.normalize import as_planes
+
+    monkeypatch.setattr(predict_module, "SIZING_BLOCK", (6, 96))
+    stack = np.random.default_rng(0).integers(0, 200, (10, 120, 120)).astype(np.uint8)
+    planes, _ = as_planes(stack, 1)
+    fed = []
+    real = predict_module.predict_planes_iter
+    monkeypatch.setattr(predict_module, "predict_planes_iter", lambda model, pairs, *args, **kwargs: real(
+        model, ((fed.append((plane.shape[-2:], factor)) or plane, factor) for plane, factor in pairs), *args,
+        **kwargs))
+    monkeypatch.setattr(predict_module, "_confirmed_diameter",
+                        lambda model, measure: [measure(factor) for factor in (8.0, 0.5)] and None)
+    predict_module._estimate_volume_diameter(nuclei_model, planes, predict_module.settled_for(
+        nuclei_model, predict_module.PredictionSettings(device="cpu")), 2.0)
+    most_planes, most_pixels = predict_module.SIZING_BLOCK
+    enlarged = [shape for shape, factor in fed if factor == 8.0]
+    shrunk = [shape for shape, factor in fed if factor == 0.5]
+    assert len(enlarged) == len(shrunk) == most_planes  # the central planes
+    assert enlarged[0] == (most_pixels // 8, most_pixels // 8) and shrunk[0] == (most_pixels, most_pixels)

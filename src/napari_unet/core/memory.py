@@ -7,11 +7,14 @@ free memory is not theirs), and by a limit set with :func:`limit_memory`.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from pathlib import Path
 
 import psutil
 
-__all__ = ["available_memory", "limit_memory", "memory_limit", "total_memory"]
+__all__ = ["available_memory", "give_back_freed_memory", "limit_memory", "memory_limit", "total_memory"]
 
 _limit: int | None = None
 
@@ -33,6 +36,30 @@ def limit_memory(limit: int | None) -> None:
         raise ValueError(f"a memory limit is a positive number of bytes, not {limit}")
     global _limit
     _limit = limit
+
+
+def give_back_freed_memory() -> None:
+    """Hand the memory this process freed back to the system, where the C library keeps it (glibc).
+
+    glibc keeps freed blocks for reuse, and after large arrays are freed it serves
+    arrays of up to 32 MB from that kept memory rather than mapping them anew: labelling
+    one chunk of a 40 x 2048 x 2048 volume left the process 0.5 GB larger than before it,
+    and the next chunk's labelling was planned without that memory. Elsewhere this does
+    nothing.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
 
 
 def memory_limit() -> int | None:

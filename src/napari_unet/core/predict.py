@@ -962,8 +962,9 @@ def _estimate_volume_diameter(model: Model, planes: np.ndarray, settings: Predic
     """Median object diameter (pixels of a plane) in a ``(Z, channels, H, W)`` volume, from its 3D labels.
 
     A volume is measured as it will be labelled: a central block of it (at most
-    :data:`SIZING_BLOCK` planes and pixels a side) is labelled in 3D at each scale
-    :func:`_confirmed_diameter` asks for, and each object counts with its widest plane.
+    :data:`SIZING_BLOCK` planes and pixels a side, narrower by the factor a scale
+    enlarges it by) is labelled in 3D at each scale :func:`_confirmed_diameter` asks for,
+    and each object counts with its widest plane.
     Planes alone mislead: a plane cuts most nuclei off their middle, and dense volumes
     of noisy nuclei look unlike the model's images plane by plane, as their maximum
     projection does (on the shared plant nuclei, 21.6 and 19.7 pixels wide, both gave no
@@ -973,14 +974,16 @@ def _estimate_volume_diameter(model: Model, planes: np.ndarray, settings: Predic
         raise InputError("this model does not record the object size it was trained on; it cannot estimate diameters")
     depth, _, height, width = planes.shape
     most_planes, most_pixels = SIZING_BLOCK
-    z0 = (depth - min(depth, most_planes)) // 2
-    y0, x0 = ((side - min(side, most_pixels)) // 2 for side in (height, width))
-    block = planes[z0:z0 + most_planes, :, y0:y0 + most_pixels, x0:x0 + most_pixels]
     plain = settings.replace(compile_network=False, test_time_augmentation=False)
 
     def measured(factor: float) -> float | None:
-        # The block's 3D labels as prediction makes them, before their blur is trimmed in z:
-        # an object's widest plane is what is measured.
+        # Enlarged for the network, the block is narrower: the same work, objects alike.
+        side = max(int(most_pixels / max(factor, 1.0)), 1)
+        z0, y0, x0 = ((length - min(length, most)) // 2 for length, most in
+                      ((depth, most_planes), (height, side), (width, side)))
+        block = planes[z0:z0 + most_planes, :, y0:y0 + side, x0:x0 + side]
+        # Its 3D labels as prediction makes them, before their blur is trimmed in z: an
+        # object's widest plane is what is measured.
         labeller = _volume_labeller(model, plain, (len(block),), *block.shape[-2:], factor, z_scale, True)
         labels = np.zeros((len(block), *block.shape[-2:]), np.int32)
         with warnings.catch_warnings():
@@ -994,10 +997,10 @@ def _estimate_volume_diameter(model: Model, planes: np.ndarray, settings: Predic
         for plane in labels:
             np.maximum(widest, np.bincount(plane.ravel(), minlength=widest.size), out=widest)
         # Objects the block cuts off at its sides would count small.
-        sides = (([labels[:, 0], labels[:, -1]] if height > most_pixels else [])
-                 + ([labels[:, :, 0], labels[:, :, -1]] if width > most_pixels else []))
-        for side in sides:
-            widest[side] = 0
+        sides = (([labels[:, 0], labels[:, -1]] if height > side else [])
+                 + ([labels[:, :, 0], labels[:, :, -1]] if width > side else []))
+        for cut in sides:
+            widest[cut] = 0
         widest[0] = 0
         areas = widest[widest > 0]
         return float(np.median(np.sqrt(4 * areas / math.pi))) if areas.size else None

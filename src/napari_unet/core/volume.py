@@ -37,6 +37,7 @@ import numpy as np
 
 from .defaults import MIN_OBJECT_SIZE
 from .errors import InputError
+from .memory import give_back_freed_memory
 from .postprocess import masks_parted_at_peaks, separated_and_extent
 from .scale import resize_labels
 
@@ -184,6 +185,7 @@ class VolumeLabeller:
             return None
         if last:
             core_end = self.depth
+        give_back_freed_memory()  # what the planes' predictions freed: the plan counted on it
         labels = self._labelled()
         if self.core < self.depth:  # chunks: one numbering across them
             labels = self._stitched(labels, core_end)
