@@ -151,11 +151,14 @@ def test_a_batch_labels_z_stacks_in_3d_with_their_voxel_size(nuclei_model, tmp_p
 
 
 def test_without_collecting_the_3d_labels_come_with_the_progress_chunk_by_chunk(nuclei_model, monkeypatch):
+    import threading
+
     from napari_unet.core import predict as predict_module
     from napari_unet.core.progress import run_to_end
 
     stack = _two_layers()
-    collected = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
+    size = nuclei_model.object_diameter  # the memory plan below is for planes not resized
+    collected = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0, diameter=size).labels
     # Room for about 29 planes' labelling beside a plane's prediction, and none taken by a stack of results.
     monkeypatch.setattr(predict_module, "available_memory", lambda: 20 * 2**20)
     given = np.full(stack.shape, -1, np.int32)
@@ -167,10 +170,16 @@ def test_without_collecting_the_3d_labels_come_with_the_progress_chunk_by_chunk(
             given[first:first + len(labels)] = labels
             parts.append(len(labels))
 
+    threads = []
+    real_label = predict_module.VolumeLabeller.label
+    monkeypatch.setattr(predict_module.VolumeLabeller, "label", lambda labeller, chunk: threads.append(
+        threading.current_thread()) or real_label(labeller, chunk))
     prediction = run_to_end(predict_module.predict_iter(nuclei_model, stack, volume=True, z_scale=4.0, device="cpu",
-                                                        collect=False), keep)
+                                                        diameter=size, collect=False), keep)
     assert prediction.labels is None and prediction.probability is None
     assert len(parts) > 1 and sum(parts) == len(stack)  # in chunks, each plane once
+    # Each chunk labelled beside the network, in a thread of its own.
+    assert len(threads) == len(parts) and threading.main_thread() not in threads
     assert match_counts(collected, given, (0.95,)).tp[0] == collected.max() == given.max()
 
 

@@ -682,18 +682,20 @@ def _volume_of_file(model: Model, path: Path, targets: tuple[Path, Path | None],
             except StopIteration as end:
                 prediction = end.value
                 break
-            if plane.labels is not None:  # the plane is predicted
-                if probability_out is not None:
-                    probability_out.write(plane.probability)
-                labelled = plane.volume_labels if as_volume else (plane.plane, plane.labels[np.newaxis])
-                if labelled is not None:
-                    first, part = labelled
-                    largest = int(part.max(initial=0))
-                    if largest > most:
-                        raise _VolumeOverflow
-                    objects[first // depth] = max(objects.get(first // depth, 0), largest)
-                    for page in part:
-                        labels_out.write(page)
+            if plane.labels is not None and probability_out is not None:  # the plane is predicted
+                probability_out.write(plane.probability)
+            if as_volume:
+                labelled = plane.volume_labels
+            else:
+                labelled = None if plane.labels is None else (plane.plane, plane.labels[np.newaxis])
+            if labelled is not None:
+                first, part = labelled
+                largest = int(part.max(initial=0))
+                if largest > most:
+                    raise _VolumeOverflow
+                objects[first // depth] = max(objects.get(first // depth, 0), largest)
+                for page in part:
+                    labels_out.write(page)
             yield progress(plane)
         labels_out.commit()
         if probability_out is not None:

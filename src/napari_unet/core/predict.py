@@ -147,7 +147,9 @@ class PredictProgress:
     labels: np.ndarray | None = field(default=None, compare=False, repr=False)
     probability: np.ndarray | None = field(default=None, compare=False, repr=False)
     #: With ``volume``: ``(first, labels)``, the 3D labels of the stack's planes from
-    #: ``first`` on, on the item of the plane that completed them (a chunk or a volume).
+    #: ``first`` on (a chunk or a volume), on an item of their own (``plane`` then says
+    #: the last plane predicted, and ``labels`` is None): chunks are labelled in a second
+    #: thread while the next planes are predicted, and given in order.
     volume_labels: tuple[int, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
 
@@ -814,29 +816,97 @@ def predict_iter(
         labels = np.zeros((len(planes), height, width), np.int32)
         probability = np.zeros((len(planes), height, width), np.float32)
     planes_done = predict_planes_iter(model, ((plane, factor) for plane in planes), settings, keep_classes=volume)
-    with closing(planes_done):
-        for index, done, total, finished in planes_done:
-            if finished is None:
-                yield PredictProgress(index, len(planes), done, total)
-                continue
-            plane_labels, plane_probability = np.asarray(finished[0], np.int32), np.asarray(finished[1], np.float32)
-            completed = labeller.add(index, finished[2]) if labeller is not None else None
-            if completed is not None:
-                _trim_axial_blur_of(completed, planes, stack_shape[-1], normalize)
-            if collect and single_plane:
-                labels, probability = plane_labels[np.newaxis], plane_probability[np.newaxis]
-            elif collect:
-                labels[index], probability[index] = plane_labels, plane_probability
-                if completed is not None:  # a chunk or a volume is labelled: its 3D labels replace its planes'
-                    first, volume_part = completed
-                    labels[first:first + len(volume_part)] = volume_part
-            yield PredictProgress(index, len(planes), total, total, plane_labels, plane_probability, completed)
+    behind = None if labeller is None else _LabelledBehind(
+        labeller, lambda done: _trim_axial_blur_of(done, planes, stack_shape[-1], normalize))
+
+    def chunks(completed: list[tuple[int, np.ndarray]], index: int) -> Iterator[PredictProgress]:
+        for first, volume_part in completed:
+            if collect:  # a chunk or a volume is labelled: its 3D labels replace its planes'
+                labels[first:first + len(volume_part)] = volume_part
+            yield PredictProgress(index, len(planes), 1, 1, volume_labels=(first, volume_part))
+
+    try:
+        with closing(planes_done):
+            index = 0
+            for index, done, total, finished in planes_done:
+                if finished is None:
+                    yield PredictProgress(index, len(planes), done, total)
+                    continue
+                plane_labels = np.asarray(finished[0], np.int32)
+                plane_probability = np.asarray(finished[1], np.float32)
+                if behind is not None:
+                    behind.add(index, finished[2])
+                if collect and single_plane:
+                    labels, probability = plane_labels[np.newaxis], plane_probability[np.newaxis]
+                elif collect:
+                    labels[index], probability[index] = plane_labels, plane_probability
+                yield PredictProgress(index, len(planes), total, total, plane_labels, plane_probability)
+                if behind is not None:
+                    yield from chunks(behind.finished(), index)
+            if behind is not None:
+                yield from chunks(behind.rest(), index)
+    finally:
+        if behind is not None:  # stopped or failed: a chunk being labelled is let finish
+            behind.close()
     if diameter is None and model.object_diameter:
         diameter = model.object_diameter / factor
     if not collect:
         return Prediction(None, None, factor, diameter)
     shape = stack_shape + (height, width)
     return Prediction(labels.reshape(shape), probability.reshape(shape), factor, diameter)
+
+
+class _LabelledBehind:
+    """A :class:`~napari_unet.core.volume.VolumeLabeller` whose chunks are labelled in a thread of their own.
+
+    The network predicts the next planes while a chunk is labelled: on 2 CPU cores
+    labelling a chunk took as long as predicting its planes, with one core idle. One
+    chunk is labelled at a time, in order, as the memory plan (:func:`_volume_labeller`)
+    has room for one chunk's labelling beside a plane's prediction.
+
+    Args:
+        labeller: The labeller.
+        finish: Called with each chunk's ``(first, labels)`` in the thread, once labelled.
+    """
+
+    def __init__(self, labeller: VolumeLabeller, finish: Callable[[tuple[int, np.ndarray]], None]):
+        self._labeller, self._finish = labeller, finish
+        self._running: _InThread | None = None
+        self._ready: list[tuple[int, np.ndarray]] = []
+
+    def add(self, index: int, classes: np.ndarray) -> None:
+        """Take a plane's classes; a chunk it completes starts being labelled, once the one before is."""
+        chunk = self._labeller.take(index, classes)
+        if chunk is not None:
+            self._collect(wait=True)
+            self._running = _InThread(self._labelled, chunk)
+
+    def _labelled(self, chunk) -> tuple[int, np.ndarray]:
+        done = self._labeller.label(chunk)
+        self._finish(done)
+        return done
+
+    def _collect(self, wait: bool) -> None:
+        if self._running is not None and (wait or self._running.done()):
+            running, self._running = self._running, None
+            self._ready.append(running.result())
+
+    def finished(self) -> list[tuple[int, np.ndarray]]:
+        """The chunks labelled since last asked, in order (a labelling's error is raised here)."""
+        self._collect(wait=False)
+        ready, self._ready = self._ready, []
+        return ready
+
+    def rest(self) -> list[tuple[int, np.ndarray]]:
+        """:meth:`finished`, once the chunk being labelled is done too."""
+        self._collect(wait=True)
+        return self.finished()
+
+    def close(self) -> None:
+        """Wait for a chunk being labelled (stopped or failed: nobody wants it)."""
+        if self._running is not None:
+            self._running.wait()
+            self._running = None
 
 
 def _trim_axial_blur_of(completed: tuple[int, np.ndarray], planes: np.ndarray, depth: int,

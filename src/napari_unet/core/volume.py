@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -106,6 +107,29 @@ def chunk_halo(object_diameter: float | None, z_scale: float) -> int:
     return max(2, math.ceil((object_diameter or 20.0) / z_scale))
 
 
+@dataclass
+class Chunk:
+    """What labelling one chunk of a volume needs (:meth:`VolumeLabeller.take`).
+
+    Attributes:
+        planes: The packed masks of its planes, from ``held_from`` on.
+        held_from, core_from, core_end: Planes of the volume: where ``planes`` start, and
+            the chunk's middle, whose labels it gives.
+        first: The stack's plane of ``core_from``.
+        last: Whether it ends its volume.
+        classes, width: The planes' classes, and the grid's width that packing rounded up.
+    """
+
+    planes: list[tuple[np.ndarray, np.ndarray]]
+    held_from: int
+    core_from: int
+    core_end: int
+    first: int
+    last: bool
+    classes: int
+    width: int
+
+
 class VolumeLabeller:
     """Collects the planes of a stack's volumes and labels them in 3D as soon as it can.
 
@@ -161,7 +185,9 @@ class VolumeLabeller:
     def _start_volume(self) -> None:
         self._held_from = 0  # the volume's plane that _planes starts at
         self._core_from = 0  # the first plane of the next chunk's middle
-        # The last chunk's labels (in the volume's numbering) around the edge of its middle, and where they start.
+        # Of the labelling, which follows chunk by chunk: the last chunk's labels (in the
+        # volume's numbering) around the edge of its middle and where they start, and the
+        # volume's next number.
         self._tail: tuple[int, np.ndarray] | None = None
         self._next_id = 1
 
@@ -174,6 +200,15 @@ class VolumeLabeller:
             ``(first, labels)``: int32 ``(planes, *shape)`` labels of the stack's planes
             from ``first`` on, once a chunk (or the volume) is complete; else None.
         """
+        chunk = self.take(index, classes)
+        return None if chunk is None else self.label(chunk)
+
+    def take(self, index: int, classes: np.ndarray) -> Chunk | None:
+        """Take plane ``index`` of the stack, ``(classes, *grid)``; the chunk it completes, to :meth:`label`.
+
+        Chunks are labelled in the order they are given, and may be labelled in another
+        thread while this one takes the next planes: a chunk holds the planes it needs.
+        """
         plane = index % self.depth
         classes = np.asarray(classes)
         self._classes, self._width = classes.shape[0], classes.shape[-1]
@@ -185,46 +220,54 @@ class VolumeLabeller:
             return None
         if last:
             core_end = self.depth
-        give_back_freed_memory()  # what the planes' predictions freed: the plan counted on it
-        labels = self._labelled()
-        if self.core < self.depth:  # chunks: one numbering across them
-            labels = self._stitched(labels, core_end)
-        middle = labels[self._core_from - self._held_from:core_end - self._held_from]
-        first = index - plane + self._core_from
+        chunk = Chunk(list(self._planes), self._held_from, self._core_from, core_end, index - plane + self._core_from,
+                      last, self._classes, self._width)
         if last:
             self._planes.clear()
-            self._start_volume()
+            self._held_from = self._core_from = 0
         else:
             # The next chunk starts its halo this far back.
             keep_from = max(core_end - self.halo, 0)
             del self._planes[:keep_from - self._held_from]
             self._held_from, self._core_from = keep_from, core_end
+        return chunk
+
+    def label(self, chunk: Chunk) -> tuple[int, np.ndarray]:
+        """The labels of the planes a chunk from :meth:`take` completes: ``(first, labels)``, as :meth:`add` gives them."""
+        give_back_freed_memory()  # what the planes' predictions freed: the plan counted on it
+        labels = self._labelled(chunk)
+        if self.core < self.depth:  # chunks: one numbering across them
+            labels = self._stitched(chunk, labels)
+        middle = labels[chunk.core_from - chunk.held_from:chunk.core_end - chunk.held_from]
+        if chunk.last:
+            self._tail, self._next_id = None, 1
         if self.scale != 1.0:
             middle = np.stack([resize_labels(part, self.shape) for part in middle])
-        return first, middle
+        return chunk.first, middle
 
-    def _masks(self, rows: slice, columns: slice) -> tuple[np.ndarray, np.ndarray]:
-        """The separated foreground and the extent of the planes held, in one block of the grid."""
+    def _masks(self, chunk: Chunk, rows: slice, columns: slice) -> tuple[np.ndarray, np.ndarray]:
+        """The separated foreground and the extent of a chunk's planes, in one block of the grid."""
         start, stop = columns.start, columns.stop
         packed = slice(start // 8, -(-stop // 8))  # the bytes that hold those columns
         offset = start % 8
         separated, extent = (np.stack([np.unpackbits(plane[which][rows, packed], axis=-1)[:, offset:offset + stop - start]
-                                       for plane in self._planes]).view(bool) for which in (0, 1))
+                                       for plane in chunk.planes]).view(bool) for which in (0, 1))
         return separated, extent
 
-    def _block_labels(self, rows: slice, columns: slice) -> np.ndarray:
-        """int32 labels of the planes held in one block of the grid, numbered 1..N."""
+    def _block_labels(self, chunk: Chunk, rows: slice, columns: slice) -> np.ndarray:
+        """int32 labels of a chunk's planes in one block of the grid, numbered 1..N."""
         z_scale, _, min_size, gap, diameter = self.settings
-        return _volume_labels_of_masks(*self._masks(rows, columns), self._classes, z_scale, min_size, gap, diameter)
+        return _volume_labels_of_masks(*self._masks(chunk, rows, columns), chunk.classes, z_scale, min_size, gap,
+                                       diameter)
 
-    def _labelled(self) -> np.ndarray:
-        """int32 labels of the planes held, numbered 1..N (across blocks, in the order first met)."""
-        height, width = self._planes[0][0].shape[0], self._width
+    def _labelled(self, chunk: Chunk) -> np.ndarray:
+        """int32 labels of a chunk's planes, numbered 1..N (across blocks, in the order first met)."""
+        height, width = chunk.planes[0][0].shape[0], chunk.width
         if self.tile is None or self.tile >= max(height, width):
-            return self._block_labels(slice(0, height), slice(0, width))
+            return self._block_labels(chunk, slice(0, height), slice(0, width))
         tile, margin = self.tile, self.tile_halo
         reach = max(1, margin // 2)  # where both blocks see half their margin or more on either side of an edge
-        labels = np.zeros((len(self._planes), height, width), np.int32)
+        labels = np.zeros((len(chunk.planes), height, width), np.int32)
         same = _Unions()
         edges: dict[tuple[str, int, int], np.ndarray] = {}  # blocks' labels along their right and bottom edges
         numbered = 0
@@ -233,7 +276,7 @@ class VolumeLabeller:
                 bottom, right = min(top + tile, height), min(left + tile, width)
                 rows = slice(max(top - margin, 0), min(bottom + margin, height))
                 columns = slice(max(left - margin, 0), min(right + margin, width))
-                block = self._block_labels(rows, columns)
+                block = self._block_labels(chunk, rows, columns)
                 block[block > 0] += numbered  # numbers of their own, after the blocks before
                 numbered = max(numbered, int(block.max()))
                 # The block's rows and columns, its own and around its edges, in its labels.
@@ -256,7 +299,7 @@ class VolumeLabeller:
                 labels[:, top:bottom, left:right] = block[:, own_rows, own_columns]
         return _renumbered(labels, same.roots(numbered))
 
-    def _stitched(self, labels: np.ndarray, core_end: int) -> np.ndarray:
+    def _stitched(self, chunk: Chunk, labels: np.ndarray) -> np.ndarray:
         """A chunk's labels in the volume's numbering, objects that go on from the last chunk keeping theirs.
 
         Two chunks are matched on the planes around the edge between their middles,
@@ -265,21 +308,22 @@ class VolumeLabeller:
         An object this chunk holds only in its halos has no number of the volume's yet:
         it is kept negative, and never matched. ``labels`` is renumbered in place.
         """
+        held_from, core_from, core_end = chunk.held_from, chunk.core_from, chunk.core_end
         numbering = np.zeros(int(labels.max()) + 1, np.int32)
         if self._tail is not None:
             tail_from, tail = self._tail
-            shared = labels[tail_from - self._held_from:tail_from - self._held_from + len(tail)]
+            shared = labels[tail_from - held_from:tail_from - held_from + len(tail)]
             for current, previous in _same_objects(shared, tail[:len(shared)]).items():
                 numbering[current] = previous
-        for label in _first_met(labels[self._core_from - self._held_from:core_end - self._held_from]):
+        for label in _first_met(labels[core_from - held_from:core_end - held_from]):
             if not numbering[label]:
                 numbering[label] = self._next_id
                 self._next_id += 1
         unnumbered = (numbering == 0) & (np.arange(len(numbering)) > 0)
         numbering[unnumbered] = -np.flatnonzero(unnumbered)  # objects of the halo alone
         reach = max(1, self.halo // 2)
-        matched_from = max(core_end - reach, self._core_from)
-        self._tail = (matched_from, numbering[labels[matched_from - self._held_from:core_end + reach - self._held_from]])
+        matched_from = max(core_end - reach, core_from)
+        self._tail = (matched_from, numbering[labels[matched_from - held_from:core_end + reach - held_from]])
         return _renumbered(labels, np.maximum(numbering, 0), consecutive=False)
 
 

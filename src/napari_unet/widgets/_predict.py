@@ -132,15 +132,16 @@ def start_prediction(
     def show_plane(progress):
         if on_progress is not None:
             on_progress(progress)
-        if progress.labels is None:
-            return
-        where = plane_index + (np.unravel_index(progress.plane, stack_shape) if stack_shape else ())
-        output.data[where] = progress.labels
         if progress.volume_labels is not None:
             # The planes shown as they came were each labelled alone; the volume's labels
             # replace them as each chunk of planes is labelled.
             first, labels = progress.volume_labels
             output.data.reshape(-1, *labels.shape[-2:])[first:first + len(labels)] = labels
+            output.refresh()
+        if progress.labels is None:
+            return
+        where = plane_index + (np.unravel_index(progress.plane, stack_shape) if stack_shape else ())
+        output.data[where] = progress.labels
         output.refresh()
         if probability_layer is not None:
             probability_layer.data[where] = progress.probability
