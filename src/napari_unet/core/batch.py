@@ -696,6 +696,9 @@ def _volume_of_file(model: Model, path: Path, targets: tuple[Path, Path | None],
                 objects[first // depth] = max(objects.get(first // depth, 0), largest)
                 for page in part:
                     labels_out.write(page)
+                # Written: let the chunk's labels go now, not when the next chunk comes (the
+                # plan has room for one chunk's labelling, not for the last one's labels too).
+                labelled = part = page = None
             yield progress(plane)
         labels_out.commit()
         if probability_out is not None:

@@ -239,6 +239,11 @@ class VolumeLabeller:
         if self.core < self.depth:  # chunks: one numbering across them
             labels = self._stitched(chunk, labels)
         middle = labels[chunk.core_from - chunk.held_from:chunk.core_end - chunk.held_from]
+        if len(middle) < len(labels):
+            # A copy, not a view that would hold the whole chunk's labels (its halos too) for
+            # as long as the caller holds its middle: 0.6 GB of a 2048 x 2048 volume's.
+            middle = middle.copy()
+        del labels
         if chunk.last:
             self._tail, self._next_id = None, 1
         if self.scale != 1.0:
