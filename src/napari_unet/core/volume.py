@@ -92,9 +92,10 @@ SMALLEST_CHUNK_HALOS = 4
 SMALLEST_BLOCK_HALOS = 2
 
 #: Memory a chunk's planes take while they are held and labelled block by block, in bytes
-#: per voxel: their two masks packed (a quarter of a byte), their int32 labels, and a
-#: plane's renumbering at a time.
-HELD_BYTES_PER_VOXEL = 5
+#: per voxel: their two masks packed (a quarter of a byte), their int32 labels, a plane's
+#: renumbering at a time, and the copy of the labels of its middle (half its planes or
+#: fewer) that it gives.
+HELD_BYTES_PER_VOXEL = 7
 
 
 def chunk_halo(object_diameter: float | None, z_scale: float) -> int:
