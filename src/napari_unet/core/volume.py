@@ -22,10 +22,10 @@ this module                0.65 / 0.09, 48      0.45 / 0.00, 29      0.91 / 0.33
 =========================  ===================  ===================  =========================
 
 (Mean AP50 0.67 against 0.57 for the next best.) The objects' diameter matters most:
-unrescaled, this module scored 0.21 / 0.12 / 0.46. Prediction then trims each object's
-out-of-focus blur off its ends in z (:func:`trim_axial_blur`: cells3d AP75 0.33 -> 0.82). Per-plane percentiles instead of one
+unrescaled, this module scored 0.21 / 0.12 / 0.46. Per-plane percentiles instead of one
 range for the stack: 0.62 / 0.35 / 0.60, the empty planes at the ends of cells3d
-stretched into nuclei.
+stretched into nuclei. Prediction then trims each object's out-of-focus blur off its
+ends in z (:func:`trim_axial_blur`: cells3d AP75 0.33 -> 0.82).
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ from .memory import give_back_freed_memory
 from .postprocess import masks_parted_at_peaks, separated_and_extent
 from .scale import resize_labels
 
-__all__ = ["AXIAL_BLUR_FRACTION", "BYTES_PER_VOXEL", "COARSE_GRID_FACTOR", "HELD_BYTES_PER_VOXEL", "SMALLEST_BLOCK_HALOS", "SMALLEST_CHUNK_HALOS",
-           "VolumeLabeller", "chunk_halo", "labelling_factor", "smallest_volume", "trim_axial_blur", "volume_labels"]
+__all__ = ["AXIAL_BLUR_FRACTION", "BYTES_PER_VOXEL", "COARSE_GRID_FACTOR", "HELD_BYTES_PER_VOXEL",
+           "SMALLEST_BLOCK_HALOS", "SMALLEST_CHUNK_HALOS", "Chunk", "VolumeLabeller", "chunk_halo", "labelling_factor",
+           "smallest_volume", "trim_axial_blur", "volume_labels"]
 
 #: Memory that labelling a volume (or a chunk, or a block of one) takes at its peak, in
 #: bytes per voxel: 49 measured (``tracemalloc``, 40 x 512 x 512 nuclei), most of it
