@@ -50,7 +50,6 @@ user paints a few planes), at the true diameter, for that long, and scores the v
 
 from __future__ import annotations
 
-import math
 import time
 import tracemalloc
 from pathlib import Path
@@ -68,7 +67,7 @@ from napari_unet.core.postprocess import foreground_probability, growth_distance
 from napari_unet.core.predict import estimate_diameter, predict, predict_probabilities
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.registry import load_model
-from napari_unet.core.scale import resize_plane, scale_factor, scaled_shape
+from napari_unet.core.scale import circle_diameters, resize_plane, scale_factor, scaled_shape, widest_areas
 from napari_unet.core.train import TrainingConfig, TrainingSample, train
 from napari_unet.core.volume import SMALLEST_CHUNK_HALOS, VolumeLabeller, chunk_halo, smallest_volume, volume_labels
 
@@ -84,11 +83,8 @@ WATERSHED_PEAK_PER_DIAMETER = 1 / 5
 
 def true_diameter(truth: np.ndarray) -> float:
     """Median over the objects of the equivalent diameter of their largest XY cross-section, in pixels."""
-    largest = np.zeros(int(truth.max()) + 1, np.int64)
-    for plane in truth:
-        largest = np.maximum(largest, np.bincount(plane.ravel(), minlength=largest.size))
-    areas = largest[1:][largest[1:] > 0]
-    return float(np.median(np.sqrt(4 * areas / math.pi)))
+    areas = widest_areas(truth)[1:]
+    return float(np.median(circle_diameters(areas[areas > 0])))
 
 
 def stack_probabilities(model, image: np.ndarray, diameter: float | None, device, per_plane: bool = False

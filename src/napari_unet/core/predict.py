@@ -49,7 +49,15 @@ from .postprocess import foreground_probability, probabilities_to_labels
 from .prediction_settings import PredictionSettings
 from .progress import run_to_end
 from .registry import as_model
-from .scale import object_diameter, resize_plane, scale_factor, scaled_shape, usable_diameter
+from .scale import (
+    circle_diameters,
+    object_diameter,
+    resize_plane,
+    scale_factor,
+    scaled_shape,
+    usable_diameter,
+    widest_areas,
+)
 from .threads import ThreadTuner
 from .volume import (
     BYTES_PER_VOXEL,
@@ -1063,9 +1071,7 @@ def _estimate_volume_diameter(model: Model, planes: np.ndarray, settings: Predic
                 completed = None if finished is None else labeller.add(index, finished[2])
                 if completed is not None:
                     labels[completed[0]:completed[0] + len(completed[1])] = completed[1]
-        widest = np.zeros(int(labels.max()) + 1, np.int64)  # each object's largest area in a plane
-        for plane in labels:
-            np.maximum(widest, np.bincount(plane.ravel(), minlength=widest.size), out=widest)
+        widest = widest_areas(labels)
         # Objects the block cuts off at its sides would count small.
         sides = (([labels[:, 0], labels[:, -1]] if height > side else [])
                  + ([labels[:, :, 0], labels[:, :, -1]] if width > side else []))
@@ -1073,7 +1079,7 @@ def _estimate_volume_diameter(model: Model, planes: np.ndarray, settings: Predic
             widest[cut] = 0
         widest[0] = 0
         areas = widest[widest > 0]
-        return float(np.median(np.sqrt(4 * areas / math.pi))) if areas.size else None
+        return float(np.median(circle_diameters(areas))) if areas.size else None
 
     return _confirmed_diameter(model, measured)
 

@@ -22,7 +22,7 @@ from .errors import InputError
 from .targets import consecutive_labels
 from .units import in_unit
 
-__all__ = ["pixel_size_for_model", "scale_factor", "usable_diameter", "scaled_shape", "resize_plane", "resize_labels", "equivalent_diameters", "object_diameter"]
+__all__ = ["pixel_size_for_model", "scale_factor", "usable_diameter", "scaled_shape", "resize_plane", "resize_labels", "circle_diameters", "equivalent_diameters", "object_diameter", "widest_areas"]
 
 #: Factors this close to 1 are not worth a resampling (and the blur it brings).
 NEGLIGIBLE = 0.05
@@ -133,11 +133,27 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return labels[np.ix_(rows, cols)]
 
 
+def circle_diameters(areas: np.ndarray) -> np.ndarray:
+    """Diameter (pixels) of the circle of each area (pixels)."""
+    return np.sqrt(4 * np.asarray(areas) / math.pi)
+
+
 def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
     """Diameter (pixels) of the circle of each object's area, for every object in ``labels``."""
     numbered, _ = consecutive_labels(np.asarray(labels))  # any values: 2**40 must not size a table
     areas = np.bincount(numbered.ravel())[1:]  # numbered 1..n: every number has pixels
-    return np.sqrt(4 * areas / math.pi)
+    return circle_diameters(areas)
+
+
+def widest_areas(labels: np.ndarray) -> np.ndarray:
+    """Each object's largest area in one plane of ``(Z, Y, X)`` labels, indexed by its label (0: background).
+
+    An object's widest plane is its true width: the planes around it cut it off its middle.
+    """
+    widest = np.zeros(int(labels.max(initial=0)) + 1, np.int64)
+    for plane in labels:
+        np.maximum(widest, np.bincount(plane.ravel(), minlength=widest.size), out=widest)
+    return widest
 
 
 def object_diameter(labels: np.ndarray) -> float | None:
