@@ -183,6 +183,27 @@ def test_without_collecting_the_3d_labels_come_with_the_progress_chunk_by_chunk(
     assert match_counts(collected, given, (0.95,)).tp[0] == collected.max() == given.max()
 
 
+def test_chunks_in_blocks_are_as_deep_as_label_the_fewest_voxels_again_within_the_memory():
+    from napari_unet.core.predict import _chunks_in_blocks
+    from napari_unet.core.volume import BYTES_PER_VOXEL, HELD_BYTES_PER_VOXEL, SMALLEST_CHUNK_HALOS
+
+    plane, halo, margin, free = 2048 * 2048, 6, 10, 1_450_000_000  # a 100 x 2048 x 2048 stack under 3 GB
+
+    def labelled_per_given(window: int, tile: int) -> float:  # the voxels labelled for each voxel given
+        return window / (window - 2 * halo) * ((tile + 2 * margin) / tile) ** 2
+
+    def held(window: int, tile: int) -> int:
+        return window * (plane * HELD_BYTES_PER_VOXEL + (tile + 2 * margin) ** 2 * BYTES_PER_VOXEL)
+
+    window, tile = _chunks_in_blocks(free, plane, 100, halo, margin)
+    smallest = SMALLEST_CHUNK_HALOS * halo
+    smallest_tile = _chunks_in_blocks(free, plane, smallest, halo, margin)[1]  # the widest blocks of the smallest
+    assert held(window, tile) <= free and held(smallest, smallest_tile) <= free
+    assert window > smallest and labelled_per_given(window, tile) < 0.8 * labelled_per_given(smallest, smallest_tile)
+    assert _chunks_in_blocks(free, plane, 10, halo, margin)[0] == 10  # a shallow volume: whole, in blocks
+    assert _chunks_in_blocks(50 * 2**20, plane, 100, halo, margin) is None  # not even the smallest chunks fit
+
+
 def test_a_3d_batch_writes_as_it_goes_and_labels_what_would_not_fit_beside_a_stack_of_results(
         nuclei_model, tmp_path, monkeypatch):
     from napari_unet.core import predict as predict_module
@@ -193,9 +214,9 @@ def test_a_3d_batch_writes_as_it_goes_and_labels_what_would_not_fit_beside_a_sta
     tifffile.imwrite(folder / "zstack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
     size = nuclei_model.object_diameter  # the memory plan below is for planes not resized
     whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0, diameter=size).labels
-    # Room beside a plane's prediction for 20 planes held in blocks of 80 x 80 pixels (a margin of 17 around a
-    # middle of 46), and no stack of labels and probability beside them.
-    monkeypatch.setattr(predict_module, "available_memory", lambda: 13 * 2**20)
+    # Room beside a plane's prediction for chunks of 17 planes held in blocks of 58 x 58 pixels (a margin of 10
+    # around a middle of 38), and no stack of labels and probability beside them.
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 9 * 2**20)
     with pytest.raises(InputError, match="needs about"):
         predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0, diameter=size)
     tiles, real = [], predict_module.VolumeLabeller  # the blocks of each labeller made

@@ -936,8 +936,8 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
     (:class:`~napari_unet.core.volume.VolumeLabeller`).
 
     Whole volumes where their labelling fits, else chunks of as many whole planes as
-    fit, else chunks of the fewest planes (:data:`~napari_unet.core.volume.SMALLEST_CHUNK_HALOS`
-    halos) labelled in blocks of planes as large as fit. Labelling takes
+    fit, else chunks labelled in blocks of planes, as deep and as wide as label the
+    fewest voxels again (:func:`_chunks_in_blocks`). Labelling takes
     :data:`~napari_unet.core.volume.BYTES_PER_VOXEL` a voxel of what it labels at once, and
     a chunk held :data:`~napari_unet.core.volume.HELD_BYTES_PER_VOXEL`, on the grid it is
     made on, beside what predicting a plane holds (:func:`_plane_prediction_bytes`) and the
@@ -965,24 +965,56 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
     if window >= smallest:
         logger.info("labelling the volumes in chunks of %d planes (%d of them overlapping)", window, 2 * whole.halo)
         return VolumeLabeller(*arguments, window=window)
-    window = min(smallest, depth)
     margin = whole.tile_halo
-    room = free - window * plane_voxels * HELD_BYTES_PER_VOXEL
-    block = int(math.sqrt(max(room, 0) / (window * BYTES_PER_VOXEL)))
-    tile = block - 2 * margin
-    if tile < SMALLEST_BLOCK_HALOS * margin:
+    planned = _chunks_in_blocks(free, plane_voxels, depth, whole.halo, margin)
+    if planned is None:
+        window = min(smallest, depth)
         needed = window * (plane_voxels * HELD_BYTES_PER_VOXEL + (SMALLEST_BLOCK_HALOS + 2) ** 2 * margin**2
                            * BYTES_PER_VOXEL) + beside
         raise InputError(f"labelling this z-stack in 3D needs about {needed / 2**30:.1f} GB of memory "
                          f"({window} planes of {height} x {width} held at once), and "
                          f"{(free + beside) / 2**30:.1f} GB are free: crop it (in z, or to the region of interest), "
                          "or predict its planes one by one")
+    window, tile = planned
     if window < depth:
         logger.info("labelling the volumes in chunks of %d planes (%d of them overlapping), in blocks of %d x %d "
                     "pixels", window, 2 * whole.halo, tile, tile)
         return VolumeLabeller(*arguments, window=window, tile=tile)
     logger.info("labelling the volumes whole, in blocks of %d x %d pixels", tile, tile)
     return VolumeLabeller(*arguments, tile=tile)
+
+
+def _chunks_in_blocks(free: int, plane_voxels: int, depth: int, halo: int, margin: int) -> tuple[int, int] | None:
+    """The chunk depth and block edge that label a volume's planes with the least work in ``free`` bytes.
+
+    A chunk labels its halos again for the next chunk, and a block its margin for its
+    neighbours: deeper chunks redo fewer planes, but hold more planes and leave room for
+    narrower blocks only. Of the depths from :data:`~napari_unet.core.volume.SMALLEST_CHUNK_HALOS`
+    halos up, the one with the fewest voxels labelled per voxel given is chosen (a 100 x
+    2048 x 2048 stack under 3 GB: chunks of 40 planes in blocks of about 320 pixels
+    label 1.6 voxels per voxel, where the smallest chunks labelled 2.1).
+
+    Args:
+        free: Bytes for the chunk's planes and a block's labelling.
+        plane_voxels: Voxels of a plane on the labelling grid.
+        depth: Planes of a volume.
+        halo, margin: The labeller's halo in z and margin around blocks.
+
+    Returns:
+        ``(window, tile)``, or None if not even the smallest chunks in blocks of
+        :data:`~napari_unet.core.volume.SMALLEST_BLOCK_HALOS` margins fit.
+    """
+    best = None
+    for window in range(min(SMALLEST_CHUNK_HALOS * halo, depth), depth + 1):
+        room = free - window * plane_voxels * HELD_BYTES_PER_VOXEL
+        tile = int(math.sqrt(max(room, 0) / (window * BYTES_PER_VOXEL))) - 2 * margin
+        if tile < SMALLEST_BLOCK_HALOS * margin:  # deeper chunks leave narrower blocks still
+            break
+        middle = depth if window == depth else window - 2 * halo
+        work = window / middle * ((tile + 2 * margin) / tile) ** 2
+        if best is None or work < best[0]:
+            best = (work, window, tile)
+    return None if best is None else best[1:]
 
 
 def checked_z_scale(z_scale: float | None) -> float:
