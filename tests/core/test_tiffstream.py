@@ -9,7 +9,7 @@ import tifffile
 from napari_unet.core import tiffstream
 from napari_unet.core.errors import InputError
 from napari_unet.core.io import read_tiff
-from napari_unet.core.tiffstream import PageTiffWriter, TiffMetadata, TiffPageReader, partial_path
+from napari_unet.core.tiffstream import PageTiffWriter, TiffMetadata, TiffPageReader, TiffPlanes, partial_path
 
 
 def _stack(shape, dtype=np.uint16):
@@ -136,3 +136,27 @@ def test_files_that_are_not_tiffs_are_input_errors(tmp_path):
         TiffPageReader(tmp_path / "broken.tif")
     with pytest.raises(InputError, match="file not found"):
         TiffPageReader(tmp_path / "missing.tif")
+
+
+def test_tiff_planes_read_the_planes_asked_for_and_count_their_percentiles_plane_by_plane(tmp_path):
+    from napari_unet.core.normalize import Normalization
+
+    stack = np.random.default_rng(0).integers(0, 60000, (2, 5, 30, 40)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "tzyx.tif", stack, imagej=True, metadata={"axes": "TZYX"})
+    planes = stack.reshape(10, 1, 30, 40)  # as as_planes gives them
+    with TiffPageReader(tmp_path / "tzyx.tif") as reader:
+        lazy = TiffPlanes(reader)
+        assert lazy.shape == planes.shape and lazy.stack_shape == (2, 5) and lazy.dtype == np.uint16
+        np.testing.assert_array_equal(lazy[3], planes[3])
+        np.testing.assert_array_equal(lazy[-1], planes[-1])
+        run = lazy[2:7]  # not read yet
+        assert isinstance(run, TiffPlanes) and run.shape == (5, 1, 30, 40)
+        np.testing.assert_array_equal(run[1], planes[3])
+        np.testing.assert_array_equal(lazy[1:4, :, 5:10, 2:9], planes[1:4, :, 5:10, 2:9])
+        np.testing.assert_array_equal(np.stack(list(run)), planes[2:7])
+        assert Normalization().range_of(lazy) == Normalization().range_of(planes)
+        with pytest.raises(IndexError):
+            lazy[10]
+    tifffile.imwrite(tmp_path / "float.tif", stack[0].astype(np.float32))
+    with TiffPageReader(tmp_path / "float.tif") as reader, pytest.raises(InputError, match="8 or 16-bit"):
+        TiffPlanes(reader)

@@ -57,7 +57,7 @@ from .prediction_settings import PredictionSettings
 from .progress import run_to_end
 from .registry import as_model
 from .scale import scale_factor
-from .tiffstream import PageTiffWriter, TiffMetadata, TiffPageReader, partial_path, written_settings
+from .tiffstream import PageTiffWriter, TiffMetadata, TiffPageReader, TiffPlanes, partial_path, written_settings
 from .unitplan import plan_units
 from .units import in_unit
 
@@ -560,8 +560,9 @@ def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike
                      requested: dict) -> Iterator[FileProgress]:
     """:func:`predict_files_iter` for z-stacks labelled in 3D, one file after the other.
 
-    Each file is read whole and predicted by :func:`~napari_unet.core.predict.predict_iter`
-    as a volume (a T axis gives one volume per time point), its outputs written as they
+    Each file is read a plane at a time where it holds 8 or 16-bit planes
+    (:class:`~napari_unet.core.tiffstream.TiffPlanes`; other files whole) and predicted
+    by :func:`~napari_unet.core.predict.predict_iter` as a volume (a T axis gives one volume per time point), its outputs written as they
     come (:func:`_volume_of_file`) with its metadata, and renamed into place once
     complete. A file whose axes say it is a time-lapse without Z (TYX) is segmented plane
     by plane, as objects are never followed through time. A file that fails is
@@ -628,8 +629,10 @@ def _volume_of_file(model: Model, path: Path, targets: tuple[Path, Path | None],
 
     Each plane's probability is written once the plane is predicted and the 3D labels of
     a chunk of planes (or a volume) once it is labelled
-    (:class:`~napari_unet.core.volume.VolumeLabeller`): no stack of results is held
-    beside the image. The outputs keep the input's axes and metadata.
+    (:class:`~napari_unet.core.volume.VolumeLabeller`): no stack of results is held, and
+    an 8 or 16-bit stack is read a plane at a time (:class:`~napari_unet.core.tiffstream.TiffPlanes`),
+    so a z-stack larger than memory is labelled in 3D. The outputs keep the input's axes
+    and metadata.
 
     Args:
         targets: The labels file and the probability file (None: none) to write.
@@ -644,8 +647,21 @@ def _volume_of_file(model: Model, path: Path, targets: tuple[Path, Path | None],
         InputError: If the file cannot be read, or is no one-channel z-stack.
         _VolumeOverflow: If a volume has more objects than ``label_dtype`` numbers.
     """
-    with warnings_named(path.name):
-        image, info = read_tiff(path)
+    with TiffPageReader(path) as reader:
+        if reader.dtype in (np.uint8, np.uint16) and len(reader.page_shape) == 2:
+            image, info = TiffPlanes(reader), reader.info  # read a plane at a time: it need not fit in memory
+        else:
+            with warnings_named(path.name):
+                image, info = read_tiff(path)
+        made = yield from _volume_of_image(model, path, image, info, reader.metadata, targets, z_scale, settings,
+                                           requested, note, label_dtype, stop, progress)
+    return made
+
+
+def _volume_of_image(model: Model, path: Path, image, info, metadata, targets: tuple[Path, Path | None],
+                     z_scale: float | None, settings: PredictionSettings, requested: dict, note: str, label_dtype,
+                     stop: threading.Event | None, progress: Callable[[PredictProgress], FileProgress]):
+    """:func:`_volume_of_file` on the file's image, read (an array) or read as it goes (:class:`TiffPlanes`)."""
     axes = info.axes
     if "C" in axes or ("S" in axes and not is_colour(image, 1)):
         raise InputError(f"{path}: 3D labels are made from one-channel z-stacks; this file has channels (axes "
@@ -659,9 +675,8 @@ def _volume_of_file(model: Model, path: Path, targets: tuple[Path, Path | None],
                       ImageWarning, stacklevel=2)
     with warnings_named(path.name):
         scale = _input_scale(model, settings, requested, None, info, str(path))
-    with TiffPageReader(path) as reader:
-        metadata = reader.metadata
-    depth = image.shape[-3] if as_volume and image.ndim > 2 else 1  # planes of a volume
+    shape = image.stack_shape + image.shape[-2:] if isinstance(image, TiffPlanes) else image.shape
+    depth = shape[-3] if as_volume and len(shape) > 2 else 1  # planes of a volume
     most = np.iinfo(label_dtype).max
     objects: dict[int, int] = {}  # by volume: its largest label, as volumes number their objects 1..N
     run = predict_iter(model, image, settings, volume=as_volume,
@@ -669,10 +684,9 @@ def _volume_of_file(model: Model, path: Path, targets: tuple[Path, Path | None],
     labels_path, probability_path = targets
     with closing(run), ExitStack() as outputs:
         # Left without a commit (stopped, failed), the writers delete what they wrote.
-        labels_out = outputs.enter_context(PageTiffWriter(labels_path, image.shape, axes, label_dtype, metadata,
-                                                          note))
+        labels_out = outputs.enter_context(PageTiffWriter(labels_path, shape, axes, label_dtype, metadata, note))
         probability_out = (None if probability_path is None else outputs.enter_context(
-            PageTiffWriter(probability_path, image.shape, axes, np.float32, metadata, note)))
+            PageTiffWriter(probability_path, shape, axes, np.float32, metadata, note)))
         while True:
             if stop is not None and stop.is_set():
                 return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -63,17 +64,25 @@ class Normalization:
     def from_dict(cls, values: dict) -> Normalization:
         return cls(**values)
 
-    def range_of(self, values: np.ndarray) -> tuple[float, float]:
+    def range_of(self, values) -> tuple[float, float]:
         """The intensities at this normalization's percentiles over all of ``values`` (finite ones only).
 
         One range for a whole z-stack keeps the planes at its ends, which hold little but
         haze, as dark as they are, where each plane's own percentiles would stretch them
         until the haze looks like objects.
 
+        Args:
+            values: An array, or an 8 or 16-bit stack whose planes are read as it is
+                iterated (:class:`~napari_unet.core.tiffstream.TiffPlanes`): counted plane
+                by plane, never held whole.
+
         Raises:
             InputError: If no value is finite.
         """
-        low, high, _ = self._percentiles(_as_scaled_type(np.asarray(values)), warn=False)
+        if not isinstance(values, np.ndarray) and getattr(values, "dtype", None) in (np.uint8, np.uint16):
+            low, high = _integer_percentiles(iter(values), (self.low_percentile, self.high_percentile))
+        else:
+            low, high, _ = self._percentiles(_as_scaled_type(np.asarray(values)), warn=False)
         # A flat stack stays flat, as a flat plane does, instead of an empty range.
         return low, max(high, low + 1.0)
 
@@ -226,12 +235,18 @@ def _scale(plane: np.ndarray, low: float, high: float, out: np.ndarray, invert: 
 _COUNTED_AT_ONCE = 2**22
 
 
-def _integer_percentiles(plane: np.ndarray, percentiles: tuple[float, ...]) -> list[float]:
-    """``np.percentile`` (linear interpolation) of a uint8 or uint16 plane or stack, from its histogram."""
-    values = plane.reshape(-1)
-    counts = np.zeros(np.iinfo(values.dtype).max + 1, np.int64)
-    for start in range(0, values.size, _COUNTED_AT_ONCE):
-        counts += np.bincount(values[start:start + _COUNTED_AT_ONCE], minlength=len(counts))
+def _integer_percentiles(values: np.ndarray | Iterator[np.ndarray], percentiles: tuple[float, ...]) -> list[float]:
+    """``np.percentile`` (linear interpolation) of a uint8 or uint16 plane or stack, from its histogram.
+
+    ``values`` may also come as planes, one after the other, all of one type.
+    """
+    counts = None
+    for part in [values] if isinstance(values, np.ndarray) else values:
+        part = part.reshape(-1)
+        if counts is None:
+            counts = np.zeros(np.iinfo(part.dtype).max + 1, np.int64)
+        for start in range(0, part.size, _COUNTED_AT_ONCE):
+            counts += np.bincount(part[start:start + _COUNTED_AT_ONCE], minlength=len(counts))
     cumulative = np.cumsum(counts)
     last = int(cumulative[-1]) - 1
     results = []

@@ -59,6 +59,7 @@ from .scale import (
     widest_areas,
 )
 from .threads import ThreadTuner
+from .tiffstream import TiffPlanes
 from .volume import (
     BYTES_PER_VOXEL,
     HELD_BYTES_PER_VOXEL,
@@ -757,7 +758,8 @@ def predict_iter(
 
     Args:
         model: The model, or an embedded model's name or a model file's path.
-        image: 2D image, RGB image or stack, any numeric dtype.
+        image: 2D image, RGB image or stack, any numeric dtype; or a TIFF stack read a
+            plane at a time (:class:`~napari_unet.core.tiffstream.TiffPlanes`).
         settings: How to predict and post-process (None: the defaults); see
             :class:`~napari_unet.core.prediction_settings.PredictionSettings`.
         channel_axis: Channel axis of a multi-channel image, if not guessed right.
@@ -792,7 +794,10 @@ def predict_iter(
         if is_colour(image, model.config.in_channels, channel_axis):
             raise InputError("3D labels are made from one-channel z-stacks; this stack is in colour (RGB): "
                              "give one channel, or predict its planes one by one")
-    planes, stack_shape = as_planes(image, model.config.in_channels, channel_axis, model.normalization.colour)
+    if isinstance(image, TiffPlanes):  # read a plane at a time
+        planes, stack_shape = image, image.stack_shape
+    else:
+        planes, stack_shape = as_planes(image, model.config.in_channels, channel_axis, model.normalization.colour)
     height, width = planes.shape[-2:]
     if volume and (not stack_shape or stack_shape[-1] < 2):
         raise InputError("3D labels need a z-stack of two planes or more; this image has one plane: predict it "

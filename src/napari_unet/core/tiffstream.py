@@ -1,7 +1,8 @@
 """TIFF stacks read and written one page at a time, so that their size does not matter.
 
 :class:`TiffPageReader` reads the pages of a file's first series when asked, never the
-whole series. :class:`PageTiffWriter` writes a result stack page by page, compressed,
+whole series; :class:`TiffPlanes` gives a stack of one-channel pages to prediction as
+the planes it reads, one at a time. :class:`PageTiffWriter` writes a result stack page by page, compressed,
 with the input's axes, page order, resolution tags and ImageJ or OME metadata, under a
 temporary name that it renames to the final one only when every page is written: an
 interrupted run leaves a hidden ``.NAME.partial`` file, never a truncated ``NAME.tif``.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from .atomic import made_folder, write_errors_said_plainly
 from .errors import InputError
 from .io import TiffErrors, tiff_info, unreadable_tiff
 
-__all__ = ["TiffMetadata", "TiffPageReader", "PageTiffWriter", "partial_path", "written_settings"]
+__all__ = ["TiffMetadata", "TiffPageReader", "TiffPlanes", "PageTiffWriter", "partial_path", "written_settings"]
 
 #: A private TIFF tag holding how a file was made (readers that do not know it pass it by).
 SETTINGS_TAG = 65000
@@ -136,6 +138,66 @@ class TiffPageReader:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class TiffPlanes:
+    """A TIFF stack of one-channel 8 or 16-bit pages as the ``(planes, 1, height, width)`` array prediction reads.
+
+    Planes are read when indexed, never held: a z-stack larger than memory is labelled
+    in 3D with one plane's pixels in memory at a time (and the planes that measuring
+    the object diameter reads, a central block of at most 64 planes). Reads may come
+    from several threads (a chunk's labels are trimmed in one while the network reads
+    the next plane in another): they take turns on the file.
+
+    Indexing takes a plane (an integer), a run of planes (a slice: another ``TiffPlanes``,
+    still unread), or a block of them (a tuple that starts with a slice of planes: read).
+
+    Args:
+        reader: The open file; it must outlive this.
+        first, count: The planes of the file this gives (None: all from ``first``).
+
+    Raises:
+        InputError: If the file's pages are not one-channel 8 or 16-bit planes (read such
+            files whole).
+    """
+
+    def __init__(self, reader: TiffPageReader, first: int = 0, count: int | None = None, *, _lock=None):
+        if reader.dtype not in (np.uint8, np.uint16) or len(reader.page_shape) != 2:
+            raise InputError(f"{reader.path}: only one-channel 8 or 16-bit stacks are read a plane at a time")
+        self._reader, self._first = reader, first
+        count = reader.pages - first if count is None else count
+        self.dtype = reader.dtype
+        self.shape: tuple[int, ...] = (count, 1, *reader.page_shape)
+        self.ndim = 4
+        #: The file's leading axes (Z, or T and Z), as ``as_planes`` gives them.
+        self.stack_shape: tuple[int, ...] = reader.leading_shape if count == reader.pages else (count,)
+        self._lock = _lock or threading.Lock()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __iter__(self):
+        for index in range(len(self)):
+            yield self[index]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            index = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= index < len(self):
+                raise IndexError(f"plane {key} of {len(self)}")
+            with self._lock:
+                return self._reader.read_page(self._first + index)[np.newaxis]
+        rest = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("planes are indexed by a plane, a run of planes or a block of a run of planes")
+        start, stop, _ = key.indices(len(self))
+        run = TiffPlanes(self._reader, self._first + start, max(stop - start, 0), _lock=self._lock)
+        if not rest:
+            return run
+        channels, pixels = rest[0], rest[1:]
+        return np.stack([plane[(slice(None), *pixels)] for plane in run])[:, channels]  # each cropped as read
 
 
 def _metadata(tif: tifffile.TiffFile, page) -> TiffMetadata:
