@@ -204,6 +204,26 @@ def test_chunks_in_blocks_are_as_deep_as_label_the_fewest_voxels_again_within_th
     assert _chunks_in_blocks(50 * 2**20, plane, 100, halo, margin) is None  # not even the smallest chunks fit
 
 
+@pytest.mark.parametrize(("memory", "tile", "labelled"), [
+    (64 * 2**30, 2048, "whole"),  # room for all: one tile a plane, the volume labelled whole
+    (2.8e9, 2048, "blocks"),  # one tile a plane, chunks labelled in blocks beside it
+    (2.0e9, 1248, "blocks"),  # one tile would leave no room to label: 2 x 2 tiles
+])
+def test_the_network_tiles_and_the_labelling_of_a_volume_are_planned_together(nuclei_model, monkeypatch, memory, tile,
+                                                                               labelled):
+    from napari_unet.core import predict as predict_module
+    from napari_unet.core.prediction_settings import PredictionSettings
+
+    monkeypatch.setattr(predict_module, "available_memory", lambda: int(memory))
+    settings = predict_module.settled_for(nuclei_model, PredictionSettings(device="cpu"))
+    planned, labeller = predict_module._volume_plan(nuclei_model, settings, (100,), 2048, 2048, 1.0, 2.0, False)
+    assert planned.tile_size == tile  # kept for every plane, so that the plan holds
+    assert (labeller.tile is not None) == (labelled == "blocks") and (labeller.core == 100) == (labelled == "whole")
+    given, _ = predict_module._volume_plan(nuclei_model, settings.replace(tile_size=512), (100,), 2048, 2048, 1.0,
+                                           2.0, False)
+    assert given.tile_size == 512  # a tile size given is kept
+
+
 def test_a_3d_batch_writes_as_it_goes_and_labels_what_would_not_fit_beside_a_stack_of_results(
         nuclei_model, tmp_path, monkeypatch):
     from napari_unet.core import predict as predict_module

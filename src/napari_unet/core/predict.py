@@ -95,14 +95,18 @@ GPU_TILE_SIZE = 1024
 CPU_TILE_SIZE = 2048
 
 
-def _bytes_per_tile_pixel(network: UNet, bytes_per_value: int) -> int:
+def _bytes_per_tile_pixel(network: UNet, bytes_per_value: int, device_type: str = "cuda") -> int:
     """Memory an inference pass holds per tile pixel.
 
     Inference holds every level's skip connection (together about twice the first
     level's feature maps) and, on the way up, the first level's concatenated and
-    convolved maps: about six first-level maps; eight leaves room.
+    convolved maps: about six first-level maps. On a CPU a 2048 x 2048 tile of
+    ``nuclei`` held five in float32 (317 bytes a pixel, measured above the plane's own
+    arrays): six leave room there; eight on a GPU, whose convolutions take workspace
+    of their own.
     """
-    return 8 * network.config.base_width * bytes_per_value
+    maps = 6 if device_type == "cpu" else 8
+    return maps * network.config.base_width * bytes_per_value
 
 
 def default_tile_size(network: UNet, device: torch.device) -> int:
@@ -114,23 +118,27 @@ def default_tile_size(network: UNet, device: torch.device) -> int:
     """
     if device.type != "cpu":
         return GPU_TILE_SIZE
-    edge = int(math.sqrt(available_memory() / 4 / _bytes_per_tile_pixel(network, 4))) // network.size_multiple * network.size_multiple
+    edge = int(math.sqrt(available_memory() / 4 / _bytes_per_tile_pixel(network, 4, "cpu")))
+    edge = edge // network.size_multiple * network.size_multiple
     return max(GPU_TILE_SIZE, min(CPU_TILE_SIZE, edge))
 
 
 def _plane_prediction_bytes(network: UNet, settings: PredictionSettings, shape: tuple[int, int]) -> int:
     """Main memory that predicting a plane of ``shape`` (the network's grid) holds while it runs.
 
-    Its tiles' feature maps (on a CPU), and the plane normalized, padded and its class
-    probabilities, in float32.
+    Its tiles' feature maps (on a CPU), and the plane's own arrays: normalized and
+    padded, its class probabilities in float32 and as kept in float16, its labels, and
+    the post-processing of the plane before (a 2048 x 2048 plane of a three-class model:
+    54 bytes a pixel, measured).
     """
     device = resolve_device(settings.device)
     pixels = shape[0] * shape[1]
     maps = 0
     if device.type == "cpu":
         tile = min(settings.tile_size or default_tile_size(network, device), max(shape) + 2 * image_border(network))
-        maps = tile**2 * (settings.batch_size or 1) * _bytes_per_tile_pixel(network, 4)
-    return maps + pixels * 4 * (2 + network.config.num_classes)
+        maps = tile**2 * (settings.batch_size or 1) * _bytes_per_tile_pixel(network, 4, "cpu")
+    classes = network.config.num_classes
+    return maps + pixels * (4 * (2 + classes) + 2 * classes + 28)
 
 
 def default_tiles_per_pass(device: torch.device) -> int:
@@ -818,8 +826,9 @@ def predict_iter(
         if diameter is None:
             warnings.warn(NO_DIAMETER_FOUND, ImageWarning, stacklevel=2)
     factor = scale_factor(model, diameter, pixel_size)
-    labeller = (_volume_labeller(model, settings, stack_shape, height, width, factor, z_scale, collect)
-                if volume else None)
+    labeller = None
+    if volume:
+        settings, labeller = _volume_plan(model, settings, stack_shape, height, width, factor, z_scale, collect)
     normalize = normalization_for(model.normalization, settings.intensity_range)
     # One plane's results are kept as they are made: copying those of a 2048x2048 plane
     # into a stack takes about 10 ms, a twentieth of its whole prediction on a GPU.
@@ -935,10 +944,92 @@ def _trim_axial_blur_of(completed: tuple[int, np.ndarray], planes: np.ndarray, d
     trim_axial_blur(labels, intensities, open_start=first % depth > 0, open_end=(first + len(labels)) % depth > 0)
 
 
+#: What labelling a voxel in 3D costs against the network's prediction of a pixel, in CPU
+#: time (2-core AMD EPYC, float32: 1.2 s of one core for a 2048 x 2048 plane against 4.3
+#: s of two): the weight :func:`_volume_plan` gives the labelling's work beside the
+#: network's tiles.
+LABELLING_COST = 0.14
+
+
+def _volume_plan(model: Model, settings: PredictionSettings, stack_shape: tuple[int, ...], height: int, width: int,
+                 factor: float, z_scale: float, collect: bool) -> tuple[PredictionSettings, VolumeLabeller]:
+    """The network's tile size and the labeller of a stack's volumes, planned together for the memory available.
+
+    On a CPU the network's tiles and the labelling share main memory: larger tiles
+    predict less context twice (a 2048 x 2048 plane in one tile rather than 2 x 2 tiles
+    of 1248 or 3 x 3 of 912, which predict 1.5 and 1.8 times its pixels), and leave less
+    room to label in (shallower chunks and narrower blocks, which label more voxels
+    again). Each tiling of the planes, from one tile down to the default tile size
+    (:func:`default_tile_size`), is weighed by the pixels its tiles predict per pixel and
+    the voxels its labeller labels per voxel (:func:`_volume_labeller`), the latter at
+    :data:`LABELLING_COST`; the cheapest is kept for every plane, so that the plan holds.
+    Elsewhere (a GPU, whose tiles lie in its own memory, or a tile size given) the tiles
+    are as they are.
+
+    Returns:
+        The settings, with the tile size chosen, and the labeller.
+
+    Raises:
+        InputError: If no tiling leaves room to label the volumes (:func:`_volume_labeller`).
+    """
+    arguments = (stack_shape, height, width, factor, z_scale, collect)
+    grid = scaled_shape((height, width), factor)
+    if settings.tile_size is not None or resolve_device(settings.device).type != "cpu":
+        labeller, _ = _volume_labeller(model, settings, *arguments)
+        _say_plan(labeller, None)
+        return settings, labeller
+    network = model.network
+    best, refusal = None, None
+    for tile in _tilings(network, grid):
+        candidate = settings.replace(tile_size=tile)
+        try:
+            labeller, work = _volume_labeller(model, candidate, *arguments)
+        except InputError as error:
+            refusal = error
+            continue
+        rows, columns = (_axis_tiling(network, length, tile) for length in grid)
+        predicted = rows.count * rows.tile * columns.count * columns.tile / (grid[0] * grid[1])
+        cost = predicted + LABELLING_COST * work
+        if best is None or cost < best[0]:
+            best = (cost, candidate, labeller)
+    if best is None:
+        raise refusal
+    _, settings, labeller = best
+    _say_plan(labeller, settings.tile_size)
+    return settings, labeller
+
+
+def _tilings(network: UNet, grid: tuple[int, int]) -> list[int]:
+    """Tile sizes that cut a plane of ``grid`` into one tile, two a side, three..., down to the default tile size."""
+    default = default_tile_size(network, torch.device("cpu"))
+    longest = max(grid)
+    sizes = []
+    for count in range(1, longest // network.size_multiple + 2):
+        if count == 1:
+            tile = network.valid_input_size(longest + 2 * image_border(network))
+        else:
+            step = math.ceil(longest / count / network.size_multiple) * network.size_multiple
+            tile = network.valid_input_size(step + 2 * network.context)
+        if tile <= CPU_TILE_SIZE and (not sizes or tile < sizes[-1]):
+            sizes.append(tile)
+        if tile <= default or tile <= smallest_tile(network):
+            break
+    return sizes
+
+
+def _say_plan(labeller: VolumeLabeller, tile_size: int | None) -> None:
+    """Log how the volumes are labelled, and the network's tiles when planned with them."""
+    chunks = "whole" if labeller.core >= labeller.depth else (
+        f"in chunks of {labeller.core + 2 * labeller.halo} planes ({2 * labeller.halo} of them overlapping)")
+    blocks = "" if labeller.tile is None else f", in blocks of {labeller.tile} x {labeller.tile} pixels"
+    tiles = "" if tile_size is None else f"; the network predicts tiles of up to {tile_size} x {tile_size} pixels"
+    logger.info("labelling the volumes %s%s%s", chunks, blocks, tiles)
+
+
 def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tuple[int, ...], height: int,
-                     width: int, factor: float, z_scale: float, collect: bool) -> VolumeLabeller:
+                     width: int, factor: float, z_scale: float, collect: bool) -> tuple[VolumeLabeller, float]:
     """The labeller of a stack's volumes, planned for the memory available
-    (:class:`~napari_unet.core.volume.VolumeLabeller`).
+    (:class:`~napari_unet.core.volume.VolumeLabeller`), and the voxels it labels per voxel it gives.
 
     Whole volumes where their labelling fits, else chunks of as many whole planes as
     fit, else chunks labelled in blocks of planes, as deep and as wide as label the
@@ -950,7 +1041,7 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
 
     Raises:
         InputError: If not even blocks of :data:`~napari_unet.core.volume.SMALLEST_BLOCK_HALOS`
-            object widths fit.
+            margins fit.
     """
     depth = stack_shape[-1]
     arguments = (depth, (height, width), factor, z_scale, settings.threshold, settings.min_size, model.gap,
@@ -964,12 +1055,11 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
     beside += _plane_prediction_bytes(model.network, settings, scaled_shape((height, width), factor))
     free = available_memory() - beside
     if depth * plane_voxels * BYTES_PER_VOXEL <= free:
-        return whole
+        return whole, 1.0
     window = int(free // (plane_voxels * BYTES_PER_VOXEL))
     smallest = SMALLEST_CHUNK_HALOS * whole.halo
     if window >= smallest:
-        logger.info("labelling the volumes in chunks of %d planes (%d of them overlapping)", window, 2 * whole.halo)
-        return VolumeLabeller(*arguments, window=window)
+        return VolumeLabeller(*arguments, window=window), _labelled_per_given(window, depth, whole.halo)
     margin = whole.tile_halo
     planned = _chunks_in_blocks(free, plane_voxels, depth, whole.halo, margin)
     if planned is None:
@@ -981,23 +1071,33 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
                          f"{(free + beside) / 2**30:.1f} GB are free: crop it (in z, or to the region of interest), "
                          "or predict its planes one by one")
     window, tile = planned
+    work = _labelled_per_given(window, depth, whole.halo, tile, margin)
     if window < depth:
-        logger.info("labelling the volumes in chunks of %d planes (%d of them overlapping), in blocks of %d x %d "
-                    "pixels", window, 2 * whole.halo, tile, tile)
-        return VolumeLabeller(*arguments, window=window, tile=tile)
-    logger.info("labelling the volumes whole, in blocks of %d x %d pixels", tile, tile)
-    return VolumeLabeller(*arguments, tile=tile)
+        return VolumeLabeller(*arguments, window=window, tile=tile), work
+    return VolumeLabeller(*arguments, tile=tile), work
+
+
+def _labelled_per_given(window: int, depth: int, halo: int, tile: int | None = None, margin: int = 0) -> float:
+    """Voxels labelled per voxel given by chunks of ``window`` planes in blocks of ``tile`` pixels (None: whole planes).
+
+    A chunk labels its halos again for the next chunk, and a block its margin for its
+    neighbours.
+    """
+    middle = depth if window >= depth else window - 2 * halo
+    blocks = 1.0 if tile is None else ((tile + 2 * margin) / tile) ** 2
+    return min(window, depth) / middle * blocks
 
 
 def _chunks_in_blocks(free: int, plane_voxels: int, depth: int, halo: int, margin: int) -> tuple[int, int] | None:
     """The chunk depth and block edge that label a volume's planes with the least work in ``free`` bytes.
 
     A chunk labels its halos again for the next chunk, and a block its margin for its
-    neighbours: deeper chunks redo fewer planes, but hold more planes and leave room for
-    narrower blocks only. Of the depths from :data:`~napari_unet.core.volume.SMALLEST_CHUNK_HALOS`
-    halos up, the one with the fewest voxels labelled per voxel given is chosen (a 100 x
-    2048 x 2048 stack under 3 GB: chunks of 40 planes in blocks of about 320 pixels
-    label 1.6 voxels per voxel, where the smallest chunks labelled 2.1).
+    neighbours (:func:`_labelled_per_given`): deeper chunks redo fewer planes, but hold
+    more planes and leave room for narrower blocks only. Of the depths from
+    :data:`~napari_unet.core.volume.SMALLEST_CHUNK_HALOS` halos up, the one with the
+    fewest voxels labelled per voxel given is chosen (a 100 x 2048 x 2048 stack under 3
+    GB: chunks of 41 planes in blocks of about 300 pixels label 1.6 voxels per voxel,
+    where the smallest chunks labelled 2.1).
 
     Args:
         free: Bytes for the chunk's planes and a block's labelling.
@@ -1015,8 +1115,7 @@ def _chunks_in_blocks(free: int, plane_voxels: int, depth: int, halo: int, margi
         tile = int(math.sqrt(max(room, 0) / (window * BYTES_PER_VOXEL))) - 2 * margin
         if tile < SMALLEST_BLOCK_HALOS * margin:  # deeper chunks leave narrower blocks still
             break
-        middle = depth if window == depth else window - 2 * halo
-        work = window / middle * ((tile + 2 * margin) / tile) ** 2
+        work = _labelled_per_given(window, depth, halo, tile, margin)
         if best is None or work < best[0]:
             best = (work, window, tile)
     return None if best is None else best[1:]
@@ -1099,7 +1198,7 @@ def _estimate_volume_diameter(model: Model, planes: np.ndarray, settings: Predic
         block = planes[z0:z0 + most_planes, :, y0:y0 + side, x0:x0 + side]
         # Its 3D labels as prediction makes them, before their blur is trimmed in z: an
         # object's widest plane is what is measured.
-        labeller = _volume_labeller(model, plain, (len(block),), *block.shape[-2:], factor, z_scale, True)
+        labeller, _ = _volume_labeller(model, plain, (len(block),), *block.shape[-2:], factor, z_scale, True)
         labels = np.zeros((len(block), *block.shape[-2:]), np.int32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ImageWarning)  # the prediction that follows says it, if at all
