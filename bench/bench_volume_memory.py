@@ -22,7 +22,7 @@ against the generated objects in 3D, on a central 100 x 512 x 512 crop (an objec
 by the crop is cut alike in both), as a check that the labels are right. Prints one
 JSON object.
 
-    python bench/bench_volume_memory.py                      # about 30 minutes on a 2-core CPU
+    python bench/bench_volume_memory.py                      # about 17 minutes on a 2-core CPU
     python bench/bench_volume_memory.py --quick              # 24 x 512 x 512, limit 0.7 GB: in blocks
     python bench/bench_volume_memory.py --max-memory 3 --threads 2
 """

@@ -83,9 +83,9 @@ def smallest_volume(min_size: int, z_scale: float) -> int:
 
 #: The fewest planes a chunk labelled alone takes, in halos (:func:`chunk_halo`): a middle
 #: of two halos between its own two. On the shared plant nuclei volumes (``python
-#: bench/bench_volume.py``, ``volume_labels_in_chunks``) chunks of 4 halos gave the whole
-#: volume's objects and AP (1135_mini AP50 0.645, 1136_mini 0.452) in about twice its
-#: time; chunks of one middle plane lost up to 0.08 AP50 in 13 times its time.
+#: bench/bench_volume.py``, ``volume_labels_in_chunks``) chunks of 4 halos scored 3D AP50
+#: 0.619 and 0.463 against the whole volume's 0.645 and 0.452, in 1.4 times its time;
+#: chunks of one middle plane lost up to 0.08 AP50 in 13 times its time.
 SMALLEST_CHUNK_HALOS = 4
 
 #: The narrowest block of a plane labelled alone, in margins (:attr:`VolumeLabeller.tile_halo`,
