@@ -1101,9 +1101,9 @@ def _chunks_in_blocks(free: int, plane_voxels: int, depth: int, halo: int, margi
     neighbours (:func:`_labelled_per_given`): deeper chunks redo fewer planes, but hold
     more planes and leave room for narrower blocks only. Of the depths from
     :data:`~napari_unet.core.volume.SMALLEST_CHUNK_HALOS` halos up, the one with the
-    fewest voxels labelled per voxel given is chosen (a 100 x 2048 x 2048 stack under 3
-    GB: chunks of 41 planes in blocks of about 300 pixels label 1.6 voxels per voxel,
-    where the smallest chunks labelled 2.1).
+    fewest voxels labelled per voxel given is chosen (with 1.45 GB to label 2048 x 2048
+    planes in: chunks of 41 planes in blocks of about 300 pixels label 1.6 voxels per
+    voxel, where the smallest chunks would label 2.1).
 
     Args:
         free: Bytes for the chunk's planes and a block's labelling.
