@@ -60,6 +60,14 @@ def _two_layers() -> np.ndarray:
     return np.concatenate([empty, upper, empty, empty, lower, empty, empty])
 
 
+def _zstack_folder(tmp_path, stack: np.ndarray):
+    """A folder holding ``stack`` as an ImageJ z-stack, ``zstack.tif``."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "zstack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    return folder
+
+
 @pytest.fixture(scope="module")
 def nuclei_model():
     return load_model("nuclei")
@@ -228,10 +236,8 @@ def test_a_3d_batch_writes_as_it_goes_and_labels_what_would_not_fit_beside_a_sta
         nuclei_model, tmp_path, monkeypatch):
     from napari_unet.core import predict as predict_module
 
-    folder = tmp_path / "in"
-    folder.mkdir()
     stack = _two_layers()
-    tifffile.imwrite(folder / "zstack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    folder = _zstack_folder(tmp_path, stack)
     size = nuclei_model.object_diameter  # the memory plan below is for planes not resized
     whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0, diameter=size).labels
     # Room beside a plane's prediction for chunks of 18 planes held in blocks of 55 x 55 pixels (a margin of 10
@@ -256,10 +262,8 @@ def test_a_3d_batch_reads_an_integer_stack_a_plane_at_a_time_with_the_labels_of_
     from napari_unet.core import batch as batch_module
     from napari_unet.core.tiffstream import TiffPlanes
 
-    folder = tmp_path / "in"
-    folder.mkdir()
     stack = _two_layers()
-    tifffile.imwrite(folder / "zstack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    folder = _zstack_folder(tmp_path, stack)
     tifffile.imwrite(folder / "zfloat.tif", stack.astype(np.float32), imagej=True, metadata={"axes": "ZYX"})
     whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
     read_whole, real_read = [], batch_module.read_tiff
@@ -280,10 +284,7 @@ def test_a_3d_batch_stopped_in_a_file_leaves_no_output_of_it(nuclei_model, tmp_p
 
     from napari_unet.core.batch import predict_files_iter
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    stack, _ = _column()
-    tifffile.imwrite(folder / "zstack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    folder = _zstack_folder(tmp_path, _column()[0])
     stop = threading.Event()
     run = predict_files_iter(nuclei_model, folder, tmp_path / "out", probability=True, volume=True, z_scale=1.0,
                              stop=stop, device="cpu")

@@ -648,20 +648,22 @@ def _volume_of_file(model: Model, path: Path, targets: tuple[Path, Path | None],
         _VolumeOverflow: If a volume has more objects than ``label_dtype`` numbers.
     """
     with TiffPageReader(path) as reader:
-        if reader.dtype in (np.uint8, np.uint16) and len(reader.page_shape) == 2:
+        if TiffPlanes.reads(reader):
             image, info = TiffPlanes(reader), reader.info  # read a plane at a time: it need not fit in memory
         else:
             with warnings_named(path.name):
                 image, info = read_tiff(path)
-        made = yield from _volume_of_image(model, path, image, info, reader.metadata, targets, z_scale, settings,
-                                           requested, note, label_dtype, stop, progress)
+        made = yield from _volume_of_image(model, path, image, info, reader, targets, z_scale, settings, requested,
+                                           note, label_dtype, stop, progress)
     return made
 
 
-def _volume_of_image(model: Model, path: Path, image, info, metadata, targets: tuple[Path, Path | None],
-                     z_scale: float | None, settings: PredictionSettings, requested: dict, note: str, label_dtype,
-                     stop: threading.Event | None, progress: Callable[[PredictProgress], FileProgress]):
-    """:func:`_volume_of_file` on the file's image, read (an array) or read as it goes (:class:`TiffPlanes`)."""
+def _volume_of_image(model: Model, path: Path, image, info, reader: TiffPageReader,
+                     targets: tuple[Path, Path | None], z_scale: float | None, settings: PredictionSettings,
+                     requested: dict, note: str, label_dtype, stop: threading.Event | None,
+                     progress: Callable[[PredictProgress], FileProgress]):
+    """:func:`_volume_of_file` on the file's image, read (an array) or read as it goes (:class:`TiffPlanes`);
+    ``reader`` gives the file's shape and metadata."""
     axes = info.axes
     if "C" in axes or ("S" in axes and not is_colour(image, 1)):
         raise InputError(f"{path}: 3D labels are made from one-channel z-stacks; this file has channels (axes "
@@ -675,7 +677,7 @@ def _volume_of_image(model: Model, path: Path, image, info, metadata, targets: t
                       ImageWarning, stacklevel=2)
     with warnings_named(path.name):
         scale = _input_scale(model, settings, requested, None, info, str(path))
-    shape = image.stack_shape + image.shape[-2:] if isinstance(image, TiffPlanes) else image.shape
+    shape, metadata = reader.shape, reader.metadata
     depth = shape[-3] if as_volume and len(shape) > 2 else 1  # planes of a volume
     most = np.iinfo(label_dtype).max
     objects: dict[int, int] = {}  # by volume: its largest label, as volumes number their objects 1..N

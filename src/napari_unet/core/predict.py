@@ -979,12 +979,12 @@ def _volume_plan(model: Model, settings: PredictionSettings, stack_shape: tuple[
         InputError: If no tiling leaves room to label the volumes (:func:`_volume_labeller`).
     """
     arguments = (stack_shape, height, width, factor, z_scale, collect)
-    grid = scaled_shape((height, width), factor)
     if settings.tile_size is not None or resolve_device(settings.device).type != "cpu":
         labeller, _ = _volume_labeller(model, settings, *arguments)
         _say_plan(labeller, None)
         return settings, labeller
     network = model.network
+    grid = scaled_shape((height, width), factor)
     best, refusal = None, None
     for tile in _tilings(network, grid):
         candidate = settings.replace(tile_size=tile)

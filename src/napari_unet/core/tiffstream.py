@@ -2,10 +2,11 @@
 
 :class:`TiffPageReader` reads the pages of a file's first series when asked, never the
 whole series; :class:`TiffPlanes` gives a stack of one-channel pages to prediction as
-the planes it reads, one at a time. :class:`PageTiffWriter` writes a result stack page by page, compressed,
-with the input's axes, page order, resolution tags and ImageJ or OME metadata, under a
-temporary name that it renames to the final one only when every page is written: an
-interrupted run leaves a hidden ``.NAME.partial`` file, never a truncated ``NAME.tif``.
+the planes it reads, one at a time. :class:`PageTiffWriter` writes a result stack page
+by page, compressed, with the input's axes, page order, resolution tags and ImageJ or
+OME metadata, under a temporary name that it renames to the final one only when every
+page is written: an interrupted run leaves a hidden ``.NAME.partial`` file, never a
+truncated ``NAME.tif``.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class TiffPlanes:
     """
 
     def __init__(self, reader: TiffPageReader, first: int = 0, count: int | None = None, *, _lock=None):
-        if reader.dtype not in (np.uint8, np.uint16) or len(reader.page_shape) != 2:
+        if not self.reads(reader):
             raise InputError(f"{reader.path}: only one-channel 8 or 16-bit stacks are read a plane at a time")
         self._reader, self._first = reader, first
         count = reader.pages - first if count is None else count
@@ -172,6 +173,11 @@ class TiffPlanes:
         #: The file's leading axes (Z, or T and Z), as ``as_planes`` gives them.
         self.stack_shape: tuple[int, ...] = reader.leading_shape if count == reader.pages else (count,)
         self._lock = _lock or threading.Lock()
+
+    @staticmethod
+    def reads(reader: TiffPageReader) -> bool:
+        """Whether the file's pages are one-channel 8 or 16-bit planes, which this reads a plane at a time."""
+        return reader.dtype in (np.uint8, np.uint16) and len(reader.page_shape) == 2
 
     def __len__(self) -> int:
         return self.shape[0]
