@@ -22,16 +22,18 @@ as they are) at IoU 0.5 and 0.75:
   volume too large for the memory; ``peak_mb`` of each method is the most memory numpy
   held while it labelled (``tracemalloc``);
 * ``predict_volume`` (true diameter only): the whole of ``predict(..., volume=True)``,
-  as ``napari-unet predict --3d`` and the Predict widget's 3D run it, its seconds
-  including the network's; ``volume_throughput_vs_planes`` is the seconds of the same
-  stack predicted plane by plane over these.
+  as ``napari-unet predict --3d`` and the Predict widget's 3D run it (the volume seen
+  from the side too, :mod:`napari_unet.core.views`), its seconds including the
+  network's; ``volume_throughput_vs_planes`` is the seconds of the same stack predicted
+  plane by plane over these; ``predict_volume_planes_alone`` the same through the
+  planes alone (``views="xy"``), their blur trimmed in z.
 
 Planes are resized by the objects' diameter, predicted, and their probabilities resized
 back, as ``predict`` does (``diameter``): at the ground truth's median XY diameter (each
 object's largest cross-section) and at what ``diameter="auto"`` gives (``estimate_diameter``
 with ``volume=True``, from the objects' 3D labels, as ``predict(volume=True)`` estimates it
 when no diameter is given; None means not rescaled). ``predict_volume_without_diameter``
-is that end to end, its seconds including the estimate's. Intensities are
+is that end to end, its seconds including the estimate's (``_planes_alone``: ``views="xy"``). Intensities are
 normalized with one range for the whole stack (the model's percentiles of all its voxels,
 ``IntensityRange``): per-plane percentiles stretch the empty planes at a stack's ends
 until their haze looks like nuclei; ``volume_labels_per_plane_normalization`` shows that.
@@ -266,6 +268,10 @@ def main() -> None:
                 start = time.perf_counter()
                 labels = predict(model, image, device=device, diameter=diameter, volume=True, z_scale=z_scale).labels
                 figures["predict_volume"] = scored(truth, labels, time.perf_counter() - start)
+                start = time.perf_counter()
+                labels = predict(model, image, device=device, diameter=diameter, volume=True, z_scale=z_scale,
+                                 views="xy").labels
+                figures["predict_volume_planes_alone"] = scored(truth, labels, time.perf_counter() - start)
                 # Throughput against the same stack predicted plane by plane (the issue's 0.6x).
                 start = time.perf_counter()
                 predict(model, image, device=device, diameter=diameter)
@@ -277,6 +283,10 @@ def main() -> None:
                 start = time.perf_counter()
                 labels = predict(model, image, device=device, volume=True, z_scale=z_scale).labels
                 figures["predict_volume_without_diameter"] = scored(truth, labels, time.perf_counter() - start)
+                start = time.perf_counter()
+                labels = predict(model, image, device=device, volume=True, z_scale=z_scale, views="xy").labels
+                figures["predict_volume_without_diameter_planes_alone"] = scored(truth, labels,
+                                                                                 time.perf_counter() - start)
                 figures["estimate_seconds"] = round(estimate_seconds, 2)
             result[f"{which}_diameter_figures"] = figures
         if not args.quick:

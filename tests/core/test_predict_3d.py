@@ -88,6 +88,65 @@ def test_a_volume_gives_each_object_one_label_through_its_planes(nuclei_model):
                                   predict(nuclei_model, stack, device="cpu", intensity_range=stack_range).probability)
 
 
+def test_a_volume_labelled_whole_is_seen_from_the_side_too_and_in_chunks_through_its_planes(nuclei_model,
+                                                                                             monkeypatch):
+    from napari_unet.core import predict as predict_module
+    from napari_unet.core.progress import run_to_end
+
+    stack, truth = _column()
+    sides = []
+    real = predict_module.side_view_probabilities
+    monkeypatch.setattr(predict_module, "side_view_probabilities",
+                        lambda volume, *args: sides.append(volume.shape) or (yield from real(volume, *args)))
+    progress = []
+    seen = run_to_end(predict_module.predict_iter(nuclei_model, stack, volume=True, z_scale=2.0, device="cpu"),
+                      progress.append)
+    assert sides == [stack.shape]  # views "auto": the volume, labelled whole, seen from the side
+    _one_label_per_object_through_the_planes(seen.labels, truth)
+    # The side planes are counted on the last plane: one for each row and each column.
+    side_steps = [item for item in progress if item.plane == len(stack) - 1 and item.total == sum(stack.shape[1:])]
+    assert [item.done for item in side_steps] == list(range(1, sum(stack.shape[1:]) + 1))
+    # Other views than the planes' change the labels; "xy" is the planes alone.
+    planes_alone = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=2.0, views="xy").labels
+    assert len(sides) == 1 and not np.array_equal(planes_alone, seen.labels)
+    _one_label_per_object_through_the_planes(planes_alone, truth)
+    # Where the volume is not labelled whole, "auto" sees it through its planes; "xyz" is refused, with what it needs.
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 20 * 2**20)
+    chunked = predict(nuclei_model, _two_layers(), device="cpu", volume=True, z_scale=4.0,
+                      diameter=nuclei_model.object_diameter)
+    assert len(sides) == 1 and chunked.labels.max() > 0
+    with pytest.raises(InputError, match=r"side views of a z-stack need it whole, about 0\.\d GB .*views 'xy' or 'auto'"):
+        predict(nuclei_model, _two_layers(), device="cpu", volume=True, z_scale=4.0,
+                diameter=nuclei_model.object_diameter, views="xyz")
+
+
+def test_side_views_are_the_xz_and_yz_planes_in_their_place_at_the_stacks_proportions():
+    from napari_unet.core.progress import run_to_end
+    from napari_unet.core.views import combined_views, side_view_probabilities
+
+    z, y, x = np.meshgrid(np.linspace(0, 1, 6), np.linspace(0, 1, 20), np.linspace(0, 1, 30), indexing="ij")
+    volume = (0.2 + 0.3 * z + 0.2 * y + 0.1 * x).astype(np.float32)  # smooth, different along each axis
+    shapes = []
+
+    def two_classes(plane):  # a "network" whose foreground is the intensity it reads
+        shapes.append(plane.shape)
+        yield 1, 1
+        return np.concatenate([1 - plane, plane])
+
+    progress = []
+    sides = run_to_end(side_view_probabilities(volume, 1.0, 1.0, two_classes), progress.append)
+    assert sides.shape == (6, 2, 20, 30) and progress[-1] == (50, 50)
+    np.testing.assert_allclose(sides[:, 1], volume, atol=1e-6)  # each XZ and YZ plane back in its place
+    shapes.clear()
+    stretched = run_to_end(side_view_probabilities(volume, 2.5, 0.5, two_classes))
+    # A z step of 2.5 pixels, at half scale: 6 planes are 7.5 network pixels deep, 30 pixels 15 wide.
+    assert shapes[0] == (1, 8, 15) and shapes[-1] == (1, 8, 10)
+    np.testing.assert_allclose(stretched[:, 1], volume, atol=0.03)
+    planes = np.stack([1 - volume, volume], axis=1).astype(np.float16)
+    averaged = combined_views(planes, np.zeros_like(sides))
+    np.testing.assert_allclose(averaged[:, 1], 0.5 * volume, atol=1e-3)  # the planes' half of the average
+
+
 def test_each_time_point_of_a_tzyx_stack_is_a_volume_of_its_own(nuclei_model):
     (first, first_truth), (second, second_truth) = _column(seed=3), _column(seed=1)
     labels = predict(nuclei_model, np.stack([first, second]), device="cpu", volume=True, z_scale=2.0).labels
@@ -166,7 +225,8 @@ def test_without_collecting_the_3d_labels_come_with_the_progress_chunk_by_chunk(
 
     stack = _two_layers()
     size = nuclei_model.object_diameter  # the memory plan below is for planes not resized
-    collected = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0, diameter=size).labels
+    # Chunked, a volume is seen through its planes alone (views "auto"), as here.
+    collected = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0, diameter=size, views="xy").labels
     # Room for chunks of 26 planes' labelling beside a plane's prediction, and none taken by a stack of results.
     monkeypatch.setattr(predict_module, "available_memory", lambda: 20 * 2**20)
     given = np.full(stack.shape, -1, np.int32)
@@ -224,10 +284,12 @@ def test_the_network_tiles_and_the_labelling_of_a_volume_are_planned_together(nu
 
     monkeypatch.setattr(predict_module, "available_memory", lambda: int(memory))
     settings = predict_module.settled_for(nuclei_model, PredictionSettings(device="cpu"))
-    planned, labeller = predict_module._volume_plan(nuclei_model, settings, (100,), 2048, 2048, 1.0, 2.0, False)
+    planned, labeller, side_views = predict_module._volume_plan(nuclei_model, settings, (100,), 2048, 2048, 1.0, 2.0,
+                                                                False)
     assert planned.tile_size == tile  # kept for every plane, so that the plan holds
     assert (labeller.tile is not None) == (labelled == "blocks") and (labeller.core == 100) == (labelled == "whole")
-    given, _ = predict_module._volume_plan(nuclei_model, settings.replace(tile_size=512), (100,), 2048, 2048, 1.0,
+    assert side_views == (labelled == "whole")  # views "auto": seen from the side where labelled whole
+    given, _, _ = predict_module._volume_plan(nuclei_model, settings.replace(tile_size=512), (100,), 2048, 2048, 1.0,
                                            2.0, False)
     assert given.tile_size == 512  # a tile size given is kept
 
@@ -239,7 +301,8 @@ def test_a_3d_batch_writes_as_it_goes_and_labels_what_would_not_fit_beside_a_sta
     stack = _two_layers()
     folder = _zstack_folder(tmp_path, stack)
     size = nuclei_model.object_diameter  # the memory plan below is for planes not resized
-    whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0, diameter=size).labels
+    # Chunked, a volume is seen through its planes alone (views "auto"), as here.
+    whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0, diameter=size, views="xy").labels
     # Room beside a plane's prediction for chunks of 18 planes held in blocks of 55 x 55 pixels (a margin of 10
     # around a middle of 35), and no stack of labels and probability beside them.
     monkeypatch.setattr(predict_module, "available_memory", lambda: 9 * 2**20)
@@ -334,6 +397,14 @@ def test_the_command_line_labels_in_3d_with_the_voxel_size_given(tmp_path, capsy
     assert main(["predict", "--model", "nuclei", str(tmp_path / "zstack.tif"), "--out", str(tmp_path / "other"),
                  "--voxel-size", "1.0", "0.5", "0.5"]) != 0
     assert "add --3d" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    assert main(["predict", "--model", "nuclei", str(tmp_path / "zstack.tif"), "--out", str(tmp_path / "other"),
+                 "--views", "xy"]) != 0  # so are the views
+    assert "add --3d" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    # Through its planes alone, as predict(views="xy") labels it.
+    assert main(["predict", "--model", "nuclei", str(tmp_path / "zstack.tif"), "--out", str(tmp_path / "planes"),
+                 "--3d", "--views", "xy", "--voxel-size", "1.0", "0.5", "0.5", "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "planes" / "zstack.tif"), predict(
+        "nuclei", stack, device="cpu", volume=True, z_scale=2.0, views="xy").labels)
     with pytest.raises(SystemExit) as exit_code:  # a usage error, as argparse says it
         main(["predict", "--model", "nuclei", str(tmp_path / "zstack.tif"), "--out", str(tmp_path / "other"),
               "--3d", "--voxel-size", "0", "0.5", "0.5"])
@@ -368,7 +439,8 @@ def test_a_deep_volume_too_large_to_label_whole_is_labelled_in_chunks_into_the_s
     from napari_unet.core.metrics import match_counts
 
     stack = _two_layers()
-    whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
+    # Chunked, a volume is seen through its planes alone (views "auto"), as here.
+    whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0, views="xy").labels
     # Room for about 28 planes' labelling beside the stack of results: not the 44 planes at once.
     monkeypatch.setattr(predict_module, "available_memory", lambda: 23 * 2**20)
     windows, real = [], predict_module.VolumeLabeller  # the chunk window of each labeller made

@@ -24,6 +24,7 @@ from napari_unet.core.prediction_settings import DEFAULT_SETTINGS, PredictionSet
     ({"threshold": "high"}, "threshold is a probability"),
     ({"intensity_range": (500, 100)}, "intensity range"),
     ({"intensity_range": "0 500"}, "intensity range"),
+    ({"views": "xz"}, "views are 'auto', 'xy', 'xyz', not 'xz'"),
 ])
 def test_a_wrong_setting_is_refused_when_the_settings_are_made(wrong, said):
     with pytest.raises(InputError, match=said):
@@ -51,7 +52,8 @@ def test_what_outputs_record_is_what_decides_their_labels_in_json_types():
     settings = PredictionSettings(tile_size=256, device="cpu", threshold=0.6, min_size=4,
                                   test_time_augmentation=True, intensity_range=(1, 9))
     recorded = settings.recorded()
-    assert recorded == {"threshold": 0.6, "min_size": 4, "test_time_augmentation": True, "intensity_range": [1.0, 9.0]}
+    assert recorded == {"threshold": 0.6, "min_size": 4, "test_time_augmentation": True, "intensity_range": [1.0, 9.0],
+                        "views": "auto"}
     assert json.loads(json.dumps(recorded)) == recorded  # no tiling or device: they give the same labels
 
 

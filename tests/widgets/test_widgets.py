@@ -355,6 +355,14 @@ def test_predict_a_z_stack_in_3d_gives_the_cores_volume_labels(make_napari_viewe
     np.testing.assert_array_equal(labels.data, expected)  # the volume's labels, not the planes' own
     assert tuple(labels.scale) == (1.0, 0.5, 0.5)
     assert not np.array_equal(expected, predict(load_model("nuclei"), stack, device="cpu").labels)
+    # Through its planes alone, as the command line's --views xy.
+    assert widget.views.value == "auto"
+    widget.views.value = "xy"
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=60_000)
+    planes_alone = predict(load_model("nuclei"), stack, device="cpu", volume=True, z_scale=2.0, views="xy").labels
+    np.testing.assert_array_equal(widget.output.data, planes_alone)
+    assert not np.array_equal(planes_alone, expected)
 
 
 def test_predict_with_eight_orientations_gives_the_cores_averaged_labels(make_napari_viewer, qtbot):

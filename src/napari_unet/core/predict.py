@@ -60,6 +60,7 @@ from .scale import (
 )
 from .threads import ThreadTuner
 from .tiffstream import TiffPlanes
+from .views import SIDE_VIEW_BYTES_PER_VOXEL, combined_views, side_view_probabilities
 from .volume import (
     BYTES_PER_VOXEL,
     HELD_BYTES_PER_VOXEL,
@@ -826,9 +827,10 @@ def predict_iter(
         if diameter is None:
             warnings.warn(NO_DIAMETER_FOUND, ImageWarning, stacklevel=2)
     factor = scale_factor(model, diameter, pixel_size)
-    labeller = None
+    labeller, side_views = None, False
     if volume:
-        settings, labeller = _volume_plan(model, settings, stack_shape, height, width, factor, z_scale, collect)
+        settings, labeller, side_views = _volume_plan(model, settings, stack_shape, height, width, factor, z_scale,
+                                                      collect)
     normalize = normalization_for(model.normalization, settings.intensity_range)
     # One plane's results are kept as they are made: copying those of a 2048x2048 plane
     # into a stack takes about 10 ms, a twentieth of its whole prediction on a GPU.
@@ -838,8 +840,12 @@ def predict_iter(
         labels = np.zeros((len(planes), height, width), np.int32)
         probability = np.zeros((len(planes), height, width), np.float32)
     planes_done = predict_planes_iter(model, ((plane, factor) for plane in planes), settings, keep_classes=volume)
-    behind = None if labeller is None else _LabelledBehind(
-        labeller, lambda done: _trim_axial_blur_of(done, planes, stack_shape[-1], normalize))
+    behind = None
+    if side_views:  # the side views end the objects in z: their blur is not trimmed again
+        behind = _SeenFromTheSide(_LabelledBehind(labeller, lambda done: None), model, settings, planes,
+                                  stack_shape[-1], normalize, factor, z_scale)
+    elif labeller is not None:
+        behind = _LabelledBehind(labeller, lambda done: _trim_axial_blur_of(done, planes, stack_shape[-1], normalize))
 
     def chunks(completed: list[tuple[int, np.ndarray]], index: int) -> Iterator[PredictProgress]:
         for first, volume_part in completed:
@@ -856,7 +862,10 @@ def predict_iter(
                     continue
                 plane_labels = np.asarray(finished[0], np.int32)
                 plane_probability = np.asarray(finished[1], np.float32)
-                if behind is not None:
+                if side_views:
+                    for side_done, side_total in behind.add(index, finished[2]):
+                        yield PredictProgress(index, len(planes), side_done, side_total)
+                elif behind is not None:
                     behind.add(index, finished[2])
                 if collect and single_plane:
                     labels, probability = plane_labels[np.newaxis], plane_probability[np.newaxis]
@@ -931,6 +940,60 @@ class _LabelledBehind:
             self._running = None
 
 
+class _SeenFromTheSide:
+    """Gives a labeller each volume's planes averaged with its side views (:mod:`~napari_unet.core.views`).
+
+    Holds the class probabilities of a volume's planes until its last plane is in, then
+    predicts its XZ and YZ views from the stack's intensities (read again, a plane at a
+    time, on the grid the volume is labelled on) and gives the labeller the average.
+
+    Args:
+        behind: The labeller, whole volumes at a time.
+        model, settings: How the planes were predicted.
+        planes: The stack's planes, as prediction reads them.
+        depth: Planes of a volume.
+        normalize: The stack's normalization.
+        factor: The planes' scale for the network.
+        z_scale: The z step over the pixel width.
+    """
+
+    def __init__(self, behind: _LabelledBehind, model: Model, settings: PredictionSettings, planes, depth: int,
+                 normalize: Callable[[np.ndarray], np.ndarray], factor: float, z_scale: float):
+        self._behind, self._planes, self._depth, self._normalize = behind, planes, depth, normalize
+        self._scale = factor / labelling_factor(factor)  # the network's pixels per pixel of the labelling grid
+        self._z_scale = z_scale * labelling_factor(factor)  # the z step in pixels of the labelling grid
+        plain = settings.replace(test_time_augmentation=False)
+        self._predict_plane = lambda plane: _stitched_probabilities(model.network, plane, plain)
+        self._classes: np.ndarray | None = None
+
+    def add(self, index: int, classes: np.ndarray) -> Iterator[tuple[int, int]]:
+        """Take a plane's classes; at a volume's last plane, predict its side views (yielding progress) and label it."""
+        plane = index % self._depth
+        if self._classes is None:
+            self._classes = np.empty((self._depth, *classes.shape), np.float16)
+        self._classes[plane] = classes
+        if plane < self._depth - 1:
+            return
+        first = index - plane
+        grid = classes.shape[-2:]
+        volume = np.stack([resize_plane(self._normalize(self._planes[first + z]), grid)[0] for z in range(self._depth)])
+        sides = yield from side_view_probabilities(volume, self._z_scale, self._scale, self._predict_plane)
+        del volume
+        combined = combined_views(self._classes, sides)
+        self._classes = None
+        for z, averaged in enumerate(combined):
+            self._behind.add(first + z, averaged)
+
+    def finished(self) -> list[tuple[int, np.ndarray]]:
+        return self._behind.finished()
+
+    def rest(self) -> list[tuple[int, np.ndarray]]:
+        return self._behind.rest()
+
+    def close(self) -> None:
+        self._behind.close()
+
+
 def _trim_axial_blur_of(completed: tuple[int, np.ndarray], planes: np.ndarray, depth: int,
                         normalize: Callable[[np.ndarray], np.ndarray]) -> None:
     """:func:`~napari_unet.core.volume.trim_axial_blur` on a chunk of a volume's labels, ``(first plane, labels)``.
@@ -958,7 +1021,7 @@ LABELLING_COST = 0.14
 
 
 def _volume_plan(model: Model, settings: PredictionSettings, stack_shape: tuple[int, ...], height: int, width: int,
-                 factor: float, z_scale: float, collect: bool) -> tuple[PredictionSettings, VolumeLabeller]:
+                 factor: float, z_scale: float, collect: bool) -> tuple[PredictionSettings, VolumeLabeller, bool]:
     """The network's tile size and the labeller of a stack's volumes, planned together for the memory available.
 
     On a CPU the network's tiles and the labelling share main memory: larger tiles
@@ -973,23 +1036,24 @@ def _volume_plan(model: Model, settings: PredictionSettings, stack_shape: tuple[
     are as they are.
 
     Returns:
-        The settings, with the tile size chosen, and the labeller.
+        The settings, with the tile size chosen, the labeller, and whether the volumes are
+        seen from the side too (:mod:`~napari_unet.core.views`).
 
     Raises:
         InputError: If no tiling leaves room to label the volumes (:func:`_volume_labeller`).
     """
     arguments = (stack_shape, height, width, factor, z_scale, collect)
     if settings.tile_size is not None or resolve_device(settings.device).type != "cpu":
-        labeller, _ = _volume_labeller(model, settings, *arguments)
-        _say_plan(labeller, None)
-        return settings, labeller
+        labeller, _, side_views = _volume_labeller(model, settings, *arguments)
+        _say_plan(labeller, None, side_views)
+        return settings, labeller, side_views
     network = model.network
     grid = scaled_shape((height, width), factor)
     best, refusal = None, None
     for tile in _tilings(network, grid):
         candidate = settings.replace(tile_size=tile)
         try:
-            labeller, work = _volume_labeller(model, candidate, *arguments)
+            labeller, work, side_views = _volume_labeller(model, candidate, *arguments)
         except InputError as error:
             refusal = error
             continue
@@ -997,12 +1061,12 @@ def _volume_plan(model: Model, settings: PredictionSettings, stack_shape: tuple[
         predicted = rows.count * rows.tile * columns.count * columns.tile / (grid[0] * grid[1])
         cost = predicted + LABELLING_COST * work
         if best is None or cost < best[0]:
-            best = (cost, candidate, labeller)
+            best = (cost, candidate, labeller, side_views)
     if best is None:
         raise refusal
-    _, settings, labeller = best
-    _say_plan(labeller, settings.tile_size)
-    return settings, labeller
+    _, settings, labeller, side_views = best
+    _say_plan(labeller, settings.tile_size, side_views)
+    return settings, labeller, side_views
 
 
 def _tilings(network: UNet, grid: tuple[int, int]) -> list[int]:
@@ -1023,9 +1087,10 @@ def _tilings(network: UNet, grid: tuple[int, int]) -> list[int]:
     return sizes
 
 
-def _say_plan(labeller: VolumeLabeller, tile_size: int | None) -> None:
+def _say_plan(labeller: VolumeLabeller, tile_size: int | None, side_views: bool) -> None:
     """Log how the volumes are labelled, and the network's tiles when planned with them."""
-    chunks = "whole" if labeller.core >= labeller.depth else (
+    chunks = "whole, seen from the side too" if side_views else "whole, through their planes alone"
+    chunks = chunks if labeller.core >= labeller.depth else (
         f"in chunks of {labeller.core + 2 * labeller.halo} planes ({2 * labeller.halo} of them overlapping)")
     blocks = "" if labeller.tile is None else f", in blocks of {labeller.tile} x {labeller.tile} pixels"
     tiles = "" if tile_size is None else f"; the network predicts tiles of up to {tile_size} x {tile_size} pixels"
@@ -1033,11 +1098,14 @@ def _say_plan(labeller: VolumeLabeller, tile_size: int | None) -> None:
 
 
 def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tuple[int, ...], height: int,
-                     width: int, factor: float, z_scale: float, collect: bool) -> tuple[VolumeLabeller, float]:
+                     width: int, factor: float, z_scale: float, collect: bool
+                     ) -> tuple[VolumeLabeller, float, bool]:
     """The labeller of a stack's volumes, planned for the memory available
-    (:class:`~napari_unet.core.volume.VolumeLabeller`), and the voxels it labels per voxel it gives.
+    (:class:`~napari_unet.core.volume.VolumeLabeller`), the voxels it labels per voxel it
+    gives, and whether the volumes are seen from the side too (:mod:`~napari_unet.core.views`).
 
-    Whole volumes where their labelling fits, else chunks of as many whole planes as
+    Whole volumes with their side views where they fit (unless the settings' views are
+    ``"xy"``), else whole volumes, else chunks of as many whole planes as
     fit, else chunks labelled in blocks of planes, as deep and as wide as label the
     fewest voxels again (:func:`_chunks_in_blocks`). Labelling takes
     :data:`~napari_unet.core.volume.BYTES_PER_VOXEL` a voxel of what it labels at once, and
@@ -1047,7 +1115,8 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
 
     Raises:
         InputError: If not even blocks of :data:`~napari_unet.core.volume.SMALLEST_BLOCK_HALOS`
-            margins fit.
+            margins fit, or the settings' views are ``"xyz"`` and the volume with its
+            side views does not.
     """
     depth = stack_shape[-1]
     arguments = (depth, (height, width), factor, z_scale, settings.threshold, settings.min_size, model.gap,
@@ -1060,12 +1129,19 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
     beside = math.prod(stack_shape) * height * width * 8 if collect else 0
     beside += _plane_prediction_bytes(model.network, settings, scaled_shape((height, width), factor))
     free = int(available_memory() * (1 - UNPLANNED_MEMORY)) - beside
+    if settings.views != "xy" and depth * plane_voxels * (BYTES_PER_VOXEL + SIDE_VIEW_BYTES_PER_VOXEL) <= free:
+        return whole, 1.0, True
+    if settings.views == "xyz":
+        needed = depth * plane_voxels * (BYTES_PER_VOXEL + SIDE_VIEW_BYTES_PER_VOXEL) + beside
+        raise InputError(f"the side views of a z-stack need it whole, about {needed / 2**30:.1f} GB of memory "
+                         f"here, and {(free + beside) / 2**30:.1f} GB are free: label it through its planes alone "
+                         "(views 'xy' or 'auto'), or crop it")
     if depth * plane_voxels * BYTES_PER_VOXEL <= free:
-        return whole, 1.0
+        return whole, 1.0, False
     window = int(free // (plane_voxels * BYTES_PER_VOXEL))
     smallest = SMALLEST_CHUNK_HALOS * whole.halo
     if window >= smallest:
-        return VolumeLabeller(*arguments, window=window), _labelled_per_given(window, depth, whole.halo)
+        return VolumeLabeller(*arguments, window=window), _labelled_per_given(window, depth, whole.halo), False
     margin = whole.tile_halo
     planned = _chunks_in_blocks(free, plane_voxels, depth, whole.halo, margin)
     if planned is None:
@@ -1079,8 +1155,8 @@ def _volume_labeller(model: Model, settings: PredictionSettings, stack_shape: tu
     window, tile = planned
     work = _labelled_per_given(window, depth, whole.halo, tile, margin)
     if window < depth:
-        return VolumeLabeller(*arguments, window=window, tile=tile), work
-    return VolumeLabeller(*arguments, tile=tile), work
+        return VolumeLabeller(*arguments, window=window, tile=tile), work, False
+    return VolumeLabeller(*arguments, tile=tile), work, False
 
 
 def _labelled_per_given(window: int, depth: int, halo: int, tile: int | None = None, margin: int = 0) -> float:
@@ -1194,7 +1270,8 @@ def _estimate_volume_diameter(model: Model, planes: np.ndarray, settings: Predic
         raise InputError("this model does not record the object size it was trained on; it cannot estimate diameters")
     depth, _, height, width = planes.shape
     most_planes, most_pixels = SIZING_BLOCK
-    plain = settings.replace(compile_network=False, test_time_augmentation=False)
+    # Through the planes alone: an object's widest plane is what is measured.
+    plain = settings.replace(compile_network=False, test_time_augmentation=False, views="xy")
 
     def measured(factor: float) -> float | None:
         # Enlarged for the network, the block is narrower: the same work, objects alike.
@@ -1204,7 +1281,7 @@ def _estimate_volume_diameter(model: Model, planes: np.ndarray, settings: Predic
         block = planes[z0:z0 + most_planes, :, y0:y0 + side, x0:x0 + side]
         # Its 3D labels as prediction makes them, before their blur is trimmed in z: an
         # object's widest plane is what is measured.
-        labeller, _ = _volume_labeller(model, plain, (len(block),), *block.shape[-2:], factor, z_scale, True)
+        labeller, _, _ = _volume_labeller(model, plain, (len(block),), *block.shape[-2:], factor, z_scale, True)
         labels = np.zeros((len(block), *block.shape[-2:]), np.int32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ImageWarning)  # the prediction that follows says it, if at all

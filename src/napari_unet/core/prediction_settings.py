@@ -17,7 +17,10 @@ from typing import Any
 from .defaults import MIN_OBJECT_SIZE
 from .errors import InputError
 
-__all__ = ["PredictionSettings", "DEFAULT_SETTINGS"]
+#: How a volume labelled in 3D can be seen (see ``PredictionSettings.views``).
+VIEWS = ("auto", "xy", "xyz")
+
+__all__ = ["PredictionSettings", "DEFAULT_SETTINGS", "VIEWS"]
 
 
 @dataclass(frozen=True)
@@ -51,11 +54,16 @@ class PredictionSettings:
             out-of-focus plane is not stretched until its noise looks like objects (see
             :class:`~napari_unet.core.normalize.IntensityRange`). Choose it so that the
             objects span about the range, as napari's contrast limits do.
+        views: How a volume labelled in 3D is seen (:mod:`~napari_unet.core.views`):
+            ``"xy"`` through its planes alone; ``"xyz"`` through its planes and its XZ
+            and YZ side views, averaged (about ``1 + 2 * z_scale`` times the network's
+            work, and the volume labelled whole); ``"auto"``: the three views where the
+            volume is labelled whole, its planes alone where it is labelled in chunks.
 
     Raises:
         InputError: If a size is not positive, the smallest object size is negative, the
-            threshold is not a probability or the intensity range is not two numbers, the
-            lower first.
+            threshold is not a probability, the intensity range is not two numbers, the
+            lower first, or the views are none of ``"auto"``, ``"xy"`` and ``"xyz"``.
     """
 
     tile_size: int | None = None
@@ -67,6 +75,7 @@ class PredictionSettings:
     compile_network: bool = False
     test_time_augmentation: bool = False
     intensity_range: tuple[float, float] | None = None
+    views: str = "auto"
 
     def __post_init__(self):
         for name in ("tile_size", "batch_size"):
@@ -95,6 +104,8 @@ class PredictionSettings:
 
             checked = IntensityRange.of(self.intensity_range)
             object.__setattr__(self, "intensity_range", (checked.low, checked.high))
+        if self.views not in VIEWS:
+            raise InputError(f"a volume's views are {', '.join(map(repr, VIEWS))}, not {self.views!r}")
 
     @classmethod
     def of(cls, settings: PredictionSettings | None = None, **options) -> PredictionSettings:
@@ -125,6 +136,7 @@ class PredictionSettings:
             "min_size": self.min_size,
             "test_time_augmentation": self.test_time_augmentation,
             "intensity_range": None if self.intensity_range is None else list(self.intensity_range),
+            "views": self.views,
         }
 
 

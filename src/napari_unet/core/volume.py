@@ -24,8 +24,9 @@ this module                0.65 / 0.09, 48      0.45 / 0.00, 29      0.91 / 0.33
 (Mean AP50 0.67 against 0.57 for the next best.) The objects' diameter matters most:
 unrescaled, this module scored 0.21 / 0.12 / 0.46. Per-plane percentiles instead of one
 range for the stack: 0.62 / 0.35 / 0.60, the empty planes at the ends of cells3d
-stretched into nuclei. Prediction then trims each object's out-of-focus blur off its
-ends in z (:func:`trim_axial_blur`: cells3d AP75 0.33 -> 0.82).
+stretched into nuclei. Through the planes alone, prediction then trims each object's
+out-of-focus blur off its ends in z (:func:`trim_axial_blur`: cells3d AP75 0.33 -> 0.82);
+where a volume is labelled whole it is seen from the side too (:mod:`~napari_unet.core.views`).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from ._common import (
     show_error,
     show_info,
     threshold_setting,
+    views_choice,
     wrapped_label,
 )
 
@@ -122,7 +123,8 @@ class BatchWidget(ScrollingDock):
             tooltip="Label each z-stack as one volume: each object keeps one label through the planes it spans. "
             "The z step comes from each file's voxel size (isotropic, with a warning, where a file records none); "
             "a T axis gives one volume per time point, and a time-lapse without Z stays plane by plane. Files "
-            "are read whole, one after the other.")
+            "are labelled one after the other, 8 and 16-bit ones read a plane at a time.")
+        self.views = views_choice()
         self.probability = CheckBox(
             label="write probabilities", value=False,
             tooltip="Also write NAME_probability.tif, the foreground probability (float32), beside each label file.")
@@ -145,7 +147,8 @@ class BatchWidget(ScrollingDock):
         self.open_result = PushButton(text="Open result")
         self.contents.extend([
             self.inputs, self.out_dir, self.model, self.tile_size, self.threshold, self.min_size, self.orientations,
-            self.diameter, self.estimate_diameter, self.intensity_range, self.channel, self.volume, self.probability,
+            self.diameter, self.estimate_diameter, self.intensity_range, self.channel, self.volume, self.views,
+            self.probability,
             self.overwrite, self.device, self.float32, self.compile,
             self.run, self.cancel, self.progress, self.status, self.results, self.open_result,
         ])
@@ -180,7 +183,7 @@ class BatchWidget(ScrollingDock):
                 tile_size=self.tile_size.value or None, threshold=threshold_setting(self.threshold, self.model),
                 min_size=self.min_size.value, device=self.device.value, amp=not self.float32.value,
                 compile_network=self.compile.value, test_time_augmentation=self.orientations.value,
-                intensity_range=_intensity_range(self.intensity_range.value))
+                intensity_range=_intensity_range(self.intensity_range.value), views=self.views.value)
             files = collect_tiffs(self.inputs.value.strip())
             model = self.model.load()
         except NapariUnetError as error:

@@ -38,6 +38,7 @@ from ._common import (
     spatial_scale,
     spatial_shape,
     threshold_setting,
+    views_choice,
 )
 
 if TYPE_CHECKING:
@@ -201,6 +202,7 @@ class PredictWidget(ScrollingDock):
             tooltip="For 3D: the distance between planes over the pixel width. 0: from the layer's scale (as the "
             "file's voxel size sets it); isotropic, with a warning, when the layer has none.",
         )
+        self.views = views_choice()
         self.device = device_choice()
         self.float32 = float32_choice()
         self.run = PushButton(text="Predict")
@@ -209,7 +211,7 @@ class PredictWidget(ScrollingDock):
         self.contents.extend([
             self.image, self.model, self.tile_size, self.threshold, self.min_size, self.diameter, self.estimate,
             self.orientations, self.contrast_limits, self.probability, self.current_plane_only, self.volume,
-            self.z_step, self.device,
+            self.z_step, self.views, self.device,
             self.float32, self.run, self.cancel, self.progress,
         ])
         self.run.changed.connect(self.start)
@@ -298,7 +300,7 @@ class PredictWidget(ScrollingDock):
                 tile_size=self.tile_size.value or None, threshold=threshold_setting(self.threshold, self.model),
                 min_size=self.min_size.value, device=self.device.value, amp=not self.float32.value,
                 test_time_augmentation=self.orientations.value,
-                intensity_range=intensity_range(self.contrast_limits, image))
+                intensity_range=intensity_range(self.contrast_limits, image), views=self.views.value)
         except NapariUnetError as error:
             report_error(error, "the prediction")
             return None
