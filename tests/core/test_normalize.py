@@ -376,3 +376,22 @@ def test_integer_percentiles_counted_in_parts_equal_numpys(dtype, monkeypatch):
     monkeypatch.setattr(normalize, "_COUNTED_AT_ONCE", 1000)
     stack = np.random.default_rng(0).integers(0, np.iinfo(dtype).max, (3, 50, 70)).astype(dtype)
     np.testing.assert_allclose(normalize._integer_percentiles(stack, (1.0, 99.8)), np.percentile(stack, (1.0, 99.8)))
+
+
+@pytest.mark.parametrize("values", [
+    np.random.default_rng(1).normal(0, 1, (4, 30, 30)),  # either sign around zero, float64
+    np.random.default_rng(2).exponential(500, (3, 25, 25)).astype(np.float32),  # a long bright tail
+    np.random.default_rng(3).integers(-70000, 70000, (2, 20, 20)).astype(np.int32),
+    np.array([[[-0.0, 0.0, 1e-30, -1e-30, 3e38, -3e38]]], np.float32),
+])
+def test_floating_point_percentiles_are_numpys_counted_in_two_passes_over_the_planes(values, monkeypatch):
+    from napari_unet.core import normalize as normalize_module
+
+    monkeypatch.setattr(normalize_module, "_COUNTED_AT_ONCE", 97)  # in parts, as a large plane is
+    as_float32 = values.astype(np.float32)
+    for percentiles in ((1.0, 99.8), (0.0, 50.0, 100.0), (37.5,)):
+        counted = normalize_module._float_percentiles(list(values), percentiles)
+        np.testing.assert_allclose(counted, np.percentile(as_float32.astype(np.float64), percentiles), rtol=1e-6,
+                                   atol=1e-45)
+    with pytest.raises(InputError, match="no finite pixel"):
+        normalize_module._float_percentiles([np.full((3, 3), np.nan, np.float32)], (1.0,))

@@ -320,15 +320,18 @@ def test_a_3d_batch_writes_as_it_goes_and_labels_what_would_not_fit_beside_a_sta
     assert labels.dtype == np.uint16 and match_counts(whole, labels, (0.95,)).tp[0] == whole.max()
 
 
-def test_a_3d_batch_reads_an_integer_stack_a_plane_at_a_time_with_the_labels_of_the_whole(
+def test_a_3d_batch_reads_a_stack_a_plane_at_a_time_with_the_labels_of_the_whole(
         nuclei_model, tmp_path, monkeypatch):
     from napari_unet.core import batch as batch_module
     from napari_unet.core.tiffstream import TiffPlanes
 
     stack = _two_layers()
     folder = _zstack_folder(tmp_path, stack)
-    tifffile.imwrite(folder / "zfloat.tif", stack.astype(np.float32), imagej=True, metadata={"axes": "ZYX"})
+    # A deconvolved stack: floating point, its values no longer whole numbers.
+    deconvolved = stack.astype(np.float32) * np.float32(0.37)
+    tifffile.imwrite(folder / "zfloat.tif", deconvolved, imagej=True, metadata={"axes": "ZYX"})
     whole = predict(nuclei_model, stack, device="cpu", volume=True, z_scale=4.0).labels
+    whole_float = predict(nuclei_model, deconvolved, device="cpu", volume=True, z_scale=4.0).labels
     read_whole, real_read = [], batch_module.read_tiff
     monkeypatch.setattr(batch_module, "read_tiff", lambda path: read_whole.append(path.name) or real_read(path))
     given = []
@@ -336,10 +339,10 @@ def test_a_3d_batch_reads_an_integer_stack_a_plane_at_a_time_with_the_labels_of_
     monkeypatch.setattr(batch_module, "predict_iter", lambda model, image, *args, **kwargs: given.append(
         type(image)) or real_predict_iter(model, image, *args, **kwargs))
     result = predict_files(nuclei_model, folder, tmp_path / "out", volume=True, z_scale=4.0, device="cpu")
-    assert read_whole == ["zfloat.tif"] and TiffPlanes in given  # the 16-bit stack never read whole
-    for done in result.files:
+    assert read_whole == [] and given == [TiffPlanes, TiffPlanes]  # neither stack read whole
+    for done, expected in zip(result.files, (whole_float, whole)):  # zfloat.tif, then zstack.tif
         assert done.error is None
-        np.testing.assert_array_equal(tifffile.imread(done.output), whole)
+        np.testing.assert_array_equal(tifffile.imread(done.output), expected)
 
 
 def test_a_3d_batch_stopped_in_a_file_leaves_no_output_of_it(nuclei_model, tmp_path):

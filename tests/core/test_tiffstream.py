@@ -157,6 +157,17 @@ def test_tiff_planes_read_the_planes_asked_for_and_count_their_percentiles_plane
         assert Normalization().range_of(lazy) == Normalization().range_of(planes)
         with pytest.raises(IndexError):
             lazy[10]
-    tifffile.imwrite(tmp_path / "float.tif", stack[0].astype(np.float32))
-    with TiffPageReader(tmp_path / "float.tif") as reader, pytest.raises(InputError, match="8 or 16-bit"):
+    # Floating point too, its range counted exactly, as an array's.
+    deconvolved = stack[0].astype(np.float32) * np.float32(-0.013) + np.float32(2.5)
+    deconvolved[0, 0, :4] = np.nan
+    tifffile.imwrite(tmp_path / "float.tif", deconvolved)
+    with TiffPageReader(tmp_path / "float.tif") as reader:
+        lazy = TiffPlanes(reader)
+        assert lazy.dtype == np.float32
+        range_of = Normalization().range_of(lazy)
+        assert range_of == Normalization().range_of(deconvolved)
+        finite = deconvolved[np.isfinite(deconvolved)]
+        np.testing.assert_allclose(range_of, np.percentile(finite, [1.0, 99.8]), rtol=1e-6)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((2, 8, 8, 3), np.uint8), photometric="rgb")
+    with TiffPageReader(tmp_path / "rgb.tif") as reader, pytest.raises(InputError, match="one-channel"):
         TiffPlanes(reader)

@@ -560,7 +560,7 @@ def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike
                      requested: dict) -> Iterator[FileProgress]:
     """:func:`predict_files_iter` for z-stacks labelled in 3D, one file after the other.
 
-    Each file is read a plane at a time where it holds 8 or 16-bit planes
+    Each file is read a plane at a time where it holds one-channel planes
     (:class:`~napari_unet.core.tiffstream.TiffPlanes`; other files whole) and predicted
     by :func:`~napari_unet.core.predict.predict_iter` as a volume (a T axis gives one
     volume per time point), its outputs written as they come (:func:`_volume_of_file`)
@@ -630,7 +630,7 @@ def _volume_of_file(model: Model, path: Path, targets: tuple[Path, Path | None],
     Each plane's probability is written once the plane is predicted and the 3D labels of
     a chunk of planes (or a volume) once it is labelled
     (:class:`~napari_unet.core.volume.VolumeLabeller`): no stack of results is held, and
-    an 8 or 16-bit stack is read a plane at a time (:class:`~napari_unet.core.tiffstream.TiffPlanes`),
+    a stack of one-channel planes is read a plane at a time (:class:`~napari_unet.core.tiffstream.TiffPlanes`),
     so a z-stack larger than memory is labelled in 3D. The outputs keep the input's axes
     and metadata.
 

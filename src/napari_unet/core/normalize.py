@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -72,17 +72,22 @@ class Normalization:
         until the haze looks like objects.
 
         Args:
-            values: An array, or an 8 or 16-bit stack whose planes are read as it is
-                iterated (:class:`~napari_unet.core.tiffstream.TiffPlanes`): counted plane
-                by plane, never held whole.
+            values: An array, or a stack whose planes are read as it is iterated
+                (:class:`~napari_unet.core.tiffstream.TiffPlanes`): counted plane by
+                plane, never held whole.
 
         Raises:
             InputError: If no value is finite.
         """
-        if not isinstance(values, np.ndarray) and getattr(values, "dtype", None) in (np.uint8, np.uint16):
-            low, high = _integer_percentiles(iter(values), (self.low_percentile, self.high_percentile))
+        percentiles = (self.low_percentile, self.high_percentile)
+        if isinstance(values, np.ndarray) and values.dtype in (np.uint8, np.uint16):
+            low, high, _ = self._percentiles(values, warn=False)
+        elif values.dtype in (np.uint8, np.uint16):
+            low, high = _integer_percentiles(iter(values), percentiles)
         else:
-            low, high, _ = self._percentiles(_as_scaled_type(np.asarray(values)), warn=False)
+            # Other types as float32, as each plane's percentiles take them, and an array as
+            # a stack read plane by plane is: one function, the same range.
+            low, high = _float_percentiles([values] if isinstance(values, np.ndarray) else values, percentiles)
         # A flat stack stays flat, as a flat plane does, instead of an empty range.
         return low, max(high, low + 1.0)
 
@@ -257,6 +262,70 @@ def _integer_percentiles(values: np.ndarray | Iterator[np.ndarray], percentiles:
         lower, upper = np.searchsorted(cumulative, [below, min(below + 1, last)], side="right")
         results.append(float(lower + (upper - lower) * (position - below)))
     return results
+
+
+def _float_percentiles(stack: Iterable[np.ndarray], percentiles: tuple[float, ...]) -> list[float]:
+    """``np.percentile`` (linear interpolation) of the finite values of a stack as float32, in two passes over its planes.
+
+    Each finite float32 value has a 32-bit key in the order of the values: the first
+    pass counts the keys' upper halves, which says where each order statistic lies; the
+    second counts the lower halves of the keys there, which say the value itself. Exact,
+    whatever the values, with two 65536-bin histograms in memory.
+
+    Args:
+        stack: Arrays (planes, or one array), iterable twice.
+        percentiles: Percentiles to give.
+
+    Raises:
+        InputError: If no value is finite.
+    """
+    upper = np.zeros(_HALF_KEYS, np.int64)
+    for keys in _sortable_keys(stack):
+        upper += np.bincount(keys >> 16, minlength=_HALF_KEYS)
+    cumulative_upper = np.cumsum(upper)
+    count = int(cumulative_upper[-1])
+    if count == 0:
+        raise InputError("the image has no finite pixel values (all NaN or inf)")
+    positions = [(count - 1) * percentile / 100 for percentile in percentiles]
+    ranks = sorted({rank for position in positions for rank in (math.floor(position), min(math.floor(position) + 1,
+                                                                                             count - 1))})
+    bins = {rank: int(np.searchsorted(cumulative_upper, rank, side="right")) for rank in ranks}
+    lower = {upper_half: np.zeros(_HALF_KEYS, np.int64) for upper_half in set(bins.values())}
+    for keys in _sortable_keys(stack):
+        for upper_half, counts in lower.items():
+            counts += np.bincount(keys[(keys >> 16) == upper_half] & (_HALF_KEYS - 1), minlength=_HALF_KEYS)
+    values = {}
+    for rank, upper_half in bins.items():
+        within = rank - (int(cumulative_upper[upper_half - 1]) if upper_half else 0)
+        lower_half = int(np.searchsorted(np.cumsum(lower[upper_half]), within, side="right"))
+        values[rank] = _value_of_key((upper_half << 16) | lower_half)
+    results = []
+    for position in positions:
+        below = math.floor(position)
+        low, high = values[below], values[min(below + 1, count - 1)]
+        results.append(low + (high - low) * (position - below))
+    return results
+
+
+_HALF_KEYS = 2**16
+
+
+def _sortable_keys(stack: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """uint32 keys of a stack's finite values as float32, in the values' order, a few million at a time."""
+    for part in stack:
+        part = np.asarray(part).reshape(-1)
+        for start in range(0, part.size, _COUNTED_AT_ONCE):
+            values = part[start:start + _COUNTED_AT_ONCE].astype(np.float32)
+            bits = values[np.isfinite(values)].view(np.uint32)
+            # Positive values after negative ones, in order: sign bit set on positives, all
+            # bits flipped on negatives.
+            yield np.where(bits >> 31, ~bits, bits | np.uint32(2**31)).astype(np.int64)
+
+
+def _value_of_key(key: int) -> float:
+    """The float32 value whose key (:func:`_sortable_keys`) is ``key``."""
+    bits = key & (2**31 - 1) if key >> 31 else ~key & (2**32 - 1)
+    return float(np.array(bits, np.uint32).view(np.float32))
 
 
 def as_planes(

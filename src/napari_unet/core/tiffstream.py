@@ -142,7 +142,7 @@ class TiffPageReader:
 
 
 class TiffPlanes:
-    """A TIFF stack of one-channel 8 or 16-bit pages as the ``(planes, 1, height, width)`` array prediction reads.
+    """A TIFF stack of one-channel pages as the ``(planes, 1, height, width)`` array prediction reads.
 
     Planes are read when indexed, never held: a z-stack larger than memory is labelled
     in 3D with one plane's pixels in memory at a time (and the planes that measuring
@@ -158,13 +158,14 @@ class TiffPlanes:
         first, count: The planes of the file this gives (None: all from ``first``).
 
     Raises:
-        InputError: If the file's pages are not one-channel 8 or 16-bit planes (read such
-            files whole).
+        InputError: If the file's pages are not one-channel planes of integers or real
+            numbers (read such files whole).
     """
 
     def __init__(self, reader: TiffPageReader, first: int = 0, count: int | None = None, *, _lock=None):
         if not self.reads(reader):
-            raise InputError(f"{reader.path}: only one-channel 8 or 16-bit stacks are read a plane at a time")
+            raise InputError(f"{reader.path}: only stacks of one-channel integer or real planes are read a plane "
+                             "at a time")
         self._reader, self._first = reader, first
         count = reader.pages - first if count is None else count
         self.dtype = reader.dtype
@@ -176,8 +177,9 @@ class TiffPlanes:
 
     @staticmethod
     def reads(reader: TiffPageReader) -> bool:
-        """Whether the file's pages are one-channel 8 or 16-bit planes, which this reads a plane at a time."""
-        return reader.dtype in (np.uint8, np.uint16) and len(reader.page_shape) == 2
+        """Whether the file's pages are one-channel planes of integers or real numbers, which this reads a plane
+        at a time."""
+        return reader.dtype.kind in "iuf" and len(reader.page_shape) == 2
 
     def __len__(self) -> int:
         return self.shape[0]

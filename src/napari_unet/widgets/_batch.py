@@ -123,7 +123,7 @@ class BatchWidget(ScrollingDock):
             tooltip="Label each z-stack as one volume: each object keeps one label through the planes it spans. "
             "The z step comes from each file's voxel size (isotropic, with a warning, where a file records none); "
             "a T axis gives one volume per time point, and a time-lapse without Z stays plane by plane. Files "
-            "are labelled one after the other, 8 and 16-bit ones read a plane at a time.")
+            "are labelled one after the other, each read a plane at a time.")
         self.views = views_choice()
         self.probability = CheckBox(
             label="write probabilities", value=False,
