@@ -365,6 +365,34 @@ def test_predict_a_z_stack_in_3d_gives_the_cores_volume_labels(make_napari_viewe
     assert not np.array_equal(planes_alone, expected)
 
 
+def test_predict_reads_a_lazily_opened_z_stack_a_plane_at_a_time(make_napari_viewer, qtbot, monkeypatch):
+    import dask.array as da
+
+    from napari_unet.core import planes as planes_module
+    from napari_unet.core.predict import predict
+    from napari_unet.core.registry import load_model
+    from napari_unet.widgets import PredictWidget
+
+    viewer = make_napari_viewer()
+    image, _ = synthetic_nuclei((96, 96), count=10, seed=3)
+    stack = np.stack([image] * 6)
+    viewer.add_image(da.from_array(stack, chunks=(1, 96, 96)), name="lazy", scale=(1.0, 0.5, 0.5))
+    read = []
+    real_read = planes_module.ArrayPlanes._read
+    monkeypatch.setattr(planes_module.ArrayPlanes, "_read", lambda planes, index: read.append(index) or
+                        real_read(planes, index))
+    widget = docked(viewer, PredictWidget)
+    widget.image.value = viewer.layers["lazy"]
+    widget.model.source.value = "embedded: nuclei"
+    widget.device.value = "cpu"
+    widget.volume.value = True
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=60_000)
+    expected = predict(load_model("nuclei"), stack, device="cpu", volume=True, z_scale=2.0).labels
+    np.testing.assert_array_equal(viewer.layers["lazy prediction"].data, expected)
+    assert set(read) == set(range(len(stack)))  # each plane read on its own
+
+
 def test_predict_with_eight_orientations_gives_the_cores_averaged_labels(make_napari_viewer, qtbot):
     from napari_unet.core.predict import predict
     from napari_unet.widgets import PredictWidget

@@ -45,6 +45,7 @@ from .familiarity import unfamiliar_image_message
 from .memory import available_memory
 from .model import UNet
 from .normalize import as_planes, is_colour, normalization_for
+from .planes import ArrayPlanes, LazyPlanes
 from .postprocess import foreground_probability, probabilities_to_labels
 from .prediction_settings import PredictionSettings
 from .progress import run_to_end
@@ -59,7 +60,6 @@ from .scale import (
     widest_areas,
 )
 from .threads import ThreadTuner
-from .tiffstream import TiffPlanes
 from .views import SIDE_VIEW_BYTES_PER_VOXEL, combined_views, side_view_probabilities
 from .volume import (
     BYTES_PER_VOXEL,
@@ -767,8 +767,9 @@ def predict_iter(
 
     Args:
         model: The model, or an embedded model's name or a model file's path.
-        image: 2D image, RGB image or stack, any numeric dtype; or a TIFF stack read a
-            plane at a time (:class:`~napari_unet.core.tiffstream.TiffPlanes`).
+        image: 2D image, RGB image or stack, any numeric dtype; or a stack read a plane
+            at a time (:class:`~napari_unet.core.planes.LazyPlanes`: a TIFF file's pages, or
+            a lazy array's planes, as a Dask or Zarr stack of one-channel planes is read).
         settings: How to predict and post-process (None: the defaults); see
             :class:`~napari_unet.core.prediction_settings.PredictionSettings`.
         channel_axis: Channel axis of a multi-channel image, if not guessed right.
@@ -803,7 +804,9 @@ def predict_iter(
         if is_colour(image, model.config.in_channels, channel_axis):
             raise InputError("3D labels are made from one-channel z-stacks; this stack is in colour (RGB): "
                              "give one channel, or predict its planes one by one")
-    if isinstance(image, TiffPlanes):  # read a plane at a time
+    if ArrayPlanes.reads(image, model.config.in_channels, channel_axis):
+        image = ArrayPlanes(image)  # a lazy array (a large file napari opened lazily): read a plane at a time
+    if isinstance(image, LazyPlanes):
         planes, stack_shape = image, image.stack_shape
     else:
         planes, stack_shape = as_planes(image, model.config.in_channels, channel_axis, model.normalization.colour)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import tifffile
 from .atomic import made_folder, write_errors_said_plainly
 from .errors import InputError
 from .io import TiffErrors, tiff_info, unreadable_tiff
+from .planes import LazyPlanes
 
 __all__ = ["TiffMetadata", "TiffPageReader", "TiffPlanes", "PageTiffWriter", "partial_path", "written_settings"]
 
@@ -141,17 +141,12 @@ class TiffPageReader:
         self.close()
 
 
-class TiffPlanes:
+class TiffPlanes(LazyPlanes):
     """A TIFF stack of one-channel pages as the ``(planes, 1, height, width)`` array prediction reads.
 
-    Planes are read when indexed, never held: a z-stack larger than memory is labelled
-    in 3D with one plane's pixels in memory at a time (and the planes that measuring
-    the object diameter reads, a central block of at most 64 planes). Reads may come
-    from several threads (a chunk's labels are trimmed in one while the network reads
-    the next plane in another): they take turns on the file.
-
-    Indexing takes a plane (an integer), a run of planes (a slice: another ``TiffPlanes``,
-    still unread), or a block of them (a tuple that starts with a slice of planes: read).
+    Planes are read when indexed, never held (:class:`~napari_unet.core.planes.LazyPlanes`):
+    a z-stack larger than memory is labelled in 3D with one plane's pixels in memory at a
+    time. Reads from several threads take turns on the file.
 
     Args:
         reader: The open file; it must outlive this.
@@ -168,12 +163,8 @@ class TiffPlanes:
                              "at a time")
         self._reader, self._first = reader, first
         count = reader.pages - first if count is None else count
-        self.dtype = reader.dtype
-        self.shape: tuple[int, ...] = (count, 1, *reader.page_shape)
-        self.ndim = 4
-        #: The file's leading axes (Z, or T and Z), as ``as_planes`` gives them.
-        self.stack_shape: tuple[int, ...] = reader.leading_shape if count == reader.pages else (count,)
-        self._lock = _lock or threading.Lock()
+        super().__init__(count, reader.page_shape, reader.dtype,
+                         reader.leading_shape if count == reader.pages else (count,), _lock)
 
     @staticmethod
     def reads(reader: TiffPageReader) -> bool:
@@ -181,31 +172,11 @@ class TiffPlanes:
         at a time."""
         return reader.dtype.kind in "iuf" and len(reader.page_shape) == 2
 
-    def __len__(self) -> int:
-        return self.shape[0]
+    def _read(self, index: int) -> np.ndarray:
+        return self._reader.read_page(self._first + index)
 
-    def __iter__(self):
-        for index in range(len(self)):
-            yield self[index]
-
-    def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)):
-            index = int(key) + (len(self) if key < 0 else 0)
-            if not 0 <= index < len(self):
-                raise IndexError(f"plane {key} of {len(self)}")
-            with self._lock:
-                return self._reader.read_page(self._first + index)[np.newaxis]
-        rest = ()
-        if isinstance(key, tuple):
-            key, rest = key[0], key[1:]
-        if not isinstance(key, slice) or key.step not in (None, 1):
-            raise TypeError("planes are indexed by a plane, a run of planes or a block of a run of planes")
-        start, stop, _ = key.indices(len(self))
-        run = TiffPlanes(self._reader, self._first + start, max(stop - start, 0), _lock=self._lock)
-        if not rest:
-            return run
-        channels, pixels = rest[0], rest[1:]
-        return np.stack([plane[(slice(None), *pixels)] for plane in run])[:, channels]  # each cropped as read
+    def _run(self, start: int, count: int) -> TiffPlanes:
+        return TiffPlanes(self._reader, self._first + start, count, _lock=self._lock)
 
 
 def _metadata(tif: tifffile.TiffFile, page) -> TiffMetadata:
