@@ -332,10 +332,23 @@ def test_predict_a_stack_plane_by_plane_and_the_current_plane(make_napari_viewer
     assert labels.data[1].any() and not labels.data[0].any() and not labels.data[2].any()
 
 
+def _predicted_in_3d(viewer, qtbot, layer: str):
+    """The Predict widget, docked, once it has labelled ``layer`` in 3D with embedded nuclei on the CPU."""
+    from napari_unet.widgets import PredictWidget
+
+    widget = docked(viewer, PredictWidget)
+    widget.image.value = viewer.layers[layer]
+    widget.model.source.value = "embedded: nuclei"
+    widget.device.value = "cpu"
+    widget.volume.value = True
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=60_000)
+    return widget
+
+
 def test_predict_a_z_stack_in_3d_gives_the_cores_volume_labels(make_napari_viewer, qtbot):
     from napari_unet.core.predict import predict
     from napari_unet.core.registry import load_model
-    from napari_unet.widgets import PredictWidget
 
     viewer = make_napari_viewer()
     image, truth = synthetic_nuclei((96, 96), count=10, seed=3)
@@ -343,13 +356,7 @@ def test_predict_a_z_stack_in_3d_gives_the_cores_volume_labels(make_napari_viewe
     stack[0][truth % 2 == 1] = np.median(image[truth == 0])  # odd nuclei start at the second plane
     # z step 1.0, pixels 0.5: planes lie 2 pixels apart, as the layer's scale says.
     viewer.add_image(stack, name="zstack", scale=(1.0, 0.5, 0.5))
-    widget = docked(viewer, PredictWidget)
-    widget.image.value = viewer.layers["zstack"]
-    widget.model.source.value = "embedded: nuclei"
-    widget.device.value = "cpu"
-    widget.volume.value = True
-    widget.start()
-    qtbot.waitUntil(lambda: widget.run.enabled, timeout=60_000)
+    widget = _predicted_in_3d(viewer, qtbot, "zstack")
     expected = predict(load_model("nuclei"), stack, device="cpu", volume=True, z_scale=2.0).labels
     labels = viewer.layers["zstack prediction"]
     np.testing.assert_array_equal(labels.data, expected)  # the volume's labels, not the planes' own
@@ -371,7 +378,6 @@ def test_predict_reads_a_lazily_opened_z_stack_a_plane_at_a_time(make_napari_vie
     from napari_unet.core import planes as planes_module
     from napari_unet.core.predict import predict
     from napari_unet.core.registry import load_model
-    from napari_unet.widgets import PredictWidget
 
     viewer = make_napari_viewer()
     image, _ = synthetic_nuclei((96, 96), count=10, seed=3)
@@ -381,13 +387,7 @@ def test_predict_reads_a_lazily_opened_z_stack_a_plane_at_a_time(make_napari_vie
     real_read = planes_module.ArrayPlanes._read
     monkeypatch.setattr(planes_module.ArrayPlanes, "_read", lambda planes, index: read.append(index) or
                         real_read(planes, index))
-    widget = docked(viewer, PredictWidget)
-    widget.image.value = viewer.layers["lazy"]
-    widget.model.source.value = "embedded: nuclei"
-    widget.device.value = "cpu"
-    widget.volume.value = True
-    widget.start()
-    qtbot.waitUntil(lambda: widget.run.enabled, timeout=60_000)
+    _predicted_in_3d(viewer, qtbot, "lazy")
     expected = predict(load_model("nuclei"), stack, device="cpu", volume=True, z_scale=2.0).labels
     np.testing.assert_array_equal(viewer.layers["lazy prediction"].data, expected)
     assert set(read) == set(range(len(stack)))  # each plane read on its own
