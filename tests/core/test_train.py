@@ -814,3 +814,14 @@ def test_validation_counted_plane_by_plane_scores_as_all_planes_together(tiny_co
     assert result == pytest.approx({
         "iou": pixels["iou"], "f1": pixels["f1"], "ap50": instances["ap_mean"][0], "score": instances["ap_mean"][0],
         "objects": instances["tp"][0] + instances["fn"][0], "errors": instances["fp"][0] + instances["fn"][0]})
+
+
+def test_a_model_fine_tuned_at_a_given_diameter_keeps_its_object_size(tiny_config):
+    # The objects painted are 12 pixels wide, as a z-stack's planes cut its 24-pixel nuclei off their middle.
+    model = Model.new(tiny_config, object_diameter=20.0)
+    config = TrainingConfig(**FAST)
+    told = train([_disks(12, 8, seed=0)], model=model, config=config, diameter=24.0)
+    # Predictions told 24 pixels bring the objects to the model's 20, as training did.
+    assert not told.unchanged and told.model.object_diameter == 20.0
+    measured = train([_disks(12, 8, seed=0)], model=model, config=config)
+    assert not measured.unchanged and measured.model.object_diameter == pytest.approx(12, abs=1.5)  # as painted
