@@ -210,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pixel size of the images (default: read from the TIFFs)")
     train.add_argument("--diameter", type=_positive_float, metavar="PX",
                        help="with --init: typical object diameter in the images, in pixels; they are rescaled so that "
-                       "objects match the model's (default: from the pixel sizes when both are known, else none)")
+                       "objects match the model's, and the new model keeps the model's object size; for z-stacks, "
+                       "the objects' widest (default: from the pixel sizes when both are known, else none: the new "
+                       "model records the annotated objects' median size)")
     train.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
     train.add_argument("--float32", action="store_true",
                        help="train and validate in float32 (default: mixed precision where the device is faster with "

@@ -116,8 +116,9 @@ class TrainWidget(ScrollingDock):
         self.diameter = FloatSpinBox(
             label="object diameter (px)", value=0.0, min=0.0, max=10_000.0, step=1.0,
             tooltip="When fine-tuning: the typical object diameter in these images, in pixels. The images are "
-            "rescaled so that objects match the starting model's. 0: no rescaling (or the layer's pixel size, "
-            "when the model records one).",
+            "rescaled so that objects match the starting model's, which the new model keeps; for a z-stack, the "
+            "objects' widest, as 3D prediction measures it. 0: no rescaling (or the layer's pixel size, when the "
+            "model records one): the new model records the annotated objects' median size.",
         )
         self.contrast_limits = contrast_limits_choice(
             "as when predicting with this setting, so that the model learns the planes as it will see them.")
