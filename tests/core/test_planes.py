@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from napari_unet.core.planes import ArrayPlanes
 from napari_unet.core.predict import predict
@@ -68,4 +69,5 @@ def test_colour_and_numpy_images_are_not_read_by_plane():
     assert not ArrayPlanes.reads(np.zeros((3, 8, 8)), 1)
     assert not ArrayPlanes.reads(_ReadByPlane(np.zeros((8, 8))), 1)  # a single plane is read anyway
     assert not ArrayPlanes.reads(_ReadByPlane(np.zeros((3, 8, 8))), 1, channel_axis=0)
+    assert not ArrayPlanes.reads(torch.zeros((3, 8, 8)), 1)  # torch's types are no numpy type
     assert ArrayPlanes.reads(_ReadByPlane(np.zeros((3, 8, 8), np.float32)), 1)

@@ -100,9 +100,13 @@ class ArrayPlanes(LazyPlanes):
     def reads(image, in_channels: int, channel_axis: int | None = None) -> bool:
         """Whether ``image`` is a lazy stack of one-channel planes of numbers that a one-channel model reads as such."""
         shape = getattr(image, "shape", None)
+        try:
+            kind = np.dtype(getattr(image, "dtype", object)).kind
+        except TypeError:  # not numpy's types (a torch tensor): read whole, as numpy reads it
+            kind = "O"
         return (not isinstance(image, (np.ndarray, LazyPlanes)) and shape is not None and len(shape) >= 3
-                and hasattr(image, "__getitem__") and np.dtype(getattr(image, "dtype", object)).kind in "iuf"
-                and in_channels == 1 and channel_axis is None and not is_colour(image, in_channels))
+                and hasattr(image, "__getitem__") and kind in "iuf" and in_channels == 1 and channel_axis is None
+                and not is_colour(image, in_channels))
 
     def _read(self, index: int) -> np.ndarray:
         position = np.unravel_index(self._first + index, self._array.shape[:-2])
