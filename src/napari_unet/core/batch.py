@@ -564,9 +564,9 @@ def _predict_volumes(model: Model, files: list[Path], out_dir: str | os.PathLike
     (:class:`~napari_unet.core.tiffstream.TiffPlanes`; other files whole) and predicted
     by :func:`~napari_unet.core.predict.predict_iter` as a volume (a T axis gives one
     volume per time point), its outputs written as they come (:func:`_volume_of_file`)
-    with its metadata, and renamed into place once complete. A file whose axes say it is a time-lapse without Z (TYX) is segmented plane
-    by plane, as objects are never followed through time. A file that fails is
-    reported, and the others go on.
+    with its metadata, and renamed into place once complete. A file whose axes say it is
+    a time-lapse without Z (TYX) is segmented plane by plane, as objects are never
+    followed through time. A file that fails is reported, and the others go on.
     """
     model = model.for_colours(_is_colour_file(path) for path in files)
     targets = output_paths(files, out_dir, probability)

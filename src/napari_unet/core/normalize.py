@@ -80,10 +80,8 @@ class Normalization:
             InputError: If no value is finite.
         """
         percentiles = (self.low_percentile, self.high_percentile)
-        if isinstance(values, np.ndarray) and values.dtype in (np.uint8, np.uint16):
-            low, high, _ = self._percentiles(values, warn=False)
-        elif values.dtype in (np.uint8, np.uint16):
-            low, high = _integer_percentiles(iter(values), percentiles)
+        if values.dtype in (np.uint8, np.uint16):
+            low, high = _integer_percentiles(values if isinstance(values, np.ndarray) else iter(values), percentiles)
         else:
             # Other types as float32, as each plane's percentiles take them, and an array as
             # a stack read plane by plane is: one function, the same range.

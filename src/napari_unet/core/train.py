@@ -876,7 +876,7 @@ def _set_up(samples, model, config, network_config, pixel_size, pixel_unit, chec
         # Fine-tuning: bring the new images to the scale the model already knows.
         comparable_pixels = pixel_size_for_model(model, pixel_size, pixel_unit)
         factor = scale_factor(model, diameter, comparable_pixels)
-        rescaled = bool(diameter) or (comparable_pixels is not None and model.pixel_size is not None)
+        rescaled = bool(diameter) or comparable_pixels is not None
         if factor != 1.0 and model.pixel_size:
             pixel_size, pixel_unit = model.pixel_size, model.pixel_unit
     planes = [_resized(plane, factor) for plane in _split_planes(samples, model)]
